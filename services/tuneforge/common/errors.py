@@ -33,6 +33,7 @@ class ErrorFamily(enum.Enum):
     DATA_LOSS = "DATA_LOSS"
     CANCELLED = "CANCELLED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
     INTERNAL = "INTERNAL"
 
 
@@ -81,10 +82,8 @@ class TuneforgeError(Exception):
         return self.violations[0].field if self.violations else None
 
     def __str__(self) -> str:
-        if not self.violations:
-            return self.message
-        details = "; ".join(str(v) for v in self.violations)
-        return f"{self.message} ({details})"
+        details = "; ".join(str(v) for v in self.violations if v.description not in self.message)
+        return f"{self.message} ({details})" if details else self.message
 
 
 def _rebuild(
@@ -177,6 +176,12 @@ class DeadlineExceeded(TuneforgeError):
     """The operation did not finish in its allotted time."""
 
     family = ErrorFamily.DEADLINE_EXCEEDED
+
+
+class Unimplemented(TuneforgeError):
+    """The operation is part of the API but not implemented by this server yet."""
+
+    family = ErrorFamily.UNIMPLEMENTED
 
 
 class Internal(TuneforgeError):

@@ -1,0 +1,68 @@
+"""Units of work: one session, one transaction, committed on success and rolled back on error."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneforge.common.db.engine import unavailable
+
+log = logging.getLogger(__name__)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Return the session factory a repository keeps for its lifetime.
+
+    ``expire_on_commit=False``: rows returned from a unit of work stay readable after it commits
+    (repositories convert them to domain dataclasses after the ``with`` block).
+    """
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(bind: Engine | sessionmaker[Session]) -> Iterator[Session]:
+    """Run a unit of work in one transaction.
+
+    Example::
+
+        with session_scope(sessions) as session:
+            session.add(row)
+        # committed here; any exception inside the block rolled everything back
+
+    Args:
+        bind: an engine, or (better, reused) a factory from ``make_sessionmaker``.
+
+    Yields:
+        A session inside a transaction; commit happens when the block exits cleanly.
+
+    Raises:
+        errors.Unavailable: the database could not be reached or refused the work for an
+            operational reason (connection lost, locked database); retrying later may succeed.
+        Exception: anything raised inside the block, re-raised after the rollback.
+    """
+    factory = bind if isinstance(bind, sessionmaker) else make_sessionmaker(bind)
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except OperationalError as exc:
+        _rollback_quietly(session)
+        raise unavailable(session.get_bind().engine.url, exc) from exc
+    except BaseException:
+        _rollback_quietly(session)
+        raise
+    finally:
+        session.close()
+
+
+def _rollback_quietly(session: Session) -> None:
+    # A rollback on a dead connection fails too; the caller must see the original error, not this.
+    try:
+        session.rollback()
+    except DBAPIError:
+        log.warning("rollback failed after an error; the connection is discarded", exc_info=True)

@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by every service: server builder, interceptors, client helpers."""

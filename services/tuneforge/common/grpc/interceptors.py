@@ -1,0 +1,150 @@
+"""The one server interceptor: authentication, tenant binding, error mapping and access logs.
+
+Every handler is wrapped so that:
+- the bearer token is checked (health and reflection are exempt) and the caller's ``Identity`` is
+  bound for the handler's duration, streamed responses included;
+- ``TuneforgeError`` families map to status codes through ``STATUS_BY_FAMILY``; ``InvalidInput``
+  carries a ``google.rpc.BadRequest`` with one field violation per bad field;
+- anything else becomes INTERNAL with a generic message and an incident id; the traceback goes to
+  the log only, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from tuneforge.common.auth import DEFAULT_TENANT, Identity, TokenAuthenticator, bound_identity
+from tuneforge.common.errors import ErrorFamily, TuneforgeError
+
+log = logging.getLogger("tuneforge.rpc")
+
+STATUS_BY_FAMILY: dict[ErrorFamily, grpc.StatusCode] = {f: grpc.StatusCode[f.value] for f in ErrorFamily}
+
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                   "/grpc.reflection.v1.ServerReflection/")
+
+
+def to_status(err: TuneforgeError) -> status_pb2.Status:
+    """Build the rich google.rpc.Status for a domain error."""
+    code = STATUS_BY_FAMILY[err.family]
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(err))
+    if err.violations:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in err.violations]))
+        status.details.append(detail)
+    if err.reason:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain="tuneforge"))
+        status.details.append(info)
+    return status
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """Authenticates, binds identity, maps errors, logs each call."""
+
+    def __init__(self, authenticator: TokenAuthenticator | None) -> None:
+        """Args: authenticator: None disables auth (every caller is tenant 'default')."""
+        self._auth = authenticator
+
+    def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(EXEMPT_PREFIXES):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        wrap = _Wrapper(self._auth, details.method, metadata.get("authorization"))
+        kind = ("stream" if handler.request_streaming else "unary") + "_" + (
+            "stream" if handler.response_streaming else "unary")
+        behavior = getattr(handler, kind)
+        new = wrap.streaming(behavior) if handler.response_streaming else wrap.unary(behavior)
+        factory = getattr(grpc, f"{kind}_rpc_method_handler")
+        return factory(new, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+
+class _Wrapper:
+    def __init__(self, auth: TokenAuthenticator | None, method: str, authorization: str | None) -> None:
+        self.auth, self.method, self.authorization = auth, method, authorization
+
+    def _identity(self) -> Identity:
+        if self.auth is None:
+            return Identity(DEFAULT_TENANT, "anonymous")
+        return self.auth.authenticate(self.authorization)
+
+    def unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            start, tenant = time.monotonic(), "-"
+            try:
+                ident = self._identity()
+                tenant = ident.tenant
+                with bound_identity(ident):
+                    result = behavior(request, context)
+                self._log(start, tenant, "OK")
+                return result
+            except Exception as exc:  # noqa: BLE001 - every error is mapped, none escapes unmapped
+                self._abort(exc, context, start, tenant)
+        return handle
+
+    def streaming(self, behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            start, tenant = time.monotonic(), "-"
+            try:
+                ident = self._identity()
+                tenant = ident.tenant
+                with bound_identity(ident):
+                    yield from behavior(request, context)
+                self._log(start, tenant, "OK")
+            except Exception as exc:  # noqa: BLE001
+                self._abort(exc, context, start, tenant)
+        return handle
+
+    def _abort(self, exc: Exception, context: grpc.ServicerContext, start: float, tenant: str) -> None:
+        if _already_aborted(context):
+            raise exc
+        if isinstance(exc, TuneforgeError) and exc.family is not ErrorFamily.INTERNAL:
+            status = to_status(exc)
+            self._log(start, tenant, grpc.StatusCode(STATUS_BY_FAMILY[exc.family]).name, str(exc))
+        else:
+            incident = uuid.uuid4().hex[:12]
+            log.error("internal error in %s (incident %s)", self.method, incident, exc_info=exc)
+            status = status_pb2.Status(code=code_pb2.INTERNAL,
+                                       message=f"internal error (incident {incident}); the details are in the "
+                                               "server log")
+            self._log(start, tenant, "INTERNAL", incident)
+        context.abort_with_status(rpc_status.to_status(status))
+
+    def _log(self, start: float, tenant: str, code: str, detail: str = "") -> None:
+        ms = (time.monotonic() - start) * 1000
+        log.info("%s %s %.1fms %s", self.method, code, ms, detail,
+                 extra={"ctx_method": self.method, "ctx_code": code, "ctx_tenant": tenant,
+                        "ctx_ms": round(ms, 1)})
+
+
+def _already_aborted(context: grpc.ServicerContext) -> bool:
+    try:
+        return context.code() not in (None, grpc.StatusCode.OK)
+    except Exception:  # noqa: BLE001 - older grpc without code()
+        return False
+
+
+def bad_request_violations(err: grpc.RpcError) -> list[tuple[str, str]]:
+    """Client side: the (field, description) pairs of a BadRequest in an error's status details."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    out: list[tuple[str, str]] = []
+    for detail in status.details if status else []:
+        br = error_details_pb2.BadRequest()
+        if detail.Unpack(br):
+            out += [(v.field, v.description) for v in br.field_violations]
+    return out
+
+

@@ -1,0 +1,103 @@
+"""Structured logging with secrets redacted.
+
+``configure_logging(json=True)`` emits one JSON object per line. A redaction filter scrubs bearer
+tokens, registered secrets (``register_secret``), credentials in URLs and ``key=value`` pairs whose
+key looks secret, from the message, its arguments and the exception text, before any handler sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+_PATTERNS = [
+    # Authorization: Bearer <token>
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1" + REDACTED),
+    # scheme://user:password@host
+    (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
+    # password=..., secret_key: ..., token=..., api_key=...
+    (
+        re.compile(
+            r"(?i)\b([a-z0-9_]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)[a-z0-9_]*"
+            r"[\"']?\s*[=:]\s*[\"']?)([^\s,;\"'&]+)"
+        ),
+        r"\1" + REDACTED,
+    ),
+    # AWS access key ids
+    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), REDACTED),
+]
+
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def register_secret(value: str) -> None:
+    """Redact this exact value wherever it appears in a log record (tokens, keys from settings)."""
+    if value and len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every known secret and secret-looking value replaced."""
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for s in secrets:
+        text = text.replace(s, REDACTED)
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Renders the message with its args, redacts it, and drops the args."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        for key, value in list(record.__dict__.items()):
+            if key.startswith("ctx_") and isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, ctx_* extras, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        payload.update({k[4:]: v for k, v in record.__dict__.items() if k.startswith("ctx_")})
+        if record.exc_text:
+            payload["exception"] = record.exc_text
+        return json.dumps(payload, default=str)
+
+
+def configure_logging(*, json_lines: bool = False, level: str = "INFO") -> None:
+    """Install one stderr handler with redaction on the root logger (idempotent)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_tuneforge", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._tuneforge = True  # type: ignore[attr-defined]
+    handler.addFilter(RedactingFilter())
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,146 @@
+"""Runtime settings, read once at start-up from the environment (prefix ``TUNEFORGE_``).
+
+Helm sets them through ConfigMaps (plain values) and Secrets (``*_FILE`` variants point at mounted
+secret files). ``load_settings`` fails fast and lists every bad setting at once.
+
+Example::
+
+    TUNEFORGE_PORT=50051 TUNEFORGE_OBJECT_STORE_URI=s3://tuneforge?endpoint=minio:9000 \\
+    TUNEFORGE_S3_SECRET_KEY_FILE=/var/run/secrets/s3/secret python -m tuneforge.checkpoints
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tuneforge.common.errors import FieldViolation, InvalidInput
+
+ENV_PREFIX = "TUNEFORGE_"
+DEFAULT_DATA_DIR = Path(".run/data")
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service shares. Subclass to add service-specific ones."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    service_name: str = Field("tuneforge", description="Name used in logs and health checks.")
+    host: str = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 in containers.")
+    port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one (tests).")
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Folder for embedded defaults (SQLite, file store).")
+    object_store_uri: str = Field("", description="file:///abs/dir or s3://bucket/prefix?endpoint=host:port")
+    s3_access_key: SecretStr = Field(SecretStr(""), description="S3 access key id.")
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key.")
+    database_url: SecretStr = Field(SecretStr(""), description="sqlite:///path or postgresql+psycopg://...")
+    auth_tokens: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated tenant:token pairs (or a file of them, one per line, via *_FILE).",
+    )
+    auth_disabled: bool = Field(False, description="Accept unauthenticated calls as tenant 'default'.")
+    log_json: bool = Field(False, description="Emit JSON log lines.")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    grace_period_s: float = Field(10.0, ge=0, description="Seconds in-flight calls get to finish on stop.")
+    max_workers: int = Field(16, ge=1, le=1024, description="gRPC handler threads.")
+    max_message_bytes: int = Field(16 << 20, ge=1 << 20, description="Largest gRPC message accepted.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        level = v.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @field_validator("object_store_uri")
+    @classmethod
+    def _store_scheme(cls, v: str) -> str:
+        if v and not v.startswith(("file://", "s3://")):
+            raise ValueError("must start with file:// or s3:// (e.g. s3://bucket?endpoint=host:9000)")
+        return v
+
+    @model_validator(mode="after")
+    def _auth_configured(self) -> ServiceSettings:
+        if not self.auth_disabled and not self.auth_tokens.get_secret_value():
+            raise ValueError(
+                "no auth tokens: set TUNEFORGE_AUTH_TOKENS (tenant:token,...) or TUNEFORGE_AUTH_TOKENS_FILE, "
+                "or TUNEFORGE_AUTH_DISABLED=true for a local single-user stack"
+            )
+        return self
+
+    def resolved_object_store_uri(self) -> str:
+        """The object store URI, defaulting to a folder under ``data_dir``."""
+        return self.object_store_uri or f"file://{(self.data_dir / 'objects').resolve()}"
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file under ``data_dir``."""
+        url = self.database_url.get_secret_value()
+        return url or f"sqlite:///{(self.data_dir / f'{self.service_name}.db').resolve()}"
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def _read_secret_files(cls: type[ServiceSettings], environ: dict[str, str]) -> dict[str, Any]:
+    """``TUNEFORGE_X_FILE=/path`` sets field x from the file's content (Kubernetes secrets)."""
+    values: dict[str, Any] = {}
+    for name in cls.model_fields:
+        path = environ.get(f"{ENV_PREFIX}{name.upper()}_FILE")
+        if path:
+            values[name] = Path(path).read_text().strip()
+    return values
+
+
+def load_settings(cls: type[S], environ: dict[str, str] | None = None, **overrides: Any) -> S:
+    """Build settings from the environment (and ``*_FILE`` secrets), reporting every problem at once.
+
+    Args:
+        cls: the settings class of the service.
+        environ: environment to read (default: ``os.environ``).
+        **overrides: explicit values (tests, CLI flags) that win over the environment.
+
+    Raises:
+        InvalidInput: one violation per bad setting, named by its environment variable.
+    """
+    env = dict(os.environ if environ is None else environ)
+    known = {f"{ENV_PREFIX}{n.upper()}" for n in cls.model_fields}
+    known |= {f"{k}_FILE" for k in known}
+    violations = [
+        FieldViolation(k, "unknown setting; check the spelling against the README's settings table")
+        for k in sorted(env)
+        if k.startswith(ENV_PREFIX) and k not in known and not k.startswith(f"{ENV_PREFIX}TEST_")
+    ]
+    try:
+        values = {**_read_secret_files(cls, env), **overrides}
+        settings = _build(cls, env, values)
+    except ValidationError as exc:
+        violations += [_violation(err) for err in exc.errors()]
+        settings = None
+    except OSError as exc:
+        violations.append(FieldViolation("*_FILE", f"cannot read secret file: {exc.strerror}"))
+        settings = None
+    if violations or settings is None:
+        raise InvalidInput.of(violations, what="settings")
+    return settings
+
+
+def _build(cls: type[S], env: dict[str, str], values: dict[str, Any]) -> S:
+    old = os.environ.copy()
+    try:  # pydantic-settings reads os.environ; swap in the requested environment for the build
+        os.environ.clear()
+        os.environ.update({k: v for k, v in env.items() if not k.endswith("_FILE")})
+        return cls(**values)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def _violation(err: Any) -> FieldViolation:
+    loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
+    name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+    # Never echo the offending value: it may be a secret.
+    return FieldViolation(name, str(err.get("msg", "invalid value")).removeprefix("Value error, "))

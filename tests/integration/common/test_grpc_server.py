@@ -1,0 +1,148 @@
+"""The shared server plumbing on a real gRPC server: auth, error mapping, health, reflection, drain."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tuneforge.common import errors as e
+from tuneforge.common.auth import current_identity
+from tuneforge.common.grpc.interceptors import bad_request_violations
+from tuneforge.common.grpc.server import build_server
+from tuneforge.common.settings import ServiceSettings
+from tuneforge.training.app import SERVICE_NAME, TrainingSettings, build_app
+from tuneforge.training.v1 import training_pb2 as pb
+from tuneforge.training.v1 import training_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+
+RAISES = {
+    "invalid": e.InvalidInput.of([e.FieldViolation("hyperparameters.learning_rate", "must be > 0"),
+                                  e.FieldViolation("base_model", "required")]),
+    "not_found": e.NotFound("job job_x not found"),
+    "exists": e.AlreadyExists("exists"),
+    "precondition": e.FailedPrecondition("dataset in use"),
+    "aborted": e.Aborted("conflict"),
+    "exhausted": e.ResourceExhausted("too big"),
+    "unavailable": e.Unavailable("store down"),
+    "denied": e.PermissionDenied("no"),
+    "dataloss": e.IntegrityError("sha256 mismatch in model.safetensors"),
+    "bug": ZeroDivisionError("secret internals 0123456789abcdef"),
+}
+
+
+class ProbeServicer(pb_grpc.TrainingServiceServicer):
+    """Raises the error named by the idempotency key; GetJob echoes the tenant, slowly if asked."""
+
+    def CreateJob(self, request, context):
+        raise RAISES[request.idempotency_key]
+
+    def GetJob(self, request, context):
+        if request.job_id == "slow":
+            time.sleep(1.5)
+        return pb.GetJobResponse(job=pb.Job(id=current_identity().tenant))
+
+    def StreamJobEvents(self, request, context):
+        yield pb.JobEvent(sequence=1, log=pb.LogEntry(message=current_identity().tenant))
+        raise e.NotFound("job ended")
+
+
+@pytest.fixture
+def probe(make_service):
+    def build(settings: ServiceSettings):
+        return build_server(settings, [(pb_grpc.add_TrainingServiceServicer_to_server, ProbeServicer())],
+                            [SERVICE_NAME])
+    return make_service(TrainingSettings, build)
+
+
+@pytest.mark.parametrize("key, code", [
+    ("invalid", grpc.StatusCode.INVALID_ARGUMENT), ("not_found", grpc.StatusCode.NOT_FOUND),
+    ("exists", grpc.StatusCode.ALREADY_EXISTS), ("precondition", grpc.StatusCode.FAILED_PRECONDITION),
+    ("aborted", grpc.StatusCode.ABORTED), ("exhausted", grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ("unavailable", grpc.StatusCode.UNAVAILABLE), ("denied", grpc.StatusCode.PERMISSION_DENIED),
+    ("dataloss", grpc.StatusCode.DATA_LOSS), ("bug", grpc.StatusCode.INTERNAL),
+])
+def test_errors_map_to_status_codes(probe, key, code):
+    stub = pb_grpc.TrainingServiceStub(probe.channel())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateJob(pb.CreateJobRequest(idempotency_key=key))
+    assert info.value.code() == code
+
+
+def test_invalid_argument_carries_field_violations(probe):
+    stub = pb_grpc.TrainingServiceStub(probe.channel())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateJob(pb.CreateJobRequest(idempotency_key="invalid"))
+    assert bad_request_violations(info.value) == [("hyperparameters.learning_rate", "must be > 0"),
+                                                  ("base_model", "required")]
+
+
+def test_internal_errors_hide_details_from_the_client(probe, caplog):
+    stub = pb_grpc.TrainingServiceStub(probe.channel())
+    with caplog.at_level(logging.ERROR), pytest.raises(grpc.RpcError) as info:
+        stub.CreateJob(pb.CreateJobRequest(idempotency_key="bug"))
+    details = info.value.details()
+    assert "internal error (incident" in details
+    assert "ZeroDivision" not in details and "0123456789abcdef" not in details and "Traceback" not in details
+    assert "ZeroDivisionError" in caplog.text  # the detail is in the server log
+
+
+@pytest.mark.parametrize("token", [None, "not-a-valid-token-at-all"])
+def test_unauthenticated_calls_are_refused(probe, token):
+    stub = pb_grpc.TrainingServiceStub(probe.channel(token))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetJob(pb.GetJobRequest(job_id="x"))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_tenant_identity_reaches_unary_and_streaming_handlers(probe):
+    stub = pb_grpc.TrainingServiceStub(probe.channel("other"))
+    assert stub.GetJob(pb.GetJobRequest(job_id="x")).job.id == "acme2"
+    stream = stub.StreamJobEvents(pb.StreamJobEventsRequest(job_id="x"))
+    assert next(stream).log.message == "acme2"
+    with pytest.raises(grpc.RpcError) as info:
+        next(stream)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_and_reflection_need_no_token(probe):
+    ch = probe.channel(None)
+    health = health_pb2_grpc.HealthStub(ch)
+    assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+    resp = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                          timeout=5))
+    names = {s.name for s in resp.list_services_response.service}
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+
+
+def test_graceful_stop_drains_in_flight_calls_and_reports_not_serving(probe):
+    stub = pb_grpc.TrainingServiceStub(probe.channel())
+    result: dict[str, object] = {}
+    t = threading.Thread(target=lambda: result.setdefault("job", stub.GetJob(pb.GetJobRequest(job_id="slow"))))
+    t.start()
+    time.sleep(0.3)
+    stopper = threading.Thread(target=probe.server.stop, args=(5.0,))
+    stopper.start()
+    time.sleep(0.2)
+    status = probe.server.health._server_status.get(SERVICE_NAME)  # flipped before draining
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    t.join(5)
+    stopper.join(5)
+    assert result["job"].job.id == "acme"  # the in-flight call finished
+
+
+def test_unimplemented_training_rpcs_say_what_to_use(make_service):
+    svc = make_service(TrainingSettings, build_app)
+    stub = pb_grpc.TrainingServiceStub(svc.channel())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ListJobs(pb.ListJobsRequest())
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "python -m tuneforge.engine" in info.value.details()

@@ -1,0 +1,47 @@
+import io
+import json
+import logging
+
+import pytest
+
+from tuneforge.common.logging import JsonFormatter, RedactingFilter, redact, register_secret
+
+
+@pytest.fixture
+def captured():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.redaction")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("authorization: Bearer abcdEFGH12345678xyz", "abcdEFGH12345678xyz"),
+    ("connecting to postgresql+psycopg://app:hunter2pass@db:5432/x", "hunter2pass"),
+    ("s3_secret_key=wJalrXUtnFEMI/K7MDENG", "wJalrXUtnFEMI/K7MDENG"),
+    ('{"api_key": "sk-live-123456789"}', "sk-live-123456789"),
+    ("key id AKIAIOSFODNN7EXAMPLE used", "AKIAIOSFODNN7EXAMPLE"),
+])
+def test_patterns_are_redacted(text, secret):
+    assert secret not in redact(text)
+
+
+def test_registered_secrets_never_reach_the_log(captured):
+    logger, stream = captured
+    register_secret("tenant-token-0123456789")
+    logger.info("token %s used", "tenant-token-0123456789", extra={"ctx_header": "tenant-token-0123456789"})
+    try:
+        raise RuntimeError("failed with tenant-token-0123456789")
+    except RuntimeError:
+        logger.exception("boom")
+    out = stream.getvalue()
+    assert "tenant-token-0123456789" not in out
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[0]["message"] == "token [REDACTED] used"
+    assert lines[0]["header"] == "[REDACTED]"
+    assert "RuntimeError" in lines[1]["exception"]

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+
+from tuneforge.common.errors import InvalidInput
+from tuneforge.common.settings import ServiceSettings, load_settings
+
+TOKENS = "acme:0123456789abcdef0123"
+
+
+def test_defaults_are_embedded_sqlite_and_file_store(tmp_path):
+    s = load_settings(ServiceSettings, environ={"TUNEFORGE_AUTH_TOKENS": TOKENS, "TUNEFORGE_DATA_DIR": str(tmp_path)})
+    assert s.resolved_database_url() == f"sqlite:///{tmp_path / 'tuneforge.db'}"
+    assert s.resolved_object_store_uri() == f"file://{tmp_path / 'objects'}"
+
+
+def test_every_bad_setting_is_reported_at_once():
+    env = {"TUNEFORGE_PORT": "99999", "TUNEFORGE_LOG_LEVEL": "LOUD", "TUNEFORGE_OBJECT_STORE_URI": "ftp://x",
+           "TUNEFORGE_PROT": "1", "TUNEFORGE_AUTH_TOKENS": TOKENS}
+    with pytest.raises(InvalidInput) as info:
+        load_settings(ServiceSettings, environ=env)
+    fields = {v.field for v in info.value.violations}
+    assert fields == {"TUNEFORGE_PORT", "TUNEFORGE_LOG_LEVEL", "TUNEFORGE_OBJECT_STORE_URI", "TUNEFORGE_PROT"}
+
+
+def test_missing_auth_tokens_is_an_error_unless_disabled():
+    with pytest.raises(InvalidInput) as info:
+        load_settings(ServiceSettings, environ={})
+    assert "TUNEFORGE_AUTH_TOKENS" in str(info.value)
+    assert load_settings(ServiceSettings, environ={"TUNEFORGE_AUTH_DISABLED": "true"}).auth_disabled
+
+
+def test_secret_files_and_no_secret_in_errors(tmp_path: Path):
+    secret = tmp_path / "s3"
+    secret.write_text("super-secret-value-123\n")
+    s = load_settings(ServiceSettings, environ={"TUNEFORGE_S3_SECRET_KEY_FILE": str(secret),
+                                                "TUNEFORGE_AUTH_TOKENS": TOKENS})
+    assert s.s3_secret_key.get_secret_value() == "super-secret-value-123"
+    assert "super-secret" not in repr(s)
+    with pytest.raises(InvalidInput) as info:
+        load_settings(ServiceSettings, environ={"TUNEFORGE_PORT": "sekrit-port-value", "TUNEFORGE_AUTH_TOKENS": TOKENS})
+    assert "sekrit" not in str(info.value)

@@ -1,0 +1,94 @@
+"""SQLite engine settings and the TZDateTime type (embedded backend, no server)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, StatementError
+
+from tuneforge.common.db import TZDateTime, create_db_engine, new_metadata, session_scope, utcnow
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path):  # type: ignore[no-untyped-def]
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'nested' / 'meta.db'}")
+    yield engine
+    engine.dispose()
+
+
+def test_sqlite_file_and_folder_are_created(sqlite_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert (tmp_path / "nested" / "meta.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("pragma", "expected"),
+    [("journal_mode", "wal"), ("foreign_keys", 1), ("busy_timeout", 5000), ("synchronous", 1)],
+)
+def test_sqlite_pragmas_are_set_on_every_connection(sqlite_engine, pragma: str, expected: object) -> None:  # type: ignore[no-untyped-def]
+    with sqlite_engine.connect() as connection:
+        assert connection.exec_driver_sql(f"PRAGMA {pragma}").scalar() == expected
+
+
+def test_sqlite_enforces_foreign_keys(sqlite_engine) -> None:  # type: ignore[no-untyped-def]
+    metadata = new_metadata()
+    parent = sa.Table("parent", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    child = sa.Table(
+        "child",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("parent_id", sa.ForeignKey(parent.c.id), nullable=False),
+    )
+    metadata.create_all(sqlite_engine)
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"), session_scope(sqlite_engine) as session:
+        session.execute(child.insert().values(id=1, parent_id=42))
+    with sqlite_engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(child)).scalar() == 0
+
+
+def test_sqlite_ddl_is_transactional(sqlite_engine) -> None:  # type: ignore[no-untyped-def]
+    # sqlite3's own transaction control would autocommit the CREATE TABLE before the error.
+    with pytest.raises(RuntimeError), sqlite_engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        raise RuntimeError("boom")
+    assert "t" not in sa.inspect(sqlite_engine).get_table_names()
+
+
+def test_in_memory_sqlite_keeps_its_data_across_connections() -> None:
+    engine = create_db_engine("sqlite:///:memory:")
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            connection.exec_driver_sql("INSERT INTO t VALUES (7)")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT x FROM t").scalar() == 7
+    finally:
+        engine.dispose()
+
+
+def test_utcnow_is_aware_utc() -> None:
+    now = utcnow()
+    assert now.tzinfo is not None and now.utcoffset() == timedelta(0)
+    assert abs((now - datetime.now(UTC)).total_seconds()) < 5
+
+
+def test_tzdatetime_refuses_naive_datetimes(sqlite_engine) -> None:  # type: ignore[no-untyped-def]
+    metadata = new_metadata()
+    events = sa.Table("events", metadata, sa.Column("at", TZDateTime(), nullable=False))
+    metadata.create_all(sqlite_engine)
+    with pytest.raises(StatementError, match="naive datetime"), sqlite_engine.begin() as connection:
+        connection.execute(events.insert().values(at=datetime(2025, 1, 1, 12, 0)))
+
+
+def test_tzdatetime_stores_utc_wall_time_on_sqlite(sqlite_engine) -> None:  # type: ignore[no-untyped-def]
+    metadata = new_metadata()
+    events = sa.Table("events", metadata, sa.Column("at", TZDateTime(), nullable=False))
+    metadata.create_all(sqlite_engine)
+    paris_summer = timezone(timedelta(hours=2))
+    with sqlite_engine.begin() as connection:
+        connection.execute(events.insert().values(at=datetime(2025, 6, 1, 14, 30, tzinfo=paris_summer)))
+    with sqlite_engine.connect() as connection:
+        raw = connection.exec_driver_sql("SELECT at FROM events").scalar()
+    assert raw.startswith("2025-06-01 12:30:00")
