@@ -47,6 +47,12 @@ class ServiceSettings(BaseSettings):
     grace_period_s: float = Field(10.0, ge=0, description="Seconds in-flight calls get to finish on stop.")
     max_workers: int = Field(16, ge=1, le=1024, description="gRPC handler threads.")
     max_message_bytes: int = Field(16 << 20, ge=1 << 20, description="Largest gRPC message accepted.")
+    # Peer services (host:port), shared by every service so that one ConfigMap can serve them all.
+    datasets_address: str = Field("", description="DatasetService address, e.g. datasets:50051.")
+    training_address: str = Field("", description="TrainingService address.")
+    evaluation_address: str = Field("", description="EvaluationService address.")
+    checkpoints_address: str = Field("", description="CheckpointService address.")
+    service_token: SecretStr = Field(SecretStr(""), description="Bearer token this service uses to call peers.")
 
     @field_validator("log_level")
     @classmethod

@@ -1,0 +1,125 @@
+"""``tuneforge stack`` (``make up``): the four services as separate processes on 127.0.0.1.
+
+Embedded defaults (SQLite files and a ``file://`` object store under ``.run/``) unless the
+environment says otherwise: every ``TUNEFORGE_*`` variable is passed through, so
+``TUNEFORGE_OBJECT_STORE_URI=s3://...`` and ``TUNEFORGE_DATABASE_URL=postgresql+psycopg://...``
+switch the same processes to S3 and PostgreSQL. A development token is generated once
+(``.run/token``) unless ``TUNEFORGE_AUTH_TOKENS`` is set. Ctrl-C stops them all cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVICES = ("datasets", "training", "evaluation", "checkpoints")
+
+
+@dataclass
+class Proc:
+    """One service process."""
+
+    name: str
+    port: int
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def dev_token(run_dir: Path) -> str:
+    """The local stack's token, generated once with 0600 permissions."""
+    path = run_dir / "token"
+    if not path.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def _env(name: str, port: int, run_dir: Path, token: str, ports: dict[str, int]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TUNEFORGE_AUTH_TOKENS", f"default:{token}")
+    env.setdefault("TUNEFORGE_SERVICE_TOKEN", token)
+    env.update({"TUNEFORGE_PORT": str(port), "TUNEFORGE_HOST": "127.0.0.1", "TUNEFORGE_SERVICE_NAME": name})
+    env.setdefault("TUNEFORGE_DATA_DIR", str(run_dir / "data"))
+    for peer, p in ports.items():
+        env.setdefault(f"TUNEFORGE_{peer.upper()}_ADDRESS", f"127.0.0.1:{p}")
+    return env
+
+
+def wait_serving(address: str, timeout: float) -> bool:
+    """Poll grpc.health.v1 until SERVING or timeout."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                time.sleep(0.3)
+    return False
+
+
+def start(base_port: int, run_dir: Path, timeout: float = 120.0) -> list[Proc]:
+    """Start every service; raise RuntimeError (after stopping the others) if one fails."""
+    token = dev_token(run_dir)
+    ports = {name: base_port + i for i, name in enumerate(SERVICES)}
+    procs = []
+    for name, port in ports.items():
+        log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        popen = subprocess.Popen([sys.executable, "-m", f"tuneforge.{name}"], stdout=log, stderr=subprocess.STDOUT,
+                                 env=_env(name, port, run_dir, token, ports))
+        procs.append(Proc(name, port, popen))
+    for p in procs:
+        if not wait_serving(p.address, timeout) or p.popen.poll() is not None:
+            stop(procs)
+            raise RuntimeError(f"{p.name} did not become SERVING on {p.address}; see {run_dir / (p.name + '.log')}")
+    return procs
+
+
+def stop(procs: list[Proc], grace: float = 15.0) -> None:
+    """SIGTERM every process (they drain in-flight calls), then wait; SIGKILL stragglers."""
+    for p in procs:
+        if p.popen.poll() is None:
+            p.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+
+
+def run(base_port: int, run_dir: Path) -> int:
+    """Start, print addresses, block until Ctrl-C/SIGTERM or a child exits, then stop all."""
+    procs = start(base_port, run_dir)
+    print("tuneforge stack is up (token in .run/token):")
+    for p in procs:
+        print(f"  {p.name:<12} {p.address}")
+    print("ready", flush=True)
+    stopping = False
+
+    def _on_signal(_s: int, _f: object) -> None:
+        nonlocal stopping
+        stopping = True
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    while not stopping and all(p.popen.poll() is None for p in procs):
+        time.sleep(0.2)
+    dead = [p.name for p in procs if p.popen.poll() is not None]
+    stop(procs)
+    print("stopped", flush=True)
+    return 1 if dead and not stopping else 0
