@@ -23,4 +23,5 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 pytest_plugins = [
     "tests.fixtures.grpc",
     "tests.fixtures.postgres",
+    "tests.fixtures.s3",
 ]

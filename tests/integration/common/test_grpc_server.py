@@ -146,3 +146,15 @@ def test_unimplemented_training_rpcs_say_what_to_use(make_service):
         stub.ListJobs(pb.ListJobsRequest())
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "python -m tuneforge.engine" in info.value.details()
+
+
+def test_tokens_never_appear_in_logs_or_error_messages(probe, caplog):
+    wrong = "wrong-token-value-0123456789"
+    with caplog.at_level(logging.DEBUG):
+        stub = pb_grpc.TrainingServiceStub(probe.channel())
+        stub.GetJob(pb.GetJobRequest(job_id="x"))
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.TrainingServiceStub(probe.channel(wrong)).GetJob(pb.GetJobRequest(job_id="x"))
+    for secret in (probe.token, probe.other_token, wrong):
+        assert secret not in caplog.text
+        assert secret not in info.value.details()

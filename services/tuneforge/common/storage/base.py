@@ -72,6 +72,11 @@ class ObjectStore(Protocol):
         """Objects under ``prefix`` (recursive), in key order."""
         ...
 
+    def list_prefixes(self, prefix: str = "") -> Iterator[str]:
+        """Immediate child prefixes ``<prefix><name>/`` of ``prefix`` (``""`` or ending in ``/``)
+        holding any stored data, committed or not, in key order (one cheap listing call)."""
+        ...
+
     def delete(self, key: str) -> None:
         """Delete one object; deleting a missing object is not an error."""
         ...
