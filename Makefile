@@ -24,7 +24,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PROTOS := $(wildcard protos/tuneforge/*/v1/*.proto)
 PROTO_STAMP := services/tuneforge/common/v1/.stamp
 
-.PHONY: help setup venv tools postgres proto lint test test-fast up demo bench clean
+.PHONY: help setup venv tools postgres proto lint test test-fast up demo bench clean kind-up kind-down e2e
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -74,6 +74,16 @@ lint: setup  ## ruff, mypy, buf lint
 	$(VENV)/bin/ruff check services tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/buf lint protos
+	$(VENV)/bin/hadolint docker/Dockerfile
+
+kind-up:  ## a kind cluster with the chart, S3 and PostgreSQL (needs docker or podman + kind)
+	deploy/kind/up.sh
+
+kind-down:
+	deploy/kind/down.sh
+
+e2e:  ## the kind e2e tests (needs a cluster from `make kind-up`)
+	$(PY) -m pytest tests/e2e -m e2e -q -rs
 
 test: setup  ## the CI suite: unit + integration + slow (not gpu, not e2e)
 	$(PY) -m pytest -m "not gpu and not e2e" --durations=25 $(PYTEST_ARGS)

@@ -1,0 +1,126 @@
+{{/* The four gRPC services, in a fixed order. */}}
+{{- define "tuneforge.serviceNames" -}}
+datasets training evaluation checkpoints
+{{- end }}
+
+{{- define "tuneforge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tuneforge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tuneforge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tuneforge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tuneforge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "tuneforge.labels" -}}
+helm.sh/chart: {{ include "tuneforge.chart" . }}
+{{ include "tuneforge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tuneforge
+{{- end }}
+
+{{- define "tuneforge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tuneforge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name: set the name of an existing ServiceAccount, or serviceAccount.create=true" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Secret names: the existing Secret when one is named, else the one this chart creates. */}}
+{{- define "tuneforge.authSecretName" -}}
+{{- default (printf "%s-auth" (include "tuneforge.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+{{- define "tuneforge.s3SecretName" -}}
+{{- default (printf "%s-s3" (include "tuneforge.fullname" .)) .Values.objectStore.existingSecret }}
+{{- end }}
+{{- define "tuneforge.databaseSecretName" -}}
+{{- default (printf "%s-database" (include "tuneforge.fullname" .)) .Values.database.existingSecret }}
+{{- end }}
+{{- define "tuneforge.raySecretName" -}}
+{{- default (printf "%s-ray" (include "tuneforge.fullname" .)) .Values.rayCluster.auth.existingSecret }}
+{{- end }}
+
+{{/* Where secrets are mounted; the TUNEFORGE_*_FILE settings point at these files. */}}
+{{- define "tuneforge.secretsDir" -}}/var/run/secrets/tuneforge{{- end }}
+
+{{/*
+Fail early, with the value to set, when a credential is neither given nor referenced. The chart
+never falls back to a default credential.
+*/}}
+{{- define "tuneforge.validate" -}}
+{{- $v := .Values }}
+{{- if and (not $v.auth.disabled) (not $v.auth.existingSecret) (not $v.auth.tokens) }}
+{{- fail "auth: no tokens. Set auth.existingSecret to a Secret holding tenant:token pairs under key 'tokens' (or auth.tokens), or auth.disabled=true for a throwaway local stack" }}
+{{- end }}
+{{- $_ := required "objectStore.endpoint is required: the host:port of your S3/MinIO endpoint, e.g. minio.storage.svc:9000" $v.objectStore.endpoint }}
+{{- $_ := required "objectStore.bucket is required: the bucket tuneforge stores datasets and checkpoints in" $v.objectStore.bucket }}
+{{- if and (not $v.objectStore.existingSecret) (or (not $v.objectStore.accessKey) (not $v.objectStore.secretKey)) }}
+{{- fail "objectStore: no credentials. Set objectStore.existingSecret to a Secret with keys 'accessKey' and 'secretKey' (or both objectStore.accessKey and objectStore.secretKey)" }}
+{{- end }}
+{{- if and (not $v.database.existingSecret) (not $v.database.url) }}
+{{- fail "database: no PostgreSQL URL. Set database.existingSecret to a Secret with key 'url' (postgresql+psycopg://user:password@host:5432/db), or database.url" }}
+{{- end }}
+{{- if and $v.rayCluster.enabled (not $v.rayCluster.auth.existingSecret) (not $v.rayCluster.auth.token) }}
+{{- fail "rayCluster.auth: no Ray token. Set rayCluster.auth.existingSecret to a Secret with key 'token' (or rayCluster.auth.token); Ray clusters run with token authentication" }}
+{{- end }}
+{{- end }}
+
+{{/* s3://bucket/prefix?endpoint=host:port[&secure=false][&region=r] (no credentials in URIs). */}}
+{{- define "tuneforge.objectStoreUri" -}}
+{{- $o := .Values.objectStore }}
+{{- $path := trimAll "/" $o.prefix }}
+{{- printf "s3://%s%s?endpoint=%s" $o.bucket (ternary (printf "/%s" $path) "" (ne $path "")) $o.endpoint }}
+{{- if not $o.secure }}&secure=false{{ end }}
+{{- if $o.region }}&region={{ $o.region }}{{ end }}
+{{- end }}
+
+{{- define "tuneforge.image" -}}
+{{- $root := index . 0 }}
+{{- $svc := index . 1 }}
+{{- $cfg := index $root.Values.services $svc }}
+{{- $repo := default (printf "%s-%s" $root.Values.image.repository $svc) $cfg.image.repository }}
+{{- $tag := default (default $root.Chart.AppVersion $root.Values.image.tag) $cfg.image.tag }}
+{{- printf "%s:%s" $repo $tag }}
+{{- end }}
+
+{{- define "tuneforge.rayHeadAddress" -}}
+{{- printf "ray://%s-ray-head-svc.%s.svc:10001" (include "tuneforge.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/* Pod-level settings shared by the Ray head and worker pods. */}}
+{{- define "tuneforge.rayPodCommon" -}}
+serviceAccountName: {{ include "tuneforge.serviceAccountName" . }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- define "tuneforge.rayEnv" -}}
+- {name: RAY_AUTH_MODE, value: token}
+- {name: RAY_AUTH_TOKEN_PATH, value: {{ include "tuneforge.secretsDir" . }}/ray/token}
+- {name: RAY_USAGE_STATS_ENABLED, value: "0"}
+- {name: HOME, value: /tmp}
+{{- end }}

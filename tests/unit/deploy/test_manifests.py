@@ -1,0 +1,147 @@
+"""Rendered manifests and deploy/kind files against Kubernetes' own schemas (kubernetes-validate, offline).
+
+kubernetes-validate knows no custom resources: it only warns for a RayCluster. So the RayCluster's
+essential fields are checked here, and its head and worker pod templates are validated as Pods.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.unit.deploy._chart import (
+    KUBE_VERSION,
+    RAY_TOKEN,
+    ROOT,
+    SERVICES,
+    by_name,
+    kind_values,
+    of_kind,
+    render,
+    valid_values,
+)
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+pytest.importorskip("helm_python", reason="pip install helm-python-sdk (the chart tests need it)")
+
+CUSTOM_KINDS = {"RayCluster"}
+RAY_VALUES = {"rayCluster": {"enabled": True, "auth": {"token": RAY_TOKEN},
+                             "gpuWorkers": {"gpusPerWorker": 2, "replicas": 1, "minReplicas": 0, "maxReplicas": 3}}}
+
+
+def _validate_all(docs: list[dict[str, Any]]) -> list[str]:
+    """Validate every built-in object strictly (unknown fields are errors); return what was checked."""
+    checked = []
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        checked.append(f"{doc['kind']}/{doc['metadata']['name']}")
+    return checked
+
+
+@pytest.mark.parametrize(
+    "values",
+    [valid_values(), valid_values(**RAY_VALUES), valid_values(auth={"disabled": True, "tokens": ""},
+                                                               podDisruptionBudget={"enabled": False},
+                                                               networkPolicy={"enabled": False})],
+    ids=["default", "ray", "minimal"],
+)
+def test_rendered_chart_is_valid_kubernetes(values: dict[str, Any]) -> None:
+    checked = _validate_all(render(values))
+    assert {c.split("/")[0] for c in checked} >= {"ConfigMap", "Deployment", "Service", "ServiceAccount"}
+
+
+def test_the_validator_refuses_unknown_fields() -> None:
+    """Guard for the test above: strict validation must catch a misspelt field."""
+    deploy = by_name(render(valid_values()), "Deployment", "tf-tuneforge-training")
+    deploy["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"grpc": {"port": 1}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deploy, KUBE_VERSION, strict=True)
+
+
+def test_cli_validates_the_rendered_chart(tmp_path: Path) -> None:
+    """The same check through the kubernetes-validate CLI, as CI would run it on a manifest file."""
+    docs = [d for d in render(valid_values()) if d["kind"] not in CUSTOM_KINDS]
+    path = tmp_path / "tuneforge.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    exe = Path(sys.executable).parent / "kubernetes-validate"
+    proc = subprocess.run([str(exe), "--strict", "-k", KUBE_VERSION, str(path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ERROR" not in proc.stdout
+
+
+def _pod(template: dict[str, Any], name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, **template.get("metadata", {})},
+            "spec": template["spec"]}
+
+
+def test_raycluster_has_head_and_gpu_worker_group() -> None:
+    docs = render(valid_values(**RAY_VALUES))
+    ray = by_name(docs, "RayCluster", "tf-tuneforge-ray")
+    assert ray["apiVersion"] == "ray.io/v1"
+    spec = ray["spec"]
+    assert spec["rayVersion"] == "2.60.0"
+    head = spec["headGroupSpec"]
+    assert all(isinstance(v, str) for v in head["rayStartParams"].values())  # KubeRay wants strings
+    assert head["rayStartParams"]["num-gpus"] == "0"
+    head_ports = {p["name"]: p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
+    assert head_ports == {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
+    (group,) = spec["workerGroupSpecs"]
+    assert group["groupName"] == "gpu"
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    worker = group["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert worker["resources"]["requests"]["nvidia.com/gpu"] == 2
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+        group["template"]["spec"]["tolerations"]
+    for template, name in ((head["template"], "head"), (group["template"], "worker")):
+        kubernetes_validate.validate(_pod(template, name), KUBE_VERSION, strict=True)
+        env = {e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"] == "token" and RAY_TOKEN not in str(template)
+
+
+def test_training_service_is_pointed_at_the_ray_head() -> None:
+    docs = render(valid_values(**RAY_VALUES), namespace="ml")
+    env = {e["name"]: e.get("value") for e in
+           by_name(docs, "Deployment", "tf-tuneforge-training")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RAY_ADDRESS"] == "ray://tf-tuneforge-ray-head-svc.ml.svc:10001"
+    assert env["RAY_AUTH_TOKEN_PATH"] == "/var/run/secrets/tuneforge/ray/token"
+    other = by_name(docs, "Deployment", "tf-tuneforge-datasets")["spec"]["template"]["spec"]["containers"][0]
+    assert "RAY_ADDRESS" not in {e["name"] for e in other["env"]}
+
+
+def test_kind_values_render_with_existing_secrets_only() -> None:
+    docs = render(kind_values(), release="tuneforge", namespace="tuneforge")
+    _validate_all(docs)
+    assert of_kind(docs, "Secret") == []  # up.sh creates them with random values
+    cm = by_name(docs, "ConfigMap", "tuneforge-settings")
+    assert cm["data"]["TUNEFORGE_OBJECT_STORE_URI"] == "s3://tuneforge?endpoint=s3:9000&secure=false"
+    for svc in SERVICES:
+        c = by_name(docs, "Deployment", f"tuneforge-{svc}")["spec"]["template"]["spec"]["containers"][0]
+        assert c["image"] == f"localhost/tuneforge-{svc}:dev" and c["imagePullPolicy"] == "Never"
+
+
+def test_kind_dependencies_are_valid_and_credential_free() -> None:
+    deps = sorted((ROOT / "deploy" / "kind" / "deps").glob("*.yaml"))
+    docs = [d for p in deps for d in yaml.safe_load_all(p.read_text()) if d]
+    checked = _validate_all(docs)
+    assert sorted(checked) == ["Deployment/postgres", "Deployment/s3", "Service/postgres", "Service/s3"]
+    for deploy in of_kind(docs, "Deployment"):
+        pod = deploy["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["enableServiceLinks"] is False
+        for env in pod["containers"][0].get("env", []):
+            assert "PASSWORD" not in env["name"] or "valueFrom" in env or env["name"].endswith("_FILE")
+
+
+def test_kind_cluster_config() -> None:
+    cfg = yaml.safe_load((ROOT / "deploy" / "kind" / "cluster.yaml").read_text())
+    assert (cfg["kind"], cfg["apiVersion"]) == ("Cluster", "kind.x-k8s.io/v1alpha4")
+    assert [n["role"] for n in cfg["nodes"]] == ["control-plane"]
+    assert cfg["networking"]["apiServerAddress"] == "127.0.0.1"
