@@ -24,4 +24,5 @@ pytest_plugins = [
     "tests.fixtures.grpc",
     "tests.fixtures.postgres",
     "tests.fixtures.s3",
+    "tests.fixtures.tiny",
 ]

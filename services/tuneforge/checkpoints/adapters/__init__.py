@@ -1,0 +1,1 @@
+"""Checkpoint adapters: SQL repository, object-store access and the exporter."""

@@ -1,0 +1,103 @@
+"""``Exporter``: download a checkpoint (verified), run ``tuneforge.engine.export``, upload the folder.
+
+Base models for merged exports are looked up by the name in ``lineage.base_model``:
+
+1. ``tenants/<tenant>/models/<name>/`` in the object store (a committed artifact, MANIFEST.json);
+2. ``<models_dir>/<name>`` on the service's disk (models baked into the image or a volume).
+
+Exports land in ``tenants/<tenant>/exports/<destination>/``, written manifest-last by the shared
+``CheckpointWriter`` (its MANIFEST.json lists every exported file with size and sha256).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+from tuneforge.checkpoints.adapters.objects import StoreCheckpointFiles
+from tuneforge.checkpoints.domain.model import ExportFormat, FileEntry, Manifest
+from tuneforge.checkpoints.domain.ports import ExportResult
+from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound
+from tuneforge.common.storage import ObjectStore, check_key, tenant_prefix
+from tuneforge.common.storage.artifacts import read_manifest
+from tuneforge.common.storage.checkpoint_writer import CheckpointWriter
+
+log = logging.getLogger(__name__)
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?")
+
+
+class StoreExporter:
+    """Exports checkpoints of ``store`` back into ``store``.
+
+    Args:
+        store: the object store.
+        models_dir: local folder of base models (may not exist).
+        work_dir: scratch space for downloads and exports (a temp folder per export).
+    """
+
+    def __init__(self, store: ObjectStore, models_dir: Path, work_dir: Path) -> None:
+        self._store = store
+        self._files = StoreCheckpointFiles(store)
+        self._models_dir = models_dir
+        self._work_dir = work_dir
+
+    def export(self, tenant: str, manifest: Manifest, fmt: ExportFormat, destination: str) -> ExportResult:
+        """Export ``manifest`` as ``fmt`` to ``tenants/<tenant>/exports/<destination>/``."""
+        prefix = check_key(f"{tenant_prefix(tenant)}exports/{destination.strip('/')}", field="destination") + "/"
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self._work_dir, prefix="export-") as tmp:
+            ckpt_dir, out_dir = Path(tmp) / "checkpoint", Path(tmp) / "out"
+            self._download(tenant, manifest, ckpt_dir)
+            self._run(tenant, manifest, fmt, ckpt_dir, out_dir, Path(tmp) / "base")
+            extra = {"checkpoint_id": manifest.checkpoint_id, "format": fmt.value, "step": manifest.step,
+                     "base_model": manifest.draft.lineage.base_model}
+            written = CheckpointWriter(self._store).write(out_dir, prefix, extra)
+        log.info("exported %s as %s to %s", manifest.checkpoint_id, fmt.value, prefix)
+        files = tuple(FileEntry(f.path, f.size, f.sha256) for f in written.files)
+        return ExportResult(uri=_join_uri(self._store.uri, prefix), files=files)
+
+    def _run(self, tenant: str, manifest: Manifest, fmt: ExportFormat, ckpt_dir: Path, out_dir: Path,
+             base_tmp: Path) -> None:
+        from tuneforge.engine import export as engine_export  # torch: loaded on first export only
+
+        if fmt is ExportFormat.ADAPTER:
+            engine_export.export_adapter(ckpt_dir, out_dir)
+        elif fmt is ExportFormat.FULL:
+            engine_export.export_full(ckpt_dir, out_dir)
+        else:
+            base_dir = self._base_model(tenant, manifest.draft.lineage.base_model, base_tmp)
+            engine_export.export_merged(base_dir, ckpt_dir, out_dir)
+
+    def _download(self, tenant: str, manifest: Manifest, dest: Path) -> None:
+        for entry in manifest.draft.files:
+            path = dest / entry.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as out:
+                for chunk in self._files.read(tenant, manifest, entry, 0, 1 << 20):
+                    out.write(chunk)
+
+    def _base_model(self, tenant: str, name: str, tmp: Path) -> Path:
+        if not _MODEL_NAME.fullmatch(name) or ".." in name:
+            raise InvalidInput.field_error(
+                "lineage.base_model", f"{name!r} is not a model name such as 'smollm2-135m' or 'org/model'")
+        prefix = f"{tenant_prefix(tenant)}models/{name}/"
+        try:
+            artifact = read_manifest(self._store, prefix)
+        except NotFound:
+            local = self._models_dir / name
+            if (local / "config.json").is_file():
+                return local
+            raise FailedPrecondition(
+                f"base model {name!r} is neither in the object store at {prefix} nor in the models folder "
+                f"{self._models_dir}: upload it there (safetensors folder) before exporting") from None
+        for entry in artifact.files:
+            self._store.get_file(prefix + entry.path, tmp / entry.path)
+        return tmp
+
+
+def _join_uri(store_uri: str, key: str) -> str:
+    base, sep, query = store_uri.partition("?")
+    return f"{base.rstrip('/')}/{key}{sep}{query}"

@@ -1,0 +1,90 @@
+"""Composition root of the checkpoint service: settings -> adapters -> domain -> servicer -> server.
+
+Fails fast at start-up: the object store must be reachable and writable (the store probes it)
+and the database is migrated before the port opens. A background thread runs store hygiene
+(orphans, interrupted deletions, stale multipart uploads) every ``hygiene_interval_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from tuneforge.checkpoints.adapters.export import StoreExporter
+from tuneforge.checkpoints.adapters.hygiene import CheckpointJanitor
+from tuneforge.checkpoints.adapters.objects import StoreCheckpointFiles
+from tuneforge.checkpoints.adapters.sql import SqlCheckpointRepository
+from tuneforge.checkpoints.domain.service import CheckpointRegistry
+from tuneforge.checkpoints.servicer import CheckpointServicer
+from tuneforge.checkpoints.v1 import checkpoints_pb2, checkpoints_pb2_grpc
+from tuneforge.common import db
+from tuneforge.common.grpc.server import RunningServer, build_server
+from tuneforge.common.settings import ServiceSettings
+from tuneforge.common.storage import open_object_store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = checkpoints_pb2.DESCRIPTOR.services_by_name["CheckpointService"].full_name
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = db.version_table_for("checkpoints")
+
+
+class CheckpointSettings(ServiceSettings):
+    """Checkpoint service settings (``TUNEFORGE_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="forbid", validate_default=True)
+    service_name: str = "checkpoints"
+    models_dir: Path = Field(Path(".run/models"), description="Local base models for merged exports.")
+    download_chunk_bytes: int = Field(1 << 20, ge=64 << 10, le=8 << 20, description="Bytes per DownloadFile message.")
+    hygiene_interval_s: float = Field(3600.0, ge=0, description="Seconds between hygiene passes; 0 disables.")
+    orphan_grace_s: float = Field(6 * 3600.0, ge=60, description="Unregistered files younger than this are kept.")
+    upload_timeout_s: float = Field(24 * 3600.0, ge=60, description="Incomplete multipart uploads older are aborted.")
+
+
+def build_app(settings: CheckpointSettings) -> RunningServer:
+    """Wire and start the checkpoint service; raises a ``TuneforgeError`` when a dependency is unusable."""
+    store = open_object_store(settings.resolved_object_store_uri(),
+                              access_key=settings.s3_access_key.get_secret_value() or None,
+                              secret_key=settings.s3_secret_key.get_secret_value() or None)
+    engine = db.create_db_engine(settings.resolved_database_url())
+    db.run_migrations(engine, MIGRATIONS_DIR, VERSION_TABLE)
+    repo = SqlCheckpointRepository(db.make_sessionmaker(engine))
+    exporter = StoreExporter(store, settings.models_dir, settings.data_dir / "work")
+    registry = CheckpointRegistry(repo, StoreCheckpointFiles(store), exporter)
+    servicer = CheckpointServicer(registry, store.uri, settings.download_chunk_bytes)
+    janitor = CheckpointJanitor(store, repo, orphan_grace=timedelta(seconds=settings.orphan_grace_s),
+                                upload_timeout=timedelta(seconds=settings.upload_timeout_s))
+    janitor.install_lifecycle_rule()
+    server = build_server(settings, [(checkpoints_pb2_grpc.add_CheckpointServiceServicer_to_server, servicer)],
+                          [SERVICE_NAME])
+    stop = _start_hygiene(janitor, settings.hygiene_interval_s)
+    server.on_stop.extend([engine.dispose, stop])
+    return server
+
+
+def _start_hygiene(janitor: CheckpointJanitor, interval_s: float) -> Callable[[], None]:
+    stopped = threading.Event()
+    if interval_s <= 0:
+        return stopped.set
+
+    def loop() -> None:
+        while not stopped.wait(interval_s):
+            try:
+                janitor.run_once()
+            except Exception:
+                log.exception("checkpoint hygiene pass failed; retrying in %.0fs", interval_s)
+
+    thread = threading.Thread(target=loop, name="checkpoint-hygiene", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopped.set()
+        thread.join(timeout=30)
+
+    return stop

@@ -1,0 +1,1 @@
+"""Checkpoint domain: manifests, aliases, retention, use cases (no grpc, sqlalchemy, minio, ray)."""
