@@ -18,6 +18,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,16 +75,15 @@ class CheckpointWriter:
         """
         prefix = artifact_prefix(prefix)
         local = _scan(local_dir)
-        wanted = tuple(local[name][1] for name in sorted(local))
         existing = self._retrying(f"reading the manifest of {prefix}", lambda: self._existing(prefix))
         if existing is not None:
+            wanted = tuple(_describe(name, local[name].path) for name in sorted(local))
             return self._same_or_conflict(prefix, existing, wanted, manifest_extra)
         writer = self._retrying(f"opening {prefix}", lambda: ArtifactWriter(self.store, prefix))
         for name in sorted(local):
-            path, entry = local[name]
-            self._retrying(f"uploading {name}", partial(self._upload, writer, name, path, entry))
+            self._retrying(f"uploading {name}", partial(self._upload, writer, name, local[name]))
         manifest = self._retrying(f"committing {prefix}", lambda: writer.commit(manifest_extra))
-        log.info("checkpoint %s committed: %d files, %d bytes", prefix, len(wanted), manifest.total_size)
+        log.info("checkpoint %s committed: %d files, %d bytes", prefix, len(local), manifest.total_size)
         return manifest
 
     def _existing(self, prefix: str) -> Manifest | None:
@@ -110,20 +110,25 @@ class CheckpointWriter:
             "immutable; write to a new prefix (e.g. a new step number)"
         )
 
-    def _upload(self, writer: ArtifactWriter, name: str, path: Path, entry: ManifestFile) -> None:
+    def _upload(self, writer: ArtifactWriter, name: str, local: _LocalFile) -> None:
+        # The file is hashed once, by the store while streaming it; it is hashed locally only when
+        # an interrupted attempt left an object of the same size to compare against (then it is
+        # adopted instead of re-sent).
         key = writer.prefix + name
         try:
             stored = self.store.stat(key)
         except NotFound:
             stored = None
-        if stored is not None and (stored.size, stored.sha256) == (entry.size, entry.sha256):
-            writer.adopt(name)  # left by an interrupted attempt: same bytes, no need to resend
+        if (stored is not None and stored.size == local.size
+                and stored.sha256 == _describe(name, local.path).sha256):
+            writer.adopt(name)
             return
-        info = self.store.put_file(key, path)
-        if (info.size, info.sha256) != (entry.size, entry.sha256):
+        info = self.store.put_file(key, local.path)
+        if info.size != local.size or _fingerprint(local.path) != local.fingerprint:
             raise Aborted(
-                f"checkpoint file {name!r} changed while it was uploaded (local sha256 {entry.sha256}, "
-                f"uploaded {info.sha256}): write checkpoints only after the folder is complete"
+                f"checkpoint file {name!r} changed while it was uploaded (size/mtime before "
+                f"{local.fingerprint}, after {_fingerprint(local.path)}): write checkpoints only after "
+                "the folder is complete"
             )
         writer.adopt(name)
 
@@ -141,11 +146,23 @@ class CheckpointWriter:
         return step()
 
 
-def _scan(local_dir: Path) -> dict[str, tuple[Path, ManifestFile]]:
-    """Map each file's relative posix path to (path, size + sha256), refusing odd entries."""
+@dataclass(frozen=True)
+class _LocalFile:
+    path: Path
+    size: int
+    fingerprint: tuple[int, int]
+
+
+def _fingerprint(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _scan(local_dir: Path) -> dict[str, _LocalFile]:
+    """Map each file's relative posix path to its path, size and (size, mtime) fingerprint."""
     if not local_dir.is_dir():
         raise InvalidInput.field_error("local_dir", f"{str(local_dir)!r} is not a folder")
-    found: dict[str, tuple[Path, ManifestFile]] = {}
+    found: dict[str, _LocalFile] = {}
     for path in sorted(local_dir.rglob("*")):
         name = path.relative_to(local_dir).as_posix()
         if path.is_symlink() or not (path.is_file() or path.is_dir()):
@@ -154,7 +171,8 @@ def _scan(local_dir: Path) -> dict[str, tuple[Path, ManifestFile]]:
                 f"{name!r} in {str(local_dir)!r} is a symlink or special file: copy the real file in",
             )
         if path.is_file():
-            found[name] = (path, _describe(name, path))
+            fp = _fingerprint(path)
+            found[name] = _LocalFile(path, fp[0], fp)
     if not found:
         raise InvalidInput.field_error("local_dir", f"{str(local_dir)!r} holds no files: nothing to upload")
     return found
