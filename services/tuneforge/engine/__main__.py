@@ -1,0 +1,57 @@
+"""``python -m tuneforge.engine --config job.yaml``: run one training job, metrics as JSON lines.
+
+Each event is printed to stdout as one JSON object per line; the final result is the last line
+(``{"kind": "result", ...}``). Exit status: 0 completed or early-stopped, 1 engine error (message
+on stderr), 130 cancelled by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from tuneforge.common.errors import TuneforgeError
+from tuneforge.engine.api import run_training
+from tuneforge.engine.spec import load_spec
+from tuneforge.engine.train.events import EngineEvent, RunStatus
+
+
+def _print_event(event: EngineEvent) -> None:
+    print(event.to_json(), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the job, print events; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m tuneforge.engine", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="training spec (YAML)")
+    parser.add_argument("--log-level", default="WARNING", help="python logging level for stderr")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    cancel = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    try:
+        spec = load_spec(args.config)
+        result = run_training(spec, on_event=_print_event, cancel=cancel)
+    except TuneforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    doc = {
+        "kind": "result",
+        "status": result.status.value,
+        "steps": result.steps,
+        "metrics": result.metrics,
+        "last_checkpoint_uri": result.last_checkpoint_uri,
+        "best_checkpoint_uri": result.best_checkpoint_uri,
+        "resumed_from_uri": result.resumed_from_uri,
+    }
+    print(json.dumps(doc, sort_keys=True), flush=True)
+    return 130 if result.status is RunStatus.CANCELLED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

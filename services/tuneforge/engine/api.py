@@ -1,0 +1,57 @@
+"""The engine's entry point for the training service: ``run_training(spec, ...)``.
+
+One worker runs the recipe in this process; several run it in Ray Train workers (DeepSpeed ZeRO
+or DDP) through ``tuneforge.engine.distributed``. Either way events reach ``on_event`` here and a
+``TrainingResult`` comes back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from tuneforge.engine.spec import ObjectiveKind, TrainingSpec
+from tuneforge.engine.train.events import EngineEvent, EventKind, RunStatus, TrainingResult
+
+__all__ = ["EngineEvent", "EventKind", "RunStatus", "TrainingResult", "recipe_for", "run_training"]
+
+Recipe = Callable[..., TrainingResult]
+
+
+def recipe_for(spec: TrainingSpec) -> Recipe:
+    """The recipe module's ``run`` for the spec's objective."""
+    if spec.objective.kind is ObjectiveKind.DPO:
+        from tuneforge.engine.recipes import dpo as recipe
+    elif spec.objective.kind is ObjectiveKind.PRETRAIN:
+        from tuneforge.engine.recipes import pretrain as recipe
+    else:
+        from tuneforge.engine.recipes import sft as recipe
+    return recipe.run
+
+
+def run_training(
+    spec: TrainingSpec,
+    *,
+    on_event: Callable[[EngineEvent], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainingResult:
+    """Train as ``spec`` says; resume from the run's latest complete checkpoint if there is one.
+
+    Args:
+        spec: a validated training spec (``tuneforge.engine.spec.load_spec``).
+        on_event: receives STARTED, STEP (loss, lr, grad_norm, tokens/s, samples/s, peak memory),
+            EVAL (eval_loss, eval_perplexity), CHECKPOINT, RESUMED, EARLY_STOPPED and FINISHED.
+        cancel: set it to stop after the current optimizer step (status CANCELLED).
+
+    Returns:
+        How the run ended, its last metrics and checkpoint URIs.
+
+    Raises:
+        InvalidInput: bad data (e.g. every label masked in a batch), naming the rows and the fix.
+        TuneforgeError: other engine failures, each naming cause and remedy.
+    """
+    if spec.resources.num_workers > 1 or spec.resources.ray_address:
+        from tuneforge.engine.distributed import run_on_ray
+
+        return run_on_ray(spec, on_event=on_event, cancel=cancel)
+    return recipe_for(spec)(spec, on_event=on_event, cancel=cancel)

@@ -1,0 +1,139 @@
+"""Run a recipe on N Ray Train workers (TorchTrainer): DeepSpeed ZeRO 1-3, or DDP at stage 0.
+
+Ray is started with explicit limits (CPUs, a small object store, no dashboard, a temp dir) or
+joined by ``resources.ray_address``. Worker 0's events travel to the caller through a small
+actor; cancellation travels back the same way. A failed worker group is restarted by Ray up to
+``resources.max_failures`` times and the recipe resumes from the latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from typing import Any
+
+import ray
+
+from tuneforge.common.errors import Internal
+from tuneforge.engine.spec import TrainingSpec
+from tuneforge.engine.train.events import EngineEvent, EventCallback, TrainingResult
+
+
+@ray.remote(num_cpus=0)
+class _Channel:
+    """Events from worker 0 to the driver; the cancel flag from the driver to the workers."""
+
+    def __init__(self) -> None:
+        self.events: list[EngineEvent] = []
+        self.cancelled = False
+        self.result: TrainingResult | None = None
+
+    def put(self, event: EngineEvent) -> None:
+        self.events.append(event)
+
+    def drain(self) -> list[EngineEvent]:
+        out, self.events = self.events, []
+        return out
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled
+
+    def set_result(self, result: TrainingResult) -> None:
+        self.result = result
+
+    def get_result(self) -> TrainingResult | None:
+        return self.result
+
+
+class _RemoteCancel:
+    """Looks like a ``threading.Event`` to the loop; asks the channel actor."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    def is_set(self) -> bool:
+        return bool(ray.get(self._channel.is_cancelled.remote()))
+
+
+def _worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    from tuneforge.engine.api import recipe_for
+    from tuneforge.engine.spec import load_spec
+
+    spec = load_spec(config["spec"])
+    channel = config["channel"]
+    rank = ray.train.get_context().get_world_rank()
+    result = recipe_for(spec)(
+        spec, on_event=lambda e: channel.put.remote(e), cancel=_RemoteCancel(channel)
+    )
+    if rank == 0:
+        ray.get(channel.set_result.remote(result))
+
+
+def ensure_ray(spec: TrainingSpec) -> None:
+    """Join ``resources.ray_address`` or start a local Ray with explicit, small limits."""
+    if ray.is_initialized():
+        return
+    res = spec.resources
+    if res.ray_address:
+        ray.init(address=res.ray_address)
+        return
+    ray.init(
+        num_cpus=res.num_workers * res.cpus_per_worker + 1,
+        object_store_memory=res.object_store_memory_mb * 1024 * 1024,
+        include_dashboard=False,
+        _temp_dir=os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray-"),
+        log_to_driver=True,
+    )
+
+
+def run_on_ray(
+    spec: TrainingSpec, *, on_event: EventCallback | None = None, cancel: threading.Event | None = None
+) -> TrainingResult:
+    """Train on ``resources.num_workers`` Ray workers and return worker 0's result."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ensure_ray(spec)
+    res = spec.resources
+    channel = _Channel.remote()
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"spec": spec.resolved_dict(), "channel": channel},
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker={"CPU": res.cpus_per_worker}),
+        run_config=RunConfig(name=spec.output.run_name,
+                             storage_path=os.path.join(tempfile.gettempdir(), "tuneforge-ray-results"),
+                             failure_config=FailureConfig(max_failures=res.max_failures)),
+    )
+    done = threading.Event()
+    pump = threading.Thread(target=_pump, args=(channel, on_event, cancel, done), daemon=True)
+    pump.start()
+    try:
+        trainer.fit()
+    finally:
+        done.set()
+        pump.join()
+    for event in ray.get(channel.drain.remote()):
+        if on_event is not None:
+            on_event(event)
+    result = ray.get(channel.get_result.remote())
+    if result is None:
+        raise Internal("the Ray workers finished without a result: see the worker logs")
+    return result
+
+
+def _pump(channel: Any, on_event: EventCallback | None, cancel: threading.Event | None, done: threading.Event) -> None:
+    while not done.is_set():
+        if cancel is not None and cancel.is_set():
+            channel.cancel.remote()
+        for event in ray.get(channel.drain.remote()):
+            if on_event is not None:
+                on_event(event)
+        time.sleep(0.2)

@@ -1,0 +1,212 @@
+"""Losses the loop can train: next-token cross-entropy (SFT, pre-training) and DPO.
+
+Rows are already tokenized. A causal-LM row holds ``input_ids`` and ``labels`` (``-100`` where no
+loss is taken; Hugging Face alignment, the shift happens here) and optionally ``position_ids``
+(packed rows). A DPO row holds ``chosen_input_ids``/``chosen_labels`` and
+``rejected_input_ids``/``rejected_labels``. Every loss is a SUM over its units (label tokens, or
+preference pairs); the loop divides by the global count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tuneforge.engine.spec import DpoLossType
+from tuneforge.engine.train.loop import Batch, LossSum
+
+IGNORE = -100
+_MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
+
+
+def pad_rows(rows: Sequence[dict[str, Any]], pad_id: int, prefix: str = "") -> Batch:
+    """Right-pad ``input_ids``/``labels`` (and ``position_ids``) of ``rows`` into tensors."""
+    ids = [list(r[prefix + "input_ids"]) for r in rows]
+    labels = [list(r[prefix + "labels"]) for r in rows]
+    width = max(len(x) for x in ids)
+    batch: Batch = {
+        "input_ids": torch.tensor([x + [pad_id] * (width - len(x)) for x in ids]),
+        "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
+        "labels": torch.tensor([y + [IGNORE] * (width - len(y)) for y in labels]),
+    }
+    if rows and prefix + "position_ids" in rows[0]:
+        pos = [list(r[prefix + "position_ids"]) for r in rows]
+        batch["position_ids"] = torch.tensor([p + [0] * (width - len(p)) for p in pos])
+    return batch
+
+
+def _num_tokens(batch: Batch) -> int:
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
+    return int(batch["attention_mask"].sum())
+
+
+def _logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    out = model(**{k: batch[k] for k in _MODEL_KEYS if k in batch}, use_cache=False)
+    # Prompt tuning prepends virtual tokens to the outputs; keep the positions of the real tokens.
+    return out.logits[:, -batch["labels"].size(1) :]
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-prob of each next label, and the mask of positions that count (shifted)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE
+    safe = shift_labels.masked_fill(~mask, 0)
+    logps = torch.log_softmax(shift_logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return logps * mask, mask
+
+
+class CausalLMObjective:
+    """Next-token cross-entropy over unmasked labels (SFT and continued pre-training).
+
+    Args:
+        pad_id: the tokenizer's pad id (distinct from eos).
+        collate: turns rows into a batch; defaults to right padding with ``pad_rows``.
+    """
+
+    has_perplexity = True
+
+    def __init__(self, pad_id: int, collate: Callable[[Sequence[Any]], Batch] | None = None, name: str = "sft"):
+        self.name = name
+        self._collate = collate or (lambda rows: pad_rows(rows, pad_id))
+
+    def collate(self, rows: Sequence[Any]) -> Batch:
+        return self._collate(rows)
+
+    def units(self, batch: Batch) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+    def tokens(self, batch: Batch) -> int:
+        return _num_tokens(batch)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
+        logits = _logits(model, batch)
+        total = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.size(-1)),
+            batch["labels"][:, 1:].reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+        return LossSum(total)
+
+
+def dpo_losses(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float,
+    loss_type: DpoLossType,
+    chosen_tokens: torch.Tensor,
+    rejected_tokens: torch.Tensor,
+) -> torch.Tensor:
+    """Per-pair DPO loss (the formulas of trl 1.x ``DPOTrainer``).
+
+    sigmoid: -log sigmoid(beta * delta); hinge: relu(1 - beta * delta); ipo: (delta_per_token -
+    1/(2 beta))^2, with delta the difference of the policy/reference log-ratios of chosen and
+    rejected (IPO normalises each log-ratio by its completion length).
+    """
+    chosen_ratio = chosen_logps - ref_chosen_logps
+    rejected_ratio = rejected_logps - ref_rejected_logps
+    delta = chosen_ratio - rejected_ratio
+    if loss_type is DpoLossType.SIGMOID:
+        return -F.logsigmoid(beta * delta)
+    if loss_type is DpoLossType.HINGE:
+        return torch.relu(1 - beta * delta)
+    ipo_delta = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+    return (ipo_delta - 1 / (2 * beta)) ** 2
+
+
+@dataclass
+class Reference:
+    """Where reference log-probs come from: the policy with its adapter disabled, or a frozen copy.
+
+    Attributes:
+        adapter_model: the peft model whose ``disable_adapter()`` yields the base (adapters).
+        frozen_model: a frozen copy of the initial model (full fine-tuning).
+    """
+
+    adapter_model: torch.nn.Module | None = None
+    frozen_model: torch.nn.Module | None = None
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        if self.adapter_model is not None:
+            return self.adapter_model.disable_adapter()  # type: ignore[operator]
+        return contextlib.nullcontext()
+
+    def model(self, policy: torch.nn.Module) -> torch.nn.Module:
+        return self.frozen_model if self.frozen_model is not None else policy
+
+
+class DPOObjective:
+    """Direct preference optimisation over (chosen, rejected) pairs against a reference.
+
+    Args:
+        pad_id: the tokenizer's pad id.
+        beta: DPO temperature.
+        loss_type: sigmoid, ipo or hinge.
+        reference: how reference log-probs are computed.
+    """
+
+    name = "dpo"
+    has_perplexity = False
+
+    def __init__(self, pad_id: int, *, beta: float, loss_type: DpoLossType, reference: Reference):
+        self.pad_id = pad_id
+        self.beta = beta
+        self.loss_type = loss_type
+        self.reference = reference
+
+    def collate(self, rows: Sequence[Any]) -> Batch:
+        chosen = pad_rows(rows, self.pad_id, "chosen_")
+        rejected = pad_rows(rows, self.pad_id, "rejected_")
+        width = max(chosen["input_ids"].size(1), rejected["input_ids"].size(1))
+        fills = {"input_ids": self.pad_id, "attention_mask": 0, "labels": IGNORE}
+
+        def cat(key: str) -> torch.Tensor:
+            parts = [F.pad(b[key], (0, width - b[key].size(1)), value=fills[key]) for b in (chosen, rejected)]
+            return torch.cat(parts)
+
+        return {key: cat(key) for key in fills}
+
+    def units(self, batch: Batch) -> int:
+        # A pair counts only when both completions have labels.
+        has = (batch["labels"][:, 1:] != IGNORE).any(dim=1)
+        c, r = has.chunk(2)
+        return int((c & r).sum())
+
+    def tokens(self, batch: Batch) -> int:
+        return _num_tokens(batch)
+
+    def sequence_logps(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs of each sequence ([chosen; rejected]) and token counts."""
+        logps, mask = token_logps(_logits(model, batch), batch["labels"])
+        return logps.sum(dim=1), mask.sum(dim=1)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
+        logps, counts = self.sequence_logps(model, batch)
+        with torch.no_grad(), self.reference.context():
+            ref_logps, _ = self.sequence_logps(self.reference.model(model), batch)
+        chosen, rejected = logps.chunk(2)
+        ref_chosen, ref_rejected = ref_logps.chunk(2)
+        n_chosen, n_rejected = counts.chunk(2)
+        losses = dpo_losses(
+            chosen, rejected, ref_chosen, ref_rejected,
+            beta=self.beta, loss_type=self.loss_type, chosen_tokens=n_chosen, rejected_tokens=n_rejected,
+        )
+        chosen_reward = self.beta * (chosen - ref_chosen).detach()
+        rejected_reward = self.beta * (rejected - ref_rejected).detach()
+        metrics = {
+            "rewards_chosen": float(chosen_reward.sum()),
+            "rewards_rejected": float(rejected_reward.sum()),
+            "rewards_accuracy": float((chosen_reward > rejected_reward).float().sum()),
+            "rewards_margin": float((chosen_reward - rejected_reward).sum()),
+        }
+        return LossSum(losses.sum(), metrics)
