@@ -1,0 +1,206 @@
+"""Ingestion: a local file (spooled upload or downloaded object) -> validated canonical shards.
+
+Steps: archive expansion (guarded) -> container detection -> streaming row reader -> format
+detection (first row) -> conversion and validation per row -> policy -> local shards. Nothing is
+written to the object store here: the caller publishes the staged shards only on success.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.common.errors import FieldViolation, InvalidInput, ResourceExhausted
+from tuneforge.datasets.domain.archives import ArchiveLimits, extract_archive, iter_archive_names
+from tuneforge.datasets.domain.formats import (
+    DEFAULT_CATEGORY_FIELDS,
+    DatasetFormat,
+    convert_row,
+    detect_format,
+)
+from tuneforge.datasets.domain.readers import FileType, detect_file_type, iter_rows
+from tuneforge.datasets.domain.records import texts_of
+from tuneforge.datasets.domain.rejects import RejectedRow, RowError
+from tuneforge.datasets.domain.shards import RejectsWriter, ShardSet, ShardWriter
+from tuneforge.datasets.domain.tokens import TokenCounter, WhitespaceCounter
+
+MAX_REPORTED_VIOLATIONS = 50
+DETECTION_ROWS = 100
+
+
+class ValidationPolicy(enum.StrEnum):
+    """What to do with rows that fail validation."""
+
+    REJECT_UPLOAD = "reject_upload"
+    SKIP_INVALID = "skip_invalid"
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Caps on what one ingest accepts."""
+
+    max_file_bytes: int = 10 << 30
+    max_row_bytes: int = 1 << 20
+    max_rows: int = 50_000_000
+    archive: ArchiveLimits = field(default_factory=ArchiveLimits)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What the caller declared about the file."""
+
+    file_name: str
+    format: DatasetFormat | None = None
+    file_type: FileType | None = None
+    policy: ValidationPolicy = ValidationPolicy.REJECT_UPLOAD
+    max_tokens_per_row: int = 0
+    category_field: str = ""
+
+
+@dataclass
+class IngestResult:
+    """Staged shards, the rejected-rows report and the counts."""
+
+    shards: ShardSet
+    rejected_path: Path | None
+    rows_read: int
+    rows_rejected: int
+    format: DatasetFormat
+    sources: list[str]
+
+
+class _Ingest:
+    def __init__(self, options: IngestOptions, limits: IngestLimits, counter: TokenCounter, staging: Path) -> None:
+        self.options = options
+        self.limits = limits
+        self.counter = counter
+        self.writer = ShardWriter(staging / "data")
+        self.rejects = RejectsWriter(staging / "rejected.parquet")
+        self.violations: list[FieldViolation] = []
+        self.format = options.format
+        self.rows_read = 0
+        fields = (options.category_field,) if options.category_field else DEFAULT_CATEGORY_FIELDS
+        self.category_fields = tuple(fields)
+
+    def reject(self, source: str, number: int, error: RowError) -> None:
+        rejected = RejectedRow(number, error.field, error.reason, "validate", source)
+        self.rejects.add(rejected)
+        if self.options.policy is ValidationPolicy.REJECT_UPLOAD and len(self.violations) < MAX_REPORTED_VIOLATIONS:
+            where = rejected.violation_field()
+            self.violations.append(FieldViolation(where if source == self.options.file_name else f"{source}:{where}", error.reason))
+
+    def check_tokens(self, record: dict[str, Any]) -> None:
+        limit = self.options.max_tokens_per_row
+        if limit:
+            tokens = sum(self.counter.count(list(texts_of(record))))
+            if tokens > limit:
+                raise RowError("", f"has {tokens} tokens, over the limit of {limit}: shorten the row or raise max_tokens_per_row")
+
+    def run_file(self, source: str, path: Path) -> None:
+        file_type = self.options.file_type or detect_file_type(source, path, self.limits.archive)
+        rows = iter_rows(path, file_type, max_row_bytes=self.limits.max_row_bytes, limits=self.limits.archive, name=source)
+        pending: list[tuple[int, Any]] = []
+        for number, row in rows:
+            self.rows_read += 1
+            if self.rows_read > self.limits.max_rows:
+                raise ResourceExhausted(
+                    f"more than {self.limits.max_rows} rows: split the file into several uploads", reason="ROW_COUNT"
+                )
+            if self.format is None:
+                pending.append((number, row))
+                if sum(isinstance(r, dict) for _, r in pending) >= DETECTION_ROWS:
+                    self._flush_pending(source, pending)
+                continue
+            self.handle(source, number, row)
+        self._flush_pending(source, pending)
+
+    def _flush_pending(self, source: str, pending: list[tuple[int, Any]]) -> None:
+        """Detect the format by majority over the buffered rows, then process them."""
+        if self.format is None and pending:
+            self.format = vote_format([r for _, r in pending if isinstance(r, dict)])
+        for number, row in pending:
+            self.handle(source, number, row)
+        pending.clear()
+
+    def handle(self, source: str, number: int, row: Any) -> None:
+        if isinstance(row, RowError):
+            self.reject(source, number, row)
+            return
+        assert self.format is not None
+        try:
+            record = convert_row(row, self.format, source=source, row_number=number, category_fields=self.category_fields)
+            self.check_tokens(record)
+        except RowError as error:
+            self.reject(source, number, error)
+            return
+        self.writer.add(record)
+
+
+def vote_format(rows: list[dict[str, Any]]) -> DatasetFormat | None:
+    """The format most of ``rows`` look like (None when there are no rows).
+
+    Raises:
+        InvalidInput: no row has a recognizable shape (the first row's columns are named).
+    """
+    votes: Counter[DatasetFormat] = Counter()
+    first_error: InvalidInput | None = None
+    for row in rows:
+        try:
+            votes[detect_format(row)] += 1
+        except InvalidInput as exc:
+            first_error = first_error or exc
+    if votes:
+        return votes.most_common(1)[0][0]
+    if first_error is not None:
+        raise first_error
+    return None
+
+
+def ingest_file(
+    path: Path,
+    options: IngestOptions,
+    staging: Path,
+    *,
+    limits: IngestLimits | None = None,
+    counter: TokenCounter | None = None,
+) -> IngestResult:
+    """Validate a local file into staged canonical shards.
+
+    Args:
+        path: the file (possibly compressed or an archive).
+        options: declared format, type, policy, token limit, category field.
+        staging: an empty local folder for shards and the rejected-rows report.
+        limits: caps (file size, row size, row count, archive guards).
+        counter: token counter for ``max_tokens_per_row`` (whitespace by default).
+
+    Raises:
+        InvalidInput: bad rows under REJECT_UPLOAD (every violation listed, up to 50), an
+            unreadable file, or an undetectable format.
+        ResourceExhausted: a size, row or archive limit was passed.
+    """
+    limits = limits or IngestLimits()
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise ResourceExhausted(f"file is {size} bytes, over the limit of {limits.max_file_bytes}: split it", reason="FILE_SIZE")
+    job = _Ingest(options, limits, counter or WhitespaceCounter(), staging)
+    (staging / "archive").mkdir(parents=True, exist_ok=True)
+    members = extract_archive(path, staging / "archive", limits.archive)
+    sources = [(f"{options.file_name}/{name}", p) for name, p in iter_archive_names(members)] or [(options.file_name, path)]
+    for source, file_path in sources:
+        job.run_file(source, file_path)
+    shards = job.writer.close()
+    rejected = job.rejects.close()
+    if job.violations:
+        raise InvalidInput(
+            f"{job.rejects.count} of {job.rows_read} rows are invalid and the policy is reject_upload: "
+            "fix them, or upload with validation_policy=SKIP_INVALID to store the good rows",
+            violations=job.violations,
+            reason="INVALID_ROWS",
+        )
+    if shards.rows == 0:
+        raise InvalidInput.field_error("file", f"no valid rows in {options.file_name!r} ({job.rows_read} read): check the format")
+    return IngestResult(shards, rejected, job.rows_read, job.rejects.count, job.format or DatasetFormat.TEXT, [s for s, _ in sources])
+

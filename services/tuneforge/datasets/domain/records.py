@@ -1,0 +1,152 @@
+"""The canonical record: one schema for every input format, stored as Parquet.
+
+A record is a plain ``dict`` (fast to build row by row) with these keys; ``RECORD_SCHEMA`` is
+the Arrow schema of the Parquet shards of every version:
+
+- ``kind``: ``chat`` | ``instruction`` | ``preference`` | ``text``
+  (Alpaca/Dolly rows are ``instruction`` records stored as a user/assistant conversation).
+- ``messages``: list of ``{role, content}`` (chat and instruction), roles system/user/assistant/tool.
+- ``prompt``: list of ``{role, content}``: the conversation before the compared answers (preference).
+- ``chosen`` / ``rejected``: the preferred and the dispreferred assistant answer (preference).
+- ``text``: raw text (continued pre-training).
+- ``category``: the task/category label, or null.
+- ``provenance``: ``{source, row, augmented, flags}``: source file name, 1-based row in it,
+  whether augmentation created the record, and screening flags (``toxicity:0.84``, ``lang:fr``).
+- ``split``: ``train`` | ``validation`` | ``test`` once a curation run has split the version, else null.
+
+This module imports pyarrow only (no grpc, no torch): the training engine reads the same shards
+(``tuneforge.engine.data.records``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pyarrow as pa
+
+
+class RecordKind(enum.StrEnum):
+    """The kind of a canonical record."""
+
+    CHAT = "chat"
+    INSTRUCTION = "instruction"
+    PREFERENCE = "preference"
+    TEXT = "text"
+
+
+class Split(enum.StrEnum):
+    """Split names."""
+
+    TRAIN = "train"
+    VALIDATION = "validation"
+    TEST = "test"
+
+
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+PROVENANCE_TYPE = pa.struct(
+    [
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("augmented", pa.bool_()),
+        ("flags", pa.list_(pa.string())),
+    ]
+)
+RECORD_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("messages", pa.list_(MESSAGE_TYPE)),
+        ("prompt", pa.list_(MESSAGE_TYPE)),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("text", pa.string()),
+        ("category", pa.string()),
+        ("provenance", PROVENANCE_TYPE),
+        ("split", pa.string()),
+    ]
+)
+"""The Arrow schema of every version's Parquet shards."""
+
+FIELDS = tuple(RECORD_SCHEMA.names)
+
+
+def new_record(
+    kind: RecordKind,
+    *,
+    source: str,
+    row: int,
+    messages: list[dict[str, str]] | None = None,
+    prompt: list[dict[str, str]] | None = None,
+    chosen: str | None = None,
+    rejected: str | None = None,
+    text: str | None = None,
+    category: str | None = None,
+) -> dict[str, Any]:
+    """Build a canonical record dict with every key present."""
+    return {
+        "kind": kind.value,
+        "messages": messages,
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "text": text,
+        "category": category,
+        "provenance": {"source": source, "row": row, "augmented": False, "flags": []},
+        "split": None,
+    }
+
+
+def texts_of(record: dict[str, Any]) -> Iterator[str]:
+    """Yield every text field of a record (message contents, prompt, answers, text)."""
+    for key in ("messages", "prompt"):
+        for message in record.get(key) or ():
+            yield message["content"]
+    for key in ("chosen", "rejected", "text"):
+        value = record.get(key)
+        if value:
+            yield value
+
+
+def content_key(record: dict[str, Any]) -> str:
+    """The record's content as one string (roles included): what dedup and hashing compare."""
+    parts: list[str] = []
+    for key in ("messages", "prompt"):
+        for message in record.get(key) or ():
+            parts.append(message["role"])
+            parts.append(message["content"])
+    for key in ("chosen", "rejected", "text"):
+        value = record.get(key)
+        if value is not None:
+            parts.append(key)
+            parts.append(value)
+    return "\x1f".join(parts)
+
+
+def map_texts(record: dict[str, Any], fn: Any) -> dict[str, Any]:
+    """Return a copy of ``record`` with ``fn`` applied to every text field."""
+    out = dict(record)
+    for key in ("messages", "prompt"):
+        if record.get(key):
+            out[key] = [{"role": m["role"], "content": fn(m["content"])} for m in record[key]]
+    for key in ("chosen", "rejected", "text"):
+        if record.get(key) is not None:
+            out[key] = fn(record[key])
+    return out
+
+
+def answer_text(record: dict[str, Any]) -> str:
+    """The answer part of a record: last assistant turn, the chosen answer, or the text."""
+    if record.get("messages"):
+        for message in reversed(record["messages"]):
+            if message["role"] == "assistant":
+                return message["content"]
+        return ""
+    if record.get("chosen") is not None:
+        return record["chosen"]
+    return record.get("text") or ""
+
+
+def to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
+    """Convert canonical record dicts to an Arrow table with ``RECORD_SCHEMA``."""
+    return pa.Table.from_pylist(list(records), schema=RECORD_SCHEMA)

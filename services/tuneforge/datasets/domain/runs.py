@@ -1,0 +1,158 @@
+"""Curation runs: long operations in a background thread pool, with a progress event stream.
+
+``start`` records the run (QUEUED) and returns at once; a worker runs the pipeline, publishes
+the output version and records SUCCEEDED, or FAILED with the error's code, message and field.
+Events are kept in memory per run (sequence-numbered, resumable with ``after_sequence``); after
+a restart ``watch`` replays the final state from the catalog, and runs that were in flight are
+marked failed at start-up (their staging is gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tuneforge.common.db import utcnow
+from tuneforge.common.errors import AlreadyExists, NotFound, TuneforgeError
+from tuneforge.datasets.domain import config as cfg
+from tuneforge.datasets.domain.model import Run, RunState, new_id
+from tuneforge.datasets.domain.pipeline import StepCount, run_pipeline
+from tuneforge.datasets.domain.service import DatasetCatalogService, Staged
+
+log = logging.getLogger(__name__)
+_TERMINAL = (RunState.SUCCEEDED, RunState.FAILED)
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One progress event."""
+
+    sequence: int
+    time: datetime
+    state: RunState
+    step: dict[str, Any] | None
+    message: str
+
+
+@dataclass
+class _Events:
+    items: list[RunEvent] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+class CurationRuns:
+    """Starts, tracks and streams curation runs."""
+
+    def __init__(self, service: DatasetCatalogService, max_workers: int = 2) -> None:
+        self.service = service
+        self.catalog = service.catalog
+        self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="curation")
+        self._events: dict[str, _Events] = {}
+        self._lock = threading.Lock()
+        failed = self.catalog.fail_unfinished_runs("the service restarted during the run: start it again")
+        if failed:
+            log.warning("marked %d interrupted curation runs as failed", failed)
+
+    def shutdown(self) -> None:
+        """Stop accepting runs and wait for running ones."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _emit(self, run: Run, message: str, step: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            events = self._events.setdefault(run.id, _Events())
+        with events.cond:
+            events.items.append(RunEvent(len(events.items) + 1, utcnow(), run.state, step, message))
+            events.cond.notify_all()
+
+    def start(self, tenant: str, version_id: str, config: cfg.PipelineConfig, request_id: str = "") -> Run:
+        """Validate, record and queue a run; a repeated request_id returns the first run."""
+        if request_id and (existing := self.catalog.find_run_by_request(tenant, request_id)):
+            if existing.input_version_id != version_id:
+                raise AlreadyExists(f"request_id {request_id!r} was used for another version: use a new request_id")
+            return existing
+        cfg.check_pipeline(config)
+        version = self.service.get_version(tenant, version_id)
+        run = Run(new_id("run"), tenant, version.id, RunState.QUEUED, utcnow(), request_id or None,
+                  {"config": config.to_dict(), "steps": []})
+        self.catalog.save_run(run)
+        self._emit(run, "queued")
+        self.pool.submit(self._execute, run, config)
+        return run
+
+    def _execute(self, run: Run, config: cfg.PipelineConfig) -> None:
+        run.state = RunState.RUNNING
+        self.catalog.save_run(run)
+        self._emit(run, "running")
+        staging = self.service.staging()
+        try:
+            version = self.service.get_version(run.tenant, run.input_version_id)
+            shards, _ = self.service.local_files(version)
+
+            def progress(count: StepCount) -> None:
+                run.document["steps"].append(count.as_dict())
+                self.catalog.save_run(run)
+                self._emit(run, f"step {count.step}: {count.rows_in} -> {count.rows_out} rows", count.as_dict())
+
+            result = run_pipeline(shards, config, staging, progress=progress,
+                                  eval_records=lambda ids: self._eval_records(run.tenant, ids))
+            document = {"pipeline": config.to_dict(), "steps": [c.as_dict() for c in result.steps], "run_id": run.id}
+            staged = Staged(result.shards, result.rejected_path, result.rejected_count, document, version.id)
+            dataset = self.service.catalog.find_dataset(run.tenant, version.dataset_id)
+            assert dataset is not None
+            _, output = self.service.publish(run.tenant, dataset.name, "", staged)
+            run.output_version_id = output.id
+            run.state = RunState.SUCCEEDED
+            message = f"succeeded: version {output.id} with {output.row_count} rows"
+        except TuneforgeError as exc:
+            run.state = RunState.FAILED
+            run.document["error"] = {"code": exc.family.value, "message": exc.message, "field": exc.field or ""}
+            message = f"failed: {exc.message}"
+        except Exception:
+            log.exception("curation run %s failed", run.id)
+            run.state = RunState.FAILED
+            run.document["error"] = {"code": "INTERNAL", "message": "internal error: see the service log", "field": ""}
+            message = "failed: internal error"
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        run.ended_at = utcnow()
+        self.catalog.save_run(run)
+        self._emit(run, message)
+
+    def _eval_records(self, tenant: str, version_ids: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+        for version_id in version_ids:
+            yield from self.service.records(tenant, version_id)
+
+    def get(self, tenant: str, run_id: str) -> Run:
+        """One run; NotFound otherwise."""
+        run = self.catalog.get_run(tenant, run_id) if run_id else None
+        if run is None:
+            raise NotFound(f"curation run {run_id!r} not found: check the id returned by CurateDataset")
+        return run
+
+    def watch(self, tenant: str, run_id: str, after: int = 0, timeout_s: float = 3600.0) -> Iterator[RunEvent]:
+        """Yield events after ``after`` until the run ends (or ``timeout_s`` without news)."""
+        run = self.get(tenant, run_id)
+        with self._lock:
+            events = self._events.get(run.id)
+        if events is None:  # run from before a restart: its final state only
+            yield RunEvent(1, run.ended_at or run.created_at, run.state, None, f"run is {run.state.value}")
+            return
+        index = after
+        while True:
+            with events.cond:
+                if len(events.items) <= index:
+                    events.cond.wait_for(lambda seen=index: len(events.items) > seen, timeout=timeout_s)
+                new = events.items[index:]
+            if not new:
+                return
+            for event in new:
+                yield event
+                index = event.sequence
+                if event.state in _TERMINAL and event.message.startswith(("succeeded", "failed")):
+                    return

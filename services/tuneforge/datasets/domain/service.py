@@ -1,0 +1,309 @@
+"""Use cases of the dataset service: ingest, versions, preview, stats, rejects, leases, mixtures.
+
+Every method takes the caller's tenant first; a resource of another tenant is NOT_FOUND.
+A version is staged locally, published to the object store (manifest last) and only then
+recorded in the catalog; a failure at any point removes what was published, so a malformed
+upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow.parquet as pq
+
+from tuneforge.common.db import utcnow
+from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from tuneforge.common.storage import tenant_prefix
+from tuneforge.datasets.domain.ingest import IngestLimits, IngestOptions, ingest_file
+from tuneforge.datasets.domain.model import Catalog, Dataset, Version, new_id
+from tuneforge.datasets.domain.shards import ShardSet, ShardWriter, iter_batches, iter_records
+from tuneforge.datasets.domain.stats import compute_stats
+from tuneforge.datasets.domain.tokens import WhitespaceCounter, token_counter
+
+MAX_PAGE = 1000
+MAX_PREVIEW = 500
+
+
+class VersionFiles(Protocol):
+    """Object-store access for versions (``adapters.objects.StoreVersionFiles``)."""
+
+    def prefix(self, tenant: str, dataset_id: str, version_id: str) -> str: ...
+    def uri(self, prefix: str) -> str: ...
+    def publish(self, prefix: str, files: list[Path], rejected: Path | None, extra: dict[str, Any]) -> None: ...
+    def fetch(self, prefix: str, version_id: str) -> tuple[list[Path], Path | None]: ...
+    def delete(self, prefix: str, version_id: str) -> None: ...
+    def open_source(self, key: str, dest: Path) -> Path: ...
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A version ready to publish."""
+
+    shards: ShardSet
+    rejected: Path | None
+    rejected_count: int
+    document: dict[str, Any]
+    parent_version_id: str = ""
+
+
+class DatasetCatalogService:
+    """Datasets and versions for many tenants."""
+
+    def __init__(self, catalog: Catalog, files: VersionFiles, work_dir: Path, store_uri: str,
+                 limits: IngestLimits | None = None) -> None:
+        self.catalog = catalog
+        self.files = files
+        self.work_dir = work_dir
+        # Without the query (endpoint options): sources are named s3://bucket/key or file:///dir/key.
+        self.store_uri = store_uri.split("?", 1)[0].rstrip("/")
+        self.limits = limits or IngestLimits()
+        work_dir.mkdir(parents=True, exist_ok=True)
+
+    def staging(self) -> Path:
+        """A fresh local staging folder (the caller removes it)."""
+        return Path(tempfile.mkdtemp(prefix="stage-", dir=self.work_dir))
+
+    # ---- ingest -------------------------------------------------------------------------
+    def ingest(self, tenant: str, dataset_name: str, description: str, path: Path, options: IngestOptions,
+               request_id: str = "") -> tuple[Dataset, Version]:
+        """Validate a local file and publish it as a new raw version (idempotent on request_id)."""
+        if not dataset_name.strip():
+            raise InvalidInput.field_error("dataset_name", "is empty: name the dataset")
+        if request_id and (existing := self.catalog.find_version_by_request(tenant, request_id)):
+            return self._dataset_of(existing), existing
+        staging = self.staging()
+        try:
+            result = ingest_file(path, options, staging, limits=self.limits)
+            document = {
+                "pipeline": {"ingest": {"file_name": options.file_name, "format": result.format.value,
+                                        "policy": options.policy.value,
+                                        "max_tokens_per_row": options.max_tokens_per_row}},
+                "steps": [{"step": "validate", "rows_in": result.rows_read, "rows_out": result.shards.rows,
+                           "rows_modified": 0, "details": {"rejected": result.rows_rejected}}],
+                "validation": {"rows_read": result.rows_read, "rows_accepted": result.shards.rows,
+                               "rows_rejected": result.rows_rejected, "format": result.format.value},
+                "sources": result.sources,
+            }
+            staged = Staged(result.shards, result.rejected_path, result.rows_rejected, document)
+            return self.publish(tenant, dataset_name, description, staged, request_id)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def register(self, tenant: str, dataset_name: str, source_uri: str, options: IngestOptions,
+                 request_id: str = "") -> tuple[Dataset, Version]:
+        """Ingest an object already in the service's store, under the caller's tenant prefix."""
+        key = self._source_key(tenant, source_uri)
+        download = Path(tempfile.mkdtemp(prefix="register-", dir=self.work_dir))
+        try:
+            local = self.files.open_source(key, download / "source")
+            return self.ingest(tenant, dataset_name, "", local, options, request_id)
+        finally:
+            shutil.rmtree(download, ignore_errors=True)
+
+    def _source_key(self, tenant: str, uri: str) -> str:
+        if not uri.startswith(self.store_uri + "/"):
+            raise InvalidInput.field_error(
+                "source_uri", f"must be an object in this service's store: start it with {self.store_uri}/")
+        key = uri[len(self.store_uri) + 1 :]
+        if not key.startswith(tenant_prefix(tenant)):
+            raise PermissionDenied(f"source_uri is outside your tenant's area: use {self.store_uri}/{tenant_prefix(tenant)}...")
+        return key
+
+    # ---- publishing --------------------------------------------------------------------
+    def publish(self, tenant: str, dataset_name: str, description: str, staged: Staged,
+                request_id: str = "") -> tuple[Dataset, Version]:
+        """Upload a staged version (manifest last), then record it; undo the upload on failure."""
+        stats = compute_stats(staged.shards.files, WhitespaceCounter())
+        kind = max(staged.shards.kinds, key=staged.shards.kinds.get) if staged.shards.kinds else "text"
+        found = self.catalog.find_dataset(tenant, dataset_name)
+        dataset = found or Dataset(new_id("ds"), tenant, dataset_name, description, kind, utcnow())
+        version_id = new_id("dsv")
+        prefix = self.files.prefix(tenant, dataset.id, version_id)
+        document = {**staged.document, "split_counts": staged.shards.split_counts, "stats": stats,
+                    "rejected_count": staged.rejected_count, "content_hash": staged.shards.content_hash}
+        self.files.publish(prefix, staged.shards.files, staged.rejected, {"version_id": version_id, **document})
+        try:
+            dataset = self.catalog.get_or_create_dataset(dataset)
+            version = Version(version_id, tenant, dataset.id, staged.shards.content_hash, staged.parent_version_id,
+                              staged.shards.rows, kind, prefix, utcnow(), request_id or None, document)
+            self.catalog.add_version(version)
+        except BaseException:
+            self.files.delete(prefix, version_id)
+            raise
+        dataset.latest_version_id = version_id
+        return dataset, version
+
+    # ---- reads -------------------------------------------------------------------------
+    def _dataset_of(self, version: Version) -> Dataset:
+        dataset = self.catalog.find_dataset(version.tenant, version.dataset_id)
+        if dataset is None:
+            raise NotFound(f"dataset {version.dataset_id!r} not found")
+        return dataset
+
+    def get_dataset(self, tenant: str, ref: str) -> Dataset:
+        """By id or name; NotFound otherwise."""
+        dataset = self.catalog.find_dataset(tenant, ref) if ref else None
+        if dataset is None:
+            raise NotFound(f"dataset {ref!r} not found: check the id or name (ListDatasets shows yours)")
+        return dataset
+
+    def list_datasets(self, tenant: str, offset: int, limit: int) -> list[Dataset]:
+        """A page of datasets."""
+        return self.catalog.list_datasets(tenant, offset, limit)
+
+    def get_version(self, tenant: str, version_id: str) -> Version:
+        """One version; NotFound otherwise."""
+        version = self.catalog.get_version(tenant, version_id) if version_id else None
+        if version is None:
+            raise NotFound(f"dataset version {version_id!r} not found: check the id (ListDatasetVersions shows yours)")
+        return version
+
+    def list_versions(self, tenant: str, ref: str, offset: int, limit: int) -> list[Version]:
+        """Versions of a dataset, newest first."""
+        return self.catalog.list_versions(tenant, self.get_dataset(tenant, ref).id, offset, limit)
+
+    def local_files(self, version: Version) -> tuple[list[Path], Path | None]:
+        """Local, verified copies of a version's shards and rejected report."""
+        return self.files.fetch(version.prefix, version.id)
+
+    def records(self, tenant: str, version_id: str) -> Iterator[dict[str, Any]]:
+        """Stream a version's canonical records."""
+        shards, _ = self.local_files(self.get_version(tenant, version_id))
+        return iter_records(shards)
+
+    def preview(self, tenant: str, version_id: str, split: str, offset: int, limit: int) -> list[dict[str, Any]]:
+        """Rows of a version (optionally of one split) from ``offset``."""
+        limit = min(limit or 20, MAX_PREVIEW)
+        if offset < 0:
+            raise InvalidInput.field_error("offset", "is negative: use 0 or more")
+        out: list[dict[str, Any]] = []
+        seen = 0
+        for record in self.records(tenant, version_id):
+            if split and record.get("split") != split:
+                continue
+            if seen >= offset:
+                out.append(record)
+                if len(out) >= limit:
+                    break
+            seen += 1
+        return out
+
+    def stats(self, tenant: str, version_id: str, tokenizer: str) -> dict[str, Any]:
+        """Stats of a version; with a tokenizer, token lengths are recounted with it."""
+        version = self.get_version(tenant, version_id)
+        stats = dict(version.document.get("stats", {}))
+        if tokenizer:
+            shards, _ = self.local_files(version)
+            stats = compute_stats(shards, token_counter(tokenizer))
+        steps = version.document.get("steps", [])
+        stats["duplicates_removed"] = sum(s["rows_in"] - s["rows_out"] for s in steps
+                                          if s["step"] in ("exact_dedup", "near_dedup"))
+        pii = next((s["details"].get("found", {}) for s in steps if s["step"] == "pii"), {})
+        stats["pii_found"] = dict(pii)
+        return stats
+
+    def rejected_rows(self, tenant: str, version_id: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the version's rejected-rows report and the total."""
+        version = self.get_version(tenant, version_id)
+        _, path = self.local_files(version)
+        if path is None:
+            return [], 0
+        table = pq.read_table(path)
+        return table.slice(offset, limit).to_pylist(), table.num_rows
+
+    # ---- deletes and leases ------------------------------------------------------------
+    def _refuse_if_leased(self, tenant: str, version_ids: list[str]) -> None:
+        leases = self.catalog.leases(tenant, version_ids)
+        if leases:
+            held = "; ".join(f"{v} by {', '.join(h)}" for v, h in sorted(leases.items()))
+            raise FailedPrecondition(f"version in use ({held}): wait for the jobs to end or release their leases")
+
+    def delete_version(self, tenant: str, version_id: str) -> None:
+        """Delete one version unless leased."""
+        version = self.get_version(tenant, version_id)
+        self._refuse_if_leased(tenant, [version.id])
+        self.catalog.delete_version(tenant, version.id)
+        self.files.delete(version.prefix, version.id)
+
+    def delete_dataset(self, tenant: str, ref: str) -> None:
+        """Delete a dataset and every version unless one is leased."""
+        dataset = self.get_dataset(tenant, ref)
+        versions = self.catalog.list_versions(tenant, dataset.id, 0, 1_000_000)
+        self._refuse_if_leased(tenant, [v.id for v in versions])
+        self.catalog.delete_dataset(tenant, dataset.id)
+        for version in versions:
+            self.files.delete(version.prefix, version.id)
+
+    def acquire_lease(self, tenant: str, version_id: str, holder: str) -> Version:
+        """Mark a version as used by ``holder`` (e.g. ``job:<id>``); idempotent."""
+        if not holder.strip():
+            raise InvalidInput.field_error("holder", "is empty: name the job, e.g. 'job:<id>'")
+        version = self.get_version(tenant, version_id)
+        self.catalog.add_lease(tenant, version.id, holder)
+        return version
+
+    def release_lease(self, tenant: str, version_id: str, holder: str) -> bool:
+        """Forget a lease; returns whether one was held."""
+        self.get_version(tenant, version_id)
+        return self.catalog.remove_lease(tenant, version_id, holder)
+
+    # ---- mixtures ----------------------------------------------------------------------
+    def create_mixture(self, tenant: str, dataset_name: str, components: list[tuple[str, float, str]],
+                       total_rows: int, seed: int, request_id: str = "") -> Version:
+        """Sample several versions by weight into one new version, each row labelled with its task."""
+        if request_id and (existing := self.catalog.find_version_by_request(tenant, request_id)):
+            return existing
+        if not components:
+            raise InvalidInput.field_error("components", "is empty: give at least one version and weight")
+        for i, (_, weight, _) in enumerate(components):
+            if weight <= 0:
+                raise InvalidInput.field_error(f"components[{i}].weight", f"is {weight}: give a weight > 0")
+        versions = [self.get_version(tenant, vid) for vid, _, _ in components]
+        total_weight = sum(w for _, w, _ in components)
+        shares = [w / total_weight for _, w, _ in components]
+        if not total_rows:
+            total_rows = int(min(v.row_count / s for v, s in zip(versions, shares, strict=True)))
+        wanted = [round(total_rows * s) for s in shares]
+        rng = random.Random(seed)
+        staging = self.staging()
+        try:
+            writer = ShardWriter(staging / "data")
+            for version, n, (_, _, task) in zip(versions, wanted, components, strict=True):
+                label = task or self._dataset_of(version).name
+                self._sample_into(writer, version, n, label, rng)
+            shards = writer.close()
+            document = {"pipeline": {"mixture": [{"version_id": v, "weight": w, "task": t} for v, w, t in components],
+                                     "total_rows": total_rows, "seed": seed},
+                        "steps": [{"step": "mixture", "rows_in": sum(v.row_count for v in versions),
+                                   "rows_out": shards.rows, "rows_modified": 0, "details": {}}]}
+            _, version = self.publish(tenant, dataset_name, "", Staged(shards, None, 0, document), request_id)
+            return version
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _sample_into(self, writer: ShardWriter, version: Version, n: int, task: str, rng: random.Random) -> None:
+        shards, _ = self.local_files(version)
+        chosen = sorted(rng.sample(range(version.row_count), n)) if n <= version.row_count else [
+            i % version.row_count for i in range(n)]
+        counts: dict[int, int] = {}
+        for i in chosen:
+            counts[i] = counts.get(i, 0) + 1
+        index = 0
+        for batch in iter_batches(shards):
+            for record in batch:
+                for _ in range(counts.get(index, 0)):
+                    writer.add({**record, "category": task, "split": None})
+                index += 1
+
+
+def request_key() -> str:
+    """A random id for internal requests."""
+    return uuid.uuid4().hex
