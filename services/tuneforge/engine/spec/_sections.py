@@ -1,0 +1,334 @@
+"""Enums, sections and the ``TrainingSpec`` model (internal: import from ``tuneforge.engine.spec``)."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+
+
+# ---------------------------------------------------------------------------------------- enums
+
+
+class ModelDType(enum.Enum):
+    """Dtype the base weights are loaded in (``auto``: the precision's dtype)."""
+
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class MethodKind(enum.Enum):
+    """Which parameters train: all, LoRA adapters, LoRA on a quantized base, prefix or prompt."""
+
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"
+    PREFIX = "prefix"
+    PROMPT = "prompt"
+
+
+class QuantType(enum.Enum):
+    """bitsandbytes quantization of the frozen base for QLoRA."""
+
+    NF4 = "nf4"
+    FP4 = "fp4"
+    INT8 = "int8"
+
+
+class ComputeDType(enum.Enum):
+    """Dtype bitsandbytes computes in."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class ObjectiveKind(enum.Enum):
+    """Training objective."""
+
+    SFT = "sft"
+    DPO = "dpo"
+    PRETRAIN = "pretrain"
+
+
+class DpoLossType(enum.Enum):
+    """DPO loss variant."""
+
+    SIGMOID = "sigmoid"
+    IPO = "ipo"
+    HINGE = "hinge"
+
+
+class DpoReference(enum.Enum):
+    """Where DPO reference log-probs come from."""
+
+    ADAPTER_DISABLED = "adapter_disabled"
+    MODEL_COPY = "model_copy"
+
+
+class LrScheduler(enum.Enum):
+    """Learning-rate schedule after warmup."""
+
+    LINEAR = "linear"
+    COSINE = "cosine"
+    CONSTANT = "constant"
+
+
+class Precision(enum.Enum):
+    """Training numerics (autocast dtype; fp32 master weights)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+ADAPTER_METHODS = frozenset({MethodKind.LORA, MethodKind.QLORA, MethodKind.PREFIX, MethodKind.PROMPT})
+
+# ------------------------------------------------------------------------------------- sections
+
+
+class ModelSection(_Strict):
+    """The base model: a Hugging Face folder, or a GGUF file inside ``path``."""
+
+    path: Path = Field(description="local Hugging Face folder (or the folder holding gguf_file)")
+    gguf_file: str | None = Field(default=None, description="GGUF file name inside path")
+    dtype: ModelDType = ModelDType.AUTO
+
+    @field_validator("gguf_file")
+    @classmethod
+    def _gguf_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v.endswith(".gguf") or "/" in v or v.startswith(".")):
+            raise ValueError("must be a file name inside model.path ending in .gguf, e.g. model.Q4_1.gguf")
+        return v
+
+
+def _not_both(a: str, b: str) -> str:
+    # "<field>: <text>" lets load_spec attach the violation to the field instead of the section.
+    return f"{b}: set {a} or {b}, not both"
+
+
+_EXCLUSIVE = {
+    "data": (("validation", "validation_split_ratio"),),
+    "hyperparameters": (("warmup_steps", "warmup_ratio"), ("epochs", "max_steps")),
+}
+
+
+class DataSource(_Strict):
+    """Local canonical records (parquet/jsonl file or folder) or a curated dataset version."""
+
+    path: Path | None = None
+    dataset_version: str | None = Field(default=None, min_length=1)
+    split: str = Field(default="train", min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        if (self.path is None) == (self.dataset_version is None):
+            raise ValueError("set exactly one of path (local parquet/jsonl) or dataset_version")
+        return self
+
+
+class MixtureComponent(_Strict):
+    """One task of a weighted multi-task mixture."""
+
+    source: DataSource
+    weight: float = Field(default=1.0, gt=0)
+    task: str | None = None
+
+
+class DataSection(_Strict):
+    """Training (and validation) data and how it becomes tokens."""
+
+    train: DataSource | None = None
+    validation: DataSource | None = None
+    validation_split_ratio: float | None = Field(default=None, gt=0, lt=0.5)
+    mixture: list[MixtureComponent] = Field(default_factory=list)
+    max_seq_length: int = Field(default=1024, ge=8, le=131072)
+    packing: bool = False
+    assistant_only_loss: bool = True
+
+    @model_validator(mode="after")
+    def _sources(self) -> DataSection:
+        if (self.train is None) == (not self.mixture):
+            raise ValueError("set exactly one of data.train or data.mixture (a list of weighted sources)")
+        if self.validation is not None and self.validation_split_ratio is not None:
+            raise ValueError(_not_both("validation", "validation_split_ratio"))
+        return self
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether evaluation data is configured."""
+        return self.validation is not None or self.validation_split_ratio is not None
+
+
+class LoraSettings(_Strict):
+    """LoRA adapter shape (also used by QLoRA)."""
+
+    r: int = Field(default=16, gt=0, le=1024)
+    alpha: float = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | None = None
+
+
+class QloraSettings(_Strict):
+    """bitsandbytes quantization of the base model."""
+
+    quant_type: QuantType = QuantType.NF4
+    double_quant: bool = True
+    compute_dtype: ComputeDType = ComputeDType.BFLOAT16
+
+
+class PrefixSettings(_Strict):
+    """Prefix tuning."""
+
+    num_virtual_tokens: int = Field(default=20, gt=0, le=512)
+
+
+class PromptSettings(_Strict):
+    """Prompt tuning (soft prompt); ``init_text`` initialises it from a phrase."""
+
+    num_virtual_tokens: int = Field(default=20, gt=0, le=512)
+    init_text: str | None = None
+
+
+class MethodSection(_Strict):
+    """The fine-tuning method and its settings (only the chosen one is used)."""
+
+    kind: MethodKind = MethodKind.LORA
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    qlora: QloraSettings = Field(default_factory=QloraSettings)
+    prefix: PrefixSettings = Field(default_factory=PrefixSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+
+
+class DpoSettings(_Strict):
+    """DPO; ``reference`` None resolves to adapter_disabled for adapters, model_copy for full."""
+
+    beta: float = Field(default=0.1, gt=0)
+    loss_type: DpoLossType = DpoLossType.SIGMOID
+    reference: DpoReference | None = None
+
+
+class ObjectiveSection(_Strict):
+    """What the loss is."""
+
+    kind: ObjectiveKind = ObjectiveKind.SFT
+    dpo: DpoSettings = Field(default_factory=DpoSettings)
+
+
+class Hyperparameters(_Strict):
+    """Optimisation hyperparameters (AdamW)."""
+
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    lr_scheduler: LrScheduler = LrScheduler.COSINE
+    warmup_steps: int | None = Field(default=None, ge=0)
+    warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
+    epochs: int | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    micro_batch_size: int = Field(default=1, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    seed: int = Field(default=42, ge=0)
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> Hyperparameters:
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError(_not_both("warmup_steps", "warmup_ratio"))
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError(_not_both("epochs", "max_steps"))
+        if self.epochs is None and self.max_steps is None:
+            self.epochs = 1
+        return self
+
+
+class ResourcesSection(_Strict):
+    """Ray workers and DeepSpeed ZeRO."""
+
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(default=1, ge=1)
+    zero_stage: int = Field(default=0, ge=0, le=3)
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    ray_address: str | None = None
+    object_store_memory_mb: int = Field(default=512, ge=80)
+    max_failures: int = Field(default=0, ge=0)
+
+
+class ScheduleSection(_Strict):
+    """Evaluation, early stopping and checkpoint retention."""
+
+    eval_every_steps: int | None = Field(default=None, gt=0)
+    early_stopping_patience: int | None = Field(default=None, gt=0)
+    save_every_steps: int | None = Field(default=None, gt=0)
+    keep_best_n: int = Field(default=1, ge=0)
+    keep_latest_n: int = Field(default=1, ge=1)
+    best_metric: str = "eval_loss"
+    greater_is_better: bool = False
+    log_every_steps: int = Field(default=1, gt=0)
+
+
+class OutputSection(_Strict):
+    """Where checkpoints go."""
+
+    checkpoint_uri: str = Field(pattern=r"^(file|s3)://.+")
+    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+_TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class _TopLevelScalars(_Strict):
+    precision: Precision = Precision.FP32
+    gradient_checkpointing: bool = False
+    tenant: str = Field(pattern=_TENANT_PATTERN)
+
+
+class TrainingSpec(_TopLevelScalars):
+    """A whole training job. Build it with ``load_spec`` to get every problem reported at once."""
+
+    model: ModelSection
+    data: DataSection
+    method: MethodSection = Field(default_factory=MethodSection)
+    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    output: OutputSection
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> TrainingSpec:
+        from tuneforge.engine.spec._checks import cross_field_violations
+
+        problems = cross_field_violations(dict(self))
+        if problems:
+            raise ValueError("; ".join(str(p) for p in problems))
+        dpo = self.objective.dpo
+        if self.objective.kind is ObjectiveKind.DPO and dpo.reference is None:
+            dpo.reference = DpoReference.ADAPTER_DISABLED if self.is_adapter else DpoReference.MODEL_COPY
+        return self
+
+    @property
+    def is_adapter(self) -> bool:
+        """Whether only adapter parameters train (LoRA, QLoRA, prefix, prompt)."""
+        return self.method.kind in ADAPTER_METHODS
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The spec with defaults filled in, JSON-safe (Enums as values, paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in TrainingSpec.model_fields.items()
+    if name not in _TopLevelScalars.model_fields
+}
