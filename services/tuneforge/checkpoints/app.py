@@ -40,7 +40,6 @@ class CheckpointSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="forbid", validate_default=True)
     service_name: str = "checkpoints"
-    models_dir: Path = Field(Path(".run/models"), description="Local base models for merged exports.")
     download_chunk_bytes: int = Field(1 << 20, ge=64 << 10, le=8 << 20, description="Bytes per DownloadFile message.")
     hygiene_interval_s: float = Field(3600.0, ge=0, description="Seconds between hygiene passes; 0 disables.")
     orphan_grace_s: float = Field(6 * 3600.0, ge=60, description="Unregistered files younger than this are kept.")

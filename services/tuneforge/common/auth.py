@@ -14,7 +14,7 @@ import hmac
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from tuneforge.common.errors import FieldViolation, InvalidInput, Unauthenticated
 
@@ -28,6 +28,9 @@ class Identity:
 
     tenant: str
     subject: str
+    # The caller's own bearer token, kept so a service can call its peers on the caller's behalf
+    # (same tenant, same rights). Never shown: excluded from repr and comparisons.
+    token: str = field(default="", repr=False, compare=False)
 
 
 _current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("tuneforge_identity", default=None)
@@ -109,7 +112,7 @@ class TokenAuthenticator:
                 found = ident
         if found is None:
             raise Unauthenticated("invalid token: check the token or ask an operator for a new one")
-        return found
+        return replace(found, token=token.strip())
 
     @property
     def tokens_hashes(self) -> int:

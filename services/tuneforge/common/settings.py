@@ -52,6 +52,8 @@ class ServiceSettings(BaseSettings):
     training_address: str = Field("", description="TrainingService address.")
     evaluation_address: str = Field("", description="EvaluationService address.")
     checkpoints_address: str = Field("", description="CheckpointService address.")
+    models_dir: Path = Field(Path(".run/models"), description="Local base models by name: <models_dir>/<name>/ "
+                             "(safetensors folders); shared by training, evaluation and checkpoints.")
     service_token: SecretStr = Field(SecretStr(""), description="Bearer token this service uses to call peers.")
 
     @field_validator("log_level")
