@@ -13,19 +13,16 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
-
 from tuneforge.checkpoints.adapters.export import StoreExporter
 from tuneforge.checkpoints.adapters.hygiene import CheckpointJanitor
 from tuneforge.checkpoints.adapters.objects import StoreCheckpointFiles
 from tuneforge.checkpoints.adapters.sql import SqlCheckpointRepository
 from tuneforge.checkpoints.domain.service import CheckpointRegistry
 from tuneforge.checkpoints.servicer import CheckpointServicer
+from tuneforge.checkpoints.settings import CheckpointSettings
 from tuneforge.checkpoints.v1 import checkpoints_pb2, checkpoints_pb2_grpc
 from tuneforge.common import db
 from tuneforge.common.grpc.server import RunningServer, build_server
-from tuneforge.common.settings import ServiceSettings
 from tuneforge.common.storage import open_object_store
 
 log = logging.getLogger(__name__)
@@ -33,17 +30,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = checkpoints_pb2.DESCRIPTOR.services_by_name["CheckpointService"].full_name
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = db.version_table_for("checkpoints")
-
-
-class CheckpointSettings(ServiceSettings):
-    """Checkpoint service settings (``TUNEFORGE_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="forbid", validate_default=True)
-    service_name: str = "checkpoints"
-    download_chunk_bytes: int = Field(1 << 20, ge=64 << 10, le=8 << 20, description="Bytes per DownloadFile message.")
-    hygiene_interval_s: float = Field(3600.0, ge=0, description="Seconds between hygiene passes; 0 disables.")
-    orphan_grace_s: float = Field(6 * 3600.0, ge=60, description="Unregistered files younger than this are kept.")
-    upload_timeout_s: float = Field(24 * 3600.0, ge=60, description="Incomplete multipart uploads older are aborted.")
 
 
 def build_app(settings: CheckpointSettings) -> RunningServer:

@@ -93,6 +93,27 @@ class ServiceSettings(BaseSettings):
 S = TypeVar("S", bound=ServiceSettings)
 
 
+# One environment (a local stack, a shared ConfigMap) may carry every service's settings: a variable
+# is unknown, and rejected as a likely typo, only when no tuneforge service defines it. Each
+# service keeps its settings class in a light module (pydantic only) so this import is cheap.
+_SERVICE_SETTINGS_MODULES = ("datasets", "training", "evaluation", "checkpoints")
+
+
+def _all_setting_names(cls: type[ServiceSettings]) -> set[str]:
+    import importlib
+
+    names = set(cls.model_fields)
+    for svc in _SERVICE_SETTINGS_MODULES:
+        try:
+            module = importlib.import_module(f"tuneforge.{svc}.settings")
+        except ImportError:
+            continue
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, ServiceSettings):
+                names |= set(obj.model_fields)
+    return names
+
+
 def _read_secret_files(cls: type[ServiceSettings], environ: dict[str, str]) -> dict[str, Any]:
     """``TUNEFORGE_X_FILE=/path`` sets field x from the file's content (Kubernetes secrets)."""
     values: dict[str, Any] = {}
@@ -115,7 +136,7 @@ def load_settings(cls: type[S], environ: dict[str, str] | None = None, **overrid
         InvalidInput: one violation per bad setting, named by its environment variable.
     """
     env = dict(os.environ if environ is None else environ)
-    known = {f"{ENV_PREFIX}{n.upper()}" for n in cls.model_fields}
+    known = {f"{ENV_PREFIX}{n.upper()}" for n in _all_setting_names(cls)}
     known |= {f"{k}_FILE" for k in known}
     violations = [
         FieldViolation(k, "unknown setting; check the spelling against the README's settings table")

@@ -40,3 +40,13 @@ def test_secret_files_and_no_secret_in_errors(tmp_path: Path):
     with pytest.raises(InvalidInput) as info:
         load_settings(ServiceSettings, environ={"TUNEFORGE_PORT": "sekrit-port-value", "TUNEFORGE_AUTH_TOKENS": TOKENS})
     assert "sekrit" not in str(info.value)
+
+
+def test_another_services_setting_is_accepted_but_a_typo_is_not():
+    from tuneforge.training.settings import TrainingSettings
+
+    env = {"TUNEFORGE_AUTH_TOKENS": TOKENS, "TUNEFORGE_HYGIENE_INTERVAL_S": "60"}  # a checkpoints setting
+    assert load_settings(TrainingSettings, environ=env).service_name == "training"
+    with pytest.raises(InvalidInput) as info:
+        load_settings(TrainingSettings, environ={**env, "TUNEFORGE_HYGENE_INTERVAL_S": "60"})
+    assert [v.field for v in info.value.violations] == ["TUNEFORGE_HYGENE_INTERVAL_S"]
