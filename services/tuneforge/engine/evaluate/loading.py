@@ -1,0 +1,66 @@
+"""Load a model for evaluation: safetensors only, no remote code, optional LoRA adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.common.errors import InvalidInput
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM in eval mode with its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    max_length: int
+
+    @property
+    def pad_id(self) -> int:
+        """The padding id (EOS when the tokenizer has no pad token)."""
+        tid = self.tokenizer.pad_token_id
+        return int(tid if tid is not None else self.tokenizer.eos_token_id or 0)
+
+
+def pick_device(prefer_gpu: bool = True) -> str:
+    """``cuda`` when a GPU is visible and wanted, else ``cpu``."""
+    import torch
+
+    return "cuda" if prefer_gpu and torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    model_dir: Path, *, adapter_dir: Path | None = None, device: str = "cpu", dtype: str = "float32"
+) -> LoadedModel:
+    """Load a Hugging Face folder (and a PEFT adapter onto it) for evaluation.
+
+    Args:
+        model_dir: folder with ``config.json``, safetensors weights and a tokenizer.
+        adapter_dir: a PEFT adapter folder (``adapter_config.json`` + safetensors), applied on top.
+        device: ``cpu`` or ``cuda``.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+
+    Raises:
+        InvalidInput: the folder does not hold a safetensors model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file() or not any(model_dir.glob("*.safetensors")):
+        raise InvalidInput.field_error(
+            "model", f"{model_dir.name!r} holds no config.json + *.safetensors: give a safetensors model folder"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False
+    )
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    model.to(device).eval()
+    max_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    return LoadedModel(model, tokenizer, max_length)

@@ -1,0 +1,9 @@
+"""``python -m tuneforge.evaluation``: run the evaluation service alone."""
+
+import sys
+
+from tuneforge.common.grpc.main import run_service
+from tuneforge.evaluation.app import EvaluationSettings, build_app
+
+if __name__ == "__main__":
+    sys.exit(run_service(EvaluationSettings, build_app))

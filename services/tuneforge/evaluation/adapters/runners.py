@@ -1,0 +1,93 @@
+"""Where engine tasks run: in this process (small jobs) or as Ray tasks (GPU when there is one).
+
+Both implement ``ModelRunner``. The in-process runner checks for cancellation after every batch;
+the Ray runner polls the task and cancels it (``ray.cancel``) when the evaluation is cancelled.
+Engine progress inside a Ray task is not streamed back: events mark the task's start and end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tuneforge.common.errors import Cancelled, Unavailable
+from tuneforge.evaluation.domain.ports import ModelTask, ProgressFn
+
+log = logging.getLogger(__name__)
+
+# The engine holds one model at a time per process: tasks of concurrent evaluations queue here.
+_ENGINE_LOCK = threading.Lock()
+
+
+def _task_kwargs(task: ModelTask) -> dict[str, Any]:
+    return {
+        "model_dir": task.model_dir, "adapter_dir": task.adapter_dir, "examples": task.examples,
+        "metrics": task.metrics, "generation": dict(task.generation), "max_length": task.max_length,
+        "stride": task.stride, "prefer_gpu": task.prefer_gpu,
+    }
+
+
+class InProcessRunner:
+    """Runs the engine in this process, one task at a time."""
+
+    name = "in-process"
+
+    def run(self, task: ModelTask, progress: ProgressFn, cancelled: Callable[[], bool]) -> dict[str, Any]:
+        """Run the task; ``Cancelled`` is raised from the next batch after a cancel."""
+        from tuneforge.engine.evaluate.job import run_task
+
+        def report(done: int, total: int, _phase: str) -> None:
+            if cancelled():
+                raise Cancelled("cancelled")
+            progress(done, total)
+
+        with _ENGINE_LOCK:
+            if cancelled():
+                raise Cancelled("cancelled")
+            return run_task(**_task_kwargs(task), progress=report)
+
+
+def _ray_entry(kwargs: dict[str, Any]) -> dict[str, Any]:
+    from tuneforge.engine.evaluate.job import run_task
+
+    return run_task(**kwargs)
+
+
+class RayRunner:
+    """Runs each task as a Ray task (``num_gpus`` when the cluster has GPUs)."""
+
+    name = "ray"
+
+    def __init__(self, address: str, *, num_cpus: float = 1, num_gpus: float = 0, poll_s: float = 0.5) -> None:
+        self._address, self._cpus, self._gpus, self._poll = address, num_cpus, num_gpus, poll_s
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        import ray
+
+        with self._lock:
+            if not ray.is_initialized():
+                try:
+                    ray.init(address=self._address or None, include_dashboard=False, log_to_driver=False)
+                except ConnectionError as exc:
+                    raise Unavailable(f"Ray at {self._address!r} is unreachable: {exc}; check TUNEFORGE_EVAL_RAY_ADDRESS") from exc
+        return ray
+
+    def run(self, task: ModelTask, progress: ProgressFn, cancelled: Callable[[], bool]) -> dict[str, Any]:
+        """Submit, wait (polling for cancellation), return the task's outputs."""
+        ray = self._connect()
+        remote = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_retries=0)(_ray_entry)
+        ref = remote.remote({**_task_kwargs(task), "prefer_gpu": self._gpus > 0})
+        progress(0, 1)
+        while True:
+            ready, _ = ray.wait([ref], timeout=self._poll)
+            if ready:
+                break
+            if cancelled():
+                ray.cancel(ref, force=True)
+                raise Cancelled("cancelled")
+        out = ray.get(ref)
+        progress(1, 1)
+        return out

@@ -1,0 +1,205 @@
+"""SQLAlchemy repository of evaluations, progress events, A/B pairs and ratings (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneforge.common.db import session_scope
+from tuneforge.common.errors import NotFound
+from tuneforge.evaluation.adapters.tables import evaluations, events, pairs, ratings
+from tuneforge.evaluation.domain.model import (
+    DatasetRef,
+    ErrorInfo,
+    Evaluation,
+    EvaluationSpec,
+    GenerationOptions,
+    Metric,
+    MetricResult,
+    ModelRef,
+    ProgressEvent,
+    Role,
+    State,
+)
+
+
+def spec_to_json(spec: EvaluationSpec) -> dict[str, Any]:
+    """The spec as a JSON document."""
+    g = spec.generation
+    return {
+        "model": spec.model.to_dict(),
+        "baseline": spec.baseline.to_dict() if spec.baseline else None,
+        "datasets": [d.to_dict() for d in spec.datasets],
+        "metrics": [m.name for m in spec.metrics],
+        "generation": {**g.__dict__, "stop": list(g.stop)},
+        "forgetting_dataset": spec.forgetting_dataset.to_dict() if spec.forgetting_dataset else None,
+        "forgetting_threshold": spec.forgetting_threshold,
+        "mark_best_by": spec.mark_best_by,
+        "request_id": spec.request_id,
+    }
+
+
+def spec_from_json(doc: Mapping[str, Any]) -> EvaluationSpec:
+    """Inverse of ``spec_to_json``."""
+    g = dict(doc["generation"])
+    g["stop"] = tuple(g.get("stop", ()))
+    return EvaluationSpec(
+        model=ModelRef(**doc["model"]),
+        baseline=ModelRef(**doc["baseline"]) if doc.get("baseline") else None,
+        datasets=tuple(DatasetRef(**d) for d in doc["datasets"]),
+        metrics=tuple(Metric[m] for m in doc["metrics"]),
+        generation=GenerationOptions(**g),
+        forgetting_dataset=DatasetRef(**doc["forgetting_dataset"]) if doc.get("forgetting_dataset") else None,
+        forgetting_threshold=doc["forgetting_threshold"],
+        mark_best_by=doc["mark_best_by"],
+        request_id=doc["request_id"],
+    )
+
+
+def _results_to_json(results: Sequence[MetricResult]) -> list[dict[str, Any]]:
+    return [{**r.__dict__, "role": r.role.value} for r in results]
+
+
+def _results_from_json(rows: Sequence[Mapping[str, Any]]) -> list[MetricResult]:
+    return [MetricResult(**{**r, "role": Role(r["role"])}) for r in rows]
+
+
+class SqlEvaluationRepository:
+    """Implements ``EvaluationRepository``; every query filters on the tenant."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def add(self, evaluation: Evaluation) -> Evaluation:
+        """Insert; an existing (tenant, request_id) returns the stored evaluation instead."""
+        rid = evaluation.spec.request_id or None
+        if rid:
+            existing = self._by_request_id(evaluation.tenant, rid)
+            if existing is not None:
+                return existing
+        try:
+            with session_scope(self._sessions) as s:
+                s.execute(insert(evaluations).values(**self._row(evaluation), request_id=rid))
+        except SqlIntegrityError:
+            found = self._by_request_id(evaluation.tenant, rid) if rid else None
+            if found is None:
+                raise
+            return found  # a concurrent create with the same request_id won
+        return evaluation
+
+    def _by_request_id(self, tenant: str, request_id: str) -> Evaluation | None:
+        with session_scope(self._sessions) as s:
+            row = s.execute(
+                select(evaluations).where(evaluations.c.tenant == tenant, evaluations.c.request_id == request_id)
+            ).mappings().first()
+            return _from_row(row) if row else None
+
+    def get(self, tenant: str, evaluation_id: str) -> Evaluation:
+        """One evaluation; NotFound for another tenant's."""
+        with session_scope(self._sessions) as s:
+            row = s.execute(
+                select(evaluations).where(evaluations.c.tenant == tenant, evaluations.c.id == evaluation_id)
+            ).mappings().first()
+        if row is None:
+            raise NotFound(f"evaluation {evaluation_id!r} not found: list evaluations to see the ids you can read")
+        return _from_row(row)
+
+    def list(self, tenant: str, *, limit: int, offset: int) -> list[Evaluation]:
+        """Newest first."""
+        q = (select(evaluations).where(evaluations.c.tenant == tenant)
+             .order_by(evaluations.c.created_at.desc(), evaluations.c.id.desc()).limit(limit).offset(offset))
+        with session_scope(self._sessions) as s:
+            return [_from_row(r) for r in s.execute(q).mappings()]
+
+    def save(self, evaluation: Evaluation) -> None:
+        """Update the mutable columns."""
+        row = self._row(evaluation)
+        for key in ("id", "tenant", "spec", "created_at"):
+            row.pop(key)
+        with session_scope(self._sessions) as s:
+            s.execute(update(evaluations).where(evaluations.c.id == evaluation.id).values(**row))
+
+    @staticmethod
+    def _row(e: Evaluation) -> dict[str, Any]:
+        return {
+            "id": e.id, "tenant": e.tenant, "state": e.state.name, "spec": spec_to_json(e.spec),
+            "results": _results_to_json(e.results), "report_key": e.report_key, "report_uri": e.report_uri,
+            "error": e.error.__dict__ if e.error else None, "forgetting_flagged": e.forgetting_flagged,
+            "placement": e.placement, "created_at": e.created_at, "ended_at": e.ended_at,
+        }
+
+    def add_event(self, evaluation_id: str, state: State, done: int, total: int, message: str) -> ProgressEvent:
+        """Append an event with the next sequence number (retried once on a concurrent append)."""
+        for attempt in range(3):
+            try:
+                with session_scope(self._sessions) as s:
+                    seq = (s.execute(select(func.max(events.c.sequence)).where(events.c.evaluation_id == evaluation_id))
+                           .scalar() or 0) + 1
+                    now = datetime.now(UTC)
+                    s.execute(insert(events).values(evaluation_id=evaluation_id, sequence=seq, state=state.name,
+                                                    done=done, total=total, message=message[:2000], time=now))
+                return ProgressEvent(seq, state, done, total, message, now)
+            except SqlIntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def events_after(self, evaluation_id: str, sequence: int) -> list[ProgressEvent]:
+        """Events after ``sequence``, in order."""
+        q = (select(events).where(events.c.evaluation_id == evaluation_id, events.c.sequence > sequence)
+             .order_by(events.c.sequence))
+        with session_scope(self._sessions) as s:
+            return [ProgressEvent(r["sequence"], State[r["state"]], r["done"], r["total"], r["message"], r["time"])
+                    for r in s.execute(q).mappings()]
+
+    def save_pairs(self, tenant: str, evaluation_id: str, items: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the evaluation's exported pairs (and so the ratings of an earlier export)."""
+        with session_scope(self._sessions) as s:
+            s.execute(delete(ratings).where(ratings.c.tenant == tenant, ratings.c.evaluation_id == evaluation_id))
+            s.execute(delete(pairs).where(pairs.c.tenant == tenant, pairs.c.evaluation_id == evaluation_id))
+            s.execute(insert(pairs), [
+                {"pair_id": p["pair_id"], "evaluation_id": evaluation_id, "tenant": tenant, "position": i,
+                 "prompt": p["prompt"], "left_text": p["left"], "right_text": p["right"],
+                 "left_is_model": p["left_is_model"]}
+                for i, p in enumerate(items)
+            ])
+
+    def get_pairs(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
+        """Exported pairs in export order."""
+        q = (select(pairs).where(pairs.c.tenant == tenant, pairs.c.evaluation_id == evaluation_id)
+             .order_by(pairs.c.position))
+        with session_scope(self._sessions) as s:
+            return [{"pair_id": r["pair_id"], "prompt": r["prompt"], "left": r["left_text"], "right": r["right_text"],
+                     "left_is_model": r["left_is_model"]} for r in s.execute(q).mappings()]
+
+    def save_ratings(self, tenant: str, evaluation_id: str, items: Sequence[Mapping[str, Any]]) -> int:
+        """Upsert by (pair_id, rater): a rater's later judgement of a pair replaces the earlier one."""
+        now = datetime.now(UTC)
+        with session_scope(self._sessions) as s:
+            for r in items:
+                s.execute(delete(ratings).where(ratings.c.pair_id == r["pair_id"], ratings.c.rater == r["rater"]))
+                s.execute(insert(ratings).values(pair_id=r["pair_id"], rater=r["rater"], evaluation_id=evaluation_id,
+                                                 tenant=tenant, preference=r["preference"], created_at=now))
+        return len(items)
+
+    def get_ratings(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
+        """All ratings of the evaluation."""
+        q = select(ratings).where(ratings.c.tenant == tenant, ratings.c.evaluation_id == evaluation_id)
+        with session_scope(self._sessions) as s:
+            return [{"pair_id": r["pair_id"], "rater": r["rater"], "preference": r["preference"]}
+                    for r in s.execute(q).mappings()]
+
+
+def _from_row(row: Mapping[str, Any]) -> Evaluation:
+    err = row["error"]
+    return Evaluation(
+        id=row["id"], tenant=row["tenant"], spec=spec_from_json(row["spec"]), state=State[row["state"]],
+        created_at=row["created_at"], results=_results_from_json(row["results"]), report_key=row["report_key"],
+        report_uri=row["report_uri"], error=ErrorInfo(**err) if err else None, ended_at=row["ended_at"],
+        forgetting_flagged=row["forgetting_flagged"], placement=row["placement"],
+    )

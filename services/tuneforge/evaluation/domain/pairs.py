@@ -1,0 +1,93 @@
+"""Human A/B evaluation: blind, shuffled side-by-side pairs and win rates from ratings."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidInput
+from tuneforge.evaluation.domain import metrics
+
+PREFERENCES = ("left", "right", "tie")
+
+
+def build_pairs(
+    evaluation_id: str,
+    model_generations: Sequence[Mapping[str, Any]],
+    baseline_generations: Sequence[Mapping[str, Any]],
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Pair the two models' generations of the same prompts, hide which is which, shuffle.
+
+    Returns:
+        Pairs with ``pair_id``, ``prompt``, ``left``, ``right`` and the hidden ``left_is_model``,
+        in a seeded random order. Pair ids are opaque (a hash), so they reveal nothing either.
+
+    Raises:
+        FailedPrecondition: there are no generations of both models for the same examples.
+    """
+    base_by_key = {(g["dataset_version_id"], g["index"]): g for g in baseline_generations}
+    rng = random.Random(f"{evaluation_id}:{seed}")
+    pairs = []
+    for g in model_generations:
+        other = base_by_key.get((g["dataset_version_id"], g["index"]))
+        if other is None:
+            continue
+        left_is_model = rng.random() < 0.5
+        digest = hashlib.sha256(f"{evaluation_id}:{seed}:{g['dataset_version_id']}:{g['index']}".encode())
+        pairs.append(
+            {
+                "pair_id": "pair_" + digest.hexdigest()[:20],
+                "prompt": _prompt_text(g["prompt"]),
+                "left": g["text"] if left_is_model else other["text"],
+                "right": other["text"] if left_is_model else g["text"],
+                "left_is_model": left_is_model,
+            }
+        )
+    if not pairs:
+        raise FailedPrecondition(
+            "the evaluation has no generations of both models: run a comparison with a generation "
+            "metric (e.g. METRIC_ROUGE) before exporting pairs"
+        )
+    rng.shuffle(pairs)
+    return pairs
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def check_ratings(ratings: Sequence[Mapping[str, Any]], known_pairs: set[str]) -> None:
+    """Raise ``InvalidInput`` naming every bad rating (unknown pair, preference, empty rater)."""
+    v = []
+    for i, r in enumerate(ratings):
+        if r["pair_id"] not in known_pairs:
+            v.append(FieldViolation(f"ratings[{i}].pair_id", f"{r['pair_id']!r} is not an exported pair of this evaluation"))
+        if r["preference"] not in PREFERENCES:
+            v.append(FieldViolation(f"ratings[{i}].preference", "must be PREFERENCE_LEFT, _RIGHT or _TIE"))
+        if not r.get("rater"):
+            v.append(FieldViolation(f"ratings[{i}].rater", "is empty: name the rater"))
+    if not ratings:
+        v.append(FieldViolation("ratings", "give at least one rating"))
+    if v:
+        raise InvalidInput.of(v, "ratings")
+
+
+def win_rates(pairs: Sequence[Mapping[str, Any]], ratings: Sequence[Mapping[str, Any]]) -> metrics.WinRate:
+    """Unblind ratings and compute the model's win rate with a Wilson 95% interval."""
+    left_is_model = {p["pair_id"]: p["left_is_model"] for p in pairs}
+    wins = losses = ties = 0
+    for r in ratings:
+        if r["pair_id"] not in left_is_model:
+            continue
+        if r["preference"] == "tie":
+            ties += 1
+        elif (r["preference"] == "left") == left_is_model[r["pair_id"]]:
+            wins += 1
+        else:
+            losses += 1
+    return metrics.win_rate(wins, losses, ties)

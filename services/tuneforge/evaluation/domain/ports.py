@@ -1,0 +1,140 @@
+"""What the evaluation domain needs from the outside world; ``adapters/`` implement these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tuneforge.evaluation.domain.model import (
+    Evaluation,
+    ModelRef,
+    ProgressEvent,
+    State,
+)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to load locally: a base folder, and an adapter folder for LoRA checkpoints."""
+
+    model_dir: Path
+    adapter_dir: Path | None = None
+    checkpoint_id: str = ""
+    job_id: str = ""
+
+
+@dataclass(frozen=True)
+class ModelTask:
+    """One engine run: one model on one dataset's examples (picklable, crosses Ray)."""
+
+    model_dir: str
+    adapter_dir: str | None
+    examples: list[dict[str, Any]]
+    metrics: list[str]
+    generation: Mapping[str, Any]
+    max_length: int = 0
+    stride: int = 0
+    prefer_gpu: bool = True
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+class EvaluationRepository(Protocol):
+    """Evaluations, their progress events, exported pairs and ratings (tenant-scoped)."""
+
+    def add(self, evaluation: Evaluation) -> Evaluation:
+        """Insert; on an existing (tenant, request_id) return the stored one unchanged."""
+        ...
+
+    def get(self, tenant: str, evaluation_id: str) -> Evaluation:
+        """One evaluation; ``NotFound`` when absent or of another tenant."""
+        ...
+
+    def list(self, tenant: str, *, limit: int, offset: int) -> list[Evaluation]:
+        """Newest first."""
+        ...
+
+    def save(self, evaluation: Evaluation) -> None:
+        """Update state, results, report, error, end time."""
+        ...
+
+    def add_event(self, evaluation_id: str, state: State, done: int, total: int, message: str) -> ProgressEvent:
+        """Append a progress event with the next sequence number."""
+        ...
+
+    def events_after(self, evaluation_id: str, sequence: int) -> list[ProgressEvent]:
+        """Events with a sequence greater than ``sequence``, in order."""
+        ...
+
+    def save_pairs(self, tenant: str, evaluation_id: str, pairs: Sequence[Mapping[str, Any]]) -> None:
+        """Store exported pairs (replacing an earlier export of the same evaluation)."""
+        ...
+
+    def get_pairs(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
+        """Exported pairs with their hidden ``left_is_model``."""
+        ...
+
+    def save_ratings(self, tenant: str, evaluation_id: str, ratings: Sequence[Mapping[str, Any]]) -> int:
+        """Upsert ratings keyed by (pair_id, rater); returns how many were stored."""
+        ...
+
+    def get_ratings(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
+        """All ratings of an evaluation."""
+        ...
+
+
+class ReportStore(Protocol):
+    """Full reports (JSON with generations) in the object store."""
+
+    def put_report(self, tenant: str, evaluation_id: str, report: Mapping[str, Any]) -> tuple[str, str]:
+        """Store a report; returns (object key, URI)."""
+        ...
+
+    def get_report(self, tenant: str, key: str) -> dict[str, Any]:
+        """Read a stored report back."""
+        ...
+
+
+class DatasetReader(Protocol):
+    """Canonical records of a dataset version's split."""
+
+    def read(self, tenant: str, version_id: str, split: str, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` records of ``split`` (all splits when ``split`` is empty)."""
+        ...
+
+
+class ModelResolver(Protocol):
+    """Turns a ``ModelRef`` into local folders (downloading from the object store if needed)."""
+
+    def resolve(self, tenant: str, ref: ModelRef) -> ResolvedModel:
+        """Local folders of the model; ``NotFound``/``InvalidInput`` naming the field otherwise."""
+        ...
+
+
+class CheckpointAliases(Protocol):
+    """The checkpoint service's alias API (only ``best`` is moved by evaluations)."""
+
+    def set_alias(self, tenant: str, job_id: str, alias: str, checkpoint_id: str) -> None:
+        """Point ``alias`` of ``job_id`` at ``checkpoint_id``."""
+        ...
+
+
+class ModelRunner(Protocol):
+    """Runs a ``ModelTask`` on the engine: in this process or on Ray (GPU when there is one)."""
+
+    name: str
+
+    def run(self, task: ModelTask, progress: ProgressFn, cancelled: Callable[[], bool]) -> dict[str, Any]:
+        """Raw engine outputs (``tuneforge.engine.evaluate.job.run_task``); raises ``Cancelled``."""
+        ...
+
+
+class SafetyScorer(Protocol):
+    """The curation toxicity/bias scorer (``tuneforge.common.text.toxicity.ToxicityScorer``)."""
+
+    def flagged(self, text: str) -> bool:
+        """Whether a generation is flagged."""
+        ...

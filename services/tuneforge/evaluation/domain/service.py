@@ -1,0 +1,346 @@
+"""Evaluation use cases: create/run, get/list, progress, cancel, compare, A/B pairs, best alias."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from tuneforge.common.errors import Cancelled, FailedPrecondition, TuneforgeError
+from tuneforge.evaluation.domain import examples as ex
+from tuneforge.evaluation.domain import pairs as ab
+from tuneforge.evaluation.domain import scoring
+from tuneforge.evaluation.domain.metrics import WinRate
+from tuneforge.evaluation.domain.model import (
+    ErrorInfo,
+    Evaluation,
+    EvaluationSpec,
+    Limits,
+    Metric,
+    MetricResult,
+    ModelRef,
+    ProgressEvent,
+    Role,
+    State,
+)
+from tuneforge.evaluation.domain.ports import (
+    CheckpointAliases,
+    DatasetReader,
+    EvaluationRepository,
+    ModelResolver,
+    ModelRunner,
+    ModelTask,
+    ReportStore,
+    SafetyScorer,
+)
+
+log = logging.getLogger(__name__)
+
+BEST_ALIAS = "best"
+
+
+def new_evaluation_id() -> str:
+    """A time-ordered id: ``eval_<ms timestamp hex><random hex>``."""
+    return f"eval_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+@dataclass
+class Runners:
+    """Where model tasks run: in-process always; Ray for jobs above the inline threshold, if set."""
+
+    inline: ModelRunner
+    remote: ModelRunner | None = None
+
+    def pick(self, work_units: int, limits: Limits) -> ModelRunner:
+        """The remote runner for large jobs when configured, else the in-process one."""
+        if self.remote is not None and work_units > limits.inline_threshold_samples:
+            return self.remote
+        return self.inline
+
+
+@dataclass
+class Dependencies:
+    """The ports the service is wired with (see ``app.py``)."""
+
+    repository: EvaluationRepository
+    reports: ReportStore
+    datasets: DatasetReader
+    models: ModelResolver
+    runners: Runners
+    executor: Executor
+    aliases: CheckpointAliases | None = None
+    safety: SafetyScorer | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+class EvaluationService:
+    """The evaluation use cases; every call is scoped by tenant."""
+
+    def __init__(self, deps: Dependencies) -> None:
+        self._d = deps
+        self._cancel: dict[str, threading.Event] = {}
+        self._changed = threading.Condition()
+
+    # ------------------------------------------------------------------ create / read
+
+    def create(self, tenant: str, spec: EvaluationSpec) -> Evaluation:
+        """Validate, store as QUEUED and start in the background (idempotent on request_id)."""
+        spec.validate(self._d.limits)
+        evaluation = Evaluation(new_evaluation_id(), tenant, spec, State.QUEUED, datetime.now(UTC))
+        stored = self._d.repository.add(evaluation)
+        if stored.id != evaluation.id:  # an earlier call with the same request_id
+            return stored
+        self._event(stored.id, State.QUEUED, 0, 0, "queued")
+        self._cancel[stored.id] = threading.Event()
+        self._d.executor.submit(self._run_guarded, stored)
+        return stored
+
+    def get(self, tenant: str, evaluation_id: str) -> Evaluation:
+        """One evaluation of the tenant."""
+        return self._d.repository.get(tenant, evaluation_id)
+
+    def list(self, tenant: str, *, limit: int, offset: int) -> list[Evaluation]:
+        """The tenant's evaluations, newest first."""
+        return self._d.repository.list(tenant, limit=limit, offset=offset)
+
+    def cancel(self, tenant: str, evaluation_id: str) -> Evaluation:
+        """Ask a queued or running evaluation to stop; returns it (a finished one is unchanged)."""
+        evaluation = self.get(tenant, evaluation_id)
+        if not evaluation.state.terminal:
+            self._cancel.setdefault(evaluation_id, threading.Event()).set()
+            if evaluation.state is State.QUEUED:
+                self._finish(evaluation, State.CANCELLED, "cancelled before it started")
+        return self.get(tenant, evaluation_id)
+
+    def wait_events(self, tenant: str, evaluation_id: str, after: int, timeout_s: float) -> list[ProgressEvent]:
+        """Progress events after ``after``, waiting up to ``timeout_s`` for a new one."""
+        self.get(tenant, evaluation_id)  # tenancy check
+        deadline = time.monotonic() + timeout_s
+        while True:
+            events = self._d.repository.events_after(evaluation_id, after)
+            left = deadline - time.monotonic()
+            if events or left <= 0:
+                return events
+            with self._changed:
+                self._changed.wait(min(left, 1.0))
+
+    # ------------------------------------------------------------------ comparison / A-B
+
+    def compare(self, tenant: str, evaluation_id: str) -> tuple[list[scoring.Comparison], str, bool]:
+        """Metric-by-metric comparison of a finished comparison evaluation."""
+        evaluation = self._finished(tenant, evaluation_id, need_baseline=True)
+        comparisons = scoring.compare(evaluation.results)
+        return comparisons, scoring.summary(comparisons, evaluation.forgetting_flagged), evaluation.forgetting_flagged
+
+    def export_pairs(self, tenant: str, evaluation_id: str, seed: int) -> list[dict[str, Any]]:
+        """Blind, shuffled pairs of the two models' generations (stored with the hidden sides)."""
+        evaluation = self._finished(tenant, evaluation_id, need_baseline=True)
+        report = self._d.reports.get_report(tenant, evaluation.report_key)
+        gens = report.get("generations", [])
+        model = [g for g in gens if g["role"] == Role.MODEL.value]
+        base = [g for g in gens if g["role"] == Role.BASELINE.value]
+        pairs = ab.build_pairs(evaluation_id, model, base, seed)
+        self._d.repository.save_pairs(tenant, evaluation_id, pairs)
+        return pairs
+
+    def record_ratings(self, tenant: str, evaluation_id: str, ratings: Sequence[Mapping[str, Any]]) -> int:
+        """Validate and store human ratings of exported pairs."""
+        self.get(tenant, evaluation_id)
+        known = {p["pair_id"] for p in self._d.repository.get_pairs(tenant, evaluation_id)}
+        if not known:
+            raise FailedPrecondition(f"evaluation {evaluation_id} has no exported pairs: call ExportPairs first")
+        ab.check_ratings(ratings, known)
+        return self._d.repository.save_ratings(tenant, evaluation_id, ratings)
+
+    def win_rates(self, tenant: str, evaluation_id: str) -> WinRate:
+        """The model's win rate over the baseline from the recorded ratings."""
+        self.get(tenant, evaluation_id)
+        pairs = self._d.repository.get_pairs(tenant, evaluation_id)
+        return ab.win_rates(pairs, self._d.repository.get_ratings(tenant, evaluation_id))
+
+    def _finished(self, tenant: str, evaluation_id: str, *, need_baseline: bool) -> Evaluation:
+        evaluation = self.get(tenant, evaluation_id)
+        if evaluation.state is not State.SUCCEEDED:
+            raise FailedPrecondition(
+                f"evaluation {evaluation_id} is {evaluation.state.name}: wait until it has SUCCEEDED"
+            )
+        if need_baseline and evaluation.spec.baseline is None:
+            raise FailedPrecondition(
+                f"evaluation {evaluation_id} evaluated one model: create it with a baseline to compare"
+            )
+        return evaluation
+
+    # ------------------------------------------------------------------ the run
+
+    def _run_guarded(self, evaluation: Evaluation) -> None:
+        try:
+            self._run(evaluation)
+        except Cancelled:
+            self._finish(evaluation, State.CANCELLED, "cancelled")
+        except TuneforgeError as exc:
+            log.warning("evaluation %s failed: %s", evaluation.id, exc)
+            evaluation.error = ErrorInfo(exc.family.value, exc.message, exc.field or "")
+            self._finish(evaluation, State.FAILED, f"failed: {exc.message}")
+        except Exception:
+            log.exception("evaluation %s failed unexpectedly", evaluation.id)
+            evaluation.error = ErrorInfo("INTERNAL", "internal error while evaluating; see the service log")
+            self._finish(evaluation, State.FAILED, "failed: internal error")
+        finally:
+            self._cancel.pop(evaluation.id, None)
+
+    def _run(self, evaluation: Evaluation) -> None:
+        spec, tenant = evaluation.spec, evaluation.tenant
+        if self._is_cancelled(evaluation.id):
+            raise Cancelled("cancelled")
+        evaluation.state = State.RUNNING
+        self._d.repository.save(evaluation)
+        data = {d.version_id: self._examples(tenant, d) for d in spec.datasets}
+        roles = [(Role.MODEL, spec.model)] + ([(Role.BASELINE, spec.baseline)] if spec.baseline else [])
+        total = len(roles) * (sum(len(v) for v in data.values()) + self._forgetting_size(tenant, spec))
+        runner = self._d.runners.pick(total, self._d.limits)
+        evaluation.placement = runner.name
+        self._event(evaluation.id, State.RUNNING, 0, total, f"running on {runner.name}")
+        report: dict[str, Any] = {"evaluation_id": evaluation.id, "generations": [], "placement": runner.name}
+        progress = _Progress(self, evaluation.id, total)
+        for role, ref in roles:
+            self._run_role(evaluation, role, ref, data, runner, progress, report)
+        self._forgetting(evaluation, report)
+        report["best_alias"] = self._mark_best(evaluation)
+        report.update(_report_header(evaluation))
+        evaluation.report_key, evaluation.report_uri = self._d.reports.put_report(tenant, evaluation.id, report)
+        self._finish(evaluation, State.SUCCEEDED, "succeeded")
+
+    def _run_role(
+        self, evaluation: Evaluation, role: Role, ref: ModelRef, data: Mapping[str, list[dict[str, Any]]],
+        runner: ModelRunner, progress: _Progress, report: dict[str, Any],
+    ) -> None:
+        spec = evaluation.spec
+        resolved = self._d.models.resolve(evaluation.tenant, ref)
+        report.setdefault("resolved", {})[role.value] = {"checkpoint_id": resolved.checkpoint_id, "job_id": resolved.job_id}
+        metrics = [m for m in spec.metrics if m is not Metric.FORGETTING]
+        for version_id, examples in data.items():
+            if not metrics:
+                break
+            task = self._task(resolved, examples, metrics, evaluation)
+            raw = runner.run(task, progress.phase(f"{role.value} on {version_id}", len(examples)),
+                             lambda: self._is_cancelled(evaluation.id))
+            flagged = self._d.safety.flagged if self._d.safety else None
+            evaluation.results += scoring.score(raw, metrics, role, version_id, flagged)
+            for g in raw.get("generations", []):
+                report["generations"].append({**g, "role": role.value, "dataset_version_id": version_id})
+
+    def _task(self, resolved: Any, examples: list[dict[str, Any]], metrics: Sequence[Metric], evaluation: Evaluation) -> ModelTask:
+        g = evaluation.spec.generation
+        generation = {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample, "temperature": g.temperature,
+                      "top_p": g.top_p, "seed": g.seed, "stop": list(g.stop), "batch_size": g.batch_size}
+        return ModelTask(str(resolved.model_dir), str(resolved.adapter_dir) if resolved.adapter_dir else None,
+                         examples, [m.name.lower() for m in metrics], generation)
+
+    def _forgetting_size(self, tenant: str, spec: EvaluationSpec) -> int:
+        if Metric.FORGETTING not in spec.metrics or spec.forgetting_dataset is None:
+            return 0
+        return len(self._examples(tenant, spec.forgetting_dataset))
+
+    def _forgetting(self, evaluation: Evaluation, report: dict[str, Any]) -> None:
+        spec = evaluation.spec
+        if Metric.FORGETTING not in spec.metrics or spec.forgetting_dataset is None or spec.baseline is None:
+            return
+        fd = spec.forgetting_dataset
+        examples = self._examples(evaluation.tenant, fd)
+        ppl: dict[Role, float] = {}
+        for role, ref in ((Role.MODEL, spec.model), (Role.BASELINE, spec.baseline)):
+            resolved = self._d.models.resolve(evaluation.tenant, ref)
+            raw = self._d.runners.inline.run(
+                self._task(resolved, examples, [Metric.FORGETTING], evaluation),
+                _Progress(self, evaluation.id, len(examples)).phase(f"forgetting ({role.value})", len(examples)),
+                lambda: self._is_cancelled(evaluation.id),
+            )
+            for r in scoring.score(raw, [Metric.PERPLEXITY], role, fd.version_id):
+                evaluation.results.append(replace(r, name=f"general_{r.name}"))
+                if r.name == "perplexity":
+                    ppl[role] = r.value
+        ratio = scoring.forgetting_ratio(ppl[Role.MODEL], ppl[Role.BASELINE])
+        evaluation.forgetting_flagged = ratio > spec.forgetting_threshold
+        evaluation.results.append(MetricResult(Role.MODEL, fd.version_id, "forgetting_ratio", ratio, len(examples)))
+        report["forgetting"] = {"ratio": ratio, "threshold": spec.forgetting_threshold, "flagged": evaluation.forgetting_flagged}
+
+    def _mark_best(self, evaluation: Evaluation) -> dict[str, Any] | None:
+        spec = evaluation.spec
+        if not spec.mark_best_by:
+            return None
+        wins = [c for c in scoring.compare(evaluation.results) if c.name == spec.mark_best_by]
+        if spec.baseline is None or not wins:
+            raise FailedPrecondition(
+                f"mark_best_by={spec.mark_best_by!r} was not computed for both models: request a metric "
+                "that produces it and a baseline"
+            )
+        won = all(c.model_better for c in wins)
+        job_id = self._d.models.resolve(evaluation.tenant, spec.model).job_id
+        if won:
+            if self._d.aliases is None:
+                raise FailedPrecondition("no checkpoint service is configured: set TUNEFORGE_CHECKPOINTS_ADDRESS")
+            self._d.aliases.set_alias(evaluation.tenant, job_id, BEST_ALIAS, spec.model.checkpoint_id)
+        return {"metric": spec.mark_best_by, "moved": won, "job_id": job_id, "checkpoint_id": spec.model.checkpoint_id}
+
+    def _examples(self, tenant: str, d: Any) -> list[dict[str, Any]]:
+        limit = min(d.max_samples or self._d.limits.max_samples, self._d.limits.max_samples)
+        records = self._d.datasets.read(tenant, d.version_id, d.split, limit)
+        return ex.to_examples(records, max_samples=limit)
+
+    # ------------------------------------------------------------------ state
+
+    def _is_cancelled(self, evaluation_id: str) -> bool:
+        flag = self._cancel.get(evaluation_id)
+        return flag is not None and flag.is_set()
+
+    def _event(self, evaluation_id: str, state: State, done: int, total: int, message: str) -> None:
+        self._d.repository.add_event(evaluation_id, state, done, total, message)
+        with self._changed:
+            self._changed.notify_all()
+
+    def _finish(self, evaluation: Evaluation, state: State, message: str) -> None:
+        evaluation.state = state
+        evaluation.ended_at = datetime.now(UTC)
+        self._d.repository.save(evaluation)
+        self._event(evaluation.id, state, 0, 0, message)
+
+
+class _Progress:
+    """Turns per-phase engine progress into evaluation-wide events; raises Cancelled when asked."""
+
+    def __init__(self, service: EvaluationService, evaluation_id: str, total: int) -> None:
+        self._s, self._id, self._total, self._base = service, evaluation_id, total, 0
+
+    def phase(self, name: str, size: int) -> Callable[[int, int], None]:
+        start = self._base
+        self._base += size
+
+        def report(done: int, total: int) -> None:
+            if self._s._is_cancelled(self._id):
+                raise Cancelled("cancelled")
+            scaled = start + (size * done // total if total else size)
+            self._s._event(self._id, State.RUNNING, min(scaled, self._total), self._total, name)
+
+        return report
+
+
+def _report_header(evaluation: Evaluation) -> dict[str, Any]:
+    spec = evaluation.spec
+    return {
+        "model": spec.model.to_dict(),
+        "baseline": spec.baseline.to_dict() if spec.baseline else None,
+        "datasets": [d.to_dict() for d in spec.datasets],
+        "metrics": [m.name for m in spec.metrics],
+        "results": [
+            {"role": r.role.value, "dataset_version_id": r.dataset_version_id, "name": r.name, "value": r.value,
+             "count": r.count, "ci_low": r.ci_low, "ci_high": r.ci_high}
+            for r in evaluation.results
+        ],
+        "forgetting_flagged": evaluation.forgetting_flagged,
+    }
