@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from tuneforge.common.errors import TuneforgeError
-from tuneforge.engine.api import run_training
+from tuneforge.engine.api import ReporterConfig, ReporterKind, WandbMode, run_training
 from tuneforge.engine.spec import load_spec
 from tuneforge.engine.train.events import EngineEvent, RunStatus
 
@@ -25,21 +25,42 @@ def _print_event(event: EngineEvent) -> None:
     print(event.to_json(), flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run the job, print events; returns the exit status."""
+def _reporters(args: argparse.Namespace, run_name: str) -> list[ReporterConfig]:
+    kinds = [ReporterKind(k) for k in args.report_to]
+    return [
+        ReporterConfig(kind, run_name, log_dir=args.report_dir, tracking_uri=args.mlflow_tracking_uri,
+                       wandb_mode=WandbMode(args.wandb_mode))
+        for kind in kinds
+    ]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tuneforge.engine", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="training spec (YAML)")
     parser.add_argument("--log-level", default="WARNING", help="python logging level for stderr")
-    args = parser.parse_args(argv)
+    parser.add_argument("--report-to", action="append", default=[], choices=[k.value for k in ReporterKind],
+                        help="also report metrics to this tool (repeatable; none by default)")
+    parser.add_argument("--report-dir", type=Path, help="folder for TensorBoard / W&B / MLflow files")
+    parser.add_argument("--mlflow-tracking-uri", default="", help="MLflow tracking URI (default: report dir)")
+    parser.add_argument("--wandb-mode", default=WandbMode.OFFLINE.value, choices=[m.value for m in WandbMode])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the job, print events; returns the exit status."""
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     cancel = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     try:
         spec = load_spec(args.config)
-        result = run_training(spec, on_event=_print_event, cancel=cancel)
+        result = run_training(spec, on_event=_print_event, cancel=cancel,
+                              reporters=_reporters(args, spec.output.run_name))
     except TuneforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
     doc = {
         "kind": "result",
         "status": result.status.value,

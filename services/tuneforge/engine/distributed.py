@@ -16,9 +16,13 @@ from typing import Any
 
 import ray
 
-from tuneforge.common.errors import Internal
+from tuneforge.common.errors import Internal, TuneforgeError, Unavailable
 from tuneforge.engine.spec import TrainingSpec
 from tuneforge.engine.train.events import EngineEvent, EventCallback, TrainingResult
+from tuneforge.engine.train.faults import FAULT_ENV
+
+# Driver environment variables the workers need (Ray workers do not inherit the driver's).
+_FORWARDED_ENV = (FAULT_ENV,)
 
 
 @ray.remote(num_cpus=0)
@@ -66,6 +70,7 @@ def _worker(config: dict[str, Any]) -> None:
     from tuneforge.engine.api import recipe_for
     from tuneforge.engine.spec import load_spec
 
+    os.environ.update(config["env"])
     spec = load_spec(config["spec"])
     channel = config["channel"]
     rank = ray.train.get_context().get_world_rank()
@@ -105,7 +110,8 @@ def run_on_ray(
     channel = _Channel.remote()
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"spec": spec.resolved_dict(), "channel": channel},
+        train_loop_config={"spec": spec.resolved_dict(), "channel": channel,
+                           "env": {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         run_config=RunConfig(name=spec.output.run_name,
@@ -116,7 +122,7 @@ def run_on_ray(
     pump = threading.Thread(target=_pump, args=(channel, on_event, cancel, done), daemon=True)
     pump.start()
     try:
-        trainer.fit()
+        _fit(trainer, res.max_failures)
     finally:
         done.set()
         pump.join()
@@ -127,6 +133,26 @@ def run_on_ray(
     if result is None:
         raise Internal("the Ray workers finished without a result: see the worker logs")
     return result
+
+
+def _fit(trainer: Any, max_failures: int) -> None:
+    """``trainer.fit()``; an engine error from a worker is re-raised as itself, a crash as Unavailable."""
+    from ray.train import TrainingFailedError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    try:
+        trainer.fit()
+    except WorkerGroupError as exc:
+        for failure in exc.worker_failures.values():
+            if isinstance(failure, TuneforgeError):
+                raise failure from exc
+        raise Unavailable(
+            f"Ray training workers failed ({max_failures} restarts allowed): {exc._error_message[:500]}. "
+            "Re-run with the same run_name to resume from the latest complete checkpoint, or raise "
+            "resources.max_failures"
+        ) from exc
+    except TrainingFailedError as exc:
+        raise Unavailable(f"Ray training failed: {str(exc)[:500]}; re-run with the same run_name to resume") from exc
 
 
 def _pump(channel: Any, on_event: EventCallback | None, cancel: threading.Event | None, done: threading.Event) -> None:

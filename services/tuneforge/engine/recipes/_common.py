@@ -43,14 +43,19 @@ def device_for(spec: TrainingSpec) -> torch.device:
     return torch.device("cpu")
 
 
-def load_model(spec: TrainingSpec, device: torch.device) -> tuple[torch.nn.Module, Any]:
-    """The base model with the spec's method applied (adapter, quantization), and its tokenizer."""
-    try:
-        from tuneforge.engine.models import load_model_and_tokenizer
-    except ImportError:
-        return _fallback_load(spec, device)
-    model, tokenizer = load_model_and_tokenizer(spec, device=device)
-    return model, tokenizer
+def load_model(
+    spec: TrainingSpec, device: torch.device, hf_ds_config: Any = None
+) -> tuple[torch.nn.Module, Any]:
+    """The base model with the spec's method applied (adapter, quantization), and its tokenizer.
+
+    Args:
+        spec: the training spec.
+        device: where the model goes (DeepSpeed places it itself under ZeRO-3).
+        hf_ds_config: the live ``HfDeepSpeedConfig`` from ``zero3_context`` (ZeRO-3), else None.
+    """
+    from tuneforge.engine.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(spec, device=device, hf_ds_config=hf_ds_config)
 
 
 def _read(source: Any, name: str) -> list[Record]:
@@ -144,42 +149,6 @@ class Setup:
     val_records: list[Record]
 
 
-def _fallback_load(spec: TrainingSpec, device: torch.device) -> tuple[torch.nn.Module, Any]:
-    # TEMPORARY: used only until engine-core's models.load_model_and_tokenizer lands.
-    import peft
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    from tuneforge.engine.spec import MethodKind
-
-    path, m = str(spec.model.path), spec.method
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if m.kind is MethodKind.QLORA:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=m.qlora.quant_type.value,
-            bnb_4bit_use_double_quant=m.qlora.double_quant, bnb_4bit_compute_dtype=torch.float32,
-        )
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if m.kind in (MethodKind.LORA, MethodKind.QLORA):
-        targets = m.lora.target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"]
-        cfg: Any = peft.LoraConfig(r=m.lora.r, lora_alpha=m.lora.alpha, lora_dropout=m.lora.dropout,
-                                   target_modules=targets, task_type="CAUSAL_LM")
-        model = peft.get_peft_model(model, cfg)
-    elif m.kind is MethodKind.PREFIX:
-        model = peft.get_peft_model(model, peft.PrefixTuningConfig(
-            num_virtual_tokens=m.prefix.num_virtual_tokens, task_type="CAUSAL_LM"))
-    elif m.kind is MethodKind.PROMPT:
-        model = peft.get_peft_model(model, peft.PromptTuningConfig(
-            num_virtual_tokens=m.prompt.num_virtual_tokens, task_type="CAUSAL_LM"))
-    if m.kind is MethodKind.QLORA:
-        import bitsandbytes as bnb
-
-        for mod in model.modules():
-            if isinstance(mod, bnb.nn.Linear4bit):
-                mod.support_avx512bf16_for_cpu = False
-    return model.to(device) if m.kind is not MethodKind.QLORA else model, tokenizer
-
-
 def read_mixture(spec: TrainingSpec) -> list[Record]:
     """A weighted multi-task mixture (engine-core's seeded ``mix``), each record tagged with its task."""
     sources = []
@@ -218,8 +187,13 @@ def zero3_context(spec: TrainingSpec) -> Any:
     # DeepSpeed reads the world size from its own comm layer: join the process group Ray made.
     deepspeed.init_distributed(dist_backend="nccl" if spec.resources.use_gpu else "gloo")
 
+    from transformers import AutoConfig
+
+    from tuneforge.engine.models import resolve_model_dir
+
+    hidden = getattr(AutoConfig.from_pretrained(resolve_model_dir(spec), trust_remote_code=False), "hidden_size", None)
     _rank, world = distributed_world()
-    return HfDeepSpeedConfig(deepspeed_config(spec, world))
+    return HfDeepSpeedConfig(deepspeed_config(spec, world, hidden))
 
 
 def maybe_pack(spec: TrainingSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

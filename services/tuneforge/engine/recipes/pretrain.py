@@ -20,8 +20,8 @@ def run(
     # -- setup
     c.seed_everything(spec.hyperparameters.seed)
     device = c.device_for(spec)
-    ds_config = c.zero3_context(spec)  # noqa: F841 - must stay alive while the model loads (ZeRO-3)
-    model, tokenizer = c.load_model(spec, device)
+    ds_config = c.zero3_context(spec)  # must stay alive while the model loads and trains (ZeRO-3)
+    model, tokenizer = c.load_model(spec, device, ds_config)
     train_records, val_records = c.read_splits(spec)
     if spec.data.mixture:
         train_records = c.read_mixture(spec)

@@ -5,6 +5,8 @@ shared ``CheckpointWriter``, so a partial upload is never mistaken for a checkpo
 
     model/                    safetensors weights (full) or adapter folder (peft), tokenizer
     training_state*.pt        optimizer, scheduler, grad scaler (torch.save of tensors/numbers)
+    deepspeed/state/*.pt      DeepSpeed runs: DeepSpeed's own checkpoint (each worker's ZeRO partition
+                              of fp32 master weights and Adam moments), loaded weights_only
     rng_state_rank<R>.pt      python, numpy, torch RNG streams of each worker
     trainer_state.json        step, data position, early stopping, retained checkpoints, metrics
     spec.json                 the resolved training spec

@@ -4,27 +4,77 @@ The loop normalises each micro-batch loss for the whole step, so backward runs w
 ``scale_wrt_gas=False``; DeepSpeed counts micro-batches and steps the optimizer and scheduler at
 each accumulation boundary. ZeRO-3 weights are gathered on save (``_zero3_consolidated_16bit_
 state_dict``; peft extracts the adapter from the gathered dict).
+
+Training state is DeepSpeed's own checkpoint (``engine.save_checkpoint`` into ``deepspeed/`` of
+the checkpoint folder): each worker's optimizer partition with the fp32 master weights and Adam
+moments, the scheduler and DeepSpeed's step counters. Restoring it (``engine.load_checkpoint``)
+gives the exact optimizer of the interrupted run; at ZeRO-1/2 it also puts back the fp32 master
+copy that would otherwise overwrite reloaded weights at the next step. DeepSpeed's own loader
+calls ``torch.load(weights_only=False)``; this runtime swaps in a checkpoint engine that loads
+with ``weights_only=True`` and allows exactly the few DeepSpeed classes those files hold
+(``DS_SAFE_GLOBALS``). A checkpoint written by another world size (or without a DeepSpeed
+folder) restores weights and scheduler only, with a warning: ZeRO partitions cannot be re-split.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
 
+from tuneforge.common.errors import Internal
 from tuneforge.engine.spec import Precision, TrainingSpec
 from tuneforge.engine.train.model_io import load_model_weights, save_model_folder
 from tuneforge.engine.train.optim import build_optimizer, build_scheduler
 from tuneforge.engine.train.runtime import TRAINING_STATE_FILE
 
+log = logging.getLogger(__name__)
 
-def deepspeed_config(spec: TrainingSpec, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config for the spec's ZeRO stage, offload, precision and batch geometry."""
+DS_STATE_DIR = "deepspeed"
+_DS_TAG = "state"
+# The non-tensor classes DeepSpeed 0.19 pickles into its ZeRO optimizer files (checked with
+# ``torch.serialization.get_unsafe_globals_in_checkpoint`` at stages 1-3); nothing else is allowed.
+DS_SAFE_GLOBALS: tuple[type, ...] = (ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler)
+
+
+class SafeCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True`` (no code unpickled)."""
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        try:
+            with torch.serialization.safe_globals(list(DS_SAFE_GLOBALS)):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            raise Internal(
+                f"DeepSpeed state {path} holds classes outside the allowed list {found}: it was written "
+                "by another DeepSpeed version or config; resume from a checkpoint of this version"
+            ) from exc
+
+
+def deepspeed_config(spec: TrainingSpec, world_size: int, hidden_size: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed config for the spec's ZeRO stage, offload, precision and batch geometry.
+
+    Args:
+        spec: the training spec.
+        world_size: number of workers.
+        hidden_size: the model's hidden size; at ZeRO-3 it sets which parameters stay whole on
+            every worker (those under ``10 * hidden_size`` elements, transformers' "auto" rule)
+            instead of DeepSpeed's fixed 100k, under which a small model would not be partitioned.
+            The same value must reach ``HfDeepSpeedConfig`` and ``deepspeed.initialize``.
+    """
     hp, res = spec.hyperparameters, spec.resources
     zero: dict[str, Any] = {"stage": res.zero_stage}
+    if res.zero_stage == 3 and hidden_size:
+        zero["stage3_param_persistence_threshold"] = 10 * hidden_size
     if res.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
     if res.offload_params:
@@ -61,8 +111,9 @@ class DeepSpeedRuntime:
         scheduler = build_scheduler(optimizer, hp.lr_scheduler, warmup_steps=warmup_steps, total_steps=total_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
-            config=deepspeed_config(spec, self.world_size),
+            config=deepspeed_config(spec, self.world_size, getattr(getattr(model, "config", None), "hidden_size", None)),
         )
+        self.engine.checkpoint_engine = SafeCheckpointEngine(self.engine._config)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -121,10 +172,48 @@ class DeepSpeedRuntime:
                 load_model_weights(self._model, folder)
 
     def save_training_state(self, folder: Path) -> None:
-        """Scheduler on worker 0 (the optimizer state is partitioned: see the module docstring)."""
+        """DeepSpeed's checkpoint (every worker writes its partition) plus the scheduler on worker 0.
+
+        The scheduler is also kept apart so that another world size can still resume the LR curve.
+        """
+        ds_dir = folder / DS_STATE_DIR
+        # Only weights the optimizer owns are in DeepSpeed's module file; frozen ones are in model/.
+        self.engine.save_checkpoint(str(ds_dir), tag=_DS_TAG, client_state={}, save_latest=False,
+                                    exclude_frozen_parameters=True)
         if self.rank == 0:
+            # DeepSpeed drops a copy of its zero_to_fp32.py next to the state: keep checkpoints data only.
+            for script in ds_dir.rglob("*.py"):
+                script.unlink()
             torch.save({"scheduler": self.scheduler.state_dict()}, folder / TRAINING_STATE_FILE)
 
+    def _saved_world_size(self, ds_dir: Path) -> int:
+        return len(list((ds_dir / _DS_TAG).glob("*zero_pp_rank_*_optim_states.pt")))
+
     def load_training_state(self, folder: Path) -> None:
-        state = torch.load(folder / TRAINING_STATE_FILE, weights_only=True, map_location="cpu")
-        self.scheduler.load_state_dict(state["scheduler"])
+        """Restore DeepSpeed's checkpoint: optimizer partitions (Adam moments, fp32 master), scheduler.
+
+        Raises:
+            Internal: when DeepSpeed finds no state to load in a folder that has one.
+        """
+        ds_dir = folder / DS_STATE_DIR
+        saved = self._saved_world_size(ds_dir)
+        if saved != self.world_size:
+            log.warning(
+                "checkpoint %s has DeepSpeed state for %d workers, this run has %d: restoring weights "
+                "and scheduler only (optimizer moments start fresh)", folder.name, saved, self.world_size,
+            )
+            # The weights were loaded into the module (load_model): copy them into DeepSpeed's fp32
+            # master partitions, which the next step would otherwise write back over them.
+            self.engine.optimizer.refresh_fp32_params()
+            state = torch.load(folder / TRAINING_STATE_FILE, weights_only=True, map_location="cpu")
+            self.scheduler.load_state_dict(state["scheduler"])
+            # load_state_dict restores the step count only: put its learning rate into the optimizer.
+            for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr
+            return
+        path, _client = self.engine.load_checkpoint(
+            str(ds_dir), tag=_DS_TAG, load_module_strict=False,
+            load_optimizer_states=True, load_lr_scheduler_states=True,
+        )
+        if path is None:
+            raise Internal(f"DeepSpeed found no state to load in {ds_dir}: the checkpoint is incomplete")

@@ -21,6 +21,7 @@ import torch
 
 from tuneforge.common.errors import InvalidInput
 from tuneforge.engine.train.events import EngineEvent, EventCallback, EventKind, RunStatus
+from tuneforge.engine.train.faults import fault_from_env, maybe_crash
 from tuneforge.engine.train.monitor import EarlyStopping, Throughput, peak_memory_bytes, perplexity
 from tuneforge.engine.train.position import StepPlan
 from tuneforge.engine.train.runtime import Runtime
@@ -211,6 +212,15 @@ def evaluate(
     return metrics
 
 
+def cancel_requested(runtime: Runtime, cancel: threading.Event | None) -> bool:
+    """Whether to stop now, decided by worker 0 for all (a worker that alone stopped would leave
+    the others waiting in the next collective)."""
+    if cancel is None:
+        return False
+    asked = float(cancel.is_set()) if runtime.rank == 0 else 0.0
+    return runtime.all_reduce_sum([asked])[0] > 0
+
+
 def train_loop(
     runtime: Runtime,
     objective: Objective,
@@ -251,10 +261,12 @@ def train_loop(
     emit(EngineEvent(EventKind.STARTED, state.global_step, {"total_steps": float(cfg.total_steps)}))
     runtime.model.train()
     status, last_uri = RunStatus.COMPLETED, ""
+    fault = fault_from_env()
     while state.global_step < cfg.total_steps:
-        if cancel is not None and cancel.is_set():
+        if cancel_requested(runtime, cancel):
             status = RunStatus.CANCELLED
             break
+        maybe_crash(fault, runtime.rank, state.global_step + 1)
         metrics = train_step(runtime, objective, train_rows, plan, state.global_step)
         state.global_step += 1
         state.position = plan.position(state.global_step)
