@@ -130,6 +130,7 @@ def checkpoint_manager(spec: TrainingSpec, tokenizer: Any) -> CheckpointManager:
     return CheckpointManager(
         spec.output.checkpoint_uri,
         spec.output.run_name,
+        key_prefix=spec.output.checkpoint_prefix,
         keep_best=spec.schedule.keep_best_n,
         keep_latest=spec.schedule.keep_latest_n,
         spec=spec.resolved_dict(),

@@ -281,6 +281,11 @@ class OutputSection(_Strict):
     """Where checkpoints go."""
 
     checkpoint_uri: str = Field(pattern=r"^(file|s3)://.+")
+    checkpoint_prefix: str = Field(
+        default="",
+        pattern=r"^([a-z0-9][a-z0-9._-]*/)*$",
+        description="folder inside the store above the run (e.g. tenants/acme/checkpoints/), ending in '/'",
+    )
     run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 

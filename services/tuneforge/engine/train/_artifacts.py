@@ -6,20 +6,33 @@ keeps those calls in one place.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from tuneforge.common.storage import ObjectStore, open_object_store
-from tuneforge.common.storage.artifacts import (
-    MANIFEST_NAME,
-    ArtifactWriter,
-    read_manifest,
-    verify_artifact,
-)
+from tuneforge.common.storage.artifacts import MANIFEST_NAME, read_manifest, verify_artifact
+from tuneforge.common.storage.checkpoint_writer import CheckpointWriter
+
+
+def _env_secret(name: str) -> str | None:
+    """``TUNEFORGE_<NAME>`` or the content of the file ``TUNEFORGE_<NAME>_FILE`` (Kubernetes secrets)."""
+    path = os.environ.get(f"TUNEFORGE_{name}_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    return os.environ.get(f"TUNEFORGE_{name}") or None
 
 
 def open_store(uri: str, options: dict[str, Any]) -> ObjectStore:
-    """Open the checkpoint store (fails fast when it is unusable)."""
+    """Open the checkpoint store (fails fast when it is unusable).
+
+    S3 credentials never live in the spec (it is saved beside every checkpoint): they come from
+    ``options`` or from the worker's environment, ``TUNEFORGE_S3_ACCESS_KEY``/``_SECRET_KEY``
+    (or their ``_FILE`` forms), the same settings the services read.
+    """
+    if uri.startswith("s3://"):
+        options = {"access_key": _env_secret("S3_ACCESS_KEY"), "secret_key": _env_secret("S3_SECRET_KEY"),
+                   **options}
     return open_object_store(uri, field="output.checkpoint_uri", **options)
 
 
@@ -35,10 +48,9 @@ def write(store: ObjectStore, local_dir: Path, prefix: str, extra: dict[str, Any
     a step newer than the checkpoint it resumed from, so anything there is stale.
     """
     delete(store, prefix)
-    writer = ArtifactWriter(store, prefix)
-    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        writer.add_file(path.relative_to(local_dir).as_posix(), path)
-    writer.commit(extra)
+    # The shared writer (also used by the checkpoint service): streamed multipart uploads, each
+    # file and the commit retried while the store is unavailable, manifest last.
+    CheckpointWriter(store).write(local_dir, prefix, extra)
 
 
 def verify(store: ObjectStore, prefix: str) -> None:

@@ -46,6 +46,8 @@ class CheckpointManager:
     Args:
         checkpoint_uri: store URI (``file:///...`` or ``s3://...``) holding every run's checkpoints.
         run_name: this run's folder under ``checkpoint_uri``; re-running with the same name resumes.
+        key_prefix: a folder inside the store above the run's folder (e.g. the tenant's checkpoint
+            area ``tenants/<tenant>/checkpoints/``), so that the checkpoint service sees the files.
         keep_best: keep this many checkpoints with the best score (lower is better; the loop passes
             the metric negated when greater is better).
         keep_latest: and this many of the newest.
@@ -60,6 +62,7 @@ class CheckpointManager:
         checkpoint_uri: str,
         run_name: str,
         *,
+        key_prefix: str = "",
         keep_best: int = 1,
         keep_latest: int = 1,
         spec: dict[str, Any] | None = None,
@@ -70,18 +73,19 @@ class CheckpointManager:
         self.store = _artifacts.open_store(checkpoint_uri, store_options or {})
         self.base_uri = checkpoint_uri.rstrip("/")
         self.run_name = run_name
+        self.run_root = f"{key_prefix.strip('/')}/{run_name}" if key_prefix.strip("/") else run_name
         self.keep_best = keep_best
         self.keep_latest = max(1, keep_latest)
         self.spec = spec or {}
         self.save_extra = save_extra
         # Workers of one run must agree on the folder: derive it from the run's identity.
-        digest = hashlib.sha256(f"{self.base_uri}/{run_name}".encode()).hexdigest()[:16]
+        digest = hashlib.sha256(f"{self.base_uri}/{self.run_root}".encode()).hexdigest()[:16]
         self.staging = Path(staging_dir or Path(tempfile.gettempdir()) / "tuneforge-staging" / digest)
         self.resumed_uri = ""
 
     def prefix(self, step: int) -> str:
         """Store prefix of the checkpoint at ``step``."""
-        return f"{self.run_name}/step-{step}"
+        return f"{self.run_root}/step-{step}"
 
     def uri(self, step: int) -> str:
         """Full URI of the checkpoint at ``step``."""
@@ -90,7 +94,7 @@ class CheckpointManager:
     def steps(self) -> list[int]:
         """Steps with a checkpoint folder in the store (complete or not), ascending."""
         found = set()
-        for name in _artifacts.child_dirs(self.store, f"{self.run_name}/"):
+        for name in _artifacts.child_dirs(self.store, f"{self.run_root}/"):
             m = _STEP_DIR.match(name)
             if m:
                 found.add(int(m.group(1)))
