@@ -16,12 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--run-dir", type=Path, default=Path(".run"))
     demo = sub.add_parser("demo", help="the main job end to end on one machine (make demo)")
     demo.add_argument("--run-dir", type=Path, default=Path(".run/demo"))
+    demo.add_argument("--tiny", action="store_true", help="a tiny model built on the fly instead of SmolLM2")
+    demo.add_argument("--steps", type=int, default=40, help="LoRA optimizer steps")
     args = parser.parse_args(argv)
     if args.command == "stack":
         from tuneforge.cli.stack import run
         return run(args.base_port, args.run_dir)
     from tuneforge.cli.demo import run_demo
-    return run_demo(args.run_dir)
+    return run_demo(args.run_dir, tiny=args.tiny, steps=args.steps)
 
 
 if __name__ == "__main__":
