@@ -1,0 +1,598 @@
+"""Memory planner: per-GPU memory of a fine-tuning job, and the cheapest setup that fits.
+
+Public API:
+    plan_memory(model_config, method, seq_len, micro_batch, num_gpus, gpu_memory_bytes, ...) -> MemoryPlan
+    recommend(model_config, seq_len, num_gpus, gpu_memory_bytes, ...) -> Recommendation
+    count_parameters(model_config) -> ParameterCount
+    Method, Precision, Quantization: the options the planner understands (values match the spec's).
+
+The model is described by its Hugging Face config alone (a ``PretrainedConfig`` or its dict); no
+weights are loaded and neither torch nor transformers is imported. Decoder-only Llama-family
+architectures are supported: ``llama``, ``mistral``, ``qwen2``, ``qwen3``.
+
+How the figures are made (P parameters, T trainable parameters, N GPUs):
+
+* **Model states** follow DeepSpeed's accounting, so that they equal its own
+  ``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs``
+  (tests/unit/engine/test_planner.py). In 16-bit mixed precision each trainable parameter
+  costs 2 bytes of weights, 2 of gradients and 16 of optimizer state (fp32 master copy, AdamW's two
+  fp32 moments, and the fp32 gradient partition the optimizer steps on). In fp32, 4 + 4 + 8.
+  ZeRO-1 divides the optimizer state by N, ZeRO-2 the gradients too, ZeRO-3 also the weights; at
+  stage 3 the 16-bit gradients are reduced straight into the fp32 partition (inside the 16 bytes)
+  and one gathered module (weights + gradients) is held at a time.
+  Optimizer offload moves optimizer state and gradients to host memory (stage 1-3); parameter
+  offload (stage 3) moves the weight partitions too. The engine's own single-process loop keeps
+  fp32 weights under autocast (4 + 4 + 8 bytes, plus 16-bit weight copies while they are in use):
+  within 10% of the 20 bytes counted here.
+* **Frozen weights** (LoRA, QLoRA) cost their storage only: 2 bytes per parameter in 16 bits,
+  4 in fp32, and for QLoRA the decoder's linear weights take 0.5 byte (nf4/fp4) or 1 byte (int8)
+  plus their quantization constants (an fp32 absmax per 64-weight block, or with double
+  quantization an 8-bit absmax plus an fp32 constant per 256 blocks; an fp32 scale per row for
+  int8). Embeddings, norms and the output head stay in the compute dtype.
+* **Activations** are counted tensor by tensor from what autograd saves in a Hugging Face Llama
+  decoder layer, in the style of Korthikanti et al., "Reducing Activation Recomputation in Large
+  Transformer Models" (2022), whose GPT layer needs ``s*b*h*(34 + 5*a*s/h)`` bytes in 16 bits.
+  A Llama layer differs (RMSNorm upcasts to fp32, SwiGLU, grouped KV heads, no dropout, fused
+  attention), see ``_layer_activation_bytes``. With gradient checkpointing each layer keeps only
+  its input and one layer is recomputed at a time. The loss adds the logits, the fp32 log-softmax
+  and their gradients (``_loss_bytes``), usually the largest single term for big vocabularies.
+  Gradients are counted as live beside the activations: DeepSpeed keeps its gradient buffers, and
+  for plain PyTorch (gradients freed by ``zero_grad``) this makes the estimate conservative by at
+  most the gradient bytes.
+  The estimate is checked against the measured peak of a real training step on CPU
+  (tests/unit/engine/test_planner_measured.py).
+
+Not counted: the CUDA context and allocator fragmentation (``recommend`` keeps a safety margin for
+them), communication buckets beyond DeepSpeed's own figures, and the optimizer's per-tensor
+temporaries during the step (at most two copies of the largest tensor, when activations are gone).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tuneforge.common.errors import FieldViolation, InvalidInput
+
+GIB = 1024**3
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# DeepSpeed's estimators multiply host memory by this to cover pinned buffers and fragmentation.
+HOST_BUFFER_FACTOR = 1.5
+_QUANT_BLOCK = 64  # bitsandbytes 4-bit blocksize
+_DOUBLE_QUANT_BLOCK = 256  # blocks per second-level constant with double quantization
+
+
+class Method(enum.StrEnum):
+    """What is trained: every weight, a LoRA adapter, or a LoRA adapter on quantized weights."""
+
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"
+
+
+class Precision(enum.StrEnum):
+    """Training precision; 16-bit means mixed precision with fp32 master weights."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class Quantization(enum.StrEnum):
+    """bitsandbytes storage of frozen linear weights under QLoRA."""
+
+    NF4 = "nf4"
+    FP4 = "fp4"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class _Arch:
+    model_type: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+
+    def linear_shapes(self) -> dict[str, tuple[int, int, bool]]:
+        """(in_features, out_features, has_bias) of each linear module of one decoder layer."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return {
+            "q_proj": (h, q, self.qkv_bias),
+            "k_proj": (h, kv, self.qkv_bias),
+            "v_proj": (h, kv, self.qkv_bias),
+            "o_proj": (q, h, self.o_bias),
+            "gate_proj": (h, i, self.mlp_bias),
+            "up_proj": (h, i, self.mlp_bias),
+            "down_proj": (i, h, self.mlp_bias),
+        }
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Parameters of a model, split the way memory is accounted.
+
+    Attributes:
+        total: every parameter (tied embeddings counted once), equal to ``sum(p.numel())``.
+        linear_weights: weights of the decoder layers' linear modules (what QLoRA quantizes).
+        embedding: input embedding; ``lm_head``: output head (0 when tied).
+        largest_layer: parameters of the largest single module (what ZeRO-3 gathers at once).
+    """
+
+    total: int
+    linear_weights: int
+    embedding: int
+    lm_head: int
+    largest_layer: int
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Estimated memory of one training step, per GPU unless stated (bytes).
+
+    Attributes:
+        weights: parameters resident on the GPU (frozen and trainable).
+        gradients: gradients resident on the GPU.
+        optimizer: optimizer state resident on the GPU (master weights, moments, fp32 gradients).
+        zero3_buffer: one gathered layer's weights and gradients (ZeRO-3 only).
+        activations: saved activations, the loss's logits and their gradients at the peak.
+        total: the sum, the figure to compare with the GPU's memory.
+        host_per_node: host memory per node (model loading, offloaded states), DeepSpeed's way.
+        params / trainable_params: parameter counts.
+        notes: how each term was derived, for people reading the plan.
+    """
+
+    weights: int
+    gradients: int
+    optimizer: int
+    zero3_buffer: int
+    activations: int
+    total: int
+    host_per_node: int
+    params: int
+    trainable_params: int
+    method: Method
+    zero_stage: int
+    offload_optimizer: bool
+    offload_params: bool
+    gradient_checkpointing: bool
+    micro_batch: int
+    seq_len: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def model_states(self) -> int:
+        """Weights, gradients, optimizer state and the ZeRO-3 buffer (DeepSpeed's "model states")."""
+        return self.weights + self.gradients + self.optimizer + self.zero3_buffer
+
+    def fits(self, gpu_memory_bytes: int, safety_margin: float = 0.1) -> bool:
+        """Whether the plan fits a GPU of that size, keeping ``safety_margin`` of it free."""
+        return self.total <= gpu_memory_bytes * (1.0 - safety_margin)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (enums as their values)."""
+        out = asdict(self)
+        out["method"] = self.method.value
+        out["notes"] = list(self.notes)
+        return out
+
+    def summary(self) -> str:
+        """One line in GiB, e.g. for logs."""
+        parts = ("weights", "gradients", "optimizer", "zero3_buffer", "activations", "total")
+        return ", ".join(f"{p} {getattr(self, p) / GIB:.2f} GiB" for p in parts)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The cheapest setup that fits, its plan, and why the cheaper ones were rejected."""
+
+    plan: MemoryPlan
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _cfg_dict(model_config: Any) -> dict[str, Any]:
+    if isinstance(model_config, Mapping):
+        return dict(model_config)
+    if hasattr(model_config, "to_dict"):
+        return model_config.to_dict()
+    raise InvalidInput.field_error(
+        "model_config", f"expected a transformers PretrainedConfig or a dict, got {type(model_config).__name__}"
+    )
+
+
+def _arch(model_config: Any) -> _Arch:
+    cfg = _cfg_dict(model_config)
+    model_type = cfg.get("model_type", "")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise InvalidInput.field_error(
+            "model_config.model_type",
+            f"{model_type!r} is not supported by the memory planner; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
+        )
+    required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    missing = [FieldViolation(f"model_config.{k}", "required, must be a positive integer") for k in required
+               if not isinstance(cfg.get(k), int) or cfg[k] <= 0]
+    if missing:
+        raise InvalidInput.of(missing, what="model config")
+    heads = cfg["num_attention_heads"]
+    return _Arch(
+        model_type=model_type,
+        hidden=cfg["hidden_size"],
+        intermediate=cfg["intermediate_size"],
+        layers=cfg["num_hidden_layers"],
+        heads=heads,
+        kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        vocab=cfg["vocab_size"],
+        # PretrainedConfig defaults to tied embeddings when the key is absent.
+        tied=bool(cfg.get("tie_word_embeddings", True)),
+        # Qwen2 hard-codes q/k/v biases; the others read attention_bias (which also covers o_proj).
+        qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
+        o_bias=model_type != "qwen2" and bool(cfg.get("attention_bias", False)),
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        qk_norm=model_type == "qwen3",
+    )
+
+
+def _count(arch: _Arch) -> ParameterCount:
+    per_layer_linear = sum(i * o for i, o, _ in arch.linear_shapes().values())
+    per_layer_bias = sum(o for _, o, bias in arch.linear_shapes().values() if bias)
+    per_layer_norms = 2 * arch.hidden + (2 * arch.head_dim if arch.qk_norm else 0)
+    embedding = arch.vocab * arch.hidden
+    lm_head = 0 if arch.tied else embedding
+    total = (
+        embedding + lm_head + arch.hidden  # final norm
+        + arch.layers * (per_layer_linear + per_layer_bias + per_layer_norms)
+    )
+    largest_linear = max(i * o + (o if b else 0) for i, o, b in arch.linear_shapes().values())
+    return ParameterCount(
+        total=total,
+        linear_weights=arch.layers * per_layer_linear,
+        embedding=embedding,
+        lm_head=lm_head,
+        largest_layer=max(embedding, largest_linear),
+    )
+
+
+def count_parameters(model_config: Any) -> ParameterCount:
+    """Count a model's parameters from its config alone.
+
+    Args:
+        model_config: a transformers ``PretrainedConfig`` or its ``to_dict()``.
+
+    Returns:
+        The counts; ``total`` equals ``sum(p.numel() for p in model.parameters())``.
+
+    Raises:
+        InvalidInput: unsupported ``model_type`` or missing sizes.
+    """
+    return _count(_arch(model_config))
+
+
+def _lora_params(arch: _Arch, rank: int, targets: Sequence[str]) -> int:
+    shapes = arch.linear_shapes()
+    return arch.layers * sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets)
+
+
+def _quantized_bytes(n: int, quant: Quantization, double_quant: bool, out_rows: int) -> float:
+    if quant is Quantization.INT8:
+        return n * 1.0 + 4.0 * out_rows  # int8 weights + an fp32 scale per output row
+    blocks = n / _QUANT_BLOCK
+    # Double quantization: an 8-bit absmax per block plus an fp32 constant per 256 blocks.
+    constants = blocks * (1.0 + 4.0 / _DOUBLE_QUANT_BLOCK) if double_quant else blocks * 4.0
+    return n * 0.5 + constants
+
+
+def _layer_activation_bytes(
+    arch: _Arch, tokens: int, batch: int, seq: int, act: int, eager: bool, lora: tuple[int, Sequence[str], float]
+) -> float:
+    """Bytes autograd keeps for one decoder layer (``act``: bytes per activation element).
+
+    RMSNorm (x2): the fp32 upcast of its input, the normalized output (compute dtype) and the
+    fp32 rsqrt per token. Attention: rotated q and k and v (compute dtype), the attention output
+    as SDPA keeps it plus its transposed copy feeding o_proj, SDPA's fp32 log-sum-exp; eager
+    attention keeps the fp32 softmax and its compute-dtype copy instead (``a*s*s`` each). MLP: the
+    gate and up outputs, silu(gate) and their product (``4 * s*b*intermediate``). LoRA (peft keeps
+    adapters in fp32): the fp32 output of each adapter's A, and a fp32 copy of the adapter's input
+    when the model is 16-bit (the cast) or dropout is on (the dropped copy, plus a 1-byte mask).
+    """
+    h, hq = arch.hidden, arch.heads * arch.head_dim
+    kv = arch.kv_heads * arch.head_dim
+    norms = 2 * (4 * tokens * h + act * tokens * h + 4 * tokens)
+    qkv = act * tokens * (hq + 2 * kv)
+    if eager:
+        scores = arch.heads * batch * seq * seq * (4 + (act if act != 4 else 0))
+        attn = scores + act * tokens * hq
+    else:
+        attn = 2 * act * tokens * hq + 4 * batch * arch.heads * seq
+    mlp = 4 * act * tokens * arch.intermediate
+    rank, targets, dropout = lora
+    shapes = arch.linear_shapes()
+    copy = 4 if (act != 4 or dropout > 0) else 0
+    mask = 1 if dropout > 0 else 0
+    adapters = sum(4 * tokens * rank + (copy + mask) * tokens * shapes[t][0] for t in targets)
+    return norms + qkv + attn + mlp + adapters
+
+
+def _loss_bytes(arch: _Arch, tokens: int, act: int) -> int:
+    """Logits (held by the model output), the fp32 log-softmax the loss saves, and at the start of
+    backward the fp32 gradients of both: ``(act + 12) * s*b*vocab`` bytes (measured: 16 in fp32,
+    14.6 in bf16)."""
+    return (act + 12) * tokens * arch.vocab
+
+
+def _activation_bytes(arch: _Arch, seq: int, batch: int, act: int, checkpointing: bool, eager: bool,
+                      lora: tuple[int, Sequence[str], float]) -> int:
+    """Peak of saved activations: everything the layers keep plus the larger of the loss's peak
+    (at the start of backward) and, with checkpointing, one recomputed layer (later in backward,
+    once the loss's tensors are freed)."""
+    tokens = seq * batch
+    layer = _layer_activation_bytes(arch, tokens, batch, seq, act, eager, lora)
+    final_norm = 4 * tokens * arch.hidden + act * tokens * arch.hidden + 4 * tokens
+    loss = _loss_bytes(arch, tokens, act)
+    if checkpointing:
+        # Each checkpointed layer keeps only its input.
+        return int(arch.layers * act * tokens * arch.hidden + final_norm + max(loss, layer))
+    return int(arch.layers * layer + final_norm + loss)
+
+
+def _validate(method: Method, zero_stage: int, offload_optimizer: bool, offload_params: bool,
+              seq_len: int, micro_batch: int, num_gpus: int, gpu_memory_bytes: int) -> None:
+    problems = []
+    if zero_stage not in (0, 1, 2, 3):
+        problems.append(FieldViolation("zero_stage", f"{zero_stage} is not 0, 1, 2 or 3"))
+    if offload_optimizer and zero_stage == 0:
+        problems.append(FieldViolation("offload_optimizer", "needs ZeRO stage 1, 2 or 3: set zero_stage"))
+    if offload_params and (zero_stage != 3 or not offload_optimizer):
+        problems.append(FieldViolation(
+            "offload_params", "needs ZeRO stage 3 with offload_optimizer: set zero_stage=3 and offload_optimizer"))
+    for name, value in (("seq_len", seq_len), ("micro_batch", micro_batch), ("num_gpus", num_gpus),
+                        ("gpu_memory_bytes", gpu_memory_bytes)):
+        if value < 1:
+            problems.append(FieldViolation(name, f"must be a positive integer, got {value}"))
+    if problems:
+        raise InvalidInput.of(problems, what="memory plan request")
+
+
+def plan_memory(
+    model_config: Any,
+    method: Method | str,
+    seq_len: int,
+    micro_batch: int,
+    num_gpus: int = 1,
+    gpu_memory_bytes: int = 80 * GIB,
+    zero_stage: int | None = None,
+    *,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+    gradient_checkpointing: bool = False,
+    dtype: Precision | str = Precision.BF16,
+    lora_r: int = 16,
+    lora_targets: Sequence[str] = LINEAR_MODULES,
+    lora_dropout: float = 0.0,
+    quantization: Quantization | str = Quantization.NF4,
+    double_quant: bool = True,
+    attention: str = "sdpa",
+    num_nodes: int = 1,
+) -> MemoryPlan:
+    """Estimate the per-GPU memory of one training step (forward, backward, optimizer step).
+
+    Args:
+        model_config: a transformers ``PretrainedConfig`` or its dict (Llama family).
+        method: ``full``, ``lora`` or ``qlora``.
+        seq_len: tokens per sample (after packing, the packed length).
+        micro_batch: samples per GPU per forward pass.
+        num_gpus: data-parallel GPUs in total (ZeRO partitions over them).
+        gpu_memory_bytes: memory of one GPU; only reported back, use ``MemoryPlan.fits``.
+        zero_stage: DeepSpeed ZeRO stage 0-3; None means 0 (plain data parallel).
+        offload_optimizer: optimizer state and gradients in host memory (stage 1-3).
+        offload_params: weight partitions in host memory too (stage 3 with optimizer offload).
+        gradient_checkpointing: recompute each decoder layer in backward.
+        dtype: ``fp32`` or 16-bit mixed precision (``bf16``/``fp16``).
+        lora_r, lora_targets, lora_dropout: adapter shape (LoRA/QLoRA).
+        quantization, double_quant: QLoRA storage of the frozen linear weights.
+        attention: ``sdpa`` (fused, the default) or ``eager`` (materializes the attention matrix).
+        num_nodes: machines the GPUs are spread over (host memory is reported per node).
+
+    Returns:
+        The plan; ``total`` is the estimated peak per GPU in bytes.
+
+    Raises:
+        InvalidInput: unknown method/dtype/targets, unsupported model, or inconsistent ZeRO options,
+            every problem at once.
+    """
+    method, dtype, quantization = _parse_enums(method, dtype, quantization, lora_targets, attention)
+    stage = 0 if zero_stage is None else zero_stage
+    _validate(method, stage, offload_optimizer, offload_params, seq_len, micro_batch, num_gpus, gpu_memory_bytes)
+    arch = _arch(model_config)
+    counts = _count(arch)
+    sixteen = dtype is not Precision.FP32
+    w, g, k = (2, 2, 16) if sixteen else (4, 4, 8)
+    if method is Method.FULL:
+        trainable, frozen_bytes, lora = counts.total, 0.0, (0, (), 0.0)
+    else:
+        trainable = _lora_params(arch, lora_r, lora_targets)
+        frozen_bytes = _frozen_bytes(arch, counts, method, w, quantization, double_quant)
+        lora = (lora_r, tuple(lora_targets), lora_dropout)
+    n = num_gpus
+    opt_shard = 1 if stage == 0 else n  # ZeRO-1/2/3 partition the optimizer state
+    weights = frozen_bytes + w * trainable
+    if stage == 3:
+        weights = 0.0 if offload_params else weights / n
+    gradients = 0.0 if offload_optimizer or stage == 3 else g * trainable / (n if stage == 2 else 1)
+    if stage == 3 and not sixteen and not offload_optimizer:
+        gradients = g * trainable / n  # in fp32 the gradient partition is not inside the 16-byte term
+    optimizer = 0.0 if offload_optimizer else k * trainable / opt_shard
+    # ZeRO-3 gathers one module at a time: its weights, and its gradients when it is trained.
+    gathered = (w + g if method is Method.FULL else w) * counts.largest_layer
+    buffer = gathered if stage == 3 else 0
+    act = 4 if not sixteen else 2
+    activations = _activation_bytes(arch, seq_len, micro_batch, act, gradient_checkpointing,
+                                    attention == "eager", lora)
+    total = int(weights) + int(gradients) + int(optimizer) + buffer + activations
+    host = _host_bytes(counts, trainable, method, stage, offload_optimizer, offload_params, w, k, n, num_nodes)
+    return MemoryPlan(
+        weights=int(weights), gradients=int(gradients), optimizer=int(optimizer), zero3_buffer=buffer,
+        activations=activations, total=total, host_per_node=host, params=counts.total,
+        trainable_params=trainable, method=method, zero_stage=stage, offload_optimizer=offload_optimizer,
+        offload_params=offload_params, gradient_checkpointing=gradient_checkpointing,
+        micro_batch=micro_batch, seq_len=seq_len,
+        notes=(f"{dtype.value}: {w} B weights, {g} B gradients, {k} B optimizer state per trainable parameter",
+               f"activations at {act} B per element, attention={attention}"),
+    )
+
+
+def _parse_enums(method: Any, dtype: Any, quantization: Any, targets: Sequence[str],
+                 attention: str) -> tuple[Method, Precision, Quantization]:
+    problems, parsed = [], []
+    for name, enum_cls, value in (("method", Method, method), ("dtype", Precision, dtype),
+                                  ("quantization", Quantization, quantization)):
+        try:
+            parsed.append(enum_cls(getattr(value, "value", value)))
+        except ValueError:
+            choices = ", ".join(m.value for m in enum_cls)
+            problems.append(FieldViolation(name, f"{value!r} is not one of {choices}"))
+    bad = [t for t in targets if t not in LINEAR_MODULES]
+    if bad or not targets:
+        problems.append(FieldViolation("lora_targets", f"{bad or 'empty'}: choose from {', '.join(LINEAR_MODULES)}"))
+    if attention not in ("sdpa", "eager"):
+        problems.append(FieldViolation("attention", f"{attention!r} is not 'sdpa' or 'eager'"))
+    if problems:
+        raise InvalidInput.of(problems, what="memory plan request")
+    return parsed[0], parsed[1], parsed[2]
+
+
+def _frozen_bytes(arch: _Arch, counts: ParameterCount, method: Method, w: int,
+                  quant: Quantization, double_quant: bool) -> float:
+    """Storage of the frozen base model under LoRA (compute dtype) or QLoRA (quantized linears)."""
+    if method is Method.LORA:
+        return float(w * counts.total)
+    rows = arch.layers * sum(o for _, o, _ in arch.linear_shapes().values())
+    linear = _quantized_bytes(counts.linear_weights, quant, double_quant, rows)
+    return linear + w * (counts.total - counts.linear_weights)
+
+
+def _host_bytes(counts: ParameterCount, trainable: int, method: Method, stage: int, offload_optimizer: bool,
+                offload_params: bool, w: int, k: int, n: int, nodes: int) -> int:
+    """Host memory per node, as DeepSpeed's estimators count it: loading the model in fp32 in each
+    process (only the largest layer under ZeRO-3's zero.Init) or the offloaded states, whichever is
+    larger, times ``HOST_BUFFER_FACTOR``."""
+    per_node = max(1, n // nodes)
+    loaded = counts.largest_layer if stage == 3 else counts.total
+    load = 4 * loaded * per_node
+    offloaded = 0.0
+    if offload_optimizer:
+        offloaded = k * trainable / nodes
+        if offload_params:
+            offloaded += w * (counts.total if method is Method.FULL else trainable) / nodes
+    if stage == 3 and offload_optimizer:
+        # With zero.Init DeepSpeed does not take the max with the fp32 load.
+        return int(offloaded * HOST_BUFFER_FACTOR)
+    return int(max(load, offloaded) * HOST_BUFFER_FACTOR)
+
+
+_LADDER = (
+    # (zero stage, offload optimizer, offload params, gradient checkpointing), cheapest first:
+    # partitioning costs little communication; recomputation costs ~1/3 more compute; offload
+    # moves the optimizer step to the CPU and is the slowest.
+    (0, False, False, False), (1, False, False, False), (2, False, False, False), (3, False, False, False),
+    (0, False, False, True), (1, False, False, True), (2, False, False, True), (3, False, False, True),
+    (2, True, False, True), (3, True, False, True), (3, True, True, True),
+)
+
+
+def recommend(
+    model_config: Any,
+    seq_len: int,
+    num_gpus: int,
+    gpu_memory_bytes: int,
+    *,
+    methods: Sequence[Method | str] = (Method.FULL, Method.LORA, Method.QLORA),
+    max_micro_batch: int = 64,
+    safety_margin: float = 0.1,
+    **plan_kwargs: Any,
+) -> Recommendation:
+    """Pick the method, ZeRO stage, offload and the largest micro-batch that fit.
+
+    Methods are tried in the given order (best quality first); for each, setups from cheapest to
+    most expensive (see ``_LADDER``; ZeRO stages 1-3 without offload are skipped on one GPU, where
+    they save nothing). The first setup where micro-batch 1 fits wins, with the largest power-of-two
+    micro-batch up to ``max_micro_batch`` that fits.
+
+    Args:
+        model_config: a transformers ``PretrainedConfig`` or its dict.
+        seq_len: tokens per sample.
+        num_gpus: data-parallel GPUs.
+        gpu_memory_bytes: memory of one GPU.
+        methods: candidate methods, preferred first.
+        max_micro_batch: upper bound of the micro-batch search.
+        safety_margin: share of GPU memory kept free (CUDA context, fragmentation).
+        **plan_kwargs: passed to ``plan_memory`` (dtype, lora_r, ...).
+
+    Returns:
+        The recommended plan and the reasons (rejected setups with their needs).
+
+    Raises:
+        ResourceExhausted: nothing fits, naming the smallest need.
+    """
+    from tuneforge.common.errors import ResourceExhausted
+
+    usable = gpu_memory_bytes * (1.0 - safety_margin)
+    reasons: list[str] = []
+    smallest: MemoryPlan | None = None
+    for method in methods:
+        for stage, off_opt, off_par, ckpt in _LADDER:
+            if num_gpus == 1 and stage in (1, 2, 3) and not off_opt:
+                continue
+            plan = _plan(model_config, method, seq_len, 1, num_gpus, gpu_memory_bytes, stage, off_opt, off_par,
+                         ckpt, plan_kwargs)
+            label = _label(plan)
+            if plan.total > usable:
+                reasons.append(f"{label}: needs {plan.total / GIB:.2f} GiB at micro-batch 1 > "
+                               f"{usable / GIB:.2f} GiB usable")
+                smallest = plan if smallest is None or plan.total < smallest.total else smallest
+                continue
+            best, mb = plan, 1
+            while mb * 2 <= max_micro_batch:
+                bigger = _plan(model_config, method, seq_len, mb * 2, num_gpus, gpu_memory_bytes, stage,
+                               off_opt, off_par, ckpt, plan_kwargs)
+                if bigger.total > usable:
+                    break
+                best, mb = bigger, mb * 2
+            reasons.append(f"chosen {label}: micro-batch {mb} needs {best.total / GIB:.2f} GiB of "
+                           f"{usable / GIB:.2f} GiB usable ({best.summary()})")
+            return Recommendation(plan=best, reasons=tuple(reasons))
+    need = f"{smallest.total / GIB:.2f} GiB ({_label(smallest)})" if smallest else "unknown"
+    raise ResourceExhausted(
+        f"no setup fits {num_gpus} GPU(s) of {gpu_memory_bytes / GIB:.2f} GiB at sequence length {seq_len}: "
+        f"the smallest needs {need}; use more or larger GPUs, a shorter sequence length or QLoRA",
+        reason="MEMORY_PLAN_DOES_NOT_FIT",
+    )
+
+
+def _plan(model_config: Any, method: Any, seq_len: int, mb: int, gpus: int, mem: int, stage: int,
+          off_opt: bool, off_par: bool, ckpt: bool, kwargs: Mapping[str, Any]) -> MemoryPlan:
+    return plan_memory(model_config, method, seq_len, mb, gpus, mem, stage, offload_optimizer=off_opt,
+                       offload_params=off_par, gradient_checkpointing=ckpt, **kwargs)
+
+
+def _label(plan: MemoryPlan) -> str:
+    offload = "params+optimizer" if plan.offload_params else ("optimizer" if plan.offload_optimizer else "none")
+    ckpt = "on" if plan.gradient_checkpointing else "off"
+    return f"{plan.method.value}, ZeRO-{plan.zero_stage}, offload {offload}, checkpointing {ckpt}"
+
+
+__all__ = [
+    "GIB", "LINEAR_MODULES", "MemoryPlan", "Method", "ParameterCount", "Precision", "Quantization",
+    "Recommendation", "count_parameters", "plan_memory", "recommend",
+]
