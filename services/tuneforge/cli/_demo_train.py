@@ -44,19 +44,18 @@ def _spec(base_dir: Path, train: Path, val: Path, store_uri: str, prefix: str, s
 def train_and_register(client: Client, version_id: str, train: Path, val: Path, base_name: str,
                        models_dir: Path, run_dir: Path, steps: int) -> ck.Manifest:
     """Fine-tune with LoRA, register every committed checkpoint, return the last one's manifest."""
-    from tuneforge.engine.api import run_training
+    from tuneforge.engine.api import EngineEvent, run_training
     from tuneforge.engine.spec import load_spec
 
     store_uri = os.environ.get("TUNEFORGE_OBJECT_STORE_URI") or f"file://{run_dir / 'data' / 'objects'}"
     prefix = "tenants/default/checkpoints/"
     spec = load_spec(_spec(models_dir / base_name, train, val, store_uri, prefix, steps))
 
-    def on_event(event: object) -> None:
-        kind = getattr(getattr(event, "kind", None), "value", "")
-        metrics = getattr(event, "metrics", {}) or {}
-        if kind == "eval" or (kind == "step" and metrics.get("step", 0) % 10 == 0):
-            shown = {k: round(v, 4) for k, v in metrics.items() if k in {"step", "loss", "lr", "eval_loss"}}
-            say("  train", f"{kind} {shown}")
+    def on_event(event: EngineEvent) -> None:
+        kind = event.kind.value
+        if kind == "eval" or (kind == "step" and event.step % 5 == 0):
+            shown = {k: round(v, 4) for k, v in event.metrics.items() if k in {"loss", "lr", "eval_loss"}}
+            say("  train", f"step {event.step:>3} {kind:<4} {shown}")
 
     result = run_training(spec, on_event=on_event)
     say("train", f"{result.status.value} after {result.steps} steps; metrics {result.metrics}")
