@@ -10,6 +10,10 @@ then measures, each phase in its own subprocess so that peak RSS is per phase:
     same parameters (threshold, n-gram size, permutations), with recall of the baseline's
     duplicates.
 
+Timings exclude interpreter start-up and imports; (b) times only the index work (both sides read
+the file the same way, untimed). Each (a) phase runs ``--repeats`` times, alternating with its
+baseline, and the median is reported with the CPU seconds (all threads) of the child process.
+
 Usage: ``python bench/datasets_curation.py --rows 1000000`` (``--rows 20000`` for a quick check).
 """
 
@@ -17,13 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,10 +69,14 @@ def generate(path: Path, rows: int, seed: int = 0) -> dict[str, int]:
 
 
 def phase_ours_a(path: Path, work: Path) -> dict[str, float]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from tuneforge.datasets.domain import config as cfg
     from tuneforge.datasets.domain.ingest import IngestOptions, ingest_file
     from tuneforge.datasets.domain.pipeline import run_pipeline
 
+    pc.equal(pa.array([""]), "")  # pyarrow imports pandas on its first scalar conversion: do it untimed
     start = time.perf_counter()
     staged = ingest_file(path, IngestOptions(path.name), work / "ingest")
     config = cfg.PipelineConfig((cfg.Normalize(), cfg.ExactDedup()), max_removal_fraction=0.9)
@@ -84,27 +95,33 @@ def phase_pandas_a(path: Path, work: Path) -> dict[str, float]:
     return {"seconds": time.perf_counter() - start, "rows_out": len(frame)}
 
 
-def _texts(path: Path) -> list[str]:
-    out = []
+def _text_batches(path: Path, rows: int = 8192) -> Iterator[list[str]]:
+    """The file's texts in batches, streamed (both (b) sides read the same way, untimed)."""
+    batch: list[str] = []
     with path.open() as f:
         for line in f:
             row = json.loads(line)
-            out.append(f"{row['instruction']}\n\n{row['input']} {row['output']}".strip())
-    return out
+            batch.append(f"{row['instruction']}\n\n{row['input']} {row['output']}".strip())
+            if len(batch) == rows:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def phase_ours_b(path: Path, work: Path) -> dict[str, float]:
     from tuneforge.datasets.domain.neardup import NearDupIndex
 
-    texts = _texts(path)
-    start = time.perf_counter()
     index = NearDupIndex(THRESHOLD, NUM_PERM, NGRAM)
     dups: list[int] = []
-    for offset in range(0, len(texts), 8192):
-        batch = texts[offset : offset + 8192]
+    seconds = 0.0
+    offset = 0
+    for batch in _text_batches(path):
+        start = time.perf_counter()
         keys = list(range(offset, offset + len(batch)))
         dups += [k for k, m in zip(keys, index.check_batch(keys, batch), strict=True) if m is not None]
-    seconds = time.perf_counter() - start
+        seconds += time.perf_counter() - start
+        offset += len(batch)
     (work / "ours_b.json").write_text(json.dumps(dups))
     return {"seconds": seconds, "duplicates": len(dups)}
 
@@ -114,39 +131,65 @@ def phase_datasketch_b(path: Path, work: Path) -> dict[str, float]:
 
     from tuneforge.datasets.domain.neardup import hash32, shingles
 
-    texts = _texts(path)
-    start = time.perf_counter()
     lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
     dups: list[int] = []
-    for key, text in enumerate(texts):  # the documented pattern: query, then insert if new
-        m = MinHash(num_perm=NUM_PERM, hashfunc=hash32, scheme="affine32")
-        m.update_batch(shingles(text, NGRAM))
-        if lsh.query(m):
-            dups.append(key)
-        else:
-            lsh.insert(key, m)
-    seconds = time.perf_counter() - start
+    seconds = 0.0
+    key = 0
+    for batch in _text_batches(path):
+        start = time.perf_counter()
+        for text in batch:  # the documented pattern: query, then insert if new
+            m = MinHash(num_perm=NUM_PERM, hashfunc=hash32, scheme="affine32")
+            m.update_batch(shingles(text, NGRAM))
+            if lsh.query(m):
+                dups.append(key)
+            else:
+                lsh.insert(key, m)
+            key += 1
+        seconds += time.perf_counter() - start
     (work / "base_b.json").write_text(json.dumps(dups))
     return {"seconds": seconds, "duplicates": len(dups)}
 
 
 PHASES = {"ours_a": phase_ours_a, "pandas_a": phase_pandas_a, "ours_b": phase_ours_b, "datasketch_b": phase_datasketch_b}
+PAIRS = {"a": ("ours_a", "pandas_a"), "b": ("ours_b", "datasketch_b")}
 
 
 def run_phase(name: str, path: Path, work: Path) -> dict[str, float]:
-    """Run one phase in a fresh interpreter; adds its peak RSS."""
-    out = subprocess.run([sys.executable, __file__, "--phase", name, "--input", str(path), "--work", str(work)],
-                         check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Run one phase in a fresh interpreter; adds its peak RSS and CPU seconds (all threads)."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+    try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run([sys.executable, __file__, "--phase", name, "--input", str(path), "--work", str(scratch)],
+                             check=True, capture_output=True, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result["cpu_seconds"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        for name_b in ("ours_b.json", "base_b.json"):
+            if (scratch / name_b).exists():
+                shutil.copy(scratch / name_b, work / name_b)
+        return result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _summary(runs: list[dict[str, float]], rows: int) -> dict[str, float]:
+    seconds = statistics.median(r["seconds"] for r in runs)
+    out = {k: v for k, v in runs[0].items() if k in ("rows_out", "duplicates")}
+    return {**out, "runs": len(runs), "seconds": seconds, "rows_per_s": rows / seconds,
+            "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs), "all_seconds": [r["seconds"] for r in runs]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each (a) phase, alternating (median)")
+    parser.add_argument("--repeats-b", type=int, default=1, help="runs of each (b) phase (the baseline is slow)")
+    parser.add_argument("--phases", default="ab", help="which pairs to run: a, b or ab")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--phase", choices=sorted(PHASES))
     parser.add_argument("--input", type=Path)
     parser.add_argument("--work", type=Path)
-    parser.add_argument("--skip-b-baseline", action="store_true", help="skip the (slow) datasketch baseline")
     args = parser.parse_args()
     if args.phase:
         result = PHASES[args.phase](args.input, args.work)
@@ -158,18 +201,32 @@ def main() -> None:
         path = work / "data.jsonl"
         planted = generate(path, args.rows)
         print(f"rows={args.rows} planted exact={planted['exact']} near={planted['near']} "
-              f"file={path.stat().st_size / 2**20:.0f} MiB")
-        for name in ("ours_a", "pandas_a", "ours_b", *(() if args.skip_b_baseline else ("datasketch_b",))):
-            r = run_phase(name, path, work)
-            extra = f"rows_out={r.get('rows_out', '')}" if "rows_out" in r else f"duplicates={r['duplicates']}"
-            print(f"{name:14s} {r['seconds']:8.2f} s  {args.rows / r['seconds']:10.0f} rows/s  "
-                  f"peak RSS {r['peak_rss_mib']:7.0f} MiB  {extra}")
-        if not args.skip_b_baseline:
-            ours = set(json.loads((work / "ours_b.json").read_text()))
-            base = set(json.loads((work / "base_b.json").read_text()))
-            recall = len(ours & base) / len(base) if base else 1.0
-            print(f"near-dup recall vs datasketch: {recall:.4f} ({len(ours & base)}/{len(base)}), "
-                  f"ours-only {len(ours - base)}")
+              f"file={path.stat().st_size / 2**20:.0f} MiB load={os.getloadavg()[0]:.1f}", flush=True)
+        figures: dict[str, object] = {"rows": args.rows, "planted": planted, "cpus": os.cpu_count()}
+        for pair in args.phases:
+            repeats = args.repeats if pair == "a" else args.repeats_b
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in PAIRS[pair]}
+            for _ in range(repeats):  # alternate, so both sides see the same load over time
+                for name in PAIRS[pair]:
+                    runs[name].append(run_phase(name, path, work))
+            for name in PAIRS[pair]:
+                r = figures[name] = _summary(runs[name], args.rows)
+                extra = f"rows_out={r['rows_out']}" if "rows_out" in r else f"duplicates={r['duplicates']}"
+                print(f"{name:14s} median {r['seconds']:8.2f} s of {r['runs']}  {r['rows_per_s']:10.0f} rows/s  "
+                      f"cpu {r['cpu_seconds']:7.2f} s  peak RSS {r['peak_rss_mib']:7.0f} MiB  {extra}", flush=True)
+            ours, base = (figures[n] for n in PAIRS[pair])
+            print(f"({pair}) speed ratio tuneforge/baseline: {base['seconds'] / ours['seconds']:.2f}x wall, "  # type: ignore[index]
+                  f"{base['cpu_seconds'] / ours['cpu_seconds']:.2f}x cpu", flush=True)  # type: ignore[index]
+        if "b" in args.phases:
+            ours_b = set(json.loads((work / "ours_b.json").read_text()))
+            base_b = set(json.loads((work / "base_b.json").read_text()))
+            recall = len(ours_b & base_b) / len(base_b) if base_b else 1.0
+            figures["recall_b"] = recall
+            print(f"near-dup recall vs datasketch: {recall:.4f} ({len(ours_b & base_b)}/{len(base_b)}), "
+                  f"ours-only {len(ours_b - base_b)}", flush=True)
+        figures["load_after"] = os.getloadavg()[0]
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import CursorResult, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from tuneforge.common import db
 from tuneforge.common.errors import AlreadyExists
 from tuneforge.datasets.adapters import tables as t
-from tuneforge.datasets.domain.model import Dataset, Run, RunState, Version
+from tuneforge.datasets.domain.model import Dataset, Run, RunEvent, RunState, Version
 
 
 def _dataset(row: Any, latest: str) -> Dataset:
@@ -113,7 +113,7 @@ class SqlCatalog:
         try:
             with db.session_scope(self._sessions) as s:
                 done = s.execute(update(t.runs).where(t.runs.c.id == run.id, t.runs.c.tenant == run.tenant).values(**values))
-                if done.rowcount == 0:
+                if cast(CursorResult[Any], done).rowcount == 0:
                     s.execute(insert(t.runs).values(id=run.id, **values))
         except SqlIntegrityError as exc:
             raise AlreadyExists(f"request_id {run.request_id!r} was already used: use a new request_id") from exc
@@ -128,14 +128,31 @@ class SqlCatalog:
             row = s.execute(select(t.runs).where(t.runs.c.tenant == tenant, t.runs.c.request_id == request_id)).first()
             return _run(row) if row else None
 
-    def fail_unfinished_runs(self, message: str) -> int:
+    def add_run_event(self, tenant: str, run_id: str, event: RunEvent) -> None:
+        with db.session_scope(self._sessions) as s:
+            s.execute(insert(t.run_events).values(tenant=tenant, run_id=run_id, sequence=event.sequence, time=event.time,
+                                                  state=event.state.value, step=event.step, message=event.message))
+
+    def run_events(self, tenant: str, run_id: str, after: int) -> list[RunEvent]:
+        e = t.run_events.c
+        with db.session_scope(self._sessions) as s:
+            rows = s.execute(select(t.run_events).where(e.tenant == tenant, e.run_id == run_id, e.sequence > after)
+                             .order_by(e.sequence)).all()
+            return [RunEvent(r.sequence, r.time, RunState(r.state), r.step, r.message) for r in rows]
+
+    def fail_unfinished_runs(self, message: str) -> list[Run]:
         with db.session_scope(self._sessions) as s:
             rows = s.execute(select(t.runs).where(t.runs.c.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]))).all()
+            failed = []
             for row in rows:
                 document = {**row.document, "error": {"code": "ABORTED", "message": message, "field": ""}}
+                ended = db.utcnow()
                 s.execute(update(t.runs).where(t.runs.c.id == row.id).values(
-                    state=RunState.FAILED.value, document=document, ended_at=db.utcnow()))
-            return len(rows)
+                    state=RunState.FAILED.value, document=document, ended_at=ended))
+                run = _run(row)
+                run.state, run.document, run.ended_at = RunState.FAILED, document, ended
+                failed.append(run)
+            return failed
 
     def add_lease(self, tenant: str, version_id: str, holder: str) -> None:
         try:
@@ -148,7 +165,7 @@ class SqlCatalog:
         with db.session_scope(self._sessions) as s:
             done = s.execute(delete(t.leases).where(t.leases.c.tenant == tenant, t.leases.c.version_id == version_id,
                                                     t.leases.c.holder == holder))
-            return bool(done.rowcount)
+            return bool(cast(CursorResult[Any], done).rowcount)
 
     def leases(self, tenant: str, version_ids: list[str]) -> dict[str, list[str]]:
         if not version_ids:

@@ -1,13 +1,14 @@
 """The datasets service's tables (own ``MetaData``; migrations in ``datasets/migrations``).
 
 Every table has a ``tenant`` column and every query filters on it. JSON columns hold documents
-read as one unit (lineage, step counts, stats). ``ds_version_leases`` records which jobs use a
+read as one unit (lineage, step counts, stats). ``ds_curation_run_events`` keeps every progress
+event of a run, so WatchCurationRun resumes from a cursor after a restart. ``ds_version_leases`` records which jobs use a
 version: a version (or dataset) with a lease cannot be deleted.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, Index, String, Table, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, Table, Text, UniqueConstraint
 
 from tuneforge.common.db import TZDateTime, new_metadata
 
@@ -58,6 +59,18 @@ runs = Table(
     Column("created_at", TZDateTime(), nullable=False),
     Column("ended_at", TZDateTime(), nullable=True),
     UniqueConstraint("tenant", "request_id"),
+)
+
+run_events = Table(
+    "ds_curation_run_events",
+    metadata,
+    Column("tenant", String(63), primary_key=True),
+    Column("run_id", String(64), primary_key=True),
+    Column("sequence", Integer, primary_key=True),
+    Column("time", TZDateTime(), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("step", JSON, nullable=True),  # the step's counts, for step events
+    Column("message", Text, nullable=False),
 )
 
 leases = Table(

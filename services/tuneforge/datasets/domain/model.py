@@ -75,6 +75,17 @@ class Run:
     ended_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class RunEvent:
+    """One progress event of a curation run; ``sequence`` counts from 1 per run."""
+
+    sequence: int
+    time: datetime
+    state: RunState
+    step: dict[str, Any] | None
+    message: str
+
+
 class Catalog(Protocol):
     """Metadata storage (SQL in production); every method is scoped by tenant."""
 
@@ -126,8 +137,16 @@ class Catalog(Protocol):
         """The run started by an idempotency key."""
         ...
 
-    def fail_unfinished_runs(self, message: str) -> int:
-        """Mark queued/running runs failed (after a restart); returns how many."""
+    def add_run_event(self, tenant: str, run_id: str, event: RunEvent) -> None:
+        """Persist one progress event (so a watch can resume from a cursor after a restart)."""
+        ...
+
+    def run_events(self, tenant: str, run_id: str, after: int) -> list[RunEvent]:
+        """The run's persisted events with ``sequence > after``, in order."""
+        ...
+
+    def fail_unfinished_runs(self, message: str) -> list[Run]:
+        """Mark queued/running runs failed (after a restart); returns those runs, updated."""
         ...
 
     def add_lease(self, tenant: str, version_id: str, holder: str) -> None:

@@ -11,16 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tuneforge.common.errors import ResourceExhausted
 from tuneforge.datasets.domain import config as cfg
-from tuneforge.datasets.domain.records import Split
+from tuneforge.datasets.domain.records import Split, to_table
 from tuneforge.datasets.domain.rejects import RejectedRow
-from tuneforge.datasets.domain.shards import RejectsWriter, ShardSet, ShardWriter, iter_batches
+from tuneforge.datasets.domain.shards import RejectsWriter, ShardSet, ShardWriter, iter_batches, iter_tables
 from tuneforge.datasets.domain.steps import (
     ExactDedupStep,
     LanguageStep,
@@ -91,17 +92,31 @@ def _guard(count: StepCount, max_fraction: float) -> None:
         )
 
 
-def _chain(batches: Iterator[list[Record]], step: Step, count: StepCount, max_fraction: float,
-           progress: Progress) -> Iterator[list[Record]]:
+Batch: TypeAlias = list[Record] | pa.Table
+"""Records as dicts, or as an Arrow table of ``RECORD_SCHEMA`` (kept so while steps are columnar)."""
+
+
+def _rows(batch: Batch) -> int:
+    return batch.num_rows if isinstance(batch, pa.Table) else len(batch)
+
+
+def _process(step: Step, batch: Batch) -> Batch:
+    if step.columnar:
+        return step.process_table(batch if isinstance(batch, pa.Table) else to_table(batch))
+    return step.process(batch.to_pylist() if isinstance(batch, pa.Table) else batch)
+
+
+def _chain(batches: Iterator[Batch], step: Step, count: StepCount, max_fraction: float,
+           progress: Progress) -> Iterator[Batch]:
     for batch in batches:
-        count.rows_in += len(batch)
-        out = step.process(batch)
-        count.rows_out += len(out)
-        if out:
+        count.rows_in += _rows(batch)
+        out = _process(step, batch)
+        count.rows_out += _rows(out)
+        if _rows(out):
             yield out
     for out in step.finish():
-        count.rows_out += len(out)
-        if out:
+        count.rows_out += _rows(out)
+        if _rows(out):
             yield out
     count.rows_modified = step.rows_modified
     count.details = step.report()
@@ -126,7 +141,7 @@ def run_pipeline(
     staging.mkdir(parents=True, exist_ok=True)
     rejects = RejectsWriter(staging / "rejected.parquet")
     counts: list[StepCount] = []
-    batches: Iterator[list[Record]] = iter_batches(inputs)
+    batches: Iterator[Batch] = iter_tables(inputs)
     for step_config in config.steps:
         name = cfg.STEP_NAMES[type(step_config)]
 
@@ -138,8 +153,15 @@ def run_pipeline(
         counts.append(StepCount(name))
         batches = _chain(batches, step, counts[-1], config.max_removal_fraction, progress)
     writer = ShardWriter(staging / ("stage" if config.split else "data"))
-    for batch in batches:
-        writer.add_many(batch)
+    try:
+        for batch in batches:
+            if isinstance(batch, pa.Table):
+                writer.add_table(batch)
+            else:
+                writer.add_many(batch)
+    except BaseException:
+        writer.discard()
+        raise
     shards = writer.close()
     if config.split:
         shards = apply_split(shards, config.split, staging / "data")

@@ -91,7 +91,7 @@ def iter_rows(path: Path, file_type: FileType, *, max_row_bytes: int, limits: Ar
         return
     with open_decompressed(path, limits, name) as stream:
         if file_type is FileType.JSONL:
-            yield from _jsonl_rows(stream, max_row_bytes)
+            yield from jsonl_rows(stream, max_row_bytes)
         elif file_type is FileType.JSON:
             yield from _json_array_rows(stream, max_row_bytes)
         else:
@@ -102,8 +102,12 @@ def _decode_error(exc: UnicodeDecodeError) -> RowError:
     return RowError("", f"invalid UTF-8 at byte {exc.start} of the row: re-encode the file as UTF-8")
 
 
-def _jsonl_rows(stream: BinaryIO, max_row_bytes: int) -> Iterator[Row]:
-    line_number = 0
+def jsonl_rows(stream: BinaryIO, max_row_bytes: int, first_line: int = 1) -> Iterator[Row]:
+    """Yield the rows of a JSONL stream whose first line is line ``first_line`` of the file.
+
+    This is the row path: each line is parsed on its own, so a bad line is one rejected row.
+    """
+    line_number = first_line - 1
     while True:
         line = stream.readline(max_row_bytes + 1)
         if not line:
@@ -222,4 +226,4 @@ def spool(stream: BinaryIO, dest: Path, *, max_bytes: int, chunk: int = 1 << 20)
     return total
 
 
-__all__ = ["FileType", "detect_file_type", "iter_rows", "spool"]
+__all__ = ["FileType", "detect_file_type", "iter_rows", "jsonl_rows", "spool"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -34,7 +34,7 @@ class RejectedRow:
 
     def as_dict(self) -> dict[str, Any]:
         """The row as a plain dict (Parquet row of the report)."""
-        return asdict(self)
+        return {"row": self.row, "field": self.field, "reason": self.reason, "step": self.step, "source": self.source}
 
     def violation_field(self) -> str:
         """The row and field as one dotted path, e.g. ``rows[12].messages[1].content``."""

@@ -2,9 +2,10 @@
 
 ``start`` records the run (QUEUED) and returns at once; a worker runs the pipeline, publishes
 the output version and records SUCCEEDED, or FAILED with the error's code, message and field.
-Events are kept in memory per run (sequence-numbered, resumable with ``after_sequence``); after
-a restart ``watch`` replays the final state from the catalog, and runs that were in flight are
-marked failed at start-up (their staging is gone).
+Events are sequence-numbered per run and persisted in the catalog before watchers see them, so a
+watch resumes from a cursor (``after_sequence``) in this process or after a restart. Runs that
+were in flight at a restart are marked failed at start-up (their staging is gone), with a final
+event saying so.
 """
 
 from __future__ import annotations
@@ -15,29 +16,17 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from tuneforge.common.db import utcnow
 from tuneforge.common.errors import AlreadyExists, NotFound, TuneforgeError
 from tuneforge.datasets.domain import config as cfg
-from tuneforge.datasets.domain.model import Run, RunState, new_id
+from tuneforge.datasets.domain.model import Run, RunEvent, RunState, new_id
 from tuneforge.datasets.domain.pipeline import StepCount, run_pipeline
 from tuneforge.datasets.domain.service import DatasetCatalogService, Staged
 
 log = logging.getLogger(__name__)
 _TERMINAL = (RunState.SUCCEEDED, RunState.FAILED)
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    """One progress event."""
-
-    sequence: int
-    time: datetime
-    state: RunState
-    step: dict[str, Any] | None
-    message: str
 
 
 @dataclass
@@ -55,9 +44,14 @@ class CurationRuns:
         self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="curation")
         self._events: dict[str, _Events] = {}
         self._lock = threading.Lock()
-        failed = self.catalog.fail_unfinished_runs("the service restarted during the run: start it again")
+        message = "the service restarted during the run: start it again"
+        failed = self.catalog.fail_unfinished_runs(message)
+        for run in failed:
+            last = self.catalog.run_events(run.tenant, run.id, 0)
+            sequence = last[-1].sequence + 1 if last else 1
+            self.catalog.add_run_event(run.tenant, run.id, RunEvent(sequence, utcnow(), run.state, None, f"failed: {message}"))
         if failed:
-            log.warning("marked %d interrupted curation runs as failed", failed)
+            log.warning("marked %d interrupted curation runs as failed", len(failed))
 
     def shutdown(self) -> None:
         """Stop accepting runs and wait for running ones."""
@@ -67,7 +61,9 @@ class CurationRuns:
         with self._lock:
             events = self._events.setdefault(run.id, _Events())
         with events.cond:
-            events.items.append(RunEvent(len(events.items) + 1, utcnow(), run.state, step, message))
+            event = RunEvent(len(events.items) + 1, utcnow(), run.state, step, message)
+            self.catalog.add_run_event(run.tenant, run.id, event)  # persisted before anyone sees it
+            events.items.append(event)
             events.cond.notify_all()
 
     def start(self, tenant: str, version_id: str, config: cfg.PipelineConfig, request_id: str = "") -> Run:
@@ -140,14 +136,21 @@ class CurationRuns:
         run = self.get(tenant, run_id)
         with self._lock:
             events = self._events.get(run.id)
-        if events is None:  # run from before a restart: its final state only
-            yield RunEvent(1, run.ended_at or run.created_at, run.state, None, f"run is {run.state.value}")
+        if events is None:  # a run of an earlier process: it has ended, its events are stored
+            stored = self.catalog.run_events(tenant, run.id, after)
+            if stored or after:
+                yield from stored
+            else:  # stored by a version of the service that kept events in memory only
+                yield RunEvent(1, run.ended_at or run.created_at, run.state, None, f"run is {run.state.value}")
             return
         index = after
         while True:
             with events.cond:
                 if len(events.items) <= index:
-                    events.cond.wait_for(lambda seen=index: len(events.items) > seen, timeout=timeout_s)
+                    def arrived(seen: int = index) -> bool:
+                        return len(events.items) > seen
+
+                    events.cond.wait_for(arrived, timeout=timeout_s)
                 new = events.items[index:]
             if not new:
                 return

@@ -8,11 +8,14 @@ nothing in the object store.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,38 +42,79 @@ class ShardSet:
 
 
 class ShardWriter:
-    """Appends records to Parquet shards, hashing their content in order.
+    """Appends records (dicts or Arrow tables) to Parquet shards, hashing their content in order.
 
     The content hash is sha256 over the Arrow IPC stream of the content columns (everything but
-    provenance) of each 8192-row batch, in order: equal content in equal order gives an equal
-    hash whatever the source file was called (for a given Arrow IPC format version).
+    provenance) of each 8192-row batch, in order. Batches are cut at the same rows however the
+    records arrived (one by one or as tables) and copied into fresh buffers before hashing, so
+    equal content in equal order gives an equal hash whatever the source file was called and
+    whichever path (row or columnar) produced it (for a given Arrow IPC format version).
     """
 
     def __init__(self, folder: Path, *, rows_per_shard: int = ROWS_PER_SHARD) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self._set = ShardSet(folder)
         self._rows_per_shard = rows_per_shard
-        self._buffer: list[dict[str, Any]] = []
+        self._records: list[dict[str, Any]] = []
+        self._tables: list[pa.Table] = []
+        self._pending = 0
         self._writer: pq.ParquetWriter | None = None
         self._rows_in_shard = 0
         self._hash = hashlib.sha256()
+        # One background thread hashes, compresses and writes finished batches in order while the
+        # caller produces the next ones (Arrow releases the GIL); at most two batches wait.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._inflight: deque[Future[None]] = deque()
 
     def add(self, record: dict[str, Any]) -> None:
         """Append one canonical record."""
-        self._buffer.append(record)
-        if len(self._buffer) >= _BATCH_ROWS:
-            self._flush()
+        self._records.append(record)
+        self._pending += 1
+        if self._pending >= _BATCH_ROWS:
+            self._flush(final=False)
 
     def add_many(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records in order."""
         for record in records:
             self.add(record)
 
-    def _flush(self) -> None:
-        if not self._buffer:
+    def add_table(self, table: pa.Table) -> None:
+        """Append a table of canonical records (``RECORD_SCHEMA``) in order."""
+        if table.num_rows == 0:
             return
-        table = pa.Table.from_pylist(self._buffer, schema=RECORD_SCHEMA)
-        self._buffer = []
+        self._seal_records()
+        self._tables.append(table)
+        self._pending += table.num_rows
+        if self._pending >= _BATCH_ROWS:
+            self._flush(final=False)
+
+    def _seal_records(self) -> None:
+        if self._records:
+            self._tables.append(pa.Table.from_pylist(self._records, schema=RECORD_SCHEMA))
+            self._records = []
+
+    def _flush(self, *, final: bool) -> None:
+        """Write whole 8192-row batches (and, when ``final``, the remainder)."""
+        self._seal_records()
+        if not self._tables:
+            return
+        table = pa.concat_tables(self._tables)
+        whole = table.num_rows if final else table.num_rows - table.num_rows % _BATCH_ROWS
+        for offset in range(0, whole, _BATCH_ROWS):
+            self._submit(table.slice(offset, min(_BATCH_ROWS, whole - offset)))
+        rest = table.slice(whole)
+        self._tables = [rest] if rest.num_rows else []
+        self._pending = rest.num_rows
+
+    def _submit(self, table: pa.Table) -> None:
+        while len(self._inflight) >= 2:
+            self._inflight.popleft().result()  # re-raises a failed write here
+        self._inflight.append(self._pool.submit(self._write, table))
+
+    def _write(self, table: pa.Table) -> None:
+        if not table.schema.equals(RECORD_SCHEMA):  # e.g. Parquet's list item name ("element")
+            table = table.cast(RECORD_SCHEMA)
+        table = table.combine_chunks()
         self._account(table)
         offset = 0
         while offset < table.num_rows:
@@ -90,7 +134,9 @@ class ShardWriter:
 
     def _account(self, table: pa.Table) -> None:
         """Hash the content columns and count kinds and splits, a whole batch at a time."""
-        content = table.select(list(HASHED_COLUMNS)).combine_chunks()
+        # take() copies into fresh buffers: the bytes hashed depend on the values only, not on
+        # how the arrays were built (offsets, slack in null slots, unused bitmap bits).
+        content = table.select(list(HASHED_COLUMNS)).take(pa.array(np.arange(table.num_rows)))
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, content.schema) as stream:
             stream.write_table(content)
@@ -100,9 +146,25 @@ class ShardWriter:
                 if item["values"] is not None:
                     counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
 
+    def discard(self) -> None:
+        """Stop after a failure: wait for the batch being written, close the files, keep nothing
+        running (the caller removes the staging folder)."""
+        for future in self._inflight:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._inflight.clear()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
     def close(self) -> ShardSet:
         """Flush and close; returns the shards written and the content hash."""
-        self._flush()
+        self._flush(final=True)
+        try:
+            while self._inflight:
+                self._inflight.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -154,9 +216,15 @@ def iter_records(files: Iterable[Path], *, columns: list[str] | None = None) -> 
 
 def iter_batches(files: Iterable[Path], *, batch_rows: int = _BATCH_ROWS) -> Iterator[list[dict[str, Any]]]:
     """Read canonical records back as lists of up to ``batch_rows`` records."""
+    for table in iter_tables(files, batch_rows=batch_rows):
+        yield table.to_pylist()
+
+
+def iter_tables(files: Iterable[Path], *, batch_rows: int = _BATCH_ROWS) -> Iterator[pa.Table]:
+    """Read canonical records back as Arrow tables of up to ``batch_rows`` rows."""
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-            yield batch.to_pylist()
+            yield pa.Table.from_batches([batch]).cast(RECORD_SCHEMA)
 
 
 def stable_json(value: Any) -> bytes:

@@ -2,6 +2,9 @@
 
 Each step processes a batch of canonical records and returns the records it keeps; removed
 records go to ``Step.removed`` callbacks with a reason, so every run has an exact account.
+Steps marked ``columnar`` also process whole Arrow tables (``process_table``, built on
+``columnar``) with exactly the row path's results; the pipeline keeps batches as tables for
+as long as the steps allow.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from tuneforge.common.text.pii import parse_kinds, redact
 from tuneforge.common.text.toxicity import ToxicityScorer
 from tuneforge.datasets.domain import config as cfg
+from tuneforge.datasets.domain.columnar import content_keys, normalize_table
 from tuneforge.datasets.domain.neardup import NearDupIndex
-from tuneforge.datasets.domain.records import answer_text, content_key, map_texts, texts_of
+from tuneforge.datasets.domain.records import answer_text, content_key, map_texts, texts_of, to_table
 from tuneforge.datasets.domain.tokens import token_counter
 
 Record = dict[str, Any]
@@ -35,6 +42,8 @@ class Step:
     """Base of every step: a name, counters, and batch processing."""
 
     name = ""
+    columnar = False
+    """Whether ``process_table`` works on Arrow tables without converting them to dicts."""
 
     def __init__(self, reject: Reject) -> None:
         self.reject = reject
@@ -44,6 +53,10 @@ class Step:
     def process(self, batch: list[Record]) -> list[Record]:
         """Return the kept (possibly modified) records of a batch."""
         raise NotImplementedError
+
+    def process_table(self, table: pa.Table) -> pa.Table:
+        """Return the kept (possibly modified) records of a table (the row path by default)."""
+        return to_table(self.process(table.to_pylist()))
 
     def finish(self) -> Iterator[list[Record]]:
         """Yield records held back until the end (barrier steps); none by default."""
@@ -64,6 +77,7 @@ class NormalizeStep(Step):
     """Unicode NFC, whitespace runs collapsed (newlines kept), ends stripped."""
 
     name = "normalize"
+    columnar = True
 
     def __init__(self, reject: Reject, config: cfg.Normalize) -> None:
         super().__init__(reject)
@@ -91,11 +105,17 @@ class NormalizeStep(Step):
             self.rows_modified += self._changed
         return out
 
+    def process_table(self, table: pa.Table) -> pa.Table:
+        out, modified = normalize_table(table, self.collapse)
+        self.rows_modified += modified
+        return out
+
 
 class ExactDedupStep(Step):
     """Drops records whose content equals an earlier record's (128-bit xxh3 of the content)."""
 
     name = "exact_dedup"
+    columnar = True
 
     def __init__(self, reject: Reject, config: cfg.ExactDedup) -> None:
         super().__init__(reject)
@@ -115,6 +135,37 @@ class ExactDedupStep(Step):
                 out.append(record)
         self.details["duplicates"] = self.details.get("duplicates", 0) + len(batch) - len(out)
         return out
+
+    def _keys(self, table: pa.Table) -> pa.Array:
+        keys = content_keys(table)
+        if self.ignore_case:  # Python's lower(), as the row path, not Arrow's utf8_lower
+            return pa.array([k.lower() for k in keys.to_pylist()], pa.string())
+        return keys
+
+    def process_table(self, table: pa.Table) -> pa.Table:
+        """The row path's result with C-level loops: ``seen.get`` over the batch, Arrow's hash
+        table (``dictionary_encode``) for repeats inside the batch, one ``dict.update``."""
+        keys = self._keys(table)
+        digests = list(map(xxhash.xxh3_128_intdigest, keys.cast(pa.binary()).to_pylist()))
+        rows = table.column("provenance").combine_chunks().field("row").to_numpy()
+        firsts = list(map(self.seen.get, digests))
+        old = np.fromiter((f is not None for f in firsts), dtype=bool, count=len(firsts))
+        codes = np.asarray(pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False))
+        first_in_batch = np.full(int(codes.max()) + 1 if len(codes) else 0, -1, dtype=np.int64)
+        new_positions = np.flatnonzero(~old)
+        first_in_batch[codes[new_positions[::-1]]] = new_positions[::-1]  # the earliest position wins
+        keep = ~old
+        keep[new_positions] = first_in_batch[codes[new_positions]] == new_positions
+        kept = np.flatnonzero(keep)
+        self.seen.update(zip([digests[i] for i in kept], rows[kept].tolist(), strict=True))
+        removed = np.flatnonzero(~keep)
+        if len(removed):
+            sources = table.column("provenance").combine_chunks().field("source").take(pa.array(removed)).to_pylist()
+            for i, source in zip(removed.tolist(), sources, strict=True):
+                first = firsts[i] if old[i] else int(rows[first_in_batch[codes[i]]])
+                self.reject({"provenance": {"row": int(rows[i]), "source": source}}, "", f"exact duplicate of row {first}")
+        self.details["duplicates"] = self.details.get("duplicates", 0) + len(removed)
+        return table.filter(pa.array(keep)) if len(removed) else table
 
 
 class NearDedupStep(Step):
