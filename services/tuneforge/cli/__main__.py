@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="the main job end to end on one machine (make demo)")
     demo.add_argument("--run-dir", type=Path, default=Path(".run/demo"))
     demo.add_argument("--tiny", action="store_true", help="a tiny model built on the fly instead of SmolLM2")
-    demo.add_argument("--steps", type=int, default=40, help="LoRA optimizer steps")
+    demo.add_argument("--steps", type=int, default=24, help="LoRA optimizer steps")
     args = parser.parse_args(argv)
     if args.command == "stack":
         from tuneforge.cli.stack import run

@@ -33,7 +33,7 @@ def _spec(base_dir: Path, train: Path, val: Path, store_uri: str, prefix: str, s
         "data": {"train": {"path": str(train)}, "validation": {"path": str(val)}, "max_seq_length": 96},
         "method": {"kind": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
         "objective": {"kind": "sft"},
-        "hyperparameters": {"learning_rate": 2e-3, "max_steps": steps, "micro_batch_size": 8,
+        "hyperparameters": {"learning_rate": 2e-3, "max_steps": steps, "micro_batch_size": 4,
                             "lr_scheduler": "cosine", "warmup_steps": 2, "seed": 7},
         "schedule": {"eval_every_steps": max(steps // 2, 1), "save_every_steps": max(steps // 2, 1),
                      "keep_best_n": 1, "keep_latest_n": 1},

@@ -82,7 +82,7 @@ def _free_base_port(n: int = 4) -> int:
     raise RuntimeError("no free ports for the demo stack")
 
 
-def run_demo(run_dir: Path, tiny: bool = False, steps: int = 40) -> int:
+def run_demo(run_dir: Path, tiny: bool = False, steps: int = 24) -> int:
     """Run every stage; return 0 on success."""
     import os
 

@@ -74,8 +74,22 @@ def merge_lora(base_dir: Path, adapter_dir: Path, dtype: torch.dtype = torch.flo
     from peft import PeftModel
 
     base = load_base(base_dir, dtype)
+    match_vocab(base, adapter_dir)
     model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False, use_safetensors=True)
     return model.merge_and_unload()
+
+
+def match_vocab(base: torch.nn.Module, adapter_dir: Path) -> None:
+    """Grow the base's embeddings to the tokenizer saved with the adapter, when training added
+    tokens (e.g. a pad token): the adapter then carries the resized embedding rows, and loading it
+    onto the unresized base would fail with a shape mismatch."""
+    from transformers import AutoTokenizer
+
+    if not (adapter_dir / "tokenizer_config.json").is_file():
+        return
+    size = len(AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=False))
+    if size > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(size)
 
 
 def export_merged(base_dir: Path, checkpoint_dir: Path, out_dir: Path,

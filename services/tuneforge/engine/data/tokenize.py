@@ -104,6 +104,13 @@ def ensure_pad_token(tokenizer: Any) -> bool:
         if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
             tokenizer.pad_token = candidate
             return False
+    # An unknown-token that is neither eos nor bos and never rendered by the chat template is a safe
+    # pad (pad positions are masked out of attention and labels): no new row in the embeddings, so
+    # adapters stay small and load onto the unmodified base (e.g. SmolLM2: <|endoftext|>).
+    unk, template = tokenizer.unk_token, getattr(tokenizer, "chat_template", None) or ""
+    if unk and tokenizer.unk_token_id not in (tokenizer.eos_token_id, tokenizer.bos_token_id) and unk not in template:
+        tokenizer.pad_token = unk
+        return False
     tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
     return True
 

@@ -60,6 +60,12 @@ def load_model(
     if adapter_dir is not None:
         from peft import PeftModel
 
+        from tuneforge.engine.export import match_vocab
+
+        if (Path(adapter_dir) / "tokenizer_config.json").is_file():
+            # The tokenizer trained with the adapter (its pad token, any added tokens).
+            tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=False)
+        match_vocab(model, Path(adapter_dir))
         model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
     model.to(device).eval()
     max_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
