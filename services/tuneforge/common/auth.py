@@ -67,8 +67,15 @@ class TokenAuthenticator:
 
     def __init__(self, pairs: dict[str, str]) -> None:
         """Args: pairs: token -> tenant."""
-        self._by_digest = {_digest(tok): Identity(tenant, f"{tenant}/token-{i}") for i, (tok, tenant) in
-                           enumerate(sorted(pairs.items(), key=lambda kv: kv[1]))}
+        # The subject names a token stably (its digest prefix), whatever other tokens come and go.
+        self._by_digest = {_digest(tok): Identity(tenant, f"{tenant}/{_digest(tok).hex()[:8]}")
+                           for tok, tenant in pairs.items()}
+
+    @staticmethod
+    def tokens_in(spec: str) -> list[str]:
+        """Every token in a ``tenant:token`` spec, well-formed or not (to register for redaction)."""
+        entries = [e.strip() for e in re.split(r"[,\n]", spec) if e.strip() and not e.strip().startswith("#")]
+        return [e.partition(":")[2].strip() for e in entries if ":" in e]
 
     @classmethod
     def parse(cls, spec: str) -> TokenAuthenticator:

@@ -43,8 +43,11 @@ class ProbeServicer(pb_grpc.TrainingServiceServicer):
     def CreateJob(self, request, context):
         raise RAISES[request.idempotency_key]
 
+    entered = threading.Event()
+
     def GetJob(self, request, context):
         if request.job_id == "slow":
+            self.entered.set()
             time.sleep(1.5)
         return pb.GetJobResponse(job=pb.Job(id=current_identity().tenant))
 
@@ -126,14 +129,19 @@ def test_health_and_reflection_need_no_token(probe):
 def test_graceful_stop_drains_in_flight_calls_and_reports_not_serving(probe):
     stub = pb_grpc.TrainingServiceStub(probe.channel())
     result: dict[str, object] = {}
+    ProbeServicer.entered.clear()
     t = threading.Thread(target=lambda: result.setdefault("job", stub.GetJob(pb.GetJobRequest(job_id="slow"))))
     t.start()
-    time.sleep(0.3)
+    assert ProbeServicer.entered.wait(10), "the slow call never reached the handler"
     stopper = threading.Thread(target=probe.server.stop, args=(5.0,))
     stopper.start()
-    time.sleep(0.2)
-    status = probe.server.health._server_status.get(SERVICE_NAME)  # flipped before draining
-    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    deadline = time.monotonic() + 5
+    while (probe.server.health._server_status.get(SERVICE_NAME) != health_pb2.HealthCheckResponse.NOT_SERVING
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    # Health flips to NOT_SERVING while the in-flight call is still running (drain, then stop).
+    assert probe.server.health._server_status.get(SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert t.is_alive()
     t.join(5)
     stopper.join(5)
     assert result["job"].job.id == "acme"  # the in-flight call finished

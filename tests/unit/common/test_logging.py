@@ -45,3 +45,17 @@ def test_registered_secrets_never_reach_the_log(captured):
     assert lines[0]["message"] == "token [REDACTED] used"
     assert lines[0]["header"] == "[REDACTED]"
     assert "RuntimeError" in lines[1]["exception"]
+
+
+def test_every_secret_setting_is_registered_for_redaction():
+    from tuneforge.common.grpc.server import register_settings_secrets
+    from tuneforge.common.settings import ServiceSettings, load_settings
+
+    settings = load_settings(ServiceSettings, environ={
+        "TUNEFORGE_AUTH_TOKENS": "acme:tok-aaaaaaaaaaaaaaaaaaaa\nbeta:tok-bbbbbbbbbbbbbbbbbbbb",
+        "TUNEFORGE_SERVICE_TOKEN": "svc-cccccccccccccccccccc",
+        "TUNEFORGE_S3_ACCESS_KEY": "ACCESSKEYDDDDDDDD",
+        "TUNEFORGE_DATABASE_URL": "postgresql+psycopg://app:pw-eeeeeeeeee@db/x"})
+    register_settings_secrets(settings)
+    text = "tok-aaaaaaaaaaaaaaaaaaaa tok-bbbbbbbbbbbbbbbbbbbb svc-cccccccccccccccccccc ACCESSKEYDDDDDDDD pw-eeeeeeeeee"
+    assert redact(text) == " ".join(["[REDACTED]"] * 5)

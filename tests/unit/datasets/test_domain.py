@@ -155,3 +155,21 @@ def test_local_tokenizer_counts_and_hub_names_are_refused(tmp_path: Path) -> Non
 def test_schema_has_the_canonical_columns() -> None:
     assert RECORD_SCHEMA.names == ["kind", "messages", "prompt", "chosen", "rejected", "text", "category",
                                    "provenance", "split"]
+
+
+def test_zip_expansion_caps_hold_for_the_whole_archive_not_each_member(tmp_path):
+    import zipfile
+
+    from tuneforge.common.errors import ResourceExhausted
+    from tuneforge.datasets.domain.archives import ArchiveLimits, extract_archive
+
+    path = tmp_path / "three.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(3):
+            z.writestr(f"part{i}.jsonl", b'{"text": "x"}\n' * 40_000)  # ~560 kB each, compresses well
+    limits = ArchiveLimits(max_total_bytes=1_000_000, max_entries=10, max_expansion_ratio=10_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ResourceExhausted) as info:  # each member fits; together they do not
+        extract_archive(path, out, limits)
+    assert info.value.reason == "EXPANSION_LIMIT"

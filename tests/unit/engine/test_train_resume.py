@@ -110,9 +110,7 @@ def test_saved_adapter_loads_with_plain_peft(tiny_model_dir: Path, tmp_path: Pat
     with torch.no_grad():
         expected = model(input_ids=ids).logits
         got = loaded(input_ids=ids).logits
-        plain = base.get_base_model()(input_ids=ids).logits if hasattr(base, "get_base_model") else None
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     with torch.no_grad(), loaded.disable_adapter():
         untouched = loaded(input_ids=ids).logits
-    assert plain is None or plain.shape == untouched.shape
     assert not torch.allclose(untouched, expected, atol=1e-4)  # the adapter actually changes outputs

@@ -72,11 +72,26 @@ class RunningServer:
         self.wait()
 
 
+def register_settings_secrets(settings: ServiceSettings) -> None:
+    """Register every secret setting with the log redactor: auth tokens (comma- or newline-separated),
+    the service token, S3 keys, and the database password."""
+    from urllib.parse import urlsplit
+
+    secrets = [settings.s3_secret_key, settings.s3_access_key, settings.service_token]
+    values = [s.get_secret_value() for s in secrets]
+    values += TokenAuthenticator.tokens_in(settings.auth_tokens.get_secret_value())
+    try:
+        values.append(urlsplit(settings.database_url.get_secret_value()).password or "")
+    except ValueError:
+        pass  # a malformed URL is reported by the database layer, without echoing it
+    for value in values:
+        register_secret(value.strip())
+
+
 def make_authenticator(settings: ServiceSettings) -> TokenAuthenticator | None:
     """The authenticator from settings; None only when auth is explicitly disabled."""
     spec = settings.auth_tokens.get_secret_value()
-    for secret in (settings.s3_secret_key.get_secret_value(), *[p.partition(":")[2] for p in spec.split(",")]):
-        register_secret(secret.strip())
+    register_settings_secrets(settings)
     if settings.auth_disabled:
         log.warning("authentication DISABLED (TUNEFORGE_AUTH_DISABLED=true): every caller is tenant 'default'")
         return None

@@ -39,12 +39,14 @@ class ArchiveLimits:
 class _CountingReader(io.RawIOBase):
     """Counts bytes read from a decompressing stream and stops past the caps."""
 
-    def __init__(self, inner: BinaryIO, compressed_size: int, limits: ArchiveLimits, what: str) -> None:
+    def __init__(self, inner: BinaryIO, compressed_size: int, limits: ArchiveLimits, what: str,
+                 already: int = 0) -> None:
         self._inner = inner
         self._limit = min(limits.max_total_bytes, int(max(compressed_size, 1) * limits.max_expansion_ratio))
         self._limits = limits
         self._what = what
-        self.count = 0
+        # Bytes already expanded from earlier members: the caps hold for the whole archive.
+        self.count = already
 
     def readable(self) -> bool:
         return True
@@ -145,7 +147,7 @@ def _extract_zip(path: Path, dest: Path, limits: ArchiveLimits) -> list[Path]:
         infos = archive.infolist()
         if len(infos) > limits.max_entries:
             raise _too_many(len(infos), limits)
-        compressed = path.stat().st_size
+        compressed, total = path.stat().st_size, 0
         for info in infos:
             _check_member_name(info.filename)
             mode = (info.external_attr >> 16) & 0o170000
@@ -155,8 +157,9 @@ def _extract_zip(path: Path, dest: Path, limits: ArchiveLimits) -> list[Path]:
                 continue
             target = dest / f"{len(out):04d}_{PurePosixPath(info.filename).name}"
             with archive.open(info) as src, target.open("wb") as dst:
-                reader = _CountingReader(src, compressed, limits, "the archive")  # type: ignore[arg-type]
+                reader = _CountingReader(src, compressed, limits, "the archive", already=total)  # type: ignore[arg-type]
                 shutil.copyfileobj(io.BufferedReader(reader), dst, 1 << 20)
+                total = reader.count
             out.append(target)
     return out
 
