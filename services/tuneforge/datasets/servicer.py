@@ -10,13 +10,12 @@ from typing import Any
 
 from tuneforge.common.auth import current_identity
 from tuneforge.common.errors import InvalidInput, ResourceExhausted
+from tuneforge.common.paging import next_page_token, page_bounds
 from tuneforge.datasets import convert
 from tuneforge.datasets.domain.runs import CurationRuns
 from tuneforge.datasets.domain.service import MAX_PAGE, DatasetCatalogService
 from tuneforge.datasets.v1 import datasets_pb2 as pb
 from tuneforge.datasets.v1 import datasets_pb2_grpc as pb_grpc
-
-DEFAULT_PAGE = 50
 
 
 def _tenant() -> str:
@@ -24,15 +23,12 @@ def _tenant() -> str:
 
 
 def _page(page: Any) -> tuple[int, int]:
-    size = min(page.page_size or DEFAULT_PAGE, MAX_PAGE)
-    token = page.page_token
-    if token and not token.isdigit():
-        raise InvalidInput.field_error("page.page_token", "is not a token from a previous response: start without one")
-    return int(token or 0), size
+    return page_bounds(page.page_size, page.page_token, max_size=MAX_PAGE)
 
 
 def _next(offset: int, size: int, got: int) -> str:
-    return str(offset + size) if got == size else ""
+    # A full page may have a successor; an empty next page ends the listing.
+    return next_page_token(offset, size, offset + size + 1) if got == size else ""
 
 
 class DatasetServicer(pb_grpc.DatasetServiceServicer):
@@ -155,7 +151,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         offset, size = _page(request.page)
         rows, total = self._svc.rejected_rows(_tenant(), request.version_id, offset, size)
         return pb.GetRejectedRowsResponse(rows=[pb.RejectedRow(**r) for r in rows], total=total,
-                                          next_page_token=str(offset + size) if offset + size < total else "")
+                                          next_page_token=next_page_token(offset, size, total))
 
     def CreateMixture(self, request: pb.CreateMixtureRequest, context: Any) -> pb.CreateMixtureResponse:
         """Samples several versions by weight into a new version."""

@@ -24,6 +24,10 @@ LATEST = "latest"
 BEST = "best"
 SYSTEM_ALIASES = frozenset({LATEST, BEST})
 """Aliases the service moves itself after every registration and deletion."""
+SERVICE_ONLY_ALIASES = frozenset({LATEST})
+"""System aliases SetAlias refuses. ``best`` is not among them: the service points it at the best
+checkpoint by the retention metric on every registration, and an evaluation that found a better
+one by its own measure may move it explicitly (until the next registration re-ranks)."""
 
 DEFAULT_METRIC = "eval_loss"
 _ALIAS = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")

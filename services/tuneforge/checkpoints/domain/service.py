@@ -18,7 +18,7 @@ from tuneforge.checkpoints.domain.model import (
     BEST,
     DEFAULT_METRIC,
     LATEST,
-    SYSTEM_ALIASES,
+    SERVICE_ONLY_ALIASES,
     Alias,
     CheckpointDraft,
     CheckpointKind,
@@ -268,14 +268,18 @@ class CheckpointRegistry:
     # ---- aliases -----------------------------------------------------------------------------
 
     def set_alias(self, tenant: str, job_id: str, name: str, checkpoint_id: str) -> Alias:
-        """Point a user alias (e.g. ``production``) at a checkpoint of the same job; history kept.
+        """Point an alias at a checkpoint of the same job, atomically; history kept.
+
+        User aliases (e.g. ``production``) move only here. ``best`` may be moved here too (an
+        evaluation marking the checkpoint that won on its metric); the service still re-points it
+        by the retention metric on the next registration. ``latest`` is the service's alone.
 
         Raises:
-            InvalidInput: bad name, or ``best``/``latest`` (the service moves those itself).
+            InvalidInput: bad name, or ``latest`` (the service moves it itself).
             NotFound: no such checkpoint; FailedPrecondition: it belongs to another job.
         """
         check_alias_name(name)
-        if name in SYSTEM_ALIASES:
+        if name in SERVICE_ONLY_ALIASES:
             raise InvalidInput.field_error(
                 "alias", f"{name!r} is moved by the service after each registration: choose another name")
         manifest = self._get(tenant, checkpoint_id)
