@@ -9,11 +9,11 @@ from typing import Any
 from tuneforge.checkpoints import convert
 from tuneforge.checkpoints.adapters.objects import folder_key
 from tuneforge.checkpoints.domain.model import Manifest
-from tuneforge.checkpoints.domain.paging import paginate
 from tuneforge.checkpoints.domain.service import CheckpointRegistry
 from tuneforge.checkpoints.v1 import checkpoints_pb2 as pb
 from tuneforge.checkpoints.v1 import checkpoints_pb2_grpc as pb_grpc
 from tuneforge.common.auth import current_identity
+from tuneforge.common.paging import paginate
 
 
 def _tenant() -> str:
@@ -55,7 +55,7 @@ class CheckpointServicer(pb_grpc.CheckpointServiceServicer):
         return pb.GetManifestResponse(manifest=self._pb(self._registry.get(_tenant(), request.checkpoint)))
 
     def SetAlias(self, request: pb.SetAliasRequest, context: Any) -> pb.SetAliasResponse:
-        """Moves a user alias atomically."""
+        """Moves a user alias, or ``best``, atomically (``latest`` is refused)."""
         alias = self._registry.set_alias(_tenant(), request.job_id, request.alias, request.checkpoint_id)
         return pb.SetAliasResponse(alias=convert.alias_to_pb(alias))
 

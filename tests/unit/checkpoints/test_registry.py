@@ -11,7 +11,7 @@ from tests.unit.checkpoints.helpers import draft, make_registry, store_and_regis
 from tuneforge.checkpoints.adapters.hygiene import CheckpointJanitor
 from tuneforge.checkpoints.adapters.objects import CHECKPOINT_MANIFEST, folder_key
 from tuneforge.checkpoints.domain.model import BEST, LATEST, CheckpointOrder, FileEntry, RetentionPolicy
-from tuneforge.checkpoints.domain.paging import paginate
+from tuneforge.common.paging import paginate
 from tuneforge.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -128,6 +128,20 @@ def test_alias_moves_keep_history_newest_first(env) -> None:
     other = store_and_register(registry, store, "acme", "job2", 1).manifest.checkpoint_id
     with pytest.raises(FailedPrecondition, match="belongs to job 'job2'"):
         registry.set_alias("acme", "job1", "production", other)
+
+
+def test_best_may_be_moved_explicitly_until_the_next_registration_re_ranks(env) -> None:
+    registry, _, store = env
+    one = store_and_register(registry, store, "acme", "job1", 1, 0.3).manifest.checkpoint_id
+    two = store_and_register(registry, store, "acme", "job1", 2, 0.5).manifest.checkpoint_id
+    assert registry.get("acme", f"job1@{BEST}").checkpoint_id == one  # by eval_loss
+    moved = registry.set_alias("acme", "job1", BEST, two)  # e.g. an evaluation found step 2 better
+    assert moved.checkpoint_id == two and [h.checkpoint_id for h in moved.history] == [two, one]
+    assert registry.get("acme", f"job1@{BEST}").checkpoint_id == two
+    with pytest.raises(InvalidInput, match="moved by the service"):
+        registry.set_alias("acme", "job1", LATEST, one)
+    store_and_register(registry, store, "acme", "job1", 3, 0.9)
+    assert registry.get("acme", f"job1@{BEST}").checkpoint_id == one  # registration re-ranks by the metric
 
 
 def test_read_verifies_resumes_and_names_a_corrupt_file(env) -> None:
