@@ -73,10 +73,21 @@ def merge_lora(base_dir: Path, adapter_dir: Path, dtype: torch.dtype = torch.flo
     """Load the unquantized base, apply the adapter, fold it in; returns the plain model."""
     from peft import PeftModel
 
+    require_safetensors_adapter(adapter_dir)
     base = load_base(base_dir, dtype)
     match_vocab(base, adapter_dir)
     model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False, use_safetensors=True)
     return model.merge_and_unload()
+
+
+def require_safetensors_adapter(adapter_dir: Path) -> None:
+    """Refuse adapters that are not safetensors-only: peft would fall back to a pickled
+    ``adapter_model.bin``, and pickles are never loaded here."""
+    pickled = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"})
+    if not (adapter_dir / "adapter_model.safetensors").is_file() or pickled:
+        raise InvalidInput.field_error(
+            "adapter", f"{adapter_dir.name!r} must hold adapter_model.safetensors and no pickled weights "
+            f"(found: {pickled or 'no safetensors'}): re-save it with safe_serialization=True")
 
 
 def match_vocab(base: torch.nn.Module, adapter_dir: Path) -> None:

@@ -34,3 +34,16 @@ def test_adapter_with_added_tokens_merges_and_loads(tiny_model_dir, tmp_path):
     loaded = load_model(tiny_model_dir, adapter_dir=adapter, device="cpu")
     assert len(loaded.tokenizer) == base_size + 1
     assert torch.allclose(loaded.model(ids).logits, expected, atol=1e-5)
+
+
+def test_pickled_adapters_are_refused(tmp_path):
+    import pytest
+
+    from tuneforge.common.errors import InvalidInput
+    from tuneforge.engine.export import require_safetensors_adapter
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(InvalidInput) as info:
+        require_safetensors_adapter(tmp_path)
+    assert "adapter_model.bin" in str(info.value)

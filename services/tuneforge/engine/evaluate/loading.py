@@ -60,8 +60,9 @@ def load_model(
     if adapter_dir is not None:
         from peft import PeftModel
 
-        from tuneforge.engine.export import match_vocab
+        from tuneforge.engine.export import match_vocab, require_safetensors_adapter
 
+        require_safetensors_adapter(Path(adapter_dir))
         if (Path(adapter_dir) / "tokenizer_config.json").is_file():
             # The tokenizer trained with the adapter (its pad token, any added tokens).
             tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=False)
