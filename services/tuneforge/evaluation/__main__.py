@@ -3,7 +3,8 @@
 import sys
 
 from tuneforge.common.grpc.main import run_service
-from tuneforge.evaluation.app import EvaluationSettings, build_app
+from tuneforge.evaluation.app import build_app
+from tuneforge.evaluation.settings import EvaluationSettings
 
 if __name__ == "__main__":
     sys.exit(run_service(EvaluationSettings, build_app))

@@ -36,12 +36,17 @@ def _ts(value: datetime | None) -> Timestamp | None:
     return ts
 
 
+def _enum(value: int) -> Any:
+    """A domain Enum's value for a proto enum field (the domain Enums mirror the API's by value)."""
+    return value
+
+
 def _model_from(msg: pb.ModelRef) -> ModelRef:
     return ModelRef(base_model=msg.base_model, checkpoint_id=msg.checkpoint_id)
 
 
 def _dataset_from(msg: pb.EvalDataset) -> DatasetRef:
-    return DatasetRef(msg.version_id, msg.split or "test", msg.max_samples)
+    return DatasetRef(msg.version_id, msg.split, msg.max_samples)
 
 
 def spec_from_request(req: pb.CreateEvaluationRequest) -> EvaluationSpec:
@@ -75,7 +80,7 @@ def evaluation_to_proto(e: Evaluation) -> pb.Evaluation:
     """Domain evaluation -> wire message."""
     s = e.spec
     msg = pb.Evaluation(
-        id=e.id, state=e.state.value, model=_model_to(s.model), metrics=[m.value for m in s.metrics],
+        id=e.id, state=_enum(e.state.value), model=_model_to(s.model), metrics=[_enum(m.value) for m in s.metrics],
         datasets=[pb.EvalDataset(version_id=d.version_id, split=d.split, max_samples=d.max_samples) for d in s.datasets],
         report_uri=e.report_uri, create_time=_ts(e.created_at), end_time=_ts(e.ended_at),
     )
@@ -102,7 +107,8 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
 
     def CreateEvaluation(self, request: pb.CreateEvaluationRequest, context: Any) -> pb.CreateEvaluationResponse:
         """Validate and start an evaluation."""
-        e = self._svc.create(current_identity().tenant, spec_from_request(request))
+        # The caller's identity (with its token) goes along: the run calls peers on its behalf.
+        e = self._svc.create(current_identity(), spec_from_request(request))
         return pb.CreateEvaluationResponse(evaluation=evaluation_to_proto(e))
 
     def GetEvaluation(self, request: pb.GetEvaluationRequest, context: Any) -> pb.GetEvaluationResponse:
@@ -126,7 +132,7 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
         while context.is_active():
             for ev in self._svc.wait_events(tenant, request.evaluation_id, after, self._poll):
                 after = ev.sequence
-                yield pb.EvaluationProgress(sequence=ev.sequence, state=ev.state.value, done=ev.done, total=ev.total,
+                yield pb.EvaluationProgress(sequence=ev.sequence, state=_enum(ev.state.value), done=ev.done, total=ev.total,
                                             message=ev.message, time=_ts(ev.time))
                 if ev.state.terminal:
                     return

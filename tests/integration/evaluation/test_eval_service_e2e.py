@@ -1,12 +1,14 @@
-"""End to end through the real gRPC server: a tiny model fine-tuned on a small task beats its base.
+"""End to end through the real gRPC servers: a tiny model fine-tuned on a small task beats its base.
 
 The fine-tune is a minimal full-parameter loop on assistant tokens (the engine's chat masking);
-the dataset version is a real artifact (MANIFEST.json + Parquet shards in the datasets service's
-canonical schema) in the service's object store.
+both models are base models by name in the shared models folder. The evaluation sets are uploaded
+through the real dataset service as separate, unsplit versions (an empty split evaluates every
+row of such a version), and the evaluation service resolves them through it.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -17,11 +19,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tuneforge.common.storage import open_object_store  # noqa: E402
-from tuneforge.common.storage.artifacts import ArtifactWriter  # noqa: E402
 from tuneforge.common.v1 import common_pb2  # noqa: E402
-from tuneforge.datasets.domain.records import RecordKind, new_record, to_table  # noqa: E402
-from tuneforge.evaluation.app import EvaluationSettings, build_app  # noqa: E402
+from tuneforge.datasets.app import DatasetSettings  # noqa: E402
+from tuneforge.datasets.app import build_app as build_datasets  # noqa: E402
+from tuneforge.datasets.v1 import datasets_pb2 as ds  # noqa: E402
+from tuneforge.datasets.v1 import datasets_pb2_grpc as ds_grpc  # noqa: E402
+from tuneforge.evaluation.app import build_app  # noqa: E402
+from tuneforge.evaluation.settings import EvaluationSettings  # noqa: E402
 from tuneforge.evaluation.v1 import evaluation_pb2 as pb  # noqa: E402
 from tuneforge.evaluation.v1 import evaluation_pb2_grpc  # noqa: E402
 
@@ -36,36 +40,24 @@ def _chat(question: str, answer: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
-def _records(split: str, templates: list[str]) -> list[dict]:
-    out = []
-    for i, (x, colour) in enumerate(FACTS.items()):
-        for t in templates:
-            r = new_record(RecordKind.CHAT, source="colours.jsonl", row=i + 1,
-                           messages=_chat(t.format(x=x), f"The {x} is {colour}."))
-            r["split"] = split
-            out.append(r)
-    return out
+def _records(templates: list[str]) -> list[dict]:
+    return [{"messages": _chat(t.format(x=x), f"The {x} is {colour}.")} for x, colour in FACTS.items()
+            for t in templates]
 
 
 def _general_records() -> list[dict]:
     rng = random.Random(3)
     words = ["the", "river", "follows", "a", "map", "while", "our", "model", "counts", "small", "tokens", "before", "seven"]
-    recs = []
-    for i in range(6):
-        r = new_record(RecordKind.TEXT, source="general.txt", row=i + 1, text=" ".join(rng.sample(words, 9)) + ".")
-        r["split"] = "test"
-        recs.append(r)
-    return recs
+    return [{"text": " ".join(rng.sample(words, 9)) + "."} for _ in range(6)]
 
 
-def _write_version(store, tenant: str, version_id: str, records: list[dict], tmp: Path) -> None:
-    import pyarrow.parquet as pq
-
-    path = tmp / f"{version_id}.parquet"
-    pq.write_table(to_table(records), path)
-    writer = ArtifactWriter(store, f"tenants/{tenant}/datasets/versions/{version_id}/")
-    writer.add_file("part-00000.parquet", path)
-    writer.commit({"version_id": version_id})
+def _upload(stub: ds_grpc.DatasetServiceStub, name: str, rows: list[dict]) -> str:
+    """Upload rows as JSONL through the real dataset service; returns the version id."""
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    meta = ds.UploadDatasetRequest(metadata=ds.UploadMetadata(dataset_name=name, file_name=f"{name}.jsonl"))
+    response = stub.UploadDataset(iter([meta, ds.UploadDatasetRequest(chunk=data)]), timeout=120)
+    assert response.validation.rows_accepted == len(rows)
+    return response.version.id
 
 
 def _fine_tune(base: Path, out: Path, records: list[dict]) -> Path:
@@ -102,23 +94,27 @@ def _fine_tune(base: Path, out: Path, records: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+def models(tiny_model_dir, tmp_path_factory) -> Path:
+    """A models folder with the base and its fine-tune, by name."""
     root = tmp_path_factory.mktemp("eval_models")
-    base = Path(shutil.copytree(tiny_model_dir, root / "base"))
-    tuned = _fine_tune(base, root / "tuned", _records("train", TRAIN_TEMPLATES))
-    return base, tuned
+    base = Path(shutil.copytree(tiny_model_dir, root / "tiny-base"))
+    _fine_tune(base, root / "tiny-tuned", _records(TRAIN_TEMPLATES))
+    return root
 
 
 @pytest.fixture
 def service(make_service, models, tmp_path):
-    import json
-
-    base, tuned = models
-    handle = make_service(EvaluationSettings, build_app,
-                          eval_model_registry=json.dumps({"tiny-base": str(base), "tiny-tuned": str(tuned)}))
-    store = open_object_store(handle.settings.resolved_object_store_uri())
-    _write_version(store, "acme", "dsv_colours", _records("test", TEST_TEMPLATES) + _records("train", TRAIN_TEMPLATES), tmp_path)
-    _write_version(store, "acme", "dsv_general", _general_records(), tmp_path)
+    """The real dataset and evaluation services on one object store; the handle has ``versions``."""
+    shared = {"object_store_uri": (tmp_path / "objects").as_uri(), "models_dir": models}
+    datasets = make_service(DatasetSettings, build_datasets, **shared)
+    token = datasets.token
+    handle = make_service(EvaluationSettings, build_app, datasets_address=datasets.address,
+                          auth_tokens=f"acme:{token},acme2:{datasets.other_token}", **shared)
+    handle.token, handle.other_token = token, datasets.other_token  # one set of tokens for both services
+    stub = ds_grpc.DatasetServiceStub(datasets.channel())
+    handle.versions = {"colours": _upload(stub, "colours", _records(TEST_TEMPLATES)),
+                       "colours_train": _upload(stub, "colours-train", _records(TRAIN_TEMPLATES)),
+                       "general": _upload(stub, "general", _general_records())}
     return handle
 
 
@@ -142,14 +138,15 @@ def _metrics(evaluation: pb.Evaluation, model_name: str, version: str) -> dict[s
 
 def test_fine_tuned_model_beats_its_base_and_the_report_says_so(service):
     stub = evaluation_pb2_grpc.EvaluationServiceStub(service.channel())
+    colours, general = service.versions["colours"], service.versions["general"]
     request = pb.CreateEvaluationRequest(
         model=pb.ModelRef(base_model="tiny-tuned"),
         baseline=pb.ModelRef(base_model="tiny-base"),
-        datasets=[pb.EvalDataset(version_id="dsv_colours", split="test")],
+        datasets=[pb.EvalDataset(version_id=colours)],  # unsplit version: every row
         metrics=[pb.METRIC_PERPLEXITY, pb.METRIC_ROUGE, pb.METRIC_BLEU, pb.METRIC_EXACT_MATCH,
                  pb.METRIC_TOKEN_F1, pb.METRIC_SAFETY, pb.METRIC_FORGETTING],
         generation=pb.GenerationConfig(max_new_tokens=12, batch_size=4),
-        forgetting_dataset=pb.EvalDataset(version_id="dsv_general", split="test"),
+        forgetting_dataset=pb.EvalDataset(version_id=general),
         request_id="req-1",
     )
     created = stub.CreateEvaluation(request).evaluation
@@ -163,7 +160,7 @@ def test_fine_tuned_model_beats_its_base_and_the_report_says_so(service):
     assert events[-1].state == common_pb2.OPERATION_STATE_SUCCEEDED, events[-1].message
 
     e = _wait(stub, created.id)
-    tuned, base = _metrics(e, "tiny-tuned", "dsv_colours"), _metrics(e, "tiny-base", "dsv_colours")
+    tuned, base = _metrics(e, "tiny-tuned", colours), _metrics(e, "tiny-base", colours)
     assert tuned["perplexity"] < base["perplexity"] / 2
     assert tuned["rouge1"] > base["rouge1"] + 0.3
     assert tuned["exact_match"] > base["exact_match"]
@@ -171,11 +168,11 @@ def test_fine_tuned_model_beats_its_base_and_the_report_says_so(service):
     assert e.report_uri.endswith(f"/evaluations/{created.id}/report.json")
 
     cmp = stub.CompareModels(pb.CompareModelsRequest(evaluation_id=created.id))
-    by_name = {c.name: c for c in cmp.comparisons if c.dataset_version_id == "dsv_colours"}
+    by_name = {c.name: c for c in cmp.comparisons if c.dataset_version_id == colours}
     assert by_name["perplexity"].model_better and by_name["perplexity"].delta < 0
     assert by_name["rouge1"].model_better and by_name["exact_match"].model_better
     assert "model better on" in cmp.summary and "perplexity" in cmp.summary
-    ratio = _metrics(e, "tiny-tuned", "dsv_general")["forgetting_ratio"]
+    ratio = _metrics(e, "tiny-tuned", general)["forgetting_ratio"]
     assert cmp.forgetting_flagged == (ratio > 1.1)
 
     # Human A/B: blind pairs, ratings that always prefer the tuned side, win rate with a CI.
@@ -214,7 +211,7 @@ def test_cancel_stops_a_running_evaluation(service):
     stub = evaluation_pb2_grpc.EvaluationServiceStub(service.channel())
     created = stub.CreateEvaluation(pb.CreateEvaluationRequest(
         model=pb.ModelRef(base_model="tiny-base"),
-        datasets=[pb.EvalDataset(version_id="dsv_colours", split="train")],
+        datasets=[pb.EvalDataset(version_id=service.versions["colours_train"])],
         metrics=[pb.METRIC_ROUGE],
         generation=pb.GenerationConfig(max_new_tokens=400, batch_size=1),
     )).evaluation
@@ -223,12 +220,16 @@ def test_cancel_stops_a_running_evaluation(service):
     assert e.state == common_pb2.OPERATION_STATE_CANCELLED
 
 
-def test_unknown_dataset_fails_the_evaluation_with_a_named_error(service):
+@pytest.mark.parametrize(("model", "version", "needle"), [
+    ("tiny-base", "dsv_missing", "dsv_missing"),
+    ("no-such-model", None, "no-such-model"),
+])
+def test_unknown_dataset_or_model_is_refused_at_create_naming_it(service, model, version, needle):
     stub = evaluation_pb2_grpc.EvaluationServiceStub(service.channel())
-    created = stub.CreateEvaluation(pb.CreateEvaluationRequest(
-        model=pb.ModelRef(base_model="tiny-base"),
-        datasets=[pb.EvalDataset(version_id="dsv_missing")], metrics=[pb.METRIC_PERPLEXITY],
-    )).evaluation
-    e = _wait(stub, created.id, timeout=60)
-    assert e.state == common_pb2.OPERATION_STATE_FAILED
-    assert e.error.code == "NOT_FOUND" and "dsv_missing" in e.error.message
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateEvaluation(pb.CreateEvaluationRequest(
+            model=pb.ModelRef(base_model=model), metrics=[pb.METRIC_PERPLEXITY],
+            datasets=[pb.EvalDataset(version_id=version or service.versions["colours"])]))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert needle in info.value.details()
+    assert not stub.ListEvaluations(pb.ListEvaluationsRequest()).evaluations

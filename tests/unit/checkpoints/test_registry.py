@@ -11,7 +11,6 @@ from tests.unit.checkpoints.helpers import draft, make_registry, store_and_regis
 from tuneforge.checkpoints.adapters.hygiene import CheckpointJanitor
 from tuneforge.checkpoints.adapters.objects import CHECKPOINT_MANIFEST, folder_key
 from tuneforge.checkpoints.domain.model import BEST, LATEST, CheckpointOrder, FileEntry, RetentionPolicy
-from tuneforge.common.paging import paginate
 from tuneforge.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -19,6 +18,7 @@ from tuneforge.common.errors import (
     InvalidInput,
     NotFound,
 )
+from tuneforge.common.paging import paginate
 from tuneforge.common.storage.file import FileObjectStore
 
 

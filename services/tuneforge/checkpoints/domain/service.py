@@ -8,6 +8,7 @@ manifest object, and commits the row. A crash anywhere before the commit leaves 
 
 from __future__ import annotations
 
+import builtins
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -289,7 +290,7 @@ class CheckpointRegistry:
                 "aliases point at checkpoints of their own job")
         return self._repo.move_alias(tenant, job_id, name, checkpoint_id, self._clock())
 
-    def list_aliases(self, tenant: str, job_id: str) -> list[Alias]:
+    def list_aliases(self, tenant: str, job_id: str) -> builtins.list[Alias]:
         """The aliases of a job with their history."""
         if v := check_job_id(job_id):
             raise InvalidInput.of([v])
@@ -344,7 +345,7 @@ class CheckpointRegistry:
                      job_id, len(plan.delete), ", ".join(plan.delete))
         return plan
 
-    def _protected(self, tenant: str, checkpoints: list[Manifest]) -> set[str]:
+    def _protected(self, tenant: str, checkpoints: builtins.list[Manifest]) -> set[str]:
         aliased = {m.checkpoint_id for m in checkpoints if m.aliases}
         pinned = {p.checkpoint_id for p in self._repo.list_pins(tenant, [m.checkpoint_id for m in checkpoints])}
         return aliased | pinned

@@ -1,116 +1,130 @@
-"""Model resolution: ``ModelRef`` -> local folders, and the checkpoint service client.
+"""Model resolution: ``ModelRef`` -> local folders.
 
-Base models are either registered names (``TUNEFORGE_EVAL_MODEL_REGISTRY``: JSON ``{name: local
-folder}``) or object-store artifact prefixes under the caller's tenant (downloaded once). A
-checkpoint id is looked up through ``CheckpointLookup`` (the checkpoint service's ``GetManifest``):
-LoRA checkpoints load their lineage's base model, then the adapter on top.
+- A base model is named: ``tenants/<tenant>/models/<name>/`` in the object store (a committed
+  artifact, downloaded and verified once), else ``<models_dir>/<name>/`` on the service's disk:
+  the same convention as the checkpoint service's merged export.
+- A checkpoint (id or ``<job_id>@<alias>``) is looked up through the checkpoint service on the
+  caller's behalf (``GetManifest``). Only its model folder is downloaded (the shallowest folder
+  holding ``adapter_config.json`` for adapters, ``config.json`` for full weights), not optimizer or
+  trainer state; each file is checked against the manifest's size and sha256. A LoRA adapter is
+  applied onto ``lineage.base_model``, resolved like any base model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+import re
+from pathlib import Path, PurePosixPath
+from typing import Protocol
 
-from tuneforge.common.errors import InvalidInput, NotFound
-from tuneforge.common.storage import tenant_prefix
-from tuneforge.evaluation.adapters.objects import StoreModelFetcher
+from tuneforge.common.auth import Identity
+from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound
+from tuneforge.common.storage import ObjectStore, tenant_prefix
+from tuneforge.common.storage.artifacts import read_manifest
+from tuneforge.evaluation.adapters.objects import download_verified, key_in_store
+from tuneforge.evaluation.adapters.peers import CheckpointFile, CheckpointInfo
 from tuneforge.evaluation.domain.model import ModelRef
 from tuneforge.evaluation.domain.ports import ResolvedModel
 
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What evaluation needs of a checkpoint manifest."""
-
-    checkpoint_id: str
-    job_id: str
-    prefix: str  # object-store key prefix of the checkpoint folder
-    is_adapter: bool
-    base_model: str
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?")
+ADAPTER_CONFIG, MODEL_CONFIG = "adapter_config.json", "config.json"
 
 
 class CheckpointLookup(Protocol):
-    """Reads checkpoint manifests (the checkpoint service, or a test double of its API)."""
+    """Reads checkpoint manifests for a caller (the checkpoint service's ``GetManifest``)."""
 
-    def lookup(self, tenant: str, checkpoint_id: str) -> CheckpointInfo:
-        """The checkpoint's folder, kind and lineage; ``NotFound`` when absent."""
+    def lookup(self, caller: Identity, checkpoint: str) -> CheckpointInfo:
+        """The checkpoint's folder, kind, lineage and files; ``NotFound`` when absent or foreign."""
         ...
 
 
+def model_folder(files: tuple[CheckpointFile, ...], marker: str) -> str:
+    """The shallowest folder (``""`` = the root) among ``files`` that holds ``marker``.
+
+    Raises:
+        FailedPrecondition: no file named ``marker``.
+    """
+    hits = sorted((PurePosixPath(f.path).parent for f in files if PurePosixPath(f.path).name == marker),
+                  key=lambda p: (len(p.parts), str(p)))
+    if not hits:
+        raise FailedPrecondition(
+            f"the checkpoint holds no {marker}: register a folder with a Hugging Face model or PEFT adapter")
+    return "" if str(hits[0]) == "." else f"{hits[0]}/"
+
+
 class StoreModelResolver:
-    """Implements ``ModelResolver``."""
+    """Implements ``ModelResolver``.
 
-    def __init__(self, fetcher: StoreModelFetcher, registry: Mapping[str, str],
-                 checkpoints: CheckpointLookup | None) -> None:
-        self._fetcher, self._registry, self._checkpoints = fetcher, dict(registry), checkpoints
-
-    def resolve(self, tenant: str, ref: ModelRef) -> ResolvedModel:
-        """Local folders for a base model or a checkpoint."""
-        if ref.base_model:
-            return ResolvedModel(self._base(tenant, ref.base_model, "model.base_model"))
-        if self._checkpoints is None:
-            raise InvalidInput.field_error(
-                "model.checkpoint_id", "no checkpoint service is configured (TUNEFORGE_CHECKPOINTS_ADDRESS)"
-            )
-        info = self._checkpoints.lookup(tenant, ref.checkpoint_id)
-        folder = self._fetcher.fetch(info.prefix)
-        if not info.is_adapter:
-            return ResolvedModel(folder, None, info.checkpoint_id, info.job_id)
-        base = self._base(tenant, info.base_model, "model.checkpoint_id")
-        return ResolvedModel(base, folder, info.checkpoint_id, info.job_id)
-
-    def _base(self, tenant: str, name: str, field: str) -> Path:
-        if name in self._registry:
-            return Path(self._registry[name])
-        if name.startswith(tenant_prefix(tenant)):
-            return self._fetcher.fetch(name)
-        raise NotFound(
-            f"{field}: base model {name!r} is neither a registered model "
-            f"({', '.join(sorted(self._registry)) or 'none'}) nor an artifact under {tenant_prefix(tenant)}: "
-            "register it (TUNEFORGE_EVAL_MODEL_REGISTRY) or upload it first"
-        )
-
-
-class GrpcCheckpoints:
-    """The checkpoint service's gRPC API: ``GetManifest`` (lookup) and ``SetAlias`` (best).
-
-    Service-to-service calls authenticate with a per-tenant token
-    (``TUNEFORGE_EVAL_CHECKPOINTS_TOKENS``: ``tenant:token,...``); every call has a deadline.
+    Args:
+        store: the object store shared with the checkpoint service.
+        models_dir: local base models by name (``TUNEFORGE_MODELS_DIR``).
+        checkpoints: the checkpoint service, or None when none is configured.
+        cache_dir: where downloaded models and adapters are kept (they are immutable).
     """
 
-    def __init__(self, address: str, tokens: Mapping[str, str], store_uri: str, timeout_s: float = 30.0) -> None:
-        self._address, self._tokens, self._timeout = address, dict(tokens), timeout_s
-        self._store_uri = store_uri.rstrip("/") + "/"
+    def __init__(self, store: ObjectStore, models_dir: Path, checkpoints: CheckpointLookup | None,
+                 cache_dir: Path) -> None:
+        self._store, self._models_dir, self._checkpoints, self._cache = store, models_dir, checkpoints, cache_dir
 
-    def _stub(self, tenant: str) -> Any:
-        from tuneforge.checkpoints.v1 import checkpoints_pb2_grpc
-        from tuneforge.common.grpc.client import channel
+    def check(self, caller: Identity, ref: ModelRef) -> None:
+        """Fail now on an unknown base model or an unknown/foreign checkpoint (nothing downloaded)."""
+        if ref.base_model:
+            self._base_location(caller.tenant, ref.base_model, "model.base_model")
+        else:
+            self._lookup(caller, ref.checkpoint_id)
 
-        token = self._tokens.get(tenant)
-        if token is None:
-            raise InvalidInput.field_error(
-                "model.checkpoint_id", f"no checkpoint-service token for tenant {tenant!r}: add it to "
-                "TUNEFORGE_EVAL_CHECKPOINTS_TOKENS"
-            )
-        return checkpoints_pb2_grpc.CheckpointServiceStub(channel(self._address, token, default_timeout=self._timeout))
+    def resolve(self, caller: Identity, ref: ModelRef) -> ResolvedModel:
+        """Local folders for a base model or a checkpoint (adapter applied onto its base)."""
+        if ref.base_model:
+            return ResolvedModel(self._base(caller.tenant, ref.base_model, "model.base_model"))
+        info = self._lookup(caller, ref.checkpoint_id)
+        folder = self._download_checkpoint(caller.tenant, info)
+        if not info.is_adapter:
+            return ResolvedModel(folder, None, info.checkpoint_id, info.job_id)
+        if not info.base_model:
+            raise FailedPrecondition(
+                f"checkpoint {info.checkpoint_id} is an adapter without lineage.base_model: register it with the "
+                "name of the base model it was trained on")
+        base = self._base(caller.tenant, info.base_model, "model.checkpoint_id")
+        return ResolvedModel(base, folder, info.checkpoint_id, info.job_id)
 
-    def lookup(self, tenant: str, checkpoint_id: str) -> CheckpointInfo:
-        """``GetManifest`` -> ``CheckpointInfo``."""
-        from tuneforge.checkpoints.v1 import checkpoints_pb2
+    def _lookup(self, caller: Identity, checkpoint: str) -> CheckpointInfo:
+        if self._checkpoints is None:
+            raise FailedPrecondition(
+                "model.checkpoint_id: no checkpoint service is configured: set TUNEFORGE_CHECKPOINTS_ADDRESS")
+        return self._checkpoints.lookup(caller, checkpoint)
 
-        m = self._stub(tenant).GetManifest(checkpoints_pb2.GetManifestRequest(checkpoint=checkpoint_id),
-                                            timeout=self._timeout).manifest
-        prefix = m.uri[len(self._store_uri):] if m.uri.startswith(self._store_uri) else m.uri
-        is_adapter = m.kind != checkpoints_pb2.CHECKPOINT_KIND_FULL
-        return CheckpointInfo(m.checkpoint_id, m.lineage.job_id, prefix, is_adapter, m.lineage.base_model)
+    def _base_location(self, tenant: str, name: str, field: str) -> str | Path:
+        """The store prefix or local folder of base model ``name``."""
+        if not _MODEL_NAME.fullmatch(name) or ".." in name:
+            raise InvalidInput.field_error(field, f"{name!r} is not a model name such as 'smollm2-135m' or 'org/model'")
+        prefix = f"{tenant_prefix(tenant)}models/{name}/"
+        if self._store.exists(prefix + "MANIFEST.json"):
+            return prefix
+        local = self._models_dir / name
+        if (local / MODEL_CONFIG).is_file():
+            return local
+        raise NotFound(
+            f"{field}: base model {name!r} is neither in the object store at {prefix} nor in the models folder "
+            f"({self._models_dir}/{name}): put its safetensors folder in one of them")
 
-    def set_alias(self, tenant: str, job_id: str, alias: str, checkpoint_id: str) -> None:
-        """``SetAlias``."""
-        from tuneforge.checkpoints.v1 import checkpoints_pb2
+    def _base(self, tenant: str, name: str, field: str) -> Path:
+        where = self._base_location(tenant, name, field)
+        if isinstance(where, Path):
+            return where
+        manifest = read_manifest(self._store, where)
+        folder = self._cache / where.rstrip("/")
+        for f in manifest.files:
+            download_verified(self._store, where + f.path, folder / f.path, f.size, f.sha256)
+        return folder
 
-        self._stub(tenant).SetAlias(
-            checkpoints_pb2.SetAliasRequest(job_id=job_id, alias=alias, checkpoint_id=checkpoint_id),
-            timeout=self._timeout,
-        )
+    def _download_checkpoint(self, tenant: str, info: CheckpointInfo) -> Path:
+        folder_key = key_in_store(self._store, info.folder_uri, f"checkpoint {info.checkpoint_id}")
+        if not folder_key.startswith(tenant_prefix(tenant)):
+            raise NotFound(f"checkpoint {info.checkpoint_id} not found")  # guards a misconfigured peer
+        root = model_folder(info.files, ADAPTER_CONFIG if info.is_adapter else MODEL_CONFIG)
+        dest = self._cache / tenant / "checkpoints" / info.checkpoint_id
+        for f in info.files:
+            if f.path.startswith(root) and ".." not in PurePosixPath(f.path).parts:
+                download_verified(self._store, folder_key.rstrip("/") + "/" + f.path,
+                                  dest / f.path[len(root):], f.size, f.sha256)
+        return dest

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import RowMapping, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -149,7 +150,7 @@ class SqlEvaluationRepository:
                     raise
         raise AssertionError("unreachable")
 
-    def events_after(self, evaluation_id: str, sequence: int) -> list[ProgressEvent]:
+    def events_after(self, evaluation_id: str, sequence: int) -> builtins.list[ProgressEvent]:
         """Events after ``sequence``, in order."""
         q = (select(events).where(events.c.evaluation_id == evaluation_id, events.c.sequence > sequence)
              .order_by(events.c.sequence))
@@ -169,7 +170,7 @@ class SqlEvaluationRepository:
                 for i, p in enumerate(items)
             ])
 
-    def get_pairs(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
+    def get_pairs(self, tenant: str, evaluation_id: str) -> builtins.list[dict[str, Any]]:
         """Exported pairs in export order."""
         q = (select(pairs).where(pairs.c.tenant == tenant, pairs.c.evaluation_id == evaluation_id)
              .order_by(pairs.c.position))
@@ -187,7 +188,7 @@ class SqlEvaluationRepository:
                                                  tenant=tenant, preference=r["preference"], created_at=now))
         return len(items)
 
-    def get_ratings(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
+    def get_ratings(self, tenant: str, evaluation_id: str) -> builtins.list[dict[str, Any]]:
         """All ratings of the evaluation."""
         q = select(ratings).where(ratings.c.tenant == tenant, ratings.c.evaluation_id == evaluation_id)
         with session_scope(self._sessions) as s:
@@ -195,7 +196,7 @@ class SqlEvaluationRepository:
                     for r in s.execute(q).mappings()]
 
 
-def _from_row(row: Mapping[str, Any]) -> Evaluation:
+def _from_row(row: RowMapping) -> Evaluation:
     err = row["error"]
     return Evaluation(
         id=row["id"], tenant=row["tenant"], spec=spec_from_json(row["spec"]), state=State[row["state"]],

@@ -66,7 +66,7 @@ def _preference_example(record: Mapping[str, Any], row: int) -> dict[str, Any]:
 
 def to_examples(records: Iterable[Mapping[str, Any]], *, max_samples: int) -> list[dict[str, Any]]:
     """Convert records in order, keeping at most ``max_samples`` (0 = all)."""
-    out = []
+    out: list[dict[str, Any]] = []
     for i, record in enumerate(records):
         if max_samples and len(out) >= max_samples:
             break

@@ -78,10 +78,14 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A dataset version and split to evaluate on."""
+    """A dataset version and split to evaluate on.
+
+    An empty ``split`` means the ``test`` split of a version that was split by curation, and
+    every row of a version that never was (an evaluation set uploaded on its own).
+    """
 
     version_id: str
-    split: str = "test"
+    split: str = ""
     max_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:

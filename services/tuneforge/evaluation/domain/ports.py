@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tuneforge.common.auth import Identity
 from tuneforge.evaluation.domain.model import (
     Evaluation,
     ModelRef,
@@ -65,7 +67,7 @@ class EvaluationRepository(Protocol):
         """Append a progress event with the next sequence number."""
         ...
 
-    def events_after(self, evaluation_id: str, sequence: int) -> list[ProgressEvent]:
+    def events_after(self, evaluation_id: str, sequence: int) -> builtins.list[ProgressEvent]:
         """Events with a sequence greater than ``sequence``, in order."""
         ...
 
@@ -73,7 +75,7 @@ class EvaluationRepository(Protocol):
         """Store exported pairs (replacing an earlier export of the same evaluation)."""
         ...
 
-    def get_pairs(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
+    def get_pairs(self, tenant: str, evaluation_id: str) -> builtins.list[dict[str, Any]]:
         """Exported pairs with their hidden ``left_is_model``."""
         ...
 
@@ -81,7 +83,7 @@ class EvaluationRepository(Protocol):
         """Upsert ratings keyed by (pair_id, rater); returns how many were stored."""
         ...
 
-    def get_ratings(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
+    def get_ratings(self, tenant: str, evaluation_id: str) -> builtins.list[dict[str, Any]]:
         """All ratings of an evaluation."""
         ...
 
@@ -99,17 +101,29 @@ class ReportStore(Protocol):
 
 
 class DatasetReader(Protocol):
-    """Canonical records of a dataset version's split."""
+    """Canonical records of a dataset version's split, read on behalf of ``caller``.
 
-    def read(self, tenant: str, version_id: str, split: str, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` records of ``split`` (all splits when ``split`` is empty)."""
+    ``caller`` is the identity that created the evaluation (tenant and bearer token): peers are
+    called with it, so a tenant reaches only its own versions.
+    """
+
+    def check(self, caller: Identity, version_id: str, split: str) -> None:
+        """Raise now (``NotFound``, ``InvalidInput``) if the version or split cannot be read."""
+        ...
+
+    def read(self, caller: Identity, version_id: str, split: str, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` records of ``split`` (empty: ``test`` of a split version, else every row)."""
         ...
 
 
 class ModelResolver(Protocol):
-    """Turns a ``ModelRef`` into local folders (downloading from the object store if needed)."""
+    """Turns a ``ModelRef`` into local folders on behalf of ``caller`` (downloading if needed)."""
 
-    def resolve(self, tenant: str, ref: ModelRef) -> ResolvedModel:
+    def check(self, caller: Identity, ref: ModelRef) -> None:
+        """Raise now (``NotFound``, ``InvalidInput``) if the model cannot be found; downloads nothing."""
+        ...
+
+    def resolve(self, caller: Identity, ref: ModelRef) -> ResolvedModel:
         """Local folders of the model; ``NotFound``/``InvalidInput`` naming the field otherwise."""
         ...
 
@@ -117,8 +131,8 @@ class ModelResolver(Protocol):
 class CheckpointAliases(Protocol):
     """The checkpoint service's alias API (only ``best`` is moved by evaluations)."""
 
-    def set_alias(self, tenant: str, job_id: str, alias: str, checkpoint_id: str) -> None:
-        """Point ``alias`` of ``job_id`` at ``checkpoint_id``."""
+    def set_alias(self, caller: Identity, job_id: str, alias: str, checkpoint_id: str) -> None:
+        """Point ``alias`` of ``job_id`` at ``checkpoint_id`` on behalf of ``caller``."""
         ...
 
 

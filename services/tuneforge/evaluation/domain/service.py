@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import secrets
 import threading
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from tuneforge.common.auth import Identity
 from tuneforge.common.errors import Cancelled, FailedPrecondition, TuneforgeError
 from tuneforge.evaluation.domain import examples as ex
 from tuneforge.evaluation.domain import pairs as ab
@@ -24,7 +26,6 @@ from tuneforge.evaluation.domain.model import (
     Limits,
     Metric,
     MetricResult,
-    ModelRef,
     ProgressEvent,
     Role,
     State,
@@ -37,6 +38,7 @@ from tuneforge.evaluation.domain.ports import (
     ModelRunner,
     ModelTask,
     ReportStore,
+    ResolvedModel,
     SafetyScorer,
 )
 
@@ -89,17 +91,35 @@ class EvaluationService:
 
     # ------------------------------------------------------------------ create / read
 
-    def create(self, tenant: str, spec: EvaluationSpec) -> Evaluation:
-        """Validate, store as QUEUED and start in the background (idempotent on request_id)."""
+    def create(self, caller: Identity, spec: EvaluationSpec) -> Evaluation:
+        """Validate, check the references, store as QUEUED and start in the background.
+
+        Idempotent on ``request_id``. ``caller`` (tenant and bearer token) is kept in memory only,
+        for the run's calls to the dataset and checkpoint services on the caller's behalf.
+
+        Raises:
+            InvalidInput: a bad field (every one listed) or a split the dataset version lacks.
+            NotFound: a dataset version, checkpoint or base model the caller cannot see.
+        """
         spec.validate(self._d.limits)
-        evaluation = Evaluation(new_evaluation_id(), tenant, spec, State.QUEUED, datetime.now(UTC))
+        self._check_references(caller, spec)
+        evaluation = Evaluation(new_evaluation_id(), caller.tenant, spec, State.QUEUED, datetime.now(UTC))
         stored = self._d.repository.add(evaluation)
         if stored.id != evaluation.id:  # an earlier call with the same request_id
             return stored
         self._event(stored.id, State.QUEUED, 0, 0, "queued")
         self._cancel[stored.id] = threading.Event()
-        self._d.executor.submit(self._run_guarded, stored)
+        self._d.executor.submit(self._run_guarded, stored, caller)
         return stored
+
+    def _check_references(self, caller: Identity, spec: EvaluationSpec) -> None:
+        """Fail the create call, not the background run, on references the caller cannot read."""
+        for ref in (spec.model, spec.baseline):
+            if ref is not None:
+                self._d.models.check(caller, ref)
+        extra = (spec.forgetting_dataset,) if spec.forgetting_dataset and Metric.FORGETTING in spec.metrics else ()
+        for d in (*spec.datasets, *extra):
+            self._d.datasets.check(caller, d.version_id, d.split)
 
     def get(self, tenant: str, evaluation_id: str) -> Evaluation:
         """One evaluation of the tenant."""
@@ -118,7 +138,7 @@ class EvaluationService:
                 self._finish(evaluation, State.CANCELLED, "cancelled before it started")
         return self.get(tenant, evaluation_id)
 
-    def wait_events(self, tenant: str, evaluation_id: str, after: int, timeout_s: float) -> list[ProgressEvent]:
+    def wait_events(self, tenant: str, evaluation_id: str, after: int, timeout_s: float) -> builtins.list[ProgressEvent]:
         """Progress events after ``after``, waiting up to ``timeout_s`` for a new one."""
         self.get(tenant, evaluation_id)  # tenancy check
         deadline = time.monotonic() + timeout_s
@@ -132,13 +152,13 @@ class EvaluationService:
 
     # ------------------------------------------------------------------ comparison / A-B
 
-    def compare(self, tenant: str, evaluation_id: str) -> tuple[list[scoring.Comparison], str, bool]:
+    def compare(self, tenant: str, evaluation_id: str) -> tuple[builtins.list[scoring.Comparison], str, bool]:
         """Metric-by-metric comparison of a finished comparison evaluation."""
         evaluation = self._finished(tenant, evaluation_id, need_baseline=True)
         comparisons = scoring.compare(evaluation.results)
         return comparisons, scoring.summary(comparisons, evaluation.forgetting_flagged), evaluation.forgetting_flagged
 
-    def export_pairs(self, tenant: str, evaluation_id: str, seed: int) -> list[dict[str, Any]]:
+    def export_pairs(self, tenant: str, evaluation_id: str, seed: int) -> builtins.list[dict[str, Any]]:
         """Blind, shuffled pairs of the two models' generations (stored with the hidden sides)."""
         evaluation = self._finished(tenant, evaluation_id, need_baseline=True)
         report = self._d.reports.get_report(tenant, evaluation.report_key)
@@ -178,9 +198,9 @@ class EvaluationService:
 
     # ------------------------------------------------------------------ the run
 
-    def _run_guarded(self, evaluation: Evaluation) -> None:
+    def _run_guarded(self, evaluation: Evaluation, caller: Identity) -> None:
         try:
-            self._run(evaluation)
+            self._run(evaluation, caller)
         except Cancelled:
             self._finish(evaluation, State.CANCELLED, "cancelled")
         except TuneforgeError as exc:
@@ -194,34 +214,35 @@ class EvaluationService:
         finally:
             self._cancel.pop(evaluation.id, None)
 
-    def _run(self, evaluation: Evaluation) -> None:
+    def _run(self, evaluation: Evaluation, caller: Identity) -> None:
         spec, tenant = evaluation.spec, evaluation.tenant
         if self._is_cancelled(evaluation.id):
             raise Cancelled("cancelled")
         evaluation.state = State.RUNNING
         self._d.repository.save(evaluation)
-        data = {d.version_id: self._examples(tenant, d) for d in spec.datasets}
+        data = {d.version_id: self._examples(caller, d) for d in spec.datasets}
         roles = [(Role.MODEL, spec.model)] + ([(Role.BASELINE, spec.baseline)] if spec.baseline else [])
-        total = len(roles) * (sum(len(v) for v in data.values()) + self._forgetting_size(tenant, spec))
+        total = len(roles) * (sum(len(v) for v in data.values()) + self._forgetting_size(caller, spec))
         runner = self._d.runners.pick(total, self._d.limits)
         evaluation.placement = runner.name
         self._event(evaluation.id, State.RUNNING, 0, total, f"running on {runner.name}")
         report: dict[str, Any] = {"evaluation_id": evaluation.id, "generations": [], "placement": runner.name}
         progress = _Progress(self, evaluation.id, total)
+        resolved = {}
         for role, ref in roles:
-            self._run_role(evaluation, role, ref, data, runner, progress, report)
-        self._forgetting(evaluation, report)
-        report["best_alias"] = self._mark_best(evaluation)
+            resolved[role] = self._d.models.resolve(caller, ref)
+            self._run_role(evaluation, role, resolved[role], data, runner, progress, report)
+        self._forgetting(evaluation, caller, resolved, report)
+        report["best_alias"] = self._mark_best(evaluation, caller, resolved[Role.MODEL])
         report.update(_report_header(evaluation))
         evaluation.report_key, evaluation.report_uri = self._d.reports.put_report(tenant, evaluation.id, report)
         self._finish(evaluation, State.SUCCEEDED, "succeeded")
 
     def _run_role(
-        self, evaluation: Evaluation, role: Role, ref: ModelRef, data: Mapping[str, list[dict[str, Any]]],
+        self, evaluation: Evaluation, role: Role, resolved: ResolvedModel, data: Mapping[str, builtins.list[dict[str, Any]]],
         runner: ModelRunner, progress: _Progress, report: dict[str, Any],
     ) -> None:
         spec = evaluation.spec
-        resolved = self._d.models.resolve(evaluation.tenant, ref)
         report.setdefault("resolved", {})[role.value] = {"checkpoint_id": resolved.checkpoint_id, "job_id": resolved.job_id}
         metrics = [m for m in spec.metrics if m is not Metric.FORGETTING]
         for version_id, examples in data.items():
@@ -235,29 +256,29 @@ class EvaluationService:
             for g in raw.get("generations", []):
                 report["generations"].append({**g, "role": role.value, "dataset_version_id": version_id})
 
-    def _task(self, resolved: Any, examples: list[dict[str, Any]], metrics: Sequence[Metric], evaluation: Evaluation) -> ModelTask:
+    def _task(self, resolved: Any, examples: builtins.list[dict[str, Any]], metrics: Sequence[Metric], evaluation: Evaluation) -> ModelTask:
         g = evaluation.spec.generation
         generation = {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample, "temperature": g.temperature,
                       "top_p": g.top_p, "seed": g.seed, "stop": list(g.stop), "batch_size": g.batch_size}
         return ModelTask(str(resolved.model_dir), str(resolved.adapter_dir) if resolved.adapter_dir else None,
                          examples, [m.name.lower() for m in metrics], generation)
 
-    def _forgetting_size(self, tenant: str, spec: EvaluationSpec) -> int:
+    def _forgetting_size(self, caller: Identity, spec: EvaluationSpec) -> int:
         if Metric.FORGETTING not in spec.metrics or spec.forgetting_dataset is None:
             return 0
-        return len(self._examples(tenant, spec.forgetting_dataset))
+        return len(self._examples(caller, spec.forgetting_dataset))
 
-    def _forgetting(self, evaluation: Evaluation, report: dict[str, Any]) -> None:
+    def _forgetting(self, evaluation: Evaluation, caller: Identity, resolved: Mapping[Role, ResolvedModel],
+                    report: dict[str, Any]) -> None:
         spec = evaluation.spec
         if Metric.FORGETTING not in spec.metrics or spec.forgetting_dataset is None or spec.baseline is None:
             return
         fd = spec.forgetting_dataset
-        examples = self._examples(evaluation.tenant, fd)
+        examples = self._examples(caller, fd)
         ppl: dict[Role, float] = {}
-        for role, ref in ((Role.MODEL, spec.model), (Role.BASELINE, spec.baseline)):
-            resolved = self._d.models.resolve(evaluation.tenant, ref)
+        for role in (Role.MODEL, Role.BASELINE):
             raw = self._d.runners.inline.run(
-                self._task(resolved, examples, [Metric.FORGETTING], evaluation),
+                self._task(resolved[role], examples, [Metric.FORGETTING], evaluation),
                 _Progress(self, evaluation.id, len(examples)).phase(f"forgetting ({role.value})", len(examples)),
                 lambda: self._is_cancelled(evaluation.id),
             )
@@ -270,7 +291,8 @@ class EvaluationService:
         evaluation.results.append(MetricResult(Role.MODEL, fd.version_id, "forgetting_ratio", ratio, len(examples)))
         report["forgetting"] = {"ratio": ratio, "threshold": spec.forgetting_threshold, "flagged": evaluation.forgetting_flagged}
 
-    def _mark_best(self, evaluation: Evaluation) -> dict[str, Any] | None:
+    def _mark_best(self, evaluation: Evaluation, caller: Identity, model: ResolvedModel) -> dict[str, Any] | None:
+        """Move the checkpoint service's ``best`` alias to the model if it beat the baseline on the metric."""
         spec = evaluation.spec
         if not spec.mark_best_by:
             return None
@@ -281,16 +303,16 @@ class EvaluationService:
                 "that produces it and a baseline"
             )
         won = all(c.model_better for c in wins)
-        job_id = self._d.models.resolve(evaluation.tenant, spec.model).job_id
         if won:
             if self._d.aliases is None:
                 raise FailedPrecondition("no checkpoint service is configured: set TUNEFORGE_CHECKPOINTS_ADDRESS")
-            self._d.aliases.set_alias(evaluation.tenant, job_id, BEST_ALIAS, spec.model.checkpoint_id)
-        return {"metric": spec.mark_best_by, "moved": won, "job_id": job_id, "checkpoint_id": spec.model.checkpoint_id}
+            # The resolved id: the request may name the checkpoint as <job_id>@<alias>.
+            self._d.aliases.set_alias(caller, model.job_id, BEST_ALIAS, model.checkpoint_id)
+        return {"metric": spec.mark_best_by, "moved": won, "job_id": model.job_id, "checkpoint_id": model.checkpoint_id}
 
-    def _examples(self, tenant: str, d: Any) -> list[dict[str, Any]]:
+    def _examples(self, caller: Identity, d: Any) -> builtins.list[dict[str, Any]]:
         limit = min(d.max_samples or self._d.limits.max_samples, self._d.limits.max_samples)
-        records = self._d.datasets.read(tenant, d.version_id, d.split, limit)
+        records = self._d.datasets.read(caller, d.version_id, d.split, limit)
         return ex.to_examples(records, max_samples=limit)
 
     # ------------------------------------------------------------------ state
