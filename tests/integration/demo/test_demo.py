@@ -1,0 +1,30 @@
+"""`make demo` end to end (tiny model): every service wired together through the public API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_demo_runs_every_stage_through_the_services(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+    out = subprocess.run([sys.executable, "-m", "tuneforge.cli", "demo", "--tiny", "--steps", "6",
+                          "--run-dir", str(tmp_path / "demo")], capture_output=True, text=True, env=env,
+                         timeout=1200, check=False)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-6000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("[demo]")]
+    text = "\n".join(lines)
+    assert "2 rejected" in text  # the two invalid rows, each reported by row and field
+    assert "field output: is missing" in text and "field instruction: is empty" in text
+    assert any("exact_dedup" in line and "-> " in line for line in lines)
+    assert "register: checkpoint ckpt_" in text
+    assert any(line.startswith("[demo]   eval: perplexity") for line in lines)
+    assert "export: merged model" in text
+    exported = [line.split(" at ", 1)[1] for line in lines if "export: merged model" in line][0]
+    assert exported.startswith("file://") and "/exports/" in exported
