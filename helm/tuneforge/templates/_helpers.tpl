@@ -79,6 +79,9 @@ never falls back to a default credential.
 {{- if and (not $v.database.existingSecret) (not $v.database.url) }}
 {{- fail "database: no PostgreSQL URL. Set database.existingSecret to a Secret with key 'url' (postgresql+psycopg://user:password@host:5432/db), or database.url" }}
 {{- end }}
+{{- if and $v.models.existingClaim $v.models.persistence.enabled }}
+{{- fail "models: set models.existingClaim (a claim you manage) or models.persistence.enabled=true (a claim the chart creates), not both" }}
+{{- end }}
 {{- if and $v.rayCluster.enabled (not $v.rayCluster.auth.existingSecret) (not $v.rayCluster.auth.token) }}
 {{- fail "rayCluster.auth: no Ray token. Set rayCluster.auth.existingSecret to a Secret with key 'token' (or rayCluster.auth.token); Ray clusters run with token authentication" }}
 {{- end }}
@@ -123,4 +126,34 @@ imagePullSecrets:
 - {name: RAY_AUTH_TOKEN_PATH, value: {{ include "tuneforge.secretsDir" . }}/ray/token}
 - {name: RAY_USAGE_STATS_ENABLED, value: "0"}
 - {name: HOME, value: /tmp}
+{{- end }}
+
+{{/* Base models: TUNEFORGE_MODELS_DIR, one volume mounted read-only by every service. */}}
+{{- define "tuneforge.modelsDir" -}}/models{{- end }}
+{{- define "tuneforge.modelsClaimName" -}}
+{{- if .Values.models.existingClaim }}
+{{- .Values.models.existingClaim }}
+{{- else if .Values.models.persistence.enabled }}
+{{- printf "%s-models" (include "tuneforge.fullname" .) }}
+{{- end }}
+{{- end }}
+{{- define "tuneforge.modelsVolume" -}}
+- name: models
+  {{- with include "tuneforge.modelsClaimName" . }}
+  persistentVolumeClaim: {claimName: {{ . }}, readOnly: true}
+  {{- else }}
+  emptyDir: {sizeLimit: {{ .Values.models.emptyDirSizeLimit }}}
+  {{- end }}
+{{- end }}
+
+{{/*
+In-cluster address (Service DNS name:port) of each enabled service, as the TUNEFORGE_<SVC>_ADDRESS
+settings every service reads: evaluation calls datasets and checkpoints on the caller's behalf.
+*/}}
+{{- define "tuneforge.peerAddresses" -}}
+{{- range $svc := splitList " " (include "tuneforge.serviceNames" $) }}
+{{- if (index $.Values.services $svc).enabled }}
+TUNEFORGE_{{ upper $svc }}_ADDRESS: {{ printf "%s-%s.%s.svc:%d" (include "tuneforge.fullname" $) $svc $.Release.Namespace (int $.Values.service.port) | quote }}
+{{- end }}
+{{- end }}
 {{- end }}

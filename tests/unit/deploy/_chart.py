@@ -81,3 +81,35 @@ def secret_data(secret: dict[str, Any]) -> dict[str, str]:
 def kind_values() -> dict[str, Any]:
     """deploy/kind/values-kind.yaml as a dict."""
     return yaml.safe_load(KIND_VALUES.read_text())
+
+
+def container(deploy: dict[str, Any]) -> dict[str, Any]:
+    """The one container of a Deployment's pod."""
+    containers = deploy["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def pod_environment(docs: list[dict[str, Any]], svc: str, secrets_root: Path) -> dict[str, str]:
+    """What the kubelet would give the container: ConfigMap env, plain env, and secret files.
+
+    Secret volumes are materialised under ``secrets_root`` (their mount paths re-rooted there) from
+    the rendered Secrets, following each volume's ``items`` exactly as the kubelet does.
+    """
+    deploy = by_name(docs, "Deployment", f"tf-tuneforge-{svc}")
+    pod, c = deploy["spec"]["template"]["spec"], container(deploy)
+    env: dict[str, str] = {}
+    for src in c["envFrom"]:
+        env.update(by_name(docs, "ConfigMap", src["configMapRef"]["name"])["data"])
+    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    secrets = {s["metadata"]["name"]: secret_data(s) for s in of_kind(docs, "Secret")}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in c["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if not secret:
+            continue
+        for item in secret["items"]:
+            path = secrets_root / mount["mountPath"].lstrip("/") / item["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets[secret["secretName"]][item["key"]])
+    return {k: str(secrets_root / v.lstrip("/")) if k.endswith("_FILE") else v for k, v in env.items()}

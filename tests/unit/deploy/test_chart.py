@@ -20,20 +20,20 @@ from tests.unit.deploy._chart import (
     SERVICES,
     TOKEN,
     by_name,
+    container,
     of_kind,
+    pod_environment,
     render,
     secret_data,
     valid_values,
 )
+from tuneforge.checkpoints.settings import CheckpointSettings
 from tuneforge.common.settings import ServiceSettings, load_settings
+from tuneforge.datasets.app import DatasetSettings
+from tuneforge.evaluation.settings import EvaluationSettings
+from tuneforge.training.settings import TrainingSettings
 
 helm_python = pytest.importorskip("helm_python", reason="pip install helm-python-sdk (the chart tests need it)")
-
-
-def _container(deploy: dict[str, Any]) -> dict[str, Any]:
-    containers = deploy["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return containers[0]
 
 
 def test_chart_lints_clean_in_strict_mode() -> None:
@@ -47,7 +47,7 @@ def test_each_service_has_deployment_service_and_pdb() -> None:
     for svc in SERVICES:
         name = f"tf-tuneforge-{svc}"
         deploy = by_name(docs, "Deployment", name)
-        c = _container(deploy)
+        c = container(deploy)
         assert c["command"] == ["python", "-m", f"tuneforge.{svc}"]
         assert c["image"] == f"tuneforge-{svc}:0.1.0"
         assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
@@ -62,7 +62,7 @@ def test_each_service_has_deployment_service_and_pdb() -> None:
 @pytest.mark.parametrize("probe", ["startupProbe", "readinessProbe", "livenessProbe"])
 def test_probes_are_native_grpc_on_the_service_port(probe: str) -> None:
     for deploy in of_kind(render(valid_values()), "Deployment"):
-        c = _container(deploy)
+        c = container(deploy)
         assert c[probe]["grpc"] == {"port": 50051}, deploy["metadata"]["name"]
         assert c["ports"] == [{"name": "grpc", "containerPort": 50051, "protocol": "TCP"}]
 
@@ -70,7 +70,7 @@ def test_probes_are_native_grpc_on_the_service_port(probe: str) -> None:
 def test_pods_run_non_root_read_only_without_service_links() -> None:
     for deploy in of_kind(render(valid_values()), "Deployment"):
         pod = deploy["spec"]["template"]["spec"]
-        c = _container(deploy)
+        c = container(deploy)
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
@@ -129,6 +129,8 @@ def test_existing_secrets_are_referenced_not_created() -> None:
         ({"objectStore": {"secretKey": ""}}, "objectStore: no credentials. Set objectStore.existingSecret"),
         ({"database": {"url": ""}}, "database: no PostgreSQL URL. Set database.existingSecret"),
         ({"rayCluster": {"enabled": True}}, "rayCluster.auth: no Ray token"),
+        ({"models": {"existingClaim": "llms", "persistence": {"enabled": True}}},
+         "models: set models.existingClaim"),
     ],
 )
 def test_missing_credentials_fail_rendering_with_the_value_to_set(drop: dict[str, Any], message: str) -> None:
@@ -145,6 +147,8 @@ def test_missing_credentials_fail_rendering_with_the_value_to_set(drop: dict[str
         ({"settings": {"logLevel": "verbose"}}, "/settings/logLevel"),
         ({"objectStore": {"bucket": "Not_A_Bucket"}}, "/objectStore/bucket"),
         ({"database": {"url": "mysql://u@h/db"}}, "/database/url"),
+        ({"models": {"path": "/data"}}, "at '/models': additional properties 'path'"),
+        ({"models": {"persistence": {"accessModes": ["ReadWriteSometimes"]}}}, "/models/persistence/accessModes"),
     ],
 )
 def test_schema_rejects_unknown_keys_and_bad_values(values: dict[str, Any], where: str) -> None:
@@ -159,35 +163,18 @@ def test_configmap_keys_are_real_settings() -> None:
     assert unknown == []
 
 
-def _pod_environment(docs: list[dict[str, Any]], svc: str, secrets_root: Path) -> dict[str, str]:
-    """What the kubelet would give the container: ConfigMap env, plain env, and secret files.
-
-    Secret volumes are materialised under ``secrets_root`` (their mount paths re-rooted there) from
-    the rendered Secrets, following each volume's ``items`` exactly as the kubelet does.
-    """
-    deploy = by_name(docs, "Deployment", f"tf-tuneforge-{svc}")
-    pod, c = deploy["spec"]["template"]["spec"], _container(deploy)
-    env: dict[str, str] = {}
-    for src in c["envFrom"]:
-        env.update(by_name(docs, "ConfigMap", src["configMapRef"]["name"])["data"])
-    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
-    secrets = {s["metadata"]["name"]: secret_data(s) for s in of_kind(docs, "Secret")}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    for mount in c["volumeMounts"]:
-        secret = volumes[mount["name"]].get("secret")
-        if not secret:
-            continue
-        for item in secret["items"]:
-            path = secrets_root / mount["mountPath"].lstrip("/") / item["path"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets[secret["secretName"]][item["key"]])
-    return {k: str(secrets_root / v.lstrip("/")) if k.endswith("_FILE") else v for k, v in env.items()}
+# Each service's own settings class, as its __main__ loads it.
+SETTINGS_CLASSES: dict[str, type[ServiceSettings]] = {
+    "datasets": DatasetSettings, "training": TrainingSettings,
+    "evaluation": EvaluationSettings, "checkpoints": CheckpointSettings,
+}
 
 
 @pytest.mark.parametrize("svc", SERVICES)
 def test_rendered_environment_loads_into_service_settings(svc: str, tmp_path: Path) -> None:
-    env = _pod_environment(render(valid_values()), svc, tmp_path)
-    settings = load_settings(ServiceSettings, environ=env)
+    env = pod_environment(render(valid_values()), svc, tmp_path)
+    settings = load_settings(SETTINGS_CLASSES[svc], environ=env)
+    assert settings.service_name == svc
     assert (settings.host, settings.port) == ("0.0.0.0", 50051)
     assert settings.object_store_uri == "s3://tuneforge/prod?endpoint=minio.storage.svc:9000&secure=false"
     assert settings.s3_access_key.get_secret_value() == ACCESS_KEY
@@ -195,12 +182,15 @@ def test_rendered_environment_loads_into_service_settings(svc: str, tmp_path: Pa
     assert settings.resolved_database_url() == DB_URL
     assert settings.auth_tokens.get_secret_value() == f"acme:{TOKEN}"
     assert settings.auth_disabled is False and settings.log_json is True
+    assert settings.models_dir == Path("/models")
+    assert {peer: getattr(settings, f"{peer}_address") for peer in SERVICES} == {
+        peer: f"tf-tuneforge-{peer}.tuneforge.svc:50051" for peer in SERVICES}
 
 
 def test_auth_disabled_mounts_no_token_and_says_so(tmp_path: Path) -> None:
     docs = render(valid_values(auth={"disabled": True, "tokens": ""}))
     assert "tf-tuneforge-auth" not in {s["metadata"]["name"] for s in of_kind(docs, "Secret")}
-    settings = load_settings(ServiceSettings, environ=_pod_environment(docs, "training", tmp_path))
+    settings = load_settings(ServiceSettings, environ=pod_environment(docs, "training", tmp_path))
     assert settings.auth_disabled is True
 
 

@@ -49,8 +49,10 @@ def _validate_all(docs: list[dict[str, Any]]) -> list[str]:
     "values",
     [valid_values(), valid_values(**RAY_VALUES), valid_values(auth={"disabled": True, "tokens": ""},
                                                                podDisruptionBudget={"enabled": False},
-                                                               networkPolicy={"enabled": False})],
-    ids=["default", "ray", "minimal"],
+                                                               networkPolicy={"enabled": False}),
+     valid_values(models={"persistence": {"enabled": True, "storageClassName": "nfs"}}),
+     valid_values(models={"existingClaim": "llms", "subPath": "hf/models"})],
+    ids=["default", "ray", "minimal", "models-pvc", "models-claim"],
 )
 def test_rendered_chart_is_valid_kubernetes(values: dict[str, Any]) -> None:
     checked = _validate_all(render(values))
