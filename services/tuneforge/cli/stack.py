@@ -50,7 +50,6 @@ def dev_token(run_dir: Path) -> str:
 def _env(name: str, port: int, run_dir: Path, token: str, ports: dict[str, int]) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TUNEFORGE_AUTH_TOKENS", f"default:{token}")
-    env.setdefault("TUNEFORGE_SERVICE_TOKEN", token)
     env.update({"TUNEFORGE_PORT": str(port), "TUNEFORGE_HOST": "127.0.0.1", "TUNEFORGE_SERVICE_NAME": name})
     env.setdefault("TUNEFORGE_DATA_DIR", str(run_dir / "data"))
     for peer, p in ports.items():

@@ -54,7 +54,6 @@ class ServiceSettings(BaseSettings):
     checkpoints_address: str = Field("", description="CheckpointService address.")
     models_dir: Path = Field(Path(".run/models"), description="Local base models by name: <models_dir>/<name>/ "
                              "(safetensors folders); shared by training, evaluation and checkpoints.")
-    service_token: SecretStr = Field(SecretStr(""), description="Bearer token this service uses to call peers.")
 
     @field_validator("log_level")
     @classmethod

@@ -53,7 +53,7 @@ def test_every_secret_setting_is_registered_for_redaction():
 
     settings = load_settings(ServiceSettings, environ={
         "TUNEFORGE_AUTH_TOKENS": "acme:tok-aaaaaaaaaaaaaaaaaaaa\nbeta:tok-bbbbbbbbbbbbbbbbbbbb",
-        "TUNEFORGE_SERVICE_TOKEN": "svc-cccccccccccccccccccc",
+        "TUNEFORGE_S3_SECRET_KEY": "svc-cccccccccccccccccccc",
         "TUNEFORGE_S3_ACCESS_KEY": "ACCESSKEYDDDDDDDD",
         "TUNEFORGE_DATABASE_URL": "postgresql+psycopg://app:pw-eeeeeeeeee@db/x"})
     register_settings_secrets(settings)

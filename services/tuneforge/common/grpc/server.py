@@ -74,10 +74,10 @@ class RunningServer:
 
 def register_settings_secrets(settings: ServiceSettings) -> None:
     """Register every secret setting with the log redactor: auth tokens (comma- or newline-separated),
-    the service token, S3 keys, and the database password."""
+    S3 keys, and the database password. (Peer calls carry the caller's own token.)"""
     from urllib.parse import urlsplit
 
-    secrets = [settings.s3_secret_key, settings.s3_access_key, settings.service_token]
+    secrets = [settings.s3_secret_key, settings.s3_access_key]
     values = [s.get_secret_value() for s in secrets]
     values += TokenAuthenticator.tokens_in(settings.auth_tokens.get_secret_value())
     try:
