@@ -1,7 +1,8 @@
 """Composition root of the evaluation service: settings -> adapters -> domain -> servicer -> server.
 
 Fails fast at start-up: the object store must be reachable and writable (the store probes it) and
-the database is migrated before the port opens. Dataset versions and checkpoints are resolved
+the database is migrated before the port opens, and evaluations a stopped process left QUEUED or
+RUNNING are marked FAILED (their runs died with it). Dataset versions and checkpoints are resolved
 through the dataset and checkpoint services (``TUNEFORGE_DATASETS_ADDRESS``,
 ``TUNEFORGE_CHECKPOINTS_ADDRESS``) on the caller's behalf, their files read from the object store
 all services share; base models by name from ``TUNEFORGE_MODELS_DIR``. Evaluations run on a small
@@ -76,7 +77,10 @@ def build_service(settings: EvaluationSettings) -> tuple[EvaluationService, list
                       inline_threshold_samples=settings.eval_inline_threshold_samples),
     )
     closers = [versions.close] + ([checkpoints.close] if checkpoints else [])
-    return EvaluationService(deps), [*closers, engine.dispose,
+    service = EvaluationService(deps)
+    # Runs live in this process only: whatever an earlier process left QUEUED/RUNNING is dead.
+    service.fail_interrupted()
+    return service, [*closers, engine.dispose,
                                      lambda: executor.shutdown(wait=False, cancel_futures=True)]
 
 

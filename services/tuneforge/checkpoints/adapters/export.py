@@ -19,7 +19,7 @@ from pathlib import Path
 from tuneforge.checkpoints.adapters.objects import StoreCheckpointFiles
 from tuneforge.checkpoints.domain.model import ExportFormat, FileEntry, Manifest
 from tuneforge.checkpoints.domain.ports import ExportResult
-from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound
+from tuneforge.common.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
 from tuneforge.common.storage import ObjectStore, check_key, tenant_prefix
 from tuneforge.common.storage.artifacts import read_manifest
 from tuneforge.common.storage.checkpoint_writer import CheckpointWriter
@@ -45,8 +45,17 @@ class StoreExporter:
         self._work_dir = work_dir
 
     def export(self, tenant: str, manifest: Manifest, fmt: ExportFormat, destination: str) -> ExportResult:
-        """Export ``manifest`` as ``fmt`` to ``tenants/<tenant>/exports/<destination>/``."""
+        """Export ``manifest`` as ``fmt`` to ``tenants/<tenant>/exports/<destination>/``.
+
+        Idempotent: when the destination already holds an export of the same checkpoint in the
+        same format, that export is returned (nothing is re-run).
+
+        Raises:
+            AlreadyExists: the destination holds another export (other checkpoint or format).
+        """
         prefix = check_key(f"{tenant_prefix(tenant)}exports/{destination.strip('/')}", field="destination") + "/"
+        if (earlier := self._earlier_export(manifest, fmt, destination, prefix)) is not None:
+            return earlier
         self._work_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self._work_dir, prefix="export-") as tmp:
             ckpt_dir, out_dir = Path(tmp) / "checkpoint", Path(tmp) / "out"
@@ -57,6 +66,24 @@ class StoreExporter:
             written = CheckpointWriter(self._store).write(out_dir, prefix, extra)
         log.info("exported %s as %s to %s", manifest.checkpoint_id, fmt.value, prefix)
         files = tuple(FileEntry(f.path, f.size, f.sha256) for f in written.files)
+        return ExportResult(uri=_join_uri(self._store.uri, prefix), files=files)
+
+    def _earlier_export(self, manifest: Manifest, fmt: ExportFormat, destination: str,
+                        prefix: str) -> ExportResult | None:
+        """The committed export at ``prefix`` if it is this one; ``AlreadyExists`` if it is another."""
+        try:
+            earlier = read_manifest(self._store, prefix)
+        except NotFound:
+            return None
+        was = (earlier.extra.get("checkpoint_id"), earlier.extra.get("format"))
+        if was != (manifest.checkpoint_id, fmt.value):
+            raise AlreadyExists(
+                f"destination {destination!r} already holds an export of checkpoint {was[0]} as {was[1]}: "
+                "exports are immutable; choose another destination, or leave it empty for "
+                "<checkpoint_id>/<format>")
+        log.info("%s was exported as %s to %s before: returning that export", manifest.checkpoint_id,
+                 fmt.value, prefix)
+        files = tuple(FileEntry(f.path, f.size, f.sha256) for f in earlier.files)
         return ExportResult(uri=_join_uri(self._store.uri, prefix), files=files)
 
     def _run(self, tenant: str, manifest: Manifest, fmt: ExportFormat, ckpt_dir: Path, out_dir: Path,

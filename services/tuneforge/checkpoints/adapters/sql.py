@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import CursorResult, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +22,7 @@ from tuneforge.checkpoints.adapters.tables import (
 )
 from tuneforge.checkpoints.domain.model import Alias, AliasMove, Manifest, Pin, RetentionPolicy
 from tuneforge.common.db import session_scope
+from tuneforge.common.errors import NotFound
 
 
 class SqlCheckpointRepository:
@@ -92,15 +93,42 @@ class SqlCheckpointRepository:
         out = [Manifest.from_document(d) for d in docs]
         return [m.with_aliases(tuple(by_id.get(m.checkpoint_id, ()))) for m in out]
 
-    def begin_delete(self, tenant: str, checkpoint_id: str) -> None:
-        """Hide the checkpoint and drop the aliases and pins pointing at it (alias history stays)."""
+    def begin_delete(self, tenant: str, checkpoint_id: str, *, force: bool = False) -> list[str]:
+        """Hide the checkpoint; returns the references that refused it (empty: it is now hidden).
+
+        Without ``force`` the reference check and the hiding are one conditional UPDATE (no pin or
+        alias may exist), so a pin or alias that lands between a caller's check and this call
+        blocks the deletion instead of being dropped. With ``force`` the aliases and pins pointing
+        at the checkpoint are dropped with it (alias history stays).
+
+        Raises:
+            NotFound: no committed checkpoint ``checkpoint_id`` (absent, or being deleted).
+        """
+        target = and_(checkpoints.c.tenant == tenant, checkpoints.c.id == checkpoint_id,
+                      checkpoints.c.state == STATE_COMMITTED)
         with session_scope(self._sessions) as session:
-            session.execute(update(checkpoints).where(
-                checkpoints.c.tenant == tenant, checkpoints.c.id == checkpoint_id,
-            ).values(state=STATE_DELETING))
+            # Lock the row first (PostgreSQL): add_pin and move_alias lock it too, so they either
+            # finish before the UPDATE below (whose fresh snapshot then sees them) or wait and find
+            # the checkpoint hidden.
+            _lock_committed(session, tenant, checkpoint_id)
+            hide = update(checkpoints).where(target)
+            if not force:
+                hide = hide.where(~_pinned(tenant, checkpoint_id), ~_aliased(tenant, checkpoint_id))
+            if not _rowcount(session.execute(hide.values(state=STATE_DELETING))):
+                return self._references(session, tenant, checkpoint_id)
             session.execute(delete(aliases).where(
                 aliases.c.tenant == tenant, aliases.c.checkpoint_id == checkpoint_id))
             session.execute(delete(pins).where(pins.c.tenant == tenant, pins.c.checkpoint_id == checkpoint_id))
+        return []
+
+    @staticmethod
+    def _references(session: Session, tenant: str, checkpoint_id: str) -> list[str]:
+        names = session.execute(select(aliases.c.job_id, aliases.c.name).where(
+            aliases.c.tenant == tenant, aliases.c.checkpoint_id == checkpoint_id)
+            .order_by(aliases.c.job_id, aliases.c.name)).all()
+        holders = session.execute(select(pins.c.holder).where(
+            pins.c.tenant == tenant, pins.c.checkpoint_id == checkpoint_id).order_by(pins.c.holder)).scalars().all()
+        return [f"alias {n!r}" for _, n in names] + [f"pinned by {h!r}" for h in holders]
 
     def finish_delete(self, tenant: str, checkpoint_id: str) -> None:
         """Forget the row of a checkpoint whose files are gone."""
@@ -125,11 +153,16 @@ class SqlCheckpointRepository:
     # ---- aliases -----------------------------------------------------------------------------
 
     def move_alias(self, tenant: str, job_id: str, name: str, checkpoint_id: str, when: datetime) -> Alias:
-        """Upsert the alias row and append to its history in one transaction."""
+        """Upsert the alias row and append to its history in one transaction.
+
+        Raises:
+            NotFound: the checkpoint is absent or being deleted (checked under the row's lock).
+        """
         key = and_(aliases.c.tenant == tenant, aliases.c.job_id == job_id, aliases.c.name == name)
         with session_scope(self._sessions) as session:
-            moved = session.execute(update(aliases).where(key).values(
-                checkpoint_id=checkpoint_id, updated_at=when)).rowcount
+            _lock_committed(session, tenant, checkpoint_id)
+            moved = _rowcount(session.execute(update(aliases).where(key).values(
+                checkpoint_id=checkpoint_id, updated_at=when)))
             if not moved:
                 session.execute(insert(aliases).values(
                     tenant=tenant, job_id=job_id, name=name, checkpoint_id=checkpoint_id, updated_at=when))
@@ -175,15 +208,20 @@ class SqlCheckpointRepository:
         values: dict[str, Any] = {"keep_best_n": policy.keep_best_n, "keep_latest_m": policy.keep_latest_m,
                                   "metric": policy.metric, "greater_is_better": policy.greater_is_better}
         with session_scope(self._sessions) as session:
-            updated = session.execute(update(policies).where(
-                policies.c.tenant == tenant, policies.c.job_id == job_id).values(**values)).rowcount
+            updated = _rowcount(session.execute(update(policies).where(
+                policies.c.tenant == tenant, policies.c.job_id == job_id).values(**values)))
             if not updated:
                 session.execute(insert(policies).values(tenant=tenant, job_id=job_id, **values))
 
     def add_pin(self, tenant: str, pin: Pin) -> None:
-        """Record a pin (no-op when it exists)."""
+        """Record a pin (no-op when it exists) on a committed checkpoint.
+
+        Raises:
+            NotFound: the checkpoint is absent or being deleted (checked under the row's lock).
+        """
         try:
             with session_scope(self._sessions) as session:
+                _lock_committed(session, tenant, pin.checkpoint_id)
                 session.execute(insert(pins).values(tenant=tenant, checkpoint_id=pin.checkpoint_id,
                                                     holder=pin.holder, created_at=pin.create_time))
         except SqlIntegrityError:
@@ -192,9 +230,9 @@ class SqlCheckpointRepository:
     def remove_pin(self, tenant: str, checkpoint_id: str, holder: str) -> bool:
         """Forget a pin; returns whether it existed."""
         with session_scope(self._sessions) as session:
-            return bool(session.execute(delete(pins).where(
+            return bool(_rowcount(session.execute(delete(pins).where(
                 pins.c.tenant == tenant, pins.c.checkpoint_id == checkpoint_id, pins.c.holder == holder,
-            )).rowcount)
+            ))))
 
     def list_pins(self, tenant: str, checkpoint_ids: Sequence[str]) -> list[Pin]:
         """Pins on any of ``checkpoint_ids``."""
@@ -204,3 +242,24 @@ class SqlCheckpointRepository:
             rows = session.execute(select(pins.c.checkpoint_id, pins.c.holder, pins.c.created_at).where(
                 pins.c.tenant == tenant, pins.c.checkpoint_id.in_(list(checkpoint_ids)))).all()
         return [Pin(checkpoint_id=c, holder=h, create_time=t) for c, h, t in rows]
+
+
+def _pinned(tenant: str, checkpoint_id: str) -> Any:
+    return select(pins.c.holder).where(pins.c.tenant == tenant, pins.c.checkpoint_id == checkpoint_id).exists()
+
+
+def _aliased(tenant: str, checkpoint_id: str) -> Any:
+    return select(aliases.c.name).where(aliases.c.tenant == tenant, aliases.c.checkpoint_id == checkpoint_id).exists()
+
+
+def _lock_committed(session: Session, tenant: str, checkpoint_id: str) -> None:
+    """Lock a committed checkpoint's row for the transaction (a no-op lock on SQLite), or ``NotFound``."""
+    found = session.execute(select(checkpoints.c.id).where(
+        checkpoints.c.tenant == tenant, checkpoints.c.id == checkpoint_id, checkpoints.c.state == STATE_COMMITTED,
+    ).with_for_update()).first()
+    if found is None:
+        raise NotFound(f"checkpoint {checkpoint_id!r} not found or being deleted: list the job's checkpoints")
+
+
+def _rowcount(result: Any) -> int:
+    return int(cast(CursorResult[Any], result).rowcount)

@@ -51,8 +51,13 @@ class CheckpointRepository(Protocol):
         """Every committed checkpoint of a job, by step, with aliases."""
         ...
 
-    def begin_delete(self, tenant: str, checkpoint_id: str) -> None:
-        """Hide a checkpoint from readers and drop the aliases and pins pointing at it."""
+    def begin_delete(self, tenant: str, checkpoint_id: str, *, force: bool = False) -> list[str]:
+        """Hide a checkpoint from readers; returns the references that refused it (empty: hidden).
+
+        Without ``force``, refused (nothing changes) while any alias or pin points at it, checked
+        in the same transaction as the hiding; with ``force``, those aliases and pins are dropped.
+        ``NotFound`` when no committed checkpoint has the id.
+        """
         ...
 
     def finish_delete(self, tenant: str, checkpoint_id: str) -> None:

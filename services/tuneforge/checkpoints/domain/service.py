@@ -337,9 +337,12 @@ class CheckpointRegistry:
         if policy is None:
             return RetentionPlan(keep=tuple(m.checkpoint_id for m in checkpoints), delete=())
         plan = plan_retention(checkpoints, policy, self._protected(tenant, checkpoints))
-        for checkpoint_id in plan.delete:
-            by_id = next(m for m in checkpoints if m.checkpoint_id == checkpoint_id)
-            self._remove(tenant, by_id)
+        by_id = {m.checkpoint_id: m for m in checkpoints}
+        # A checkpoint pinned or aliased after the plan was made is kept (the repository checks).
+        kept = {c for c in plan.delete if not self._remove(tenant, by_id[c])}
+        if kept:
+            plan = RetentionPlan(keep=tuple(c for c in by_id if c in kept or c in plan.keep),
+                                 delete=tuple(c for c in plan.delete if c not in kept))
         if plan.delete:
             log.info("retention for job %s deleted %d checkpoint(s): %s",
                      job_id, len(plan.delete), ", ".join(plan.delete))
@@ -358,22 +361,32 @@ class CheckpointRegistry:
             FailedPrecondition: referenced and not forced (the message names the references).
         """
         manifest = self._get(tenant, checkpoint_id)
-        pins = self._repo.list_pins(tenant, [checkpoint_id])
-        references = [f"alias {a!r}" for a in manifest.aliases] + [f"pinned by {p.holder!r}" for p in pins]
-        if references and not force:
+        # The reference check happens inside the repository's hiding transaction: a pin or alias
+        # that lands after any check made here would otherwise be dropped with the checkpoint.
+        references = self._repo.begin_delete(tenant, checkpoint_id, force=force)
+        if references:
             raise FailedPrecondition(
                 f"checkpoint {checkpoint_id} is referenced ({', '.join(references)}): move the aliases, "
                 "wait for the job to finish, or delete with force=true",
                 reason="CHECKPOINT_REFERENCED",
             )
-        self._remove(tenant, manifest)
-        if manifest.aliases:
+        self._purge(tenant, manifest)
+        if manifest.aliases or force:
             self._refresh_system_aliases(tenant, manifest.job_id)
 
-    def _remove(self, tenant: str, manifest: Manifest) -> None:
-        # Hide first (readers stop seeing it), then delete the objects, then forget the row: a
+    def _remove(self, tenant: str, manifest: Manifest) -> bool:
+        """Delete an unreferenced checkpoint; returns False when a pin or alias now protects it."""
+        try:
+            if self._repo.begin_delete(tenant, manifest.checkpoint_id, force=False):
+                return False
+        except NotFound:
+            return True  # deleted meanwhile by another call
+        self._purge(tenant, manifest)
+        return True
+
+    def _purge(self, tenant: str, manifest: Manifest) -> None:
+        # Hidden first (begin_delete: readers stop seeing it), then the objects, then the row: a
         # crash in between leaves a hidden row whose folder a later delete or GC finishes.
-        self._repo.begin_delete(tenant, manifest.checkpoint_id)
         self._files.delete_folder(tenant, manifest.draft.prefix)
         self._repo.finish_delete(tenant, manifest.checkpoint_id)
 

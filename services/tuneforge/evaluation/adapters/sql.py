@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import RowMapping, delete, func, insert, select, update
+from sqlalchemy import CursorResult, RowMapping, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.common.db import session_scope
-from tuneforge.common.errors import NotFound
+from tuneforge.common.errors import ErrorFamily, NotFound
 from tuneforge.evaluation.adapters.tables import evaluations, events, pairs, ratings
 from tuneforge.evaluation.domain.model import (
     DatasetRef,
@@ -117,13 +117,46 @@ class SqlEvaluationRepository:
         with session_scope(self._sessions) as s:
             return [_from_row(r) for r in s.execute(q).mappings()]
 
-    def save(self, evaluation: Evaluation) -> None:
-        """Update the mutable columns."""
+    def save(self, evaluation: Evaluation, *, expected: Collection[State] = ()) -> bool:
+        """Update the mutable columns of the tenant's evaluation.
+
+        Args:
+            evaluation: the evaluation (its tenant scopes the update).
+            expected: when given, update only if the stored state is one of these (a compare-and-set
+                that a concurrent cancel or finish cannot be overwritten by).
+
+        Returns:
+            Whether a row was updated.
+        """
         row = self._row(evaluation)
         for key in ("id", "tenant", "spec", "created_at"):
             row.pop(key)
+        q = update(evaluations).where(evaluations.c.tenant == evaluation.tenant, evaluations.c.id == evaluation.id)
+        if expected:
+            q = q.where(evaluations.c.state.in_([s.name for s in expected]))
         with session_scope(self._sessions) as s:
-            s.execute(update(evaluations).where(evaluations.c.id == evaluation.id).values(**row))
+            return bool(cast(CursorResult[Any], s.execute(q.values(**row))).rowcount)
+
+    def fail_unfinished(self, message: str) -> builtins.list[Evaluation]:
+        """Mark every QUEUED or RUNNING evaluation FAILED (ABORTED): no run of this process owns them.
+
+        Called at start-up: the runs of a process that stopped are gone, and without this their
+        evaluations would stay RUNNING forever. Returns the evaluations it failed.
+        """
+        unfinished = [State.QUEUED.name, State.RUNNING.name]
+        error = ErrorInfo(ErrorFamily.ABORTED.value, message)
+        failed = []
+        with session_scope(self._sessions) as s:
+            for row in s.execute(select(evaluations).where(evaluations.c.state.in_(unfinished))).mappings().all():
+                ended = datetime.now(UTC)
+                done = s.execute(update(evaluations).where(
+                    evaluations.c.id == row["id"], evaluations.c.state.in_(unfinished),
+                ).values(state=State.FAILED.name, error=error.__dict__, ended_at=ended))
+                if cast(CursorResult[Any], done).rowcount:
+                    evaluation = _from_row(row)
+                    evaluation.state, evaluation.error, evaluation.ended_at = State.FAILED, error, ended
+                    failed.append(evaluation)
+        return failed
 
     @staticmethod
     def _row(e: Evaluation) -> dict[str, Any]:
@@ -134,11 +167,17 @@ class SqlEvaluationRepository:
             "placement": e.placement, "created_at": e.created_at, "ended_at": e.ended_at,
         }
 
-    def add_event(self, evaluation_id: str, state: State, done: int, total: int, message: str) -> ProgressEvent:
-        """Append an event with the next sequence number (retried once on a concurrent append)."""
+    def add_event(self, tenant: str, evaluation_id: str, state: State, done: int, total: int,
+                  message: str) -> ProgressEvent:
+        """Append an event with the next sequence number (retried on a concurrent append).
+
+        Raises:
+            NotFound: the evaluation is not the tenant's.
+        """
         for attempt in range(3):
             try:
                 with session_scope(self._sessions) as s:
+                    self._check_owner(s, tenant, evaluation_id)
                     seq = (s.execute(select(func.max(events.c.sequence)).where(events.c.evaluation_id == evaluation_id))
                            .scalar() or 0) + 1
                     now = datetime.now(UTC)
@@ -150,25 +189,45 @@ class SqlEvaluationRepository:
                     raise
         raise AssertionError("unreachable")
 
-    def events_after(self, evaluation_id: str, sequence: int) -> builtins.list[ProgressEvent]:
-        """Events after ``sequence``, in order."""
-        q = (select(events).where(events.c.evaluation_id == evaluation_id, events.c.sequence > sequence)
+    @staticmethod
+    def _check_owner(s: Session, tenant: str, evaluation_id: str) -> None:
+        found = s.execute(select(evaluations.c.id).where(
+            evaluations.c.tenant == tenant, evaluations.c.id == evaluation_id)).first()
+        if found is None:
+            raise NotFound(f"evaluation {evaluation_id!r} not found: list evaluations to see the ids you can read")
+
+    def events_after(self, tenant: str, evaluation_id: str, sequence: int) -> builtins.list[ProgressEvent]:
+        """The tenant's evaluation's events after ``sequence``, in order (none for another tenant's)."""
+        q = (select(events).join(evaluations, evaluations.c.id == events.c.evaluation_id)
+             .where(evaluations.c.tenant == tenant, events.c.evaluation_id == evaluation_id,
+                    events.c.sequence > sequence)
              .order_by(events.c.sequence))
         with session_scope(self._sessions) as s:
             return [ProgressEvent(r["sequence"], State[r["state"]], r["done"], r["total"], r["message"], r["time"])
                     for r in s.execute(q).mappings()]
 
-    def save_pairs(self, tenant: str, evaluation_id: str, items: Sequence[Mapping[str, Any]]) -> None:
-        """Replace the evaluation's exported pairs (and so the ratings of an earlier export)."""
-        with session_scope(self._sessions) as s:
-            s.execute(delete(ratings).where(ratings.c.tenant == tenant, ratings.c.evaluation_id == evaluation_id))
-            s.execute(delete(pairs).where(pairs.c.tenant == tenant, pairs.c.evaluation_id == evaluation_id))
-            s.execute(insert(pairs), [
-                {"pair_id": p["pair_id"], "evaluation_id": evaluation_id, "tenant": tenant, "position": i,
-                 "prompt": p["prompt"], "left_text": p["left"], "right_text": p["right"],
-                 "left_is_model": p["left_is_model"]}
-                for i, p in enumerate(items)
-            ])
+    def save_pairs(self, tenant: str, evaluation_id: str,
+                   items: Sequence[Mapping[str, Any]]) -> builtins.list[dict[str, Any]]:
+        """Store the first export of the evaluation's pairs; returns the pairs stored.
+
+        An evaluation is exported once: when pairs exist already (an earlier or a concurrent
+        export) they are returned unchanged, with their blinding, and their ratings are kept.
+        """
+        if existing := self.get_pairs(tenant, evaluation_id):
+            return existing
+        try:
+            with session_scope(self._sessions) as s:
+                s.execute(insert(pairs), [
+                    {"pair_id": p["pair_id"], "evaluation_id": evaluation_id, "tenant": tenant, "position": i,
+                     "prompt": p["prompt"], "left_text": p["left"], "right_text": p["right"],
+                     "left_is_model": p["left_is_model"]}
+                    for i, p in enumerate(items)
+                ])
+        except SqlIntegrityError:
+            if existing := self.get_pairs(tenant, evaluation_id):
+                return existing  # a concurrent export won
+            raise
+        return self.get_pairs(tenant, evaluation_id)
 
     def get_pairs(self, tenant: str, evaluation_id: str) -> builtins.list[dict[str, Any]]:
         """Exported pairs in export order."""
@@ -183,7 +242,9 @@ class SqlEvaluationRepository:
         now = datetime.now(UTC)
         with session_scope(self._sessions) as s:
             for r in items:
-                s.execute(delete(ratings).where(ratings.c.pair_id == r["pair_id"], ratings.c.rater == r["rater"]))
+                s.execute(delete(ratings).where(
+                    ratings.c.tenant == tenant, ratings.c.evaluation_id == evaluation_id,
+                    ratings.c.pair_id == r["pair_id"], ratings.c.rater == r["rater"]))
                 s.execute(insert(ratings).values(pair_id=r["pair_id"], rater=r["rater"], evaluation_id=evaluation_id,
                                                  tenant=tenant, preference=r["preference"], created_at=now))
         return len(items)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,13 @@ def build_pairs(
 ) -> list[dict[str, Any]]:
     """Pair the two models' generations of the same prompts, hide which is which, shuffle.
 
+    Each pair's side is drawn from the OS's secure random source: it cannot be recomputed from
+    anything the caller knows (the evaluation id, the seed), so raters cannot unblind pairs. The
+    hidden side is stored with the pairs (``eval_pairs.left_is_model``) to unblind the ratings.
+
+    Args:
+        seed: orders the pairs (display order only; it decides no side).
+
     Returns:
         Pairs with ``pair_id``, ``prompt``, ``left``, ``right`` and the hidden ``left_is_model``,
         in a seeded random order. Pair ids are opaque (a hash), so they reveal nothing either.
@@ -29,14 +37,13 @@ def build_pairs(
         FailedPrecondition: there are no generations of both models for the same examples.
     """
     base_by_key = {(g["dataset_version_id"], g["index"]): g for g in baseline_generations}
-    rng = random.Random(f"{evaluation_id}:{seed}")
     pairs = []
     for g in model_generations:
         other = base_by_key.get((g["dataset_version_id"], g["index"]))
         if other is None:
             continue
-        left_is_model = rng.random() < 0.5
-        digest = hashlib.sha256(f"{evaluation_id}:{seed}:{g['dataset_version_id']}:{g['index']}".encode())
+        left_is_model = secrets.randbelow(2) == 1
+        digest = hashlib.sha256(f"{evaluation_id}:{g['dataset_version_id']}:{g['index']}".encode())
         pairs.append(
             {
                 "pair_id": "pair_" + digest.hexdigest()[:20],
@@ -51,7 +58,7 @@ def build_pairs(
             "the evaluation has no generations of both models: run a comparison with a generation "
             "metric (e.g. METRIC_ROUGE) before exporting pairs"
         )
-    rng.shuffle(pairs)
+    random.Random(seed).shuffle(pairs)
     return pairs
 
 

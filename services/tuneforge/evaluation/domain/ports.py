@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,20 +59,30 @@ class EvaluationRepository(Protocol):
         """Newest first."""
         ...
 
-    def save(self, evaluation: Evaluation) -> None:
-        """Update state, results, report, error, end time."""
+    def save(self, evaluation: Evaluation, *, expected: Collection[State] = ()) -> bool:
+        """Update state, results, report, error, end time of the tenant's evaluation.
+
+        With ``expected``, only while the stored state is one of them (compare-and-set); returns
+        whether it was updated.
+        """
         ...
 
-    def add_event(self, evaluation_id: str, state: State, done: int, total: int, message: str) -> ProgressEvent:
-        """Append a progress event with the next sequence number."""
+    def fail_unfinished(self, message: str) -> builtins.list[Evaluation]:
+        """At start-up: mark every QUEUED/RUNNING evaluation FAILED (``ABORTED``); returns them."""
         ...
 
-    def events_after(self, evaluation_id: str, sequence: int) -> builtins.list[ProgressEvent]:
-        """Events with a sequence greater than ``sequence``, in order."""
+    def add_event(self, tenant: str, evaluation_id: str, state: State, done: int, total: int,
+                  message: str) -> ProgressEvent:
+        """Append a progress event with the next sequence number; ``NotFound`` for another tenant's."""
         ...
 
-    def save_pairs(self, tenant: str, evaluation_id: str, pairs: Sequence[Mapping[str, Any]]) -> None:
-        """Store exported pairs (replacing an earlier export of the same evaluation)."""
+    def events_after(self, tenant: str, evaluation_id: str, sequence: int) -> builtins.list[ProgressEvent]:
+        """The tenant's evaluation's events with a sequence greater than ``sequence``, in order."""
+        ...
+
+    def save_pairs(self, tenant: str, evaluation_id: str,
+                   pairs: Sequence[Mapping[str, Any]]) -> builtins.list[dict[str, Any]]:
+        """Store the first export of pairs; when pairs exist already, keep and return those."""
         ...
 
     def get_pairs(self, tenant: str, evaluation_id: str) -> builtins.list[dict[str, Any]]:

@@ -45,6 +45,8 @@ from tuneforge.evaluation.domain.ports import (
 log = logging.getLogger(__name__)
 
 BEST_ALIAS = "best"
+RESTARTED_MESSAGE = "the service restarted while the evaluation was queued or running: create the evaluation again"
+_UNFINISHED = (State.QUEUED, State.RUNNING)
 
 
 def new_evaluation_id() -> str:
@@ -107,8 +109,8 @@ class EvaluationService:
         stored = self._d.repository.add(evaluation)
         if stored.id != evaluation.id:  # an earlier call with the same request_id
             return stored
-        self._event(stored.id, State.QUEUED, 0, 0, "queued")
         self._cancel[stored.id] = threading.Event()
+        self._event(stored.tenant, stored.id, State.QUEUED, 0, 0, "queued")
         self._d.executor.submit(self._run_guarded, stored, caller)
         return stored
 
@@ -130,20 +132,42 @@ class EvaluationService:
         return self._d.repository.list(tenant, limit=limit, offset=offset)
 
     def cancel(self, tenant: str, evaluation_id: str) -> Evaluation:
-        """Ask a queued or running evaluation to stop; returns it (a finished one is unchanged)."""
+        """Stop a queued or running evaluation; returns it (a finished one is unchanged).
+
+        A run of this process is asked to stop and ends itself as CANCELLED. An evaluation that no
+        run of this process holds (queued, or orphaned by a restart) is ended here, by a
+        compare-and-set that cannot overwrite a state a run reached meanwhile.
+        """
         evaluation = self.get(tenant, evaluation_id)
         if not evaluation.state.terminal:
-            self._cancel.setdefault(evaluation_id, threading.Event()).set()
-            if evaluation.state is State.QUEUED:
-                self._finish(evaluation, State.CANCELLED, "cancelled before it started")
+            flag = self._cancel.get(evaluation_id)
+            if flag is None:
+                self._finish(evaluation, State.CANCELLED, "cancelled (no run of this service held it)")
+            else:
+                flag.set()
+                if evaluation.state is State.QUEUED:
+                    self._finish(evaluation, State.CANCELLED, "cancelled before it started", expected=(State.QUEUED,))
         return self.get(tenant, evaluation_id)
+
+    def fail_interrupted(self) -> int:
+        """At start-up: fail the evaluations a stopped process left QUEUED or RUNNING; returns how many.
+
+        Their runs died with that process; callers see FAILED (``ABORTED``) with the remedy.
+        """
+        failed = self._d.repository.fail_unfinished(RESTARTED_MESSAGE)
+        for evaluation in failed:
+            self._event(evaluation.tenant, evaluation.id, State.FAILED, 0, 0, f"failed: {RESTARTED_MESSAGE}")
+        if failed:
+            log.warning("failed %d evaluation(s) interrupted by a restart: %s",
+                        len(failed), ", ".join(e.id for e in failed))
+        return len(failed)
 
     def wait_events(self, tenant: str, evaluation_id: str, after: int, timeout_s: float) -> builtins.list[ProgressEvent]:
         """Progress events after ``after``, waiting up to ``timeout_s`` for a new one."""
         self.get(tenant, evaluation_id)  # tenancy check
         deadline = time.monotonic() + timeout_s
         while True:
-            events = self._d.repository.events_after(evaluation_id, after)
+            events = self._d.repository.events_after(tenant, evaluation_id, after)
             left = deadline - time.monotonic()
             if events or left <= 0:
                 return events
@@ -159,15 +183,21 @@ class EvaluationService:
         return comparisons, scoring.summary(comparisons, evaluation.forgetting_flagged), evaluation.forgetting_flagged
 
     def export_pairs(self, tenant: str, evaluation_id: str, seed: int) -> builtins.list[dict[str, Any]]:
-        """Blind, shuffled pairs of the two models' generations (stored with the hidden sides)."""
+        """Blind, shuffled pairs of the two models' generations (stored with the hidden sides).
+
+        Idempotent: the first export is stored and every later call returns it, so ratings already
+        recorded against those pairs stay valid. ``seed`` orders the first export only.
+        """
         evaluation = self._finished(tenant, evaluation_id, need_baseline=True)
+        if stored := self._d.repository.get_pairs(tenant, evaluation_id):
+            return stored  # exported before: the same pairs and blinding, whatever the seed
         report = self._d.reports.get_report(tenant, evaluation.report_key)
         gens = report.get("generations", [])
         model = [g for g in gens if g["role"] == Role.MODEL.value]
         base = [g for g in gens if g["role"] == Role.BASELINE.value]
         pairs = ab.build_pairs(evaluation_id, model, base, seed)
-        self._d.repository.save_pairs(tenant, evaluation_id, pairs)
-        return pairs
+        # Exported once: a repeated call returns the stored pairs (same blinding, ratings kept).
+        return self._d.repository.save_pairs(tenant, evaluation_id, pairs)
 
     def record_ratings(self, tenant: str, evaluation_id: str, ratings: Sequence[Mapping[str, Any]]) -> int:
         """Validate and store human ratings of exported pairs."""
@@ -219,15 +249,16 @@ class EvaluationService:
         if self._is_cancelled(evaluation.id):
             raise Cancelled("cancelled")
         evaluation.state = State.RUNNING
-        self._d.repository.save(evaluation)
+        if not self._d.repository.save(evaluation, expected=(State.QUEUED,)):
+            raise Cancelled("cancelled before it started")  # a cancel won the race
         data = {d.version_id: self._examples(caller, d) for d in spec.datasets}
         roles = [(Role.MODEL, spec.model)] + ([(Role.BASELINE, spec.baseline)] if spec.baseline else [])
         total = len(roles) * (sum(len(v) for v in data.values()) + self._forgetting_size(caller, spec))
         runner = self._d.runners.pick(total, self._d.limits)
         evaluation.placement = runner.name
-        self._event(evaluation.id, State.RUNNING, 0, total, f"running on {runner.name}")
+        self._event(tenant, evaluation.id, State.RUNNING, 0, total, f"running on {runner.name}")
         report: dict[str, Any] = {"evaluation_id": evaluation.id, "generations": [], "placement": runner.name}
-        progress = _Progress(self, evaluation.id, total)
+        progress = _Progress(self, evaluation.tenant, evaluation.id, total)
         resolved = {}
         for role, ref in roles:
             resolved[role] = self._d.models.resolve(caller, ref)
@@ -279,7 +310,7 @@ class EvaluationService:
         for role in (Role.MODEL, Role.BASELINE):
             raw = self._d.runners.inline.run(
                 self._task(resolved[role], examples, [Metric.FORGETTING], evaluation),
-                _Progress(self, evaluation.id, len(examples)).phase(f"forgetting ({role.value})", len(examples)),
+                _Progress(self, evaluation.tenant, evaluation.id, len(examples)).phase(f"forgetting ({role.value})", len(examples)),
                 lambda: self._is_cancelled(evaluation.id),
             )
             for r in scoring.score(raw, [Metric.PERPLEXITY], role, fd.version_id):
@@ -321,23 +352,27 @@ class EvaluationService:
         flag = self._cancel.get(evaluation_id)
         return flag is not None and flag.is_set()
 
-    def _event(self, evaluation_id: str, state: State, done: int, total: int, message: str) -> None:
-        self._d.repository.add_event(evaluation_id, state, done, total, message)
+    def _event(self, tenant: str, evaluation_id: str, state: State, done: int, total: int, message: str) -> None:
+        self._d.repository.add_event(tenant, evaluation_id, state, done, total, message)
         with self._changed:
             self._changed.notify_all()
 
-    def _finish(self, evaluation: Evaluation, state: State, message: str) -> None:
+    def _finish(self, evaluation: Evaluation, state: State, message: str,
+                expected: Sequence[State] = _UNFINISHED) -> bool:
+        """End the evaluation unless it has ended (or left ``expected``) meanwhile; returns whether it did."""
         evaluation.state = state
         evaluation.ended_at = datetime.now(UTC)
-        self._d.repository.save(evaluation)
-        self._event(evaluation.id, state, 0, 0, message)
+        if not self._d.repository.save(evaluation, expected=expected):
+            return False
+        self._event(evaluation.tenant, evaluation.id, state, 0, 0, message)
+        return True
 
 
 class _Progress:
     """Turns per-phase engine progress into evaluation-wide events; raises Cancelled when asked."""
 
-    def __init__(self, service: EvaluationService, evaluation_id: str, total: int) -> None:
-        self._s, self._id, self._total, self._base = service, evaluation_id, total, 0
+    def __init__(self, service: EvaluationService, tenant: str, evaluation_id: str, total: int) -> None:
+        self._s, self._tenant, self._id, self._total, self._base = service, tenant, evaluation_id, total, 0
 
     def phase(self, name: str, size: int) -> Callable[[int, int], None]:
         start = self._base
@@ -347,7 +382,7 @@ class _Progress:
             if self._s._is_cancelled(self._id):
                 raise Cancelled("cancelled")
             scaled = start + (size * done // total if total else size)
-            self._s._event(self._id, State.RUNNING, min(scaled, self._total), self._total, name)
+            self._s._event(self._tenant, self._id, State.RUNNING, min(scaled, self._total), self._total, name)
 
         return report
 
