@@ -300,3 +300,116 @@ def test_space_run_detection_marks_exactly_the_strings_that_can_collapse() -> No
     assert columnar._has_space_runs(values.slice(3, 5)).tolist() == expected[3:8]
     # A pair split across two strings marks the first: harmless (its regex changes nothing).
     assert columnar._has_space_runs(pa.array(["a ", " b"])).tolist() == [True, False]
+
+
+def test_separated_content_keys_are_the_content_key_behind_a_separator() -> None:
+    from tuneforge.datasets.domain.records import RecordKind, content_key, new_record, to_table
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]
+    records = [new_record(RecordKind.TEXT, source="s", row=1),
+               new_record(RecordKind.CHAT, source="s", row=2, messages=msgs),
+               new_record(RecordKind.CHAT, source="s", row=3, messages=[]),
+               new_record(RecordKind.PREFERENCE, source="s", row=4, prompt=msgs[:1], chosen="", rejected="r"),
+               new_record(RecordKind.TEXT, source="s", row=5, text="")]
+    expected = ["\x1f" + content_key(r) if content_key(r) else "" for r in records]
+    assert columnar.separated_content_keys(to_table(records)).to_pylist() == expected
+    assert expected[0] == "" and expected[4] == "\x1ftext\x1f"
+
+
+def test_exact_dedup_shares_its_index_between_table_and_row_batches() -> None:
+    from tuneforge.datasets.domain import config as cfg
+    from tuneforge.datasets.domain.records import RecordKind, new_record, to_table
+    from tuneforge.datasets.domain.steps import ExactDedupStep
+
+    def rec(row: int, text: str) -> dict:
+        return new_record(RecordKind.TEXT, source="s", row=row, text=text)
+
+    removed: list[tuple[int, str]] = []
+    step = ExactDedupStep(lambda r, f, reason: removed.append((r["provenance"]["row"], reason)), cfg.ExactDedup())
+    # In-batch repeats (the earliest wins), then a row batch repeating rows of the table batch.
+    table_out = step.process_table(to_table([rec(1, "a"), rec(2, "b"), rec(3, "a"), rec(4, "a"), rec(5, "")]))
+    rows_out = step.process([rec(6, "b"), rec(7, "c"), rec(8, ""), rec(9, "c")])
+    table_out2 = step.process_table(to_table([rec(10, "c"), rec(11, "d"), rec(12, "d")]))
+    assert table_out.column("text").to_pylist() == ["a", "b", ""]
+    assert [r["text"] for r in rows_out] == ["c"]
+    assert table_out2.column("text").to_pylist() == ["d"]
+    assert removed == [(3, "exact duplicate of row 1"), (4, "exact duplicate of row 1"), (6, "exact duplicate of row 2"),
+                       (8, "exact duplicate of row 5"), (9, "exact duplicate of row 7"),
+                       (10, "exact duplicate of row 7"), (12, "exact duplicate of row 11")]
+    assert step.details["duplicates"] == 7
+
+
+def test_read_ahead_yields_every_table_in_order_and_stops_its_thread(tmp_path: Path) -> None:
+    import threading
+
+    from tuneforge.datasets.domain.records import RecordKind, new_record
+    from tuneforge.datasets.domain.shards import ShardWriter, iter_tables, read_ahead
+
+    writer = ShardWriter(tmp_path / "in", rows_per_shard=10_000)
+    writer.add_many(new_record(RecordKind.TEXT, source="s", row=i, text=f"t{i}") for i in range(25_000))
+    files = writer.close().files
+    assert [t.to_pylist() for t in read_ahead(iter_tables(files))] == [t.to_pylist() for t in iter_tables(files)]
+    ahead = read_ahead(iter_tables(files))
+    assert next(ahead).num_rows == 8192
+    ahead.close()  # the consumer stops early (a step failed): the reader thread must end
+    assert not [t for t in threading.enumerate() if t.name.startswith("shard-reader")]
+    assert list(read_ahead(iter([]))) == []
+
+
+def test_shards_dictionary_encode_only_the_repetitive_columns_and_keep_their_hash(tmp_path: Path) -> None:
+    from tuneforge.datasets.domain.records import RecordKind, new_record
+    from tuneforge.datasets.domain.shards import DICTIONARY_COLUMNS, ShardWriter
+
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    writer = ShardWriter(tmp_path / "in")
+    writer.add_many(new_record(RecordKind.CHAT, source="s", row=i, messages=msgs, category="qa") for i in range(100))
+    shards = writer.close()
+    metadata = pq.ParquetFile(shards.files[0]).metadata.row_group(0)
+    dictionary = {metadata.column(i).path_in_schema for i in range(metadata.num_columns)
+                  if "RLE_DICTIONARY" in metadata.column(i).encodings}
+    assert dictionary == set(DICTIONARY_COLUMNS)
+    # The content hash is over Arrow IPC, not the Parquet bytes: pinned so that a change of
+    # file encoding can never change the hash of existing content.
+    assert shards.content_hash == PINNED_CHAT_HASH
+
+
+PINNED_CHAT_HASH = "sha256:e2515fd28f901e1fbb03297290c9d0715487b6b52e2cfa0b72e5fdec97f75959"  # as before the encoding change
+
+
+def test_nan_and_infinity_detection_matches_a_substring_search() -> None:
+    import numpy as np
+    rng = random.Random(11)
+    alphabet = b'NaIinfityHOJ"{}:, '
+    samples = [b"", b"NaN", b"Infinity", b"-Infinity]", b"Na", b"Infinit", b"xNaNx", b"NNaN", b"IInfinity"]
+    samples += [bytes(rng.choice(alphabet) for _ in range(rng.randrange(30))) for _ in range(5000)]
+    for data in samples:
+        expected = b"NaN" in data or b"Infinity" in data
+        assert fastjsonl.has_nan_or_infinity(np.frombuffer(data, dtype=np.uint8)) == expected, data
+
+
+def test_a_failed_curation_run_leaves_no_reader_thread_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from tuneforge.datasets.domain import config as cfg
+    from tuneforge.datasets.domain.pipeline import run_pipeline
+    from tuneforge.datasets.domain.records import RecordKind, new_record
+    from tuneforge.datasets.domain.shards import ShardWriter
+    from tuneforge.datasets.domain.steps import NormalizeStep
+
+    writer = ShardWriter(tmp_path / "in")
+    writer.add_many(new_record(RecordKind.TEXT, source="s", row=i, text=f"t {i}") for i in range(30_000))
+    inputs = writer.close().files
+    calls = []
+
+    def failing(self: NormalizeStep, table: pa.Table) -> pa.Table:
+        calls.append(table.num_rows)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return table
+
+    monkeypatch.setattr(NormalizeStep, "process_table", failing)
+    config = cfg.PipelineConfig((cfg.Normalize(),))
+    with pytest.raises(OSError, match="disk full") as failure:
+        run_pipeline(inputs, config, tmp_path / "out", eval_records=lambda ids: [])
+    assert failure.traceback  # the traceback (and the run's frames) are still alive here
+    assert calls == [8192, 8192]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("shard-reader", "shard-writer"))]

@@ -141,22 +141,38 @@ def normalize_table(table: pa.Table, collapse: bool) -> tuple[pa.Table, int]:
     return pa.Table.from_arrays(list(columns.values()), schema=table.schema), int(changed.sum())
 
 
-def _joined_messages(column: pa.Array) -> pa.Array:
-    """Per row: role, content, role, content... joined by U+001F; null for null or empty lists."""
-    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    flat = lists.flatten()
-    pairs = pc.binary_join_element_wise(flat.field("role"), flat.field("content"), _SEP)
-    joined = pc.binary_join(pa.ListArray.from_arrays(_list_offsets(lists), pairs, mask=lists.is_null()), _SEP)
-    return pc.if_else(pc.equal(pc.list_value_length(lists), 0), pa.scalar(None, pa.string()), joined)
-
-
 def content_keys(table: pa.Table) -> pa.Array:
     """``records.content_key`` of every row, as a string array."""
-    parts = [_joined_messages(table.column("messages")), _joined_messages(table.column("prompt"))]
+    return pc.utf8_slice_codeunits(separated_content_keys(table), 1)
+
+
+def separated_content_keys(table: pa.Table) -> pa.Array:
+    """``SEP + records.content_key`` of every row, or "" where the key is empty.
+
+    What exact dedup hashes (``steps.dedup_digest``): the same information as ``content_keys``
+    without the slice that drops the leading separator. Each part is built with its leading
+    separator in one kernel (SEP role SEP content ..., SEP name SEP value), "" where it is null
+    or an empty list; parts that are null in every row are left out of the final join.
+    """
+    n = table.num_rows
+    pieces = [_separated_messages(table.column(name)) for name in ("messages", "prompt")]
     for name in _TEXT_COLUMNS:
         values = table.column(name).combine_chunks()
-        parts.append(pc.binary_join_element_wise(pa.scalar(name), values, _SEP))
-    # Not null_handling="skip": in pyarrow 26 it drops rows whose parts are all null. Each part
-    # becomes SEP + value (or "" when null); the leading SEP is cut off at the end.
-    pieces = [pc.fill_null(pc.binary_join_element_wise(_SEP, part, ""), "") for part in parts]
-    return pc.utf8_slice_codeunits(pc.binary_join_element_wise(*pieces, ""), 1)
+        if values.null_count < n:
+            pieces.append(pc.fill_null(pc.binary_join_element_wise("", pa.scalar(name), values, _SEP), ""))
+    pieces = [piece for piece in pieces if piece is not None]
+    if not pieces:
+        return pa.array([""] * n, pa.string())
+    return pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
+
+
+def _separated_messages(column: pa.Array) -> pa.Array | None:
+    """Per row: SEP role SEP content SEP role SEP content...; "" for a null or empty list (None
+    when that is every row)."""
+    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    flat = lists.flatten()
+    if len(flat) == 0:
+        return None
+    pairs = pc.binary_join_element_wise("", flat.field("role"), flat.field("content"), _SEP)
+    joined = pc.binary_join(pa.ListArray.from_arrays(_list_offsets(lists), pairs, mask=lists.is_null()), "")
+    return pc.fill_null(joined, "")

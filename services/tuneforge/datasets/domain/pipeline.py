@@ -21,7 +21,14 @@ from tuneforge.common.errors import ResourceExhausted
 from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.records import Split, to_table
 from tuneforge.datasets.domain.rejects import RejectedRow
-from tuneforge.datasets.domain.shards import RejectsWriter, ShardSet, ShardWriter, iter_batches, iter_tables
+from tuneforge.datasets.domain.shards import (
+    RejectsWriter,
+    ShardSet,
+    ShardWriter,
+    iter_batches,
+    iter_tables,
+    read_ahead,
+)
 from tuneforge.datasets.domain.steps import (
     ExactDedupStep,
     LanguageStep,
@@ -141,7 +148,8 @@ def run_pipeline(
     staging.mkdir(parents=True, exist_ok=True)
     rejects = RejectsWriter(staging / "rejected.parquet")
     counts: list[StepCount] = []
-    batches: Iterator[Batch] = iter_tables(inputs)
+    source = read_ahead(iter_tables(inputs))
+    batches: Iterator[Batch] = source
     for step_config in config.steps:
         name = cfg.STEP_NAMES[type(step_config)]
 
@@ -161,6 +169,7 @@ def run_pipeline(
                 writer.add_many(batch)
     except BaseException:
         writer.discard()
+        source.close()  # stops the read-ahead thread now rather than when the frames are freed
         raise
     shards = writer.close()
     if config.split:

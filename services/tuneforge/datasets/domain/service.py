@@ -122,7 +122,8 @@ class DatasetCatalogService:
                 request_id: str = "") -> tuple[Dataset, Version]:
         """Upload a staged version (manifest last), then record it; undo the upload on failure."""
         stats = compute_stats(staged.shards.files, WhitespaceCounter())
-        kind = max(staged.shards.kinds, key=staged.shards.kinds.get) if staged.shards.kinds else "text"
+        kinds = staged.shards.kinds
+        kind = max(kinds, key=lambda k: kinds[k]) if kinds else "text"
         found = self.catalog.find_dataset(tenant, dataset_name)
         dataset = found or Dataset(new_id("ds"), tenant, dataset_name, description, kind, utcnow())
         version_id = new_id("dsv")
@@ -206,7 +207,7 @@ class DatasetCatalogService:
         steps = version.document.get("steps", [])
         stats["duplicates_removed"] = sum(s["rows_in"] - s["rows_out"] for s in steps
                                           if s["step"] in ("exact_dedup", "near_dedup"))
-        pii = next((s["details"].get("found", {}) for s in steps if s["step"] == "pii"), {})
+        pii: dict[str, int] = next((s["details"].get("found", {}) for s in steps if s["step"] == "pii"), {})
         stats["pii_found"] = dict(pii)
         return stats
 

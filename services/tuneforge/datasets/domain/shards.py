@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,10 @@ from tuneforge.datasets.domain.rejects import REJECTS_SCHEMA, RejectedRow
 ROWS_PER_SHARD = 250_000
 _BATCH_ROWS = 8192
 HASHED_COLUMNS = ("kind", "messages", "prompt", "chosen", "rejected", "text", "category", "split")
+# Parquet dictionary encoding only where values repeat: on free text it hashes every string and
+# then falls back to plain pages anyway (same file size, up to ~30% more CPU per write).
+DICTIONARY_COLUMNS = ("kind", "messages.list.element.role", "prompt.list.element.role", "category",
+                      "provenance.source", "split")
 
 
 @dataclass
@@ -120,7 +124,8 @@ class ShardWriter:
         while offset < table.num_rows:
             if self._writer is None:
                 path = self._set.folder / f"part-{len(self._set.files):05d}.parquet"
-                self._writer = pq.ParquetWriter(path, RECORD_SCHEMA, compression="zstd")
+                self._writer = pq.ParquetWriter(path, RECORD_SCHEMA, compression="zstd",
+                                                use_dictionary=list(DICTIONARY_COLUMNS))
                 self._set.files.append(path)
                 self._rows_in_shard = 0
             take = min(table.num_rows - offset, self._rows_per_shard - self._rows_in_shard)
@@ -225,6 +230,20 @@ def iter_tables(files: Iterable[Path], *, batch_rows: int = _BATCH_ROWS) -> Iter
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
             yield pa.Table.from_batches([batch]).cast(RECORD_SCHEMA)
+
+
+def read_ahead(tables: Iterator[pa.Table]) -> Generator[pa.Table, None, None]:
+    """``tables`` with the next one read in a background thread while the caller works on the
+    current one (Parquet decoding releases the GIL). Closing the generator stops the thread."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader")
+    done = object()
+    try:
+        pending = pool.submit(next, tables, done)
+        while (table := pending.result()) is not done:
+            pending = pool.submit(next, tables, done)
+            yield table
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def stable_json(value: Any) -> bytes:

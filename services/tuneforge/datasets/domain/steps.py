@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import xxhash
 
 from tuneforge.common.text.pii import parse_kinds, redact
 from tuneforge.common.text.toxicity import ToxicityScorer
 from tuneforge.datasets.domain import config as cfg
-from tuneforge.datasets.domain.columnar import content_keys, normalize_table
+from tuneforge.datasets.domain.columnar import normalize_table, separated_content_keys
 from tuneforge.datasets.domain.neardup import NearDupIndex
 from tuneforge.datasets.domain.records import answer_text, content_key, map_texts, texts_of, to_table
 from tuneforge.datasets.domain.tokens import token_counter
@@ -111,6 +110,15 @@ class NormalizeStep(Step):
         return out
 
 
+def dedup_digest(key: str) -> int:
+    """The 128-bit xxh3 exact dedup compares for a content key (``records.content_key``).
+
+    The key is hashed with a leading separator when it is not empty, as the columnar path
+    (``columnar.separated_content_keys``) builds it; equal keys give equal digests either way.
+    """
+    return xxhash.xxh3_128_intdigest(("\x1f" + key if key else "").encode())
+
+
 class ExactDedupStep(Step):
     """Drops records whose content equals an earlier record's (128-bit xxh3 of the content)."""
 
@@ -126,7 +134,7 @@ class ExactDedupStep(Step):
         out = []
         for record in batch:
             key = content_key(record)
-            digest = xxhash.xxh3_128_intdigest((key.lower() if self.ignore_case else key).encode())
+            digest = dedup_digest(key.lower() if self.ignore_case else key)
             first = self.seen.get(digest)
             if first is not None:
                 self.reject(record, "", f"exact duplicate of row {first}")
@@ -136,33 +144,32 @@ class ExactDedupStep(Step):
         self.details["duplicates"] = self.details.get("duplicates", 0) + len(batch) - len(out)
         return out
 
-    def _keys(self, table: pa.Table) -> pa.Array:
-        keys = content_keys(table)
+    def _digests(self, table: pa.Table) -> list[int]:
+        keys = separated_content_keys(table)
         if self.ignore_case:  # Python's lower(), as the row path, not Arrow's utf8_lower
-            return pa.array([k.lower() for k in keys.to_pylist()], pa.string())
-        return keys
+            return [xxhash.xxh3_128_intdigest(k.lower().encode()) for k in keys.to_pylist()]
+        return list(map(xxhash.xxh3_128_intdigest, keys.cast(pa.binary()).to_pylist()))
 
     def process_table(self, table: pa.Table) -> pa.Table:
-        """The row path's result with C-level loops: ``seen.get`` over the batch, Arrow's hash
-        table (``dictionary_encode``) for repeats inside the batch, one ``dict.update``."""
-        keys = self._keys(table)
-        digests = list(map(xxhash.xxh3_128_intdigest, keys.cast(pa.binary()).to_pylist()))
-        rows = table.column("provenance").combine_chunks().field("row").to_numpy()
-        firsts = list(map(self.seen.get, digests))
-        old = np.fromiter((f is not None for f in firsts), dtype=bool, count=len(firsts))
-        codes = np.asarray(pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False))
-        first_in_batch = np.full(int(codes.max()) + 1 if len(codes) else 0, -1, dtype=np.int64)
-        new_positions = np.flatnonzero(~old)
-        first_in_batch[codes[new_positions[::-1]]] = new_positions[::-1]  # the earliest position wins
-        keep = ~old
-        keep[new_positions] = first_in_batch[codes[new_positions]] == new_positions
+        """The row path's result with C-level loops: membership in ``seen`` over the batch, a
+        dict built in reverse for the first position of each digest inside the batch, one
+        ``dict.update``."""
+        digests = self._digests(table)
+        n = len(digests)
+        provenance = table.column("provenance").combine_chunks()
+        rows = provenance.field("row").to_numpy()
+        old = np.fromiter(map(self.seen.__contains__, digests), dtype=bool, count=n)
+        earliest = dict(zip(reversed(digests), range(n - 1, -1, -1), strict=True))  # the earliest position wins
+        first_in_batch = np.fromiter(map(earliest.__getitem__, digests), dtype=np.int64, count=n)
+        keep = ~old & (first_in_batch == np.arange(n))
         kept = np.flatnonzero(keep)
         self.seen.update(zip([digests[i] for i in kept], rows[kept].tolist(), strict=True))
         removed = np.flatnonzero(~keep)
         if len(removed):
-            sources = table.column("provenance").combine_chunks().field("source").take(pa.array(removed)).to_pylist()
+            sources = provenance.field("source").take(pa.array(removed)).to_pylist()
             for i, source in zip(removed.tolist(), sources, strict=True):
-                first = firsts[i] if old[i] else int(rows[first_in_batch[codes[i]]])
+                # After the update ``seen`` holds the earlier batch's row or this batch's first.
+                first = self.seen[digests[i]]
                 self.reject({"provenance": {"row": int(rows[i]), "source": source}}, "", f"exact duplicate of row {first}")
         self.details["duplicates"] = self.details.get("duplicates", 0) + len(removed)
         return table.filter(pa.array(keep)) if len(removed) else table
