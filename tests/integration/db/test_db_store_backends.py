@@ -124,7 +124,7 @@ def test_concurrent_migrations_queue_instead_of_failing(db_url: str) -> None:
     def migrate() -> None:
         try:
             results.append(run_migrations(db_url, ALPHA, ALPHA_TABLE))
-        except Exception as exc:  # collected and asserted below: a failure must fail the test
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below: a failure must fail the test
             results.append(exc)
 
     threads = [threading.Thread(target=migrate) for _ in range(3)]

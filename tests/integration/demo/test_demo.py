@@ -26,5 +26,5 @@ def test_demo_runs_every_stage_through_the_services(tmp_path):
     assert "register: checkpoint ckpt_" in text
     assert any(line.startswith("[demo]   eval: perplexity") for line in lines)
     assert "export: merged model" in text
-    exported = [line.split(" at ", 1)[1] for line in lines if "export: merged model" in line][0]
+    exported = next(line.split(" at ", 1)[1] for line in lines if "export: merged model" in line)
     assert exported.startswith("file://") and "/exports/" in exported

@@ -7,6 +7,7 @@ routing), then lets in-flight calls drain for the grace period.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -53,7 +54,7 @@ class RunningServer:
         for hook in reversed(self.on_stop):
             try:
                 hook()
-            except Exception:  # noqa: BLE001 - a failing hook must not block the others
+            except Exception:  # a failing hook must not block the others (logged below)
                 log.exception("shutdown hook failed")
         log.info("server on %s stopped", self.address)
 
@@ -80,10 +81,8 @@ def register_settings_secrets(settings: ServiceSettings) -> None:
     secrets = [settings.s3_secret_key, settings.s3_access_key]
     values = [s.get_secret_value() for s in secrets]
     values += TokenAuthenticator.tokens_in(settings.auth_tokens.get_secret_value())
-    try:
+    with contextlib.suppress(ValueError):  # a malformed URL is reported by the database layer
         values.append(urlsplit(settings.database_url.get_secret_value()).password or "")
-    except ValueError:
-        pass  # a malformed URL is reported by the database layer, without echoing it
     for value in values:
         register_secret(value.strip())
 
