@@ -1,57 +1,10 @@
-"""Memory planner: per-GPU memory of a fine-tuning job, and the cheapest setup that fits.
-
-Public API:
-    plan_memory(model_config, method, seq_len, micro_batch, num_gpus, gpu_memory_bytes, ...) -> MemoryPlan
-    recommend(model_config, seq_len, num_gpus, gpu_memory_bytes, ...) -> Recommendation
-    count_parameters(model_config) -> ParameterCount
-    Method, Precision, Quantization: the options the planner understands (values match the spec's).
-
-The model is described by its Hugging Face config alone (a ``PretrainedConfig`` or its dict); no
-weights are loaded and neither torch nor transformers is imported. Decoder-only Llama-family
-architectures are supported: ``llama``, ``mistral``, ``qwen2``, ``qwen3``.
-
-How the figures are made (P parameters, T trainable parameters, N GPUs):
-
-* **Model states** follow DeepSpeed's accounting, so that they equal its own
-  ``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs``
-  (tests/unit/engine/test_planner.py). In 16-bit mixed precision each trainable parameter
-  costs 2 bytes of weights, 2 of gradients and 16 of optimizer state (fp32 master copy, AdamW's two
-  fp32 moments, and the fp32 gradient partition the optimizer steps on). In fp32, 4 + 4 + 8.
-  ZeRO-1 divides the optimizer state by N, ZeRO-2 the gradients too, ZeRO-3 also the weights; at
-  stage 3 the 16-bit gradients are reduced straight into the fp32 partition (inside the 16 bytes)
-  and one gathered module (weights + gradients) is held at a time.
-  Optimizer offload moves optimizer state and gradients to host memory (stage 1-3); parameter
-  offload (stage 3) moves the weight partitions too. The engine's own single-process loop keeps
-  fp32 weights under autocast (4 + 4 + 8 bytes, plus 16-bit weight copies while they are in use):
-  within 10% of the 20 bytes counted here.
-* **Frozen weights** (LoRA, QLoRA) cost their storage only: 2 bytes per parameter in 16 bits,
-  4 in fp32, and for QLoRA the decoder's linear weights take 0.5 byte (nf4/fp4) or 1 byte (int8)
-  plus their quantization constants (an fp32 absmax per 64-weight block, or with double
-  quantization an 8-bit absmax plus an fp32 constant per 256 blocks; an fp32 scale per row for
-  int8). Embeddings, norms and the output head stay in the compute dtype.
-* **Activations** are counted tensor by tensor from what autograd saves in a Hugging Face Llama
-  decoder layer, in the style of Korthikanti et al., "Reducing Activation Recomputation in Large
-  Transformer Models" (2022), whose GPT layer needs ``s*b*h*(34 + 5*a*s/h)`` bytes in 16 bits.
-  A Llama layer differs (RMSNorm upcasts to fp32, SwiGLU, grouped KV heads, no dropout, fused
-  attention), see ``_layer_activation_bytes``. With gradient checkpointing each layer keeps only
-  its input and one layer is recomputed at a time. The loss adds the logits, the fp32 log-softmax
-  and their gradients (``_loss_bytes``), usually the largest single term for big vocabularies.
-  Gradients are counted as live beside the activations: DeepSpeed keeps its gradient buffers, and
-  for plain PyTorch (gradients freed by ``zero_grad``) this makes the estimate conservative by at
-  most the gradient bytes.
-  The estimate is checked against the measured peak of a real training step on CPU
-  (tests/unit/engine/test_planner_measured.py).
-
-Not counted: the CUDA context and allocator fragmentation (``recommend`` keeps a safety margin for
-them), communication buckets beyond DeepSpeed's own figures, and the optimizer's per-tensor
-temporaries during the step (at most two copies of the largest tensor, when activations are gone).
-"""
+"""Per-GPU memory estimate of a fine-tuning job (see the package docstring for the model)."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from tuneforge.common.errors import FieldViolation, InvalidInput
@@ -191,14 +144,6 @@ class MemoryPlan:
         """One line in GiB, e.g. for logs."""
         parts = ("weights", "gradients", "optimizer", "zero3_buffer", "activations", "total")
         return ", ".join(f"{p} {getattr(self, p) / GIB:.2f} GiB" for p in parts)
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The cheapest setup that fits, its plan, and why the cheaper ones were rejected."""
-
-    plan: MemoryPlan
-    reasons: tuple[str, ...] = field(default_factory=tuple)
 
 
 def _cfg_dict(model_config: Any) -> dict[str, Any]:
@@ -499,100 +444,3 @@ def _host_bytes(counts: ParameterCount, trainable: int, method: Method, stage: i
         # With zero.Init DeepSpeed does not take the max with the fp32 load.
         return int(offloaded * HOST_BUFFER_FACTOR)
     return int(max(load, offloaded) * HOST_BUFFER_FACTOR)
-
-
-_LADDER = (
-    # (zero stage, offload optimizer, offload params, gradient checkpointing), cheapest first:
-    # partitioning costs little communication; recomputation costs ~1/3 more compute; offload
-    # moves the optimizer step to the CPU and is the slowest.
-    (0, False, False, False), (1, False, False, False), (2, False, False, False), (3, False, False, False),
-    (0, False, False, True), (1, False, False, True), (2, False, False, True), (3, False, False, True),
-    (2, True, False, True), (3, True, False, True), (3, True, True, True),
-)
-
-
-def recommend(
-    model_config: Any,
-    seq_len: int,
-    num_gpus: int,
-    gpu_memory_bytes: int,
-    *,
-    methods: Sequence[Method | str] = (Method.FULL, Method.LORA, Method.QLORA),
-    max_micro_batch: int = 64,
-    safety_margin: float = 0.1,
-    **plan_kwargs: Any,
-) -> Recommendation:
-    """Pick the method, ZeRO stage, offload and the largest micro-batch that fit.
-
-    Methods are tried in the given order (best quality first); for each, setups from cheapest to
-    most expensive (see ``_LADDER``; ZeRO stages 1-3 without offload are skipped on one GPU, where
-    they save nothing). The first setup where micro-batch 1 fits wins, with the largest power-of-two
-    micro-batch up to ``max_micro_batch`` that fits.
-
-    Args:
-        model_config: a transformers ``PretrainedConfig`` or its dict.
-        seq_len: tokens per sample.
-        num_gpus: data-parallel GPUs.
-        gpu_memory_bytes: memory of one GPU.
-        methods: candidate methods, preferred first.
-        max_micro_batch: upper bound of the micro-batch search.
-        safety_margin: share of GPU memory kept free (CUDA context, fragmentation).
-        **plan_kwargs: passed to ``plan_memory`` (dtype, lora_r, ...).
-
-    Returns:
-        The recommended plan and the reasons (rejected setups with their needs).
-
-    Raises:
-        ResourceExhausted: nothing fits, naming the smallest need.
-    """
-    from tuneforge.common.errors import ResourceExhausted
-
-    usable = gpu_memory_bytes * (1.0 - safety_margin)
-    reasons: list[str] = []
-    smallest: MemoryPlan | None = None
-    for method in methods:
-        for stage, off_opt, off_par, ckpt in _LADDER:
-            if num_gpus == 1 and stage in (1, 2, 3) and not off_opt:
-                continue
-            plan = _plan(model_config, method, seq_len, 1, num_gpus, gpu_memory_bytes, stage, off_opt, off_par,
-                         ckpt, plan_kwargs)
-            label = _label(plan)
-            if plan.total > usable:
-                reasons.append(f"{label}: needs {plan.total / GIB:.2f} GiB at micro-batch 1 > "
-                               f"{usable / GIB:.2f} GiB usable")
-                smallest = plan if smallest is None or plan.total < smallest.total else smallest
-                continue
-            best, mb = plan, 1
-            while mb * 2 <= max_micro_batch:
-                bigger = _plan(model_config, method, seq_len, mb * 2, num_gpus, gpu_memory_bytes, stage,
-                               off_opt, off_par, ckpt, plan_kwargs)
-                if bigger.total > usable:
-                    break
-                best, mb = bigger, mb * 2
-            reasons.append(f"chosen {label}: micro-batch {mb} needs {best.total / GIB:.2f} GiB of "
-                           f"{usable / GIB:.2f} GiB usable ({best.summary()})")
-            return Recommendation(plan=best, reasons=tuple(reasons))
-    need = f"{smallest.total / GIB:.2f} GiB ({_label(smallest)})" if smallest else "unknown"
-    raise ResourceExhausted(
-        f"no setup fits {num_gpus} GPU(s) of {gpu_memory_bytes / GIB:.2f} GiB at sequence length {seq_len}: "
-        f"the smallest needs {need}; use more or larger GPUs, a shorter sequence length or QLoRA",
-        reason="MEMORY_PLAN_DOES_NOT_FIT",
-    )
-
-
-def _plan(model_config: Any, method: Any, seq_len: int, mb: int, gpus: int, mem: int, stage: int,
-          off_opt: bool, off_par: bool, ckpt: bool, kwargs: Mapping[str, Any]) -> MemoryPlan:
-    return plan_memory(model_config, method, seq_len, mb, gpus, mem, stage, offload_optimizer=off_opt,
-                       offload_params=off_par, gradient_checkpointing=ckpt, **kwargs)
-
-
-def _label(plan: MemoryPlan) -> str:
-    offload = "params+optimizer" if plan.offload_params else ("optimizer" if plan.offload_optimizer else "none")
-    ckpt = "on" if plan.gradient_checkpointing else "off"
-    return f"{plan.method.value}, ZeRO-{plan.zero_stage}, offload {offload}, checkpointing {ckpt}"
-
-
-__all__ = [
-    "GIB", "LINEAR_MODULES", "MemoryPlan", "Method", "ParameterCount", "Precision", "Quantization",
-    "Recommendation", "count_parameters", "plan_memory", "recommend",
-]
