@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tuneforge.common.auth import current_identity
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.paging import next_page_token, page_bounds
 from tuneforge.common.v1 import common_pb2
 from tuneforge.evaluation.domain.model import (
     DatasetRef,
@@ -24,7 +25,6 @@ from tuneforge.evaluation.domain.service import EvaluationService
 from tuneforge.evaluation.v1 import evaluation_pb2 as pb
 from tuneforge.evaluation.v1 import evaluation_pb2_grpc
 
-DEFAULT_PAGE, MAX_PAGE = 50, 1000
 _PREFERENCES = {pb.PREFERENCE_LEFT: "left", pb.PREFERENCE_RIGHT: "right", pb.PREFERENCE_TIE: "tie"}
 
 
@@ -116,14 +116,10 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
         return pb.GetEvaluationResponse(evaluation=evaluation_to_proto(self._svc.get(current_identity().tenant, request.evaluation_id)))
 
     def ListEvaluations(self, request: pb.ListEvaluationsRequest, context: Any) -> pb.ListEvaluationsResponse:
-        """A page of evaluations, newest first (the page token is an offset)."""
-        size = min(request.page.page_size or DEFAULT_PAGE, MAX_PAGE)
-        token = request.page.page_token
-        if token and not token.isdigit():
-            raise InvalidInput.field_error("page.page_token", "not a token from a previous response")
-        offset = int(token or 0)
+        """A page of evaluations, newest first."""
+        offset, size = page_bounds(request.page.page_size, request.page.page_token)
         items = self._svc.list(current_identity().tenant, limit=size + 1, offset=offset)
-        nxt = str(offset + size) if len(items) > size else ""
+        nxt = next_page_token(offset, size, offset + len(items))
         return pb.ListEvaluationsResponse(evaluations=[evaluation_to_proto(e) for e in items[:size]], next_page_token=nxt)
 
     def StreamEvaluationProgress(self, request: pb.StreamEvaluationProgressRequest, context: Any) -> Iterator[pb.EvaluationProgress]:

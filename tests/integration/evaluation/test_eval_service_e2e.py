@@ -233,3 +233,11 @@ def test_unknown_dataset_or_model_is_refused_at_create_naming_it(service, model,
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert needle in info.value.details()
     assert not stub.ListEvaluations(pb.ListEvaluationsRequest()).evaluations
+
+
+@pytest.mark.parametrize("size, token", [(-1, ""), (1001, ""), (10, "42"), (10, "²")])
+def test_bad_list_pages_are_invalid_argument(service, size, token):
+    stub = evaluation_pb2_grpc.EvaluationServiceStub(service.channel())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ListEvaluations(pb.ListEvaluationsRequest(page=common_pb2.PageRequest(page_size=size, page_token=token)))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
