@@ -3,9 +3,11 @@
 Generates an Alpaca-style instruction dataset (JSONL) with ~10% exact and ~5% near duplicates,
 then measures, each phase in its own subprocess so that peak RSS is per phase:
 
-(a) validate + normalize + exact dedup: tuneforge (``ingest_file`` then the ``normalize`` and
-    ``exact_dedup`` steps, Parquet in and out) vs pandas (``read_json(lines=True)``, NFC +
-    whitespace normalization, ``drop_duplicates``);
+(a) validate + normalize + exact dedup: tuneforge's one call (``UploadDataset`` with
+    ``metadata.curation``: ``ingest_file`` with the ``normalize`` and ``exact_dedup`` steps in the
+    same pass, Parquet out) vs pandas (``read_json(lines=True)``, NFC + whitespace normalization,
+    ``drop_duplicates``), with tuneforge's two-call path (upload a raw version, then
+    ``CurateDataset``) beside them; the run fails if the two tuneforge paths store different content;
 (b) near-dup dedup: tuneforge ``NearDupIndex`` vs datasketch ``MinHash`` + ``MinHashLSH`` at the
     same parameters (threshold, n-gram size, permutations), with recall of the baseline's
     duplicates.
@@ -69,6 +71,23 @@ def generate(path: Path, rows: int, seed: int = 0) -> dict[str, int]:
 
 
 def phase_ours_a(path: Path, work: Path) -> dict[str, float]:
+    """One call: ``UploadDataset`` with ``metadata.curation`` (ingest and steps in one pass)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tuneforge.datasets.domain import config as cfg
+    from tuneforge.datasets.domain.ingest import IngestOptions, ingest_file
+
+    pc.equal(pa.array([""]), "")  # pyarrow imports pandas on its first scalar conversion: do it untimed
+    start = time.perf_counter()
+    config = cfg.PipelineConfig((cfg.Normalize(), cfg.ExactDedup()), max_removal_fraction=0.9)
+    result = ingest_file(path, IngestOptions(path.name), work / "ingest", curation=config)
+    return {"seconds": time.perf_counter() - start, "rows_out": result.shards.rows,
+            "content_hash": result.shards.content_hash}
+
+
+def phase_ours_a_two_calls(path: Path, work: Path) -> dict[str, float]:
+    """Two calls: ``UploadDataset`` (a raw version) then ``CurateDataset`` on it."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -76,12 +95,13 @@ def phase_ours_a(path: Path, work: Path) -> dict[str, float]:
     from tuneforge.datasets.domain.ingest import IngestOptions, ingest_file
     from tuneforge.datasets.domain.pipeline import run_pipeline
 
-    pc.equal(pa.array([""]), "")  # pyarrow imports pandas on its first scalar conversion: do it untimed
+    pc.equal(pa.array([""]), "")
     start = time.perf_counter()
     staged = ingest_file(path, IngestOptions(path.name), work / "ingest")
     config = cfg.PipelineConfig((cfg.Normalize(), cfg.ExactDedup()), max_removal_fraction=0.9)
     result = run_pipeline(staged.shards.files, config, work / "curate", eval_records=lambda ids: [])
-    return {"seconds": time.perf_counter() - start, "rows_out": result.shards.rows}
+    return {"seconds": time.perf_counter() - start, "rows_out": result.shards.rows,
+            "content_hash": result.shards.content_hash}
 
 
 def phase_pandas_a(path: Path, work: Path) -> dict[str, float]:
@@ -150,8 +170,10 @@ def phase_datasketch_b(path: Path, work: Path) -> dict[str, float]:
     return {"seconds": seconds, "duplicates": len(dups)}
 
 
-PHASES = {"ours_a": phase_ours_a, "pandas_a": phase_pandas_a, "ours_b": phase_ours_b, "datasketch_b": phase_datasketch_b}
-PAIRS = {"a": ("ours_a", "pandas_a"), "b": ("ours_b", "datasketch_b")}
+PHASES = {"ours_a": phase_ours_a, "pandas_a": phase_pandas_a, "ours_a_two_calls": phase_ours_a_two_calls,
+          "ours_b": phase_ours_b, "datasketch_b": phase_datasketch_b}
+PAIRS = {"a": ("ours_a", "pandas_a", "ours_a_two_calls"), "b": ("ours_b", "datasketch_b")}
+"""Per pair: tuneforge, the baseline, then any other tuneforge paths shown beside them."""
 
 
 def run_phase(name: str, path: Path, work: Path) -> dict[str, float]:
@@ -174,7 +196,7 @@ def run_phase(name: str, path: Path, work: Path) -> dict[str, float]:
 
 def _summary(runs: list[dict[str, float]], rows: int) -> dict[str, float]:
     seconds = statistics.median(r["seconds"] for r in runs)
-    out = {k: v for k, v in runs[0].items() if k in ("rows_out", "duplicates")}
+    out = {k: v for k, v in runs[0].items() if k in ("rows_out", "duplicates", "content_hash")}
     return {**out, "runs": len(runs), "seconds": seconds, "rows_per_s": rows / seconds,
             "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs), "all_seconds": [r["seconds"] for r in runs]}
@@ -214,9 +236,12 @@ def main() -> None:
                 extra = f"rows_out={r['rows_out']}" if "rows_out" in r else f"duplicates={r['duplicates']}"
                 print(f"{name:14s} median {r['seconds']:8.2f} s of {r['runs']}  {r['rows_per_s']:10.0f} rows/s  "
                       f"cpu {r['cpu_seconds']:7.2f} s  peak RSS {r['peak_rss_mib']:7.0f} MiB  {extra}", flush=True)
-            ours, base = (figures[n] for n in PAIRS[pair])
+            ours, base = figures[PAIRS[pair][0]], figures[PAIRS[pair][1]]
             print(f"({pair}) speed ratio tuneforge/baseline: {base['seconds'] / ours['seconds']:.2f}x wall, "  # type: ignore[index]
                   f"{base['cpu_seconds'] / ours['cpu_seconds']:.2f}x cpu", flush=True)  # type: ignore[index]
+            hashes = {figures[n].get("content_hash") for n in PAIRS[pair] if n.startswith("ours")}  # type: ignore[union-attr]
+            if len(hashes) > 1:
+                raise SystemExit(f"({pair}) tuneforge paths disagree on the content: {hashes}")
         if "b" in args.phases:
             ours_b = set(json.loads((work / "ours_b.json").read_text()))
             base_b = set(json.loads((work / "base_b.json").read_text()))

@@ -16,6 +16,7 @@ from tuneforge.common.errors import Unavailable
 from tuneforge.common.grpc.server import RunningServer, build_server
 from tuneforge.common.settings import ServiceSettings
 from tuneforge.common.storage import open_object_store
+from tuneforge.datasets.adapters.generator import LocalTextGenerators
 from tuneforge.datasets.adapters.objects import StoreVersionFiles
 from tuneforge.datasets.adapters.sql import SqlCatalog
 from tuneforge.datasets.domain.archives import ArchiveLimits
@@ -68,7 +69,7 @@ def build_app(settings: DatasetSettings) -> RunningServer:
                           ArchiveLimits(settings.max_archive_bytes, settings.max_archive_entries,
                                         settings.max_expansion_ratio))
     service = DatasetCatalogService(SqlCatalog(db.make_sessionmaker(engine)), StoreVersionFiles(store, work / "cache"),
-                                    work, store.uri, limits)
+                                    work, store.uri, limits, LocalTextGenerators(settings.models_dir))
     runs = CurationRuns(service, settings.curation_workers)
     servicer = DatasetServicer(service, runs, work, settings.max_upload_bytes)
     server = build_server(settings, [(datasets_pb2_grpc.add_DatasetServiceServicer_to_server, servicer)],

@@ -133,17 +133,33 @@ def _step_from_pb(step: pb.CurationStep, i: int) -> cfg.StepConfig:
         return cfg.Decontaminate(tuple(m.eval_version_ids), m.ngram_size or 13)
     if which == "augment":
         return cfg.Augment(m.instruction_variants, m.synonym_probability, m.seed)
+    if which == "generative_augment":
+        return cfg.GenerativeAugment(
+            model=m.model, paraphrases=m.paraphrases, back_translation_languages=tuple(m.back_translation_languages),
+            fraction=m.fraction if m.HasField("fraction") else 1.0, max_new_tokens=m.max_new_tokens or 128,
+            temperature=m.temperature, seed=m.seed, batch_size=m.batch_size or 8,
+            source_language=m.source_language or "en")
     raise InvalidInput.field_error(f"steps[{i}]", "sets no step: choose one of normalize, exact_dedup, ...")
 
 
-def pipeline_from_pb(request: pb.CurateDatasetRequest) -> cfg.PipelineConfig:
-    """CurateDatasetRequest -> pipeline configuration (defaults applied)."""
+def pipeline_from_pb(request: pb.CurateDatasetRequest | pb.IngestCuration) -> cfg.PipelineConfig:
+    """CurateDatasetRequest (or an upload's IngestCuration) -> pipeline configuration (defaults applied)."""
     split = None
     if request.HasField("split"):
         s = request.split
         split = cfg.SplitConfig(s.validation_ratio, s.test_ratio, s.seed, s.stratify)
     steps = tuple(_step_from_pb(s, i) for i, s in enumerate(request.steps))
     return cfg.PipelineConfig(steps, split, request.max_removal_fraction or 0.5)
+
+
+def ingest_curation_from_pb(message: Any, field: str) -> cfg.PipelineConfig | None:
+    """The optional ``curation`` of an upload or registration (None when unset)."""
+    if not message.HasField(field):
+        return None
+    curation = getattr(message, field)
+    if not curation.steps and not curation.HasField("split"):
+        raise InvalidInput.field_error(f"{field}.steps", "is empty: give at least one step or a split, or leave curation unset")
+    return pipeline_from_pb(curation)
 
 
 def row_to_struct(record: dict[str, Any]) -> struct_pb2.Struct:

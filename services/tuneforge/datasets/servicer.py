@@ -56,18 +56,19 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                 out.write(message.chunk)
 
     def UploadDataset(self, request_iterator: Iterator[pb.UploadDatasetRequest], context: Any) -> pb.UploadDatasetResponse:
-        """Spools the streamed bytes to disk, then validates and stores a raw version."""
+        """Spools the streamed bytes to disk, then validates (and curates, if asked) and stores a version."""
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "metadata":
             raise InvalidInput.field_error("metadata", "missing: the first message must carry the upload metadata")
         m = first.metadata
         options = convert.ingest_options(m.file_name, m.format, m.file_type, m.validation_policy,
                                          m.max_tokens_per_row, m.category_field)
+        curation = convert.ingest_curation_from_pb(m, "curation")
         spool = Path(tempfile.mkdtemp(prefix="upload-", dir=self._spool_dir))
         try:
             self._spool(request_iterator, spool / "upload")
             dataset, version = self._svc.ingest(_tenant(), m.dataset_name, m.description, spool / "upload",
-                                                options, m.request_id)
+                                                options, m.request_id, curation)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
         return pb.UploadDatasetResponse(dataset=convert.dataset_to_pb(dataset), version=self._version_pb(version),
@@ -79,7 +80,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         options = convert.ingest_options(name, request.format, request.file_type, request.validation_policy,
                                          request.max_tokens_per_row, "")
         dataset, version = self._svc.register(_tenant(), request.dataset_name, request.source_uri, options,
-                                              request.request_id)
+                                              request.request_id, convert.ingest_curation_from_pb(request, "curation"))
         return pb.RegisterDatasetResponse(dataset=convert.dataset_to_pb(dataset), version=self._version_pb(version),
                                           validation=convert.validation_to_pb(version))
 

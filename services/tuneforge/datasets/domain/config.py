@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.common.errors import FieldViolation, InvalidInput
+from tuneforge.common.storage.keys import check_key
 from tuneforge.common.text.pii import parse_kinds
 
 
@@ -122,7 +123,33 @@ class Augment:
     seed: int = 0
 
 
-StepConfig = Normalize | ExactDedup | NearDedup | LengthFilter | QualityFilter | Pii | Toxicity | Language | Balance | Decontaminate | Augment
+LANGUAGE_NAMES: dict[str, str] = {
+    "ar": "Arabic", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek", "en": "English",
+    "es": "Spanish", "fi": "Finnish", "fr": "French", "hi": "Hindi", "hu": "Hungarian", "id": "Indonesian",
+    "it": "Italian", "ja": "Japanese", "ko": "Korean", "nl": "Dutch", "no": "Norwegian", "pl": "Polish",
+    "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sv": "Swedish", "tr": "Turkish",
+    "uk": "Ukrainian", "vi": "Vietnamese", "zh": "Chinese",
+}
+"""ISO 639-1 codes accepted for back-translation, with the names used in the prompts."""
+
+
+@dataclass(frozen=True)
+class GenerativeAugment:
+    """Paraphrases and back-translations of the instruction by a local generative model."""
+
+    model: str = ""
+    paraphrases: int = 0
+    back_translation_languages: tuple[str, ...] = ()
+    fraction: float = 1.0
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0
+    batch_size: int = 8
+    source_language: str = "en"
+
+
+StepConfig = (Normalize | ExactDedup | NearDedup | LengthFilter | QualityFilter | Pii | Toxicity | Language | Balance
+              | Decontaminate | Augment | GenerativeAugment)
 
 STEP_NAMES: dict[type, str] = {
     Normalize: "normalize",
@@ -136,6 +163,7 @@ STEP_NAMES: dict[type, str] = {
     Balance: "balance",
     Decontaminate: "decontaminate",
     Augment: "augment",
+    GenerativeAugment: "generative_augment",
 }
 
 
@@ -219,6 +247,8 @@ def _check_step(step: StepConfig, path: str, out: list[FieldViolation]) -> None:
         _ratio(step.synonym_probability, f"{path}.synonym_probability", out)
         if not 0 <= step.instruction_variants <= 10:
             out.append(FieldViolation(f"{path}.instruction_variants", "use 0-10 variants per row"))
+    elif isinstance(step, GenerativeAugment):
+        _check_generative(step, path, out)
 
 
 def _check_balance(step: Balance, path: str, out: list[FieldViolation]) -> None:
@@ -232,23 +262,63 @@ def _check_balance(step: Balance, path: str, out: list[FieldViolation]) -> None:
         out.append(FieldViolation(path, "sets neither cap_per_category nor target_mix: set one"))
 
 
-def check_pipeline(config: PipelineConfig) -> None:
+def _check_generative(step: GenerativeAugment, path: str, out: list[FieldViolation]) -> None:
+    if not step.model:
+        out.append(FieldViolation(f"{path}.model", "is empty: name a model folder of the service's models folder"))
+    elif "/" in step.model or ".." in step.model or step.model.startswith("."):
+        out.append(FieldViolation(f"{path}.model", f"{step.model!r} is not a folder name: give a name such as "
+                                  "'smollm2-135m-instruct' (no '/', no '..', no leading '.')"))
+    else:
+        try:
+            check_key(step.model, field=f"{path}.model")
+        except InvalidInput as exc:
+            out.extend(exc.violations)
+    if not 0 <= step.paraphrases <= 10:
+        out.append(FieldViolation(f"{path}.paraphrases", f"is {step.paraphrases}: use 0-10 paraphrases per row"))
+    codes = step.back_translation_languages
+    for j, code in enumerate(codes):
+        if code not in LANGUAGE_NAMES:
+            out.append(FieldViolation(f"{path}.back_translation_languages[{j}]",
+                                      f"{code!r} is not supported: use one of {', '.join(sorted(LANGUAGE_NAMES))}"))
+        elif code == step.source_language or code in codes[:j]:
+            out.append(FieldViolation(f"{path}.back_translation_languages[{j}]",
+                                      f"{code!r} is the source language or repeated: list each pivot once"))
+    if step.source_language not in LANGUAGE_NAMES:
+        out.append(FieldViolation(f"{path}.source_language", f"{step.source_language!r} is not supported: use one "
+                                  f"of {', '.join(sorted(LANGUAGE_NAMES))}"))
+    if step.paraphrases == 0 and not codes:
+        out.append(FieldViolation(path, "sets neither paraphrases nor back_translation_languages: set one"))
+    _ratio(step.fraction, f"{path}.fraction", out, open_low=True)
+    if not 1 <= step.max_new_tokens <= 1024:
+        out.append(FieldViolation(f"{path}.max_new_tokens", f"is {step.max_new_tokens}: use 1-1024 (128 is typical)"))
+    if not 0.0 <= step.temperature <= 2.0:
+        out.append(FieldViolation(f"{path}.temperature", f"is {step.temperature}: use 0 (greedy) to 2"))
+    if not 1 <= step.batch_size <= 256:
+        out.append(FieldViolation(f"{path}.batch_size", f"is {step.batch_size}: use 1-256 prompts per call"))
+
+
+def check_pipeline(config: PipelineConfig, prefix: str = "") -> None:
     """Validate a pipeline configuration.
 
+    Args:
+        config: the configuration.
+        prefix: put before every field name (``"curation."`` for a curation inside an upload).
+
     Raises:
-        InvalidInput: every problem, each naming ``steps[i].<field>`` and the fix.
+        InvalidInput: every problem, each naming ``<prefix>steps[i].<field>`` and the fix.
     """
     out: list[FieldViolation] = []
     for i, step in enumerate(config.steps):
-        _check_step(step, f"steps[{i}].{STEP_NAMES[type(step)]}", out)
-    _ratio(config.max_removal_fraction, "max_removal_fraction", out, open_low=True)
+        _check_step(step, f"{prefix}steps[{i}].{STEP_NAMES[type(step)]}", out)
+    _ratio(config.max_removal_fraction, f"{prefix}max_removal_fraction", out, open_low=True)
     if config.split:
-        _ratio(config.split.validation_ratio, "split.validation_ratio", out)
-        _ratio(config.split.test_ratio, "split.test_ratio", out)
+        _ratio(config.split.validation_ratio, f"{prefix}split.validation_ratio", out)
+        _ratio(config.split.test_ratio, f"{prefix}split.test_ratio", out)
         if config.split.validation_ratio + config.split.test_ratio >= 1.0:
-            out.append(FieldViolation("split", "validation_ratio + test_ratio must be below 1: leave rows for train"))
+            out.append(FieldViolation(f"{prefix}split", "validation_ratio + test_ratio must be below 1: leave rows for train"))
     if out:
         raise InvalidInput.of(out, "curation pipeline")
 
 
-__all__ = [*(c.__name__ for c in STEP_NAMES), "PipelineConfig", "SplitConfig", "check_pipeline", "field"]
+__all__ = [*(c.__name__ for c in STEP_NAMES), "LANGUAGE_NAMES", "PipelineConfig", "SplitConfig", "check_pipeline",
+           "field"]

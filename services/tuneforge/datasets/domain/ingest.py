@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.common.errors import FieldViolation, InvalidInput, ResourceExhausted
+from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.archives import (
     ArchiveLimits,
     extract_archive,
@@ -33,16 +34,19 @@ from tuneforge.datasets.domain.fastjsonl import (
     convert_block,
     iter_blocks,
 )
+from tuneforge.datasets.domain.feed import CurationFeed
 from tuneforge.datasets.domain.formats import (
     DEFAULT_CATEGORY_FIELDS,
     DatasetFormat,
     convert_row,
     detect_format,
 )
+from tuneforge.datasets.domain.pipeline import EvalRecords, PipelineResult
 from tuneforge.datasets.domain.readers import FileType, detect_file_type, iter_rows, jsonl_rows
 from tuneforge.datasets.domain.records import texts_of
 from tuneforge.datasets.domain.rejects import RejectedRow, RowError
-from tuneforge.datasets.domain.shards import RejectsWriter, ShardSet, ShardWriter
+from tuneforge.datasets.domain.shards import RejectsWriter, ShardSet, ShardWriter, merge_rejects
+from tuneforge.datasets.domain.steps_gen import GeneratorProvider
 from tuneforge.datasets.domain.tokens import TokenCounter, WhitespaceCounter
 
 MAX_REPORTED_VIOLATIONS = 50
@@ -88,15 +92,19 @@ class IngestResult:
     rows_rejected: int
     format: DatasetFormat
     sources: list[str]
+    rows_accepted: int = 0
+    curation: PipelineResult | None = None
+    """The steps' counts when the upload was curated while ingesting (``shards`` are then the
+    curated rows and ``rejected_path`` lists invalid rows first, then the rows steps removed)."""
 
 
 class _Ingest:
     def __init__(self, options: IngestOptions, limits: IngestLimits, counter: TokenCounter, staging: Path,
-                 fast_path: bool) -> None:
+                 fast_path: bool, writer: ShardWriter | CurationFeed) -> None:
         self.options = options
         self.limits = limits
         self.counter = counter
-        self.writer = ShardWriter(staging / "data")
+        self.writer = writer
         self.rejects = RejectsWriter(staging / "rejected.parquet")
         self.violations: list[FieldViolation] = []
         self.format = options.format
@@ -248,6 +256,9 @@ def ingest_file(
     limits: IngestLimits | None = None,
     counter: TokenCounter | None = None,
     fast_path: bool = True,
+    curation: cfg.PipelineConfig | None = None,
+    eval_records: EvalRecords = lambda ids: (),
+    generators: GeneratorProvider | None = None,
 ) -> IngestResult:
     """Validate a local file into staged canonical shards.
 
@@ -259,11 +270,16 @@ def ingest_file(
         counter: token counter for ``max_tokens_per_row`` (whitespace by default).
         fast_path: convert JSONL instruction/text files column-wise (``fastjsonl``); False forces
             the row path everywhere (same result, slower; tests compare the two).
+        curation: curate the validated rows in the same pass (``feed.CurationFeed``): the shards
+            returned are the curated ones. The config must be checked (``config.check_pipeline``).
+        eval_records: evaluation rows for a decontamination step, by version ids.
+        generators: the models of ``generative_augment`` steps.
 
     Raises:
         InvalidInput: bad rows under REJECT_UPLOAD (every violation listed, up to 50), an
             unreadable file, or an undetectable format.
-        ResourceExhausted: a size, row or archive limit was passed.
+        ResourceExhausted: a size, row or archive limit was passed, or a curation step tripped
+            the removal guard.
     """
     limits = limits or IngestLimits()
     size = path.stat().st_size
@@ -272,15 +288,28 @@ def ingest_file(
     (staging / "archive").mkdir(parents=True, exist_ok=True)
     members = extract_archive(path, staging / "archive", limits.archive)
     sources = [(f"{options.file_name}/{name}", p) for name, p in iter_archive_names(members)] or [(options.file_name, path)]
-    job = _Ingest(options, limits, counter or WhitespaceCounter(), staging, fast_path)
+    writer = (CurationFeed(curation, staging / "curation", eval_records, generators) if curation
+              else ShardWriter(staging / "data"))
+    job = _Ingest(options, limits, counter or WhitespaceCounter(), staging, fast_path, writer)
     try:
         for source, file_path in sources:
             job.run_file(source, file_path)
+        _refuse_invalid(job, options)
     except BaseException:
         job.writer.discard()
         raise
-    shards = job.writer.close()
+    closed = job.writer.close()
     rejected = job.rejects.close()
+    names = [s for s, _ in sources]
+    fmt = job.format or DatasetFormat.TEXT
+    if isinstance(closed, ShardSet):
+        return IngestResult(closed, rejected, job.rows_read, job.rejects.count, fmt, names, closed.rows)
+    report = merge_rejects([p for p in (rejected, closed.rejected_path) if p], staging / "rejected-all.parquet")
+    return IngestResult(closed.shards, report, job.rows_read, job.rejects.count, fmt, names, job.writer.rows, closed)
+
+
+def _refuse_invalid(job: _Ingest, options: IngestOptions) -> None:
+    """Raise when the policy rejects the upload or nothing valid was read."""
     if job.violations:
         raise InvalidInput(
             f"{job.rejects.count} of {job.rows_read} rows are invalid and the policy is reject_upload: "
@@ -288,7 +317,6 @@ def ingest_file(
             violations=job.violations,
             reason="INVALID_ROWS",
         )
-    if shards.rows == 0:
+    if job.writer.rows == 0:
         raise InvalidInput.field_error("file", f"no valid rows in {options.file_name!r} ({job.rows_read} read): check the format")
-    return IngestResult(shards, rejected, job.rows_read, job.rejects.count, job.format or DatasetFormat.TEXT, [s for s, _ in sources])
 

@@ -8,7 +8,7 @@ its input fails the run with its numbers (the removal guard) and nothing is publ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -41,6 +41,7 @@ from tuneforge.datasets.domain.steps import (
     Step,
     ToxicityStep,
 )
+from tuneforge.datasets.domain.steps_gen import GenerativeAugmentStep, GeneratorProvider
 from tuneforge.datasets.domain.steps_mix import UNCATEGORIZED, AugmentStep, BalanceStep, DecontaminateStep
 
 
@@ -74,8 +75,9 @@ EvalRecords = Callable[[tuple[str, ...]], Iterable[Record]]
 Progress = Callable[[StepCount], None]
 
 
-def build_step(config: cfg.StepConfig, reject: Callable[[Record, str, str], None], workdir: Path, eval_records: EvalRecords) -> Step:
-    """Instantiate the step for a configuration."""
+def build_step(config: cfg.StepConfig, reject: Callable[[Record, str, str], None], workdir: Path, eval_records: EvalRecords,
+               generators: GeneratorProvider | None = None) -> Step:
+    """Instantiate the step for a configuration (``generators``: the models of ``generative_augment``)."""
     simple: dict[type, type[Step]] = {
         cfg.Normalize: NormalizeStep, cfg.ExactDedup: ExactDedupStep, cfg.NearDedup: NearDedupStep,
         cfg.LengthFilter: LengthFilterStep, cfg.QualityFilter: QualityFilterStep, cfg.Pii: PiiStep,
@@ -85,6 +87,8 @@ def build_step(config: cfg.StepConfig, reject: Callable[[Record, str, str], None
         return BalanceStep(reject, config, workdir)
     if isinstance(config, cfg.Decontaminate):
         return DecontaminateStep(reject, config, lambda: eval_records(config.eval_version_ids))
+    if isinstance(config, cfg.GenerativeAugment):
+        return GenerativeAugmentStep(reject, config, generators)
     return simple[type(config)](reject, config)  # type: ignore[call-arg]
 
 
@@ -138,17 +142,37 @@ def run_pipeline(
     *,
     eval_records: EvalRecords,
     progress: Progress = lambda _: None,
+    generators: GeneratorProvider | None = None,
 ) -> PipelineResult:
     """Run the configured steps over the input shards into ``staging``.
+
+    ``generators`` provides the models of ``generative_augment`` steps (None: such steps fail).
 
     Raises:
         ResourceExhausted: the removal guard tripped (the message gives the step and numbers).
         InvalidInput: a step's parameters cannot be used (e.g. a missing tokenizer folder).
     """
+    return curate_batches(read_ahead(iter_tables(inputs)), config, staging, eval_records=eval_records,
+                          progress=progress, generators=generators)
+
+
+def curate_batches(
+    source: Generator[Batch, None, None],
+    config: cfg.PipelineConfig,
+    staging: Path,
+    *,
+    eval_records: EvalRecords,
+    progress: Progress = lambda _: None,
+    generators: GeneratorProvider | None = None,
+) -> PipelineResult:
+    """Run the configured steps over batches of canonical records into ``staging``.
+
+    ``source`` is closed when a step fails, so a producer behind it (a read-ahead thread, an
+    ingest) stops at once. Raises as ``run_pipeline``.
+    """
     staging.mkdir(parents=True, exist_ok=True)
     rejects = RejectsWriter(staging / "rejected.parquet")
     counts: list[StepCount] = []
-    source = read_ahead(iter_tables(inputs))
     batches: Iterator[Batch] = source
     for step_config in config.steps:
         name = cfg.STEP_NAMES[type(step_config)]
@@ -157,7 +181,7 @@ def run_pipeline(
             prov = record["provenance"]
             rejects.add(RejectedRow(prov["row"], fld, reason, name, prov["source"]))
 
-        step = build_step(step_config, reject, staging, eval_records)
+        step = build_step(step_config, reject, staging, eval_records, generators)
         counts.append(StepCount(name))
         batches = _chain(batches, step, counts[-1], config.max_removal_fraction, progress)
     writer = ShardWriter(staging / ("stage" if config.split else "data"))

@@ -24,6 +24,7 @@ from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.model import Run, RunEvent, RunState, new_id
 from tuneforge.datasets.domain.pipeline import StepCount, run_pipeline
 from tuneforge.datasets.domain.service import DatasetCatalogService, Staged
+from tuneforge.datasets.domain.steps_gen import check_models
 
 log = logging.getLogger(__name__)
 _TERMINAL = (RunState.SUCCEEDED, RunState.FAILED)
@@ -40,6 +41,7 @@ class CurationRuns:
 
     def __init__(self, service: DatasetCatalogService, max_workers: int = 2) -> None:
         self.service = service
+        self.generators = service.generators  # the models generative_augment steps may use
         self.catalog = service.catalog
         self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="curation")
         self._events: dict[str, _Events] = {}
@@ -73,6 +75,7 @@ class CurationRuns:
                 raise AlreadyExists(f"request_id {request_id!r} was used for another version: use a new request_id")
             return existing
         cfg.check_pipeline(config)
+        check_models(config, self.generators)
         version = self.service.get_version(tenant, version_id)
         run = Run(new_id("run"), tenant, version.id, RunState.QUEUED, utcnow(), request_id or None,
                   {"config": config.to_dict(), "steps": []})
@@ -95,8 +98,8 @@ class CurationRuns:
                 self.catalog.save_run(run)
                 self._emit(run, f"step {count.step}: {count.rows_in} -> {count.rows_out} rows", count.as_dict())
 
-            result = run_pipeline(shards, config, staging, progress=progress,
-                                  eval_records=lambda ids: self._eval_records(run.tenant, ids))
+            result = run_pipeline(shards, config, staging, progress=progress, generators=self.generators,
+                                  eval_records=lambda ids: self.service.eval_records(run.tenant, ids))
             document = {"pipeline": config.to_dict(), "steps": [c.as_dict() for c in result.steps], "run_id": run.id}
             staged = Staged(result.shards, result.rejected_path, result.rejected_count, document, version.id)
             dataset = self.service.catalog.find_dataset(run.tenant, version.dataset_id)
@@ -119,10 +122,6 @@ class CurationRuns:
         run.ended_at = utcnow()
         self.catalog.save_run(run)
         self._emit(run, message)
-
-    def _eval_records(self, tenant: str, version_ids: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-        for version_id in version_ids:
-            yield from self.service.records(tenant, version_id)
 
     def get(self, tenant: str, run_id: str) -> Run:
         """One run; NotFound otherwise."""

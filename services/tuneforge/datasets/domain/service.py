@@ -12,7 +12,7 @@ import random
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,10 +22,12 @@ import pyarrow.parquet as pq
 from tuneforge.common.db import utcnow
 from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 from tuneforge.common.storage import tenant_prefix
-from tuneforge.datasets.domain.ingest import IngestLimits, IngestOptions, ingest_file
+from tuneforge.datasets.domain import config as cfg
+from tuneforge.datasets.domain.ingest import IngestLimits, IngestOptions, IngestResult, ingest_file
 from tuneforge.datasets.domain.model import Catalog, Dataset, Version, new_id
 from tuneforge.datasets.domain.shards import ShardSet, ShardWriter, iter_batches, iter_records
 from tuneforge.datasets.domain.stats import compute_stats
+from tuneforge.datasets.domain.steps_gen import GeneratorProvider, check_models
 from tuneforge.datasets.domain.tokens import WhitespaceCounter, token_counter
 
 MAX_PAGE = 1000
@@ -58,8 +60,9 @@ class DatasetCatalogService:
     """Datasets and versions for many tenants."""
 
     def __init__(self, catalog: Catalog, files: VersionFiles, work_dir: Path, store_uri: str,
-                 limits: IngestLimits | None = None) -> None:
+                 limits: IngestLimits | None = None, generators: GeneratorProvider | None = None) -> None:
         self.catalog = catalog
+        self.generators = generators  # the models generative_augment steps may use
         self.files = files
         self.work_dir = work_dir
         # Without the query (endpoint options): sources are named s3://bucket/key or file:///dir/key.
@@ -73,38 +76,42 @@ class DatasetCatalogService:
 
     # ---- ingest -------------------------------------------------------------------------
     def ingest(self, tenant: str, dataset_name: str, description: str, path: Path, options: IngestOptions,
-               request_id: str = "") -> tuple[Dataset, Version]:
-        """Validate a local file and publish it as a new raw version (idempotent on request_id)."""
+               request_id: str = "", curation: cfg.PipelineConfig | None = None) -> tuple[Dataset, Version]:
+        """Validate a local file and publish it as a new version (idempotent on request_id).
+
+        Without ``curation`` the version holds the validated rows (a raw version); with it, the
+        validated rows go through the steps in the same pass and only the curated rows are stored.
+        """
         if not dataset_name.strip():
             raise InvalidInput.field_error("dataset_name", "is empty: name the dataset")
         if request_id and (existing := self.catalog.find_version_by_request(tenant, request_id)):
             return self._dataset_of(existing), existing
+        if curation:
+            cfg.check_pipeline(curation, "curation.")
+            check_models(curation, self.generators, "curation.")
         staging = self.staging()
         try:
-            result = ingest_file(path, options, staging, limits=self.limits)
-            document = {
-                "pipeline": {"ingest": {"file_name": options.file_name, "format": result.format.value,
-                                        "policy": options.policy.value,
-                                        "max_tokens_per_row": options.max_tokens_per_row}},
-                "steps": [{"step": "validate", "rows_in": result.rows_read, "rows_out": result.shards.rows,
-                           "rows_modified": 0, "details": {"rejected": result.rows_rejected}}],
-                "validation": {"rows_read": result.rows_read, "rows_accepted": result.shards.rows,
-                               "rows_rejected": result.rows_rejected, "format": result.format.value},
-                "sources": result.sources,
-            }
-            staged = Staged(result.shards, result.rejected_path, result.rows_rejected, document)
+            result = ingest_file(path, options, staging, limits=self.limits, curation=curation,
+                                 eval_records=lambda ids: self.eval_records(tenant, ids), generators=self.generators)
+            document = _ingest_document(options, result, curation)
+            staged = Staged(result.shards, result.rejected_path, _rejected_total(result), document)
             return self.publish(tenant, dataset_name, description, staged, request_id)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def eval_records(self, tenant: str, version_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """The records of several versions in turn (decontamination's evaluation sets)."""
+        for version_id in version_ids:
+            yield from self.records(tenant, version_id)
+
     def register(self, tenant: str, dataset_name: str, source_uri: str, options: IngestOptions,
-                 request_id: str = "") -> tuple[Dataset, Version]:
+                 request_id: str = "", curation: cfg.PipelineConfig | None = None) -> tuple[Dataset, Version]:
         """Ingest an object already in the service's store, under the caller's tenant prefix."""
         key = self._source_key(tenant, source_uri)
         download = Path(tempfile.mkdtemp(prefix="register-", dir=self.work_dir))
         try:
             local = self.files.open_source(key, download / "source")
-            return self.ingest(tenant, dataset_name, "", local, options, request_id)
+            return self.ingest(tenant, dataset_name, "", local, options, request_id, curation)
         finally:
             shutil.rmtree(download, ignore_errors=True)
 
@@ -303,6 +310,29 @@ class DatasetCatalogService:
                 for _ in range(counts.get(index, 0)):
                     writer.add({**record, "category": task, "split": None})
                 index += 1
+
+
+def _rejected_total(result: IngestResult) -> int:
+    return result.rows_rejected + (result.curation.rejected_count if result.curation else 0)
+
+
+def _ingest_document(options: IngestOptions, result: IngestResult, curation: cfg.PipelineConfig | None) -> dict[str, Any]:
+    """A version's lineage document for an ingest (and the curation run inside it, if any)."""
+    pipeline: dict[str, Any] = {"ingest": {"file_name": options.file_name, "format": result.format.value,
+                                           "policy": options.policy.value,
+                                           "max_tokens_per_row": options.max_tokens_per_row}}
+    steps = [{"step": "validate", "rows_in": result.rows_read, "rows_out": result.rows_accepted,
+              "rows_modified": 0, "details": {"rejected": result.rows_rejected}}]
+    if result.curation and curation:
+        pipeline["curation"] = curation.to_dict()
+        steps += [count.as_dict() for count in result.curation.steps]
+    return {
+        "pipeline": pipeline,
+        "steps": steps,
+        "validation": {"rows_read": result.rows_read, "rows_accepted": result.rows_accepted,
+                       "rows_rejected": result.rows_rejected, "format": result.format.value},
+        "sources": result.sources,
+    }
 
 
 def request_key() -> str:

@@ -58,6 +58,8 @@ class ShardWriter:
     def __init__(self, folder: Path, *, rows_per_shard: int = ROWS_PER_SHARD) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self._set = ShardSet(folder)
+        self.rows = 0
+        """Rows added so far (written or still buffered)."""
         self._rows_per_shard = rows_per_shard
         self._records: list[dict[str, Any]] = []
         self._tables: list[pa.Table] = []
@@ -74,6 +76,7 @@ class ShardWriter:
         """Append one canonical record."""
         self._records.append(record)
         self._pending += 1
+        self.rows += 1
         if self._pending >= _BATCH_ROWS:
             self._flush(final=False)
 
@@ -89,6 +92,7 @@ class ShardWriter:
         self._seal_records()
         self._tables.append(table)
         self._pending += table.num_rows
+        self.rows += table.num_rows
         if self._pending >= _BATCH_ROWS:
             self._flush(final=False)
 
@@ -209,6 +213,17 @@ class RejectsWriter:
             self._writer = None
             return self.path
         return None
+
+
+def merge_rejects(paths: list[Path], dest: Path) -> Path | None:
+    """One rejected-rows report from several, in order (None when there is none)."""
+    if len(paths) <= 1:
+        return paths[0] if paths else None
+    with pq.ParquetWriter(dest, REJECTS_SCHEMA, compression="zstd") as writer:
+        for path in paths:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
+                writer.write_batch(batch)
+    return dest
 
 
 def iter_records(files: Iterable[Path], *, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
