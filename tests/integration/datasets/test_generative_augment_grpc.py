@@ -20,7 +20,13 @@ from tuneforge.common.v1 import common_pb2
 from tuneforge.datasets.adapters import tables
 from tuneforge.datasets.adapters.generator import generation_settings
 from tuneforge.datasets.app import DatasetSettings, build_app
-from tuneforge.datasets.domain.steps_gen import GenerationParams, clean_generation, judge, paraphrase_prompt
+from tuneforge.datasets.domain.steps_gen import (
+    GenerationParams,
+    Prompt,
+    clean_generation,
+    judge,
+    paraphrase_prompt,
+)
 from tuneforge.datasets.v1 import datasets_pb2 as pb
 from tuneforge.datasets.v1 import datasets_pb2_grpc as pb_grpc
 
@@ -62,13 +68,13 @@ def _curate(stub: pb_grpc.DatasetServiceStub, version_id: str, step: pb.Generati
     return stub.GetCurationRun(pb.GetCurationRunRequest(run_id=started.id), timeout=30).run
 
 
-def _direct(tiny_model_dir: Path, prompts: list[str], sources: list[str], params: GenerationParams) -> list[str]:
+def _direct(tiny_model_dir: Path, prompts: list[Prompt], sources: list[str], params: GenerationParams) -> list[str]:
     """The engine's generation called directly (the same loader, chat template and settings), cleaned."""
     from tuneforge.engine.evaluate.generation import generate
     from tuneforge.engine.evaluate.loading import load_model
 
     loaded = load_model(tiny_model_dir)
-    chats = [[{"role": "user", "content": p}] for p in prompts]
+    chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     out = generate(loaded.model, loaded.tokenizer, chats, generation_settings(params))
     return [clean_generation(g.text, source) for g, source in zip(out, sources, strict=True)]
 

@@ -22,12 +22,15 @@ from tuneforge.datasets.domain.ingest import IngestOptions, ingest_file
 from tuneforge.datasets.domain.pipeline import run_pipeline
 from tuneforge.datasets.domain.shards import iter_records
 from tuneforge.datasets.domain.steps_gen import (
+    PARAPHRASE_EXAMPLES,
     PARAPHRASE_PROMPTS,
     GenerationParams,
     GenerativeAugmentStep,
+    Prompt,
     check_models,
     clean_generation,
     judge,
+    paraphrase_prompt,
 )
 from tuneforge.datasets.v1 import datasets_pb2 as pb
 
@@ -70,10 +73,11 @@ class RuleGenerator:
             out = f"{_OPENERS[PARAPHRASE_PROMPTS.index(prompt.replace(text, '{text}'))]} {text}"
         return f"{out} {rng.choice(_WORDS)}" if sample else out
 
-    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[str]:
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[str]:
         self.calls.append((list(prompts), params))
         rng = random.Random(params.seed)
-        return [self._one(p, rng, params.temperature > 0) for p in prompts]
+        # A chat is answered by its last message (the request after the worked examples).
+        return [self._one(p if isinstance(p, str) else p[-1]["content"], rng, params.temperature > 0) for p in prompts]
 
 
 class RuleModels:
@@ -294,3 +298,20 @@ def test_local_models_are_listed_by_folder_and_names_are_checked(tmp_path: Path)
         with pytest.raises(InvalidInput):
             check_model_name(bad)
     assert LocalTextGenerators(tmp_path / "missing").names() == []
+
+
+def test_paraphrase_prompts_show_worked_examples_in_the_request_wording() -> None:
+    chats = [paraphrase_prompt("Name a colour.", k) for k in range(3)]
+    for k, chat in enumerate(chats):
+        assert chat[0]["role"] == "system" and chat[-1] == {
+            "role": "user", "content": PARAPHRASE_PROMPTS[k].format(text="Name a colour.")}
+        examples = [(chat[i]["content"], chat[i + 1]["content"]) for i in range(1, len(chat) - 1, 2)]
+        assert [a for _, a in examples] == [b for _, b in PARAPHRASE_EXAMPLES[k:] + PARAPHRASE_EXAMPLES[:k]]
+        assert all(q == PARAPHRASE_PROMPTS[k].format(text=r) for (q, _), (r, _) in
+                   zip(examples, PARAPHRASE_EXAMPLES[k:] + PARAPHRASE_EXAMPLES[:k], strict=True))
+    assert len({str(c) for c in chats}) == 3  # greedy decoding sees three different contexts
+
+
+def test_an_echoed_worked_example_is_discarded() -> None:
+    assert judge("Name a colour.", PARAPHRASE_EXAMPLES[1][1]) == "echo"
+    assert judge(PARAPHRASE_EXAMPLES[1][0] + " Please.", PARAPHRASE_EXAMPLES[1][1]) == ""

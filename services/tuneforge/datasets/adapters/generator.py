@@ -24,7 +24,7 @@ from typing import Any
 
 from tuneforge.common.errors import FailedPrecondition, InvalidInput
 from tuneforge.common.storage.keys import check_key
-from tuneforge.datasets.domain.steps_gen import GenerationParams
+from tuneforge.datasets.domain.steps_gen import Chat, GenerationParams, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,29 @@ class LocalGenerator:
         self._owner, self.name = owner, name
         self._loaded: _Loaded | None = None  # a strong reference keeps the shared model alive
 
-    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[str]:
-        """One completion per prompt (a user message; the chat template is applied when the model has one)."""
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[str]:
+        """One completion per prompt (the chat template is applied when the model has one)."""
         from tuneforge.engine.evaluate.generation import generate
 
         if self._loaded is None:
             self._loaded = self._owner.load(self.name)
         loaded = self._loaded
         chat = bool(getattr(loaded.tokenizer, "chat_template", None))
-        inputs: list[Any] = [[{"role": "user", "content": p}] for p in prompts] if chat else list(prompts)
+        inputs: list[Any] = [_as_chat(p) for p in prompts] if chat else [_as_text(p) for p in prompts]
         settings = generation_settings(params)
         with loaded.lock:
             return [g.text for g in generate(loaded.model, loaded.tokenizer, inputs, settings)]
+
+
+def _as_chat(prompt: Prompt) -> Chat:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def _as_text(prompt: Prompt) -> str:
+    """A chat as plain text for a model without a chat template: each turn on its own line."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(m["content"] for m in prompt if m["role"] != "system") + "\n"
 
 
 def generation_settings(params: GenerationParams) -> Any:

@@ -39,6 +39,17 @@ PARAPHRASE_PROMPTS = (
 )
 """Paraphrase prompts (variant ``k`` uses prompt ``k % 3``: greedy decoding then still differs)."""
 
+PARAPHRASE_SYSTEM = "You reword requests. You never answer a request or carry it out."
+PARAPHRASE_EXAMPLES = (
+    ("List three fruits that are red.", "Name three red fruits."),
+    ("Explain how a bicycle works.", "Describe the way a bicycle functions."),
+    ("Write a letter to a friend about your holiday.", "Compose a note to a friend telling them about your vacation."),
+    ("Why do cats purr?", "What makes cats purr?"),
+)
+"""Worked examples shown before the request (few-shot): without them small instruction models
+(SmolLM2-135M-Instruct) carry the request out instead of rewording it. Variant ``k`` shows them
+rotated by ``k``."""
+
 TRANSLATE_PROMPT = "Translate the following text into {language}. Reply with the translation only.\n\n{text}"
 
 MIN_LENGTH_RATIO = 0.3
@@ -65,11 +76,17 @@ class GenerationParams:
     batch_size: int = 8
 
 
+Chat = list[dict[str, str]]
+"""Messages (``role``, ``content``) ending with a user message."""
+Prompt = str | Chat
+"""A user message, or a whole chat (system message and worked examples before the request)."""
+
+
 class TextGenerator(Protocol):
     """A generative model: one completion per prompt."""
 
-    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[str]:
-        """Complete each prompt, a user message (the model's chat template is applied when it has one)."""
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[str]:
+        """Complete each prompt (the model's chat template is applied when it has one)."""
         ...
 
 
@@ -106,9 +123,15 @@ def check_models(config: cfg.PipelineConfig, generators: GeneratorProvider | Non
                                  violations=[FieldViolation(field, f"no model {step.model!r}: {have}")])
 
 
-def paraphrase_prompt(text: str, variant: int) -> str:
-    """The prompt asking for paraphrase number ``variant`` of ``text``."""
-    return PARAPHRASE_PROMPTS[variant % len(PARAPHRASE_PROMPTS)].format(text=text)
+def paraphrase_prompt(text: str, variant: int) -> Chat:
+    """The chat asking for paraphrase number ``variant`` of ``text``: the system message, the
+    worked examples (rotated by ``variant``) in the same wording, then the request."""
+    template = PARAPHRASE_PROMPTS[variant % len(PARAPHRASE_PROMPTS)]
+    shift = variant % len(PARAPHRASE_EXAMPLES)
+    chat: Chat = [{"role": "system", "content": PARAPHRASE_SYSTEM}]
+    for request, reworded in PARAPHRASE_EXAMPLES[shift:] + PARAPHRASE_EXAMPLES[:shift]:
+        chat += [{"role": "user", "content": template.format(text=request)}, {"role": "assistant", "content": reworded}]
+    return [*chat, {"role": "user", "content": template.format(text=text)}]
 
 
 def translate_prompt(text: str, language: str) -> str:
@@ -153,14 +176,23 @@ def _template_markers(template: str) -> tuple[str, ...]:
 
 
 _MARKERS = tuple(m for t in (*PARAPHRASE_PROMPTS, TRANSLATE_PROMPT) for m in _template_markers(t))
+_EXAMPLES = tuple((_norm(request), _norm(reworded)) for request, reworded in PARAPHRASE_EXAMPLES)
+
+
+def _echoes(norm: str, source_norm: str) -> bool:
+    """Whether a generation repeats a prompt template sentence or a worked example the source does not hold."""
+    if any(m in norm and m not in source_norm for m in _MARKERS):
+        return True
+    return any((request in norm or reworded in norm) and request not in source_norm and reworded not in source_norm
+               for request, reworded in _EXAMPLES)
 
 
 def judge(source: str, generated: str, *, min_ratio: float = MIN_LENGTH_RATIO, language: str = "") -> str:
     """Why a cleaned generation must be discarded, or ``""`` when it is a usable variant of ``source``.
 
     Reasons, in the order checked: ``empty``, ``unchanged`` (equal after case/punctuation
-    normalization), ``echo`` (it repeats a sentence of a prompt template that the source does not
-    contain), ``length_ratio`` (length outside [``min_ratio``, 3] times the source's, texts
+    normalization), ``echo`` (it repeats a sentence of a prompt template or a worked example
+    that the source does not contain), ``length_ratio`` (length outside [``min_ratio``, 3] times the source's, texts
     shorter than 20 characters counted as 20), ``line_count`` (more than 2n - 1 lines for a source
     of n lines: small models answer "Give three tips" with three lines) and, when ``language`` (ISO 639-1) is given,
     ``wrong_language`` (identified as another language with confidence >= 0.85: short texts
@@ -171,7 +203,7 @@ def judge(source: str, generated: str, *, min_ratio: float = MIN_LENGTH_RATIO, l
         return "empty"
     if norm == source_norm:
         return "unchanged"
-    if any(m in norm and m not in source_norm for m in _MARKERS):
+    if _echoes(norm, source_norm):
         return "echo"
     ratio = max(len(generated), _SHORT) / max(len(source), _SHORT)
     if not min_ratio <= ratio <= MAX_LENGTH_RATIO:
@@ -226,7 +258,7 @@ class GenerativeAugmentStep(Step):
         key = f"{self.config.seed}\x1f{prov.get('source')}\x1f{prov.get('row')}".encode()
         return xxhash.xxh3_64_intdigest(key) / 2.0**64 < self.config.fraction
 
-    def _generate(self, prompts: list[str], sources: list[str]) -> list[str]:
+    def _generate(self, prompts: list[Prompt], sources: list[str]) -> list[str]:
         """Cleaned completions of ``prompts``; ``sources[i]`` is the text that prompt ``i`` rewrites."""
         if not prompts:
             return []
