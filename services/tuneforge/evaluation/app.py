@@ -18,10 +18,11 @@ from pathlib import Path
 
 from tuneforge.common import db
 from tuneforge.common.grpc.server import RunningServer, build_server
+from tuneforge.common.peers.clients import GrpcCheckpoints, GrpcDatasetVersions
+from tuneforge.common.peers.objects import StoreDatasetReader
 from tuneforge.common.storage import open_object_store
 from tuneforge.evaluation.adapters.models import StoreModelResolver
-from tuneforge.evaluation.adapters.objects import StoreDatasetReader, StoreReportStore
-from tuneforge.evaluation.adapters.peers import GrpcCheckpoints, GrpcDatasetVersions
+from tuneforge.evaluation.adapters.objects import StoreReportStore
 from tuneforge.evaluation.adapters.runners import InProcessRunner, RayRunner
 from tuneforge.evaluation.adapters.safety import CurationSafetyScorer
 from tuneforge.evaluation.adapters.sql import SqlEvaluationRepository

@@ -1,18 +1,120 @@
-"""Composition root of the training service: settings -> servicer -> server."""
+"""Composition root of the training service: settings -> adapters -> domain -> servicer -> server.
+
+Fails fast at start-up: the object store must be reachable and writable (the store probes it), the
+database is migrated and the work folder writable before the port opens. The peers
+(``TUNEFORGE_DATASETS_ADDRESS``, ``TUNEFORGE_CHECKPOINTS_ADDRESS``) are required to run jobs but not
+to start: without them the service serves health, GetJob/ListJobs/StreamJobEvents, and CreateJob
+answers FAILED_PRECONDITION naming the missing setting (so a half-configured stack says what is
+missing at the call that needs it, and health probes still pass).
+
+Jobs an earlier process left QUEUED or RUNNING are re-queued at start-up; they resume from their
+latest complete checkpoint. On stop, running jobs are interrupted after their current step and
+left QUEUED for the next process.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tuneforge.common import db
+from tuneforge.common.errors import FailedPrecondition
 from tuneforge.common.grpc.server import RunningServer, build_server
+from tuneforge.common.peers.clients import GrpcCheckpoints, GrpcDatasetVersions
+from tuneforge.common.peers.models import StoreModelResolver
+from tuneforge.common.peers.objects import StoreDatasetReader
+from tuneforge.common.storage import open_object_store
+from tuneforge.training.adapters.engine import EngineRunner
+from tuneforge.training.adapters.peers import (
+    ConfiguredTenantTokens,
+    PeerDatasets,
+    PeerModels,
+    RegisteringPublisher,
+)
+from tuneforge.training.adapters.sql import SqlJobRepository
+from tuneforge.training.domain.service import Dependencies, TrainingService
 from tuneforge.training.servicer import TrainingServicer
 from tuneforge.training.settings import TrainingSettings
 from tuneforge.training.v1 import training_pb2, training_pb2_grpc
 
-__all__ = ["SERVICE_NAME", "TrainingSettings", "build_app"]
+__all__ = ["SERVICE_NAME", "TrainingSettings", "build_app", "build_service"]
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = db.version_table_for("training")
+
+
+def _missing_peers(settings: TrainingSettings) -> tuple[str, ...]:
+    missing = tuple(f"TUNEFORGE_{name.upper()}_ADDRESS" for name, address in
+                    (("datasets", settings.datasets_address), ("checkpoints", settings.checkpoints_address))
+                    if not address)
+    if missing:
+        log.warning("%s not set: CreateJob will answer FAILED_PRECONDITION until configured", " and ".join(missing))
+    return missing
+
+
+def _work_dir(settings: TrainingSettings) -> Path:
+    work = settings.resolved_work_dir()
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        probe = work / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise FailedPrecondition(f"the work folder {work} is not writable ({exc.strerror}): set "
+                                 "TUNEFORGE_TRAIN_WORK_DIR to a writable folder") from None
+    return work
+
+
+def build_service(settings: TrainingSettings) -> tuple[TrainingService, list]:
+    """Wire the domain service; returns it with the hooks to run on stop (in reverse order)."""
+    store_uri = settings.resolved_object_store_uri()
+    store = open_object_store(store_uri, access_key=settings.s3_access_key.get_secret_value() or None,
+                              secret_key=settings.s3_secret_key.get_secret_value() or None)
+    engine = db.create_db_engine(settings.resolved_database_url())
+    db.run_migrations(engine, MIGRATIONS_DIR, VERSION_TABLE)
+    work = _work_dir(settings)
+    timeout = settings.train_peer_timeout_s
+    versions = GrpcDatasetVersions(settings.datasets_address, timeout)
+    checkpoints = GrpcCheckpoints(settings.checkpoints_address, timeout)
+    resolver = StoreModelResolver(store, settings.models_dir, checkpoints, settings.data_dir / "cache" / "models",
+                                  base_field="base_model", checkpoint_field="base_model")
+    executor = ThreadPoolExecutor(max_workers=settings.max_running_jobs, thread_name_prefix="training-job")
+    deps = Dependencies(
+        repository=SqlJobRepository(db.make_sessionmaker(engine)),
+        datasets=PeerDatasets(versions, StoreDatasetReader(store, versions, settings.data_dir / "cache" / "datasets")),
+        models=PeerModels(resolver),
+        checkpoints=RegisteringPublisher(store, checkpoints),
+        engine=EngineRunner(),
+        credentials=ConfiguredTenantTokens(settings.auth_tokens.get_secret_value(),
+                                           auth_disabled=settings.auth_disabled),
+        executor=executor,
+        store_uri=store.uri,
+        work_dir=work,
+        ray_address=settings.train_ray_address or os.environ.get("RAY_ADDRESS", ""),
+        peers_missing=_missing_peers(settings),
+    )
+    service = TrainingService(deps)
+    requeued = service.recover()
+    if requeued:
+        log.info("re-queued %d job(s) left unfinished by an earlier process", len(requeued))
+
+    def stop_jobs() -> None:
+        service.shutdown()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    return service, [versions.close, checkpoints.close, engine.dispose, stop_jobs]
 
 
 def build_app(settings: TrainingSettings) -> RunningServer:
-    """Start the training service."""
-    return build_server(settings, [(training_pb2_grpc.add_TrainingServiceServicer_to_server,
-                                    TrainingServicer())], [SERVICE_NAME])
+    """Wire and start the training service; raises a ``TuneforgeError`` when a dependency is unusable."""
+    service, hooks = build_service(settings)
+    servicer = TrainingServicer(service, poll_interval_s=settings.train_poll_interval_s)
+    server = build_server(settings, [(training_pb2_grpc.add_TrainingServiceServicer_to_server, servicer)],
+                          [SERVICE_NAME])
+    server.on_stop.extend(hooks)
+    return server

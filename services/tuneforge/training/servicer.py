@@ -1,48 +1,68 @@
-"""TrainingService servicer.
-
-The engine (``tuneforge.engine``) is complete as a library; the orchestration service that turns
-API jobs into engine runs lands with its own issue. Until then every RPC answers UNIMPLEMENTED with
-a message that says what to use meanwhile.
-"""
+"""TrainingService over gRPC: proto -> domain -> proto. No business logic here."""
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import time
+from collections.abc import Iterator
+from typing import Any
 
-from tuneforge.common.errors import Unimplemented
+from tuneforge.common.auth import current_identity
+from tuneforge.common.paging import next_page_token, page_bounds, paginate
+from tuneforge.training import convert
+from tuneforge.training.domain.model import EventKind, JobStatus
+from tuneforge.training.domain.service import TrainingService
+from tuneforge.training.v1 import training_pb2 as pb
 from tuneforge.training.v1 import training_pb2_grpc
-
-_HINT = ("is not implemented yet: the training orchestration service lands with its own issue; "
-         "run jobs meanwhile with `python -m tuneforge.engine --config job.yaml`")
-
-
-def _unimplemented(rpc: str) -> NoReturn:
-    raise Unimplemented(f"TrainingService.{rpc} {_HINT}")
 
 
 class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
-    """Answers UNIMPLEMENTED for every RPC (see module docstring)."""
+    """Thin transport over ``TrainingService``."""
 
-    def CreateJob(self, request: Any, context: Any) -> Any:
-        """Creates a fine-tuning job (not implemented yet)."""
-        _unimplemented("CreateJob")
+    def __init__(self, service: TrainingService, *, poll_interval_s: float = 0.5) -> None:
+        self._svc, self._poll = service, poll_interval_s
 
-    def GetJob(self, request: Any, context: Any) -> Any:
-        """Returns one job (not implemented yet)."""
-        _unimplemented("GetJob")
+    def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.CreateJobResponse:
+        """Validate, lease the data, queue the job (idempotent on idempotency_key)."""
+        # The caller's identity (with its token) goes along: the run calls peers on its behalf.
+        job = self._svc.create(current_identity(), convert.spec_from_request(request), request.idempotency_key)
+        return pb.CreateJobResponse(job=convert.job_to_proto(job))
 
-    def ListJobs(self, request: Any, context: Any) -> Any:
-        """Lists jobs (not implemented yet)."""
-        _unimplemented("ListJobs")
+    def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
+        """One job of the caller's tenant."""
+        return pb.GetJobResponse(job=convert.job_to_proto(self._svc.get(current_identity().tenant, request.job_id)))
 
-    def CancelJob(self, request: Any, context: Any) -> Any:
-        """Cancels a job (not implemented yet)."""
-        _unimplemented("CancelJob")
+    def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+        """A page of jobs, newest first, filtered by status, method and labels."""
+        offset, size = page_bounds(request.page.page_size, request.page.page_token)
+        items = self._svc.list(current_identity().tenant, convert.filter_from_request(request),
+                               limit=size + 1, offset=offset)
+        return pb.ListJobsResponse(jobs=[convert.job_to_proto(j) for j in items[:size]],
+                                   next_page_token=next_page_token(offset, size, offset + len(items)))
 
-    def StreamJobEvents(self, request: Any, context: Any) -> Any:
-        """Streams a job's events (not implemented yet)."""
-        _unimplemented("StreamJobEvents")
+    def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
+        """Cancel a queued or running job (a running one stops after its current step)."""
+        return pb.CancelJobResponse(job=convert.job_to_proto(self._svc.cancel(current_identity().tenant, request.job_id)))
 
-    def ListJobCheckpoints(self, request: Any, context: Any) -> Any:
-        """Lists a job's checkpoints (not implemented yet)."""
-        _unimplemented("ListJobCheckpoints")
+    def StreamJobEvents(self, request: pb.StreamJobEventsRequest, context: Any) -> Iterator[pb.JobEvent]:
+        """Events after ``after_sequence`` until the job has ended and its log is drained (or the client leaves)."""
+        tenant, after, ended_seen = current_identity().tenant, request.after_sequence, False
+        while context.is_active():
+            events = self._svc.events_after(tenant, request.job_id, after)
+            for ev in events:
+                after = ev.sequence
+                yield convert.event_to_proto(ev)
+                if ev.kind is EventKind.STATUS and JobStatus[ev.data["status"]].terminal:
+                    return
+            if not events:
+                # The status is saved just before its event is appended: give the event one more poll.
+                if ended_seen:
+                    return
+                ended_seen = self._svc.get(tenant, request.job_id).status.terminal
+                time.sleep(self._poll)
+
+    def ListJobCheckpoints(self, request: pb.ListJobCheckpointsRequest, context: Any) -> pb.ListJobCheckpointsResponse:
+        """The checkpoints the job registered, by step."""
+        items = self._svc.checkpoints(current_identity().tenant, request.job_id)
+        page, token = paginate(items, request.page.page_size, request.page.page_token)
+        return pb.ListJobCheckpointsResponse(checkpoints=[convert.checkpoint_to_proto(c) for c in page],
+                                             next_page_token=token)

@@ -1,14 +1,42 @@
-"""Training service settings (``TUNEFORGE_*``)."""
+"""Training service settings: the shared ones plus its own (``TUNEFORGE_*``).
+
+A light module (pydantic only) so that ``tuneforge.common.settings`` can import it to accept these
+variables in an environment shared by every service. The shared settings this service relies on:
+
+- ``datasets_address`` / ``checkpoints_address``: the peers it calls on the caller's behalf. Both
+  are needed to run jobs; without them the service still starts (health, reads, listing) and
+  CreateJob answers FAILED_PRECONDITION naming the missing setting;
+- ``models_dir``: base models by name, ``<models_dir>/<name>/`` (after the object store's
+  ``tenants/<tenant>/models/<name>/``);
+- ``auth_tokens``: also the identities jobs act as when they resume after a restart (the caller's
+  own token is gone by then): the first token configured for the job's tenant.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from tuneforge.common.settings import ServiceSettings
 
 
 class TrainingSettings(ServiceSettings):
-    """Training service settings (TUNEFORGE_*)."""
+    """Training service settings (``TUNEFORGE_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="forbid", validate_default=True)
     service_name: str = "training"
+    max_running_jobs: int = Field(1, ge=1, le=64, description="Jobs trained at the same time by this process; "
+                                  "the others wait QUEUED.")
+    train_work_dir: Path | None = Field(None, description="Scratch folder for job inputs (default <data_dir>/work).")
+    train_poll_interval_s: float = Field(0.5, gt=0, le=60, description="How often StreamJobEvents looks for new "
+                                         "events.")
+    train_ray_address: str = Field("", description="Ray cluster for every job ('' = in-process for one worker, a "
+                                   "local Ray for several; RAY_ADDRESS is used when set).")
+    train_peer_timeout_s: float = Field(60.0, gt=0, description="Deadline of each call to the dataset/checkpoint "
+                                        "services.")
+
+    def resolved_work_dir(self) -> Path:
+        """The scratch folder, defaulting to ``<data_dir>/work``."""
+        return (self.train_work_dir or self.data_dir / "work").resolve()

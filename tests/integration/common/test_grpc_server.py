@@ -147,13 +147,13 @@ def test_graceful_stop_drains_in_flight_calls_and_reports_not_serving(probe):
     assert result["job"].job.id == "acme"  # the in-flight call finished
 
 
-def test_unimplemented_training_rpcs_say_what_to_use(make_service):
+def test_training_service_answers_list_jobs(make_service):
     svc = make_service(TrainingSettings, build_app)
     stub = pb_grpc.TrainingServiceStub(svc.channel())
+    assert list(stub.ListJobs(pb.ListJobsRequest()).jobs) == []
     with pytest.raises(grpc.RpcError) as info:
-        stub.ListJobs(pb.ListJobsRequest())
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "python -m tuneforge.engine" in info.value.details()
+        stub.CreateJob(pb.CreateJobRequest())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_tokens_never_appear_in_logs_or_error_messages(probe, caplog):

@@ -1,130 +1,24 @@
 """Model resolution: ``ModelRef`` -> local folders.
 
-- A base model is named: ``tenants/<tenant>/models/<name>/`` in the object store (a committed
-  artifact, downloaded and verified once), else ``<models_dir>/<name>/`` on the service's disk:
-  the same convention as the checkpoint service's merged export.
-- A checkpoint (id or ``<job_id>@<alias>``) is looked up through the checkpoint service on the
-  caller's behalf (``GetManifest``). Only its model folder is downloaded (the shallowest folder
-  holding ``adapter_config.json`` for adapters, ``config.json`` for full weights), not optimizer or
-  trainer state; each file is checked against the manifest's size and sha256. A LoRA adapter is
-  applied onto ``lineage.base_model``, resolved like any base model.
+The resolver moved to ``tuneforge.common.peers.models`` (shared with training); this subclass only
+returns the evaluation domain's ``ResolvedModel``.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path, PurePosixPath
-from typing import Protocol
-
 from tuneforge.common.auth import Identity
-from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound
-from tuneforge.common.storage import ObjectStore, tenant_prefix
-from tuneforge.common.storage.artifacts import read_manifest
-from tuneforge.evaluation.adapters.objects import download_verified, key_in_store
-from tuneforge.evaluation.adapters.peers import CheckpointFile, CheckpointInfo
+from tuneforge.common.peers import models as shared
+from tuneforge.common.peers.models import ADAPTER_CONFIG, MODEL_CONFIG, CheckpointLookup, model_folder
 from tuneforge.evaluation.domain.model import ModelRef
 from tuneforge.evaluation.domain.ports import ResolvedModel
 
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?")
-ADAPTER_CONFIG, MODEL_CONFIG = "adapter_config.json", "config.json"
+__all__ = ["ADAPTER_CONFIG", "MODEL_CONFIG", "CheckpointLookup", "StoreModelResolver", "model_folder"]
 
 
-class CheckpointLookup(Protocol):
-    """Reads checkpoint manifests for a caller (the checkpoint service's ``GetManifest``)."""
+class StoreModelResolver(shared.StoreModelResolver):
+    """Implements ``ModelResolver`` (see ``tuneforge.common.peers.models.StoreModelResolver``)."""
 
-    def lookup(self, caller: Identity, checkpoint: str) -> CheckpointInfo:
-        """The checkpoint's folder, kind, lineage and files; ``NotFound`` when absent or foreign."""
-        ...
-
-
-def model_folder(files: tuple[CheckpointFile, ...], marker: str) -> str:
-    """The shallowest folder (``""`` = the root) among ``files`` that holds ``marker``.
-
-    Raises:
-        FailedPrecondition: no file named ``marker``.
-    """
-    hits = sorted((PurePosixPath(f.path).parent for f in files if PurePosixPath(f.path).name == marker),
-                  key=lambda p: (len(p.parts), str(p)))
-    if not hits:
-        raise FailedPrecondition(
-            f"the checkpoint holds no {marker}: register a folder with a Hugging Face model or PEFT adapter")
-    return "" if str(hits[0]) == "." else f"{hits[0]}/"
-
-
-class StoreModelResolver:
-    """Implements ``ModelResolver``.
-
-    Args:
-        store: the object store shared with the checkpoint service.
-        models_dir: local base models by name (``TUNEFORGE_MODELS_DIR``).
-        checkpoints: the checkpoint service, or None when none is configured.
-        cache_dir: where downloaded models and adapters are kept (they are immutable).
-    """
-
-    def __init__(self, store: ObjectStore, models_dir: Path, checkpoints: CheckpointLookup | None,
-                 cache_dir: Path) -> None:
-        self._store, self._models_dir, self._checkpoints, self._cache = store, models_dir, checkpoints, cache_dir
-
-    def check(self, caller: Identity, ref: ModelRef) -> None:
-        """Fail now on an unknown base model or an unknown/foreign checkpoint (nothing downloaded)."""
-        if ref.base_model:
-            self._base_location(caller.tenant, ref.base_model, "model.base_model")
-        else:
-            self._lookup(caller, ref.checkpoint_id)
-
-    def resolve(self, caller: Identity, ref: ModelRef) -> ResolvedModel:
+    def resolve(self, caller: Identity, ref: ModelRef) -> ResolvedModel:  # type: ignore[override]
         """Local folders for a base model or a checkpoint (adapter applied onto its base)."""
-        if ref.base_model:
-            return ResolvedModel(self._base(caller.tenant, ref.base_model, "model.base_model"))
-        info = self._lookup(caller, ref.checkpoint_id)
-        folder = self._download_checkpoint(caller.tenant, info)
-        if not info.is_adapter:
-            return ResolvedModel(folder, None, info.checkpoint_id, info.job_id)
-        if not info.base_model:
-            raise FailedPrecondition(
-                f"checkpoint {info.checkpoint_id} is an adapter without lineage.base_model: register it with the "
-                "name of the base model it was trained on")
-        base = self._base(caller.tenant, info.base_model, "model.checkpoint_id")
-        return ResolvedModel(base, folder, info.checkpoint_id, info.job_id)
-
-    def _lookup(self, caller: Identity, checkpoint: str) -> CheckpointInfo:
-        if self._checkpoints is None:
-            raise FailedPrecondition(
-                "model.checkpoint_id: no checkpoint service is configured: set TUNEFORGE_CHECKPOINTS_ADDRESS")
-        return self._checkpoints.lookup(caller, checkpoint)
-
-    def _base_location(self, tenant: str, name: str, field: str) -> str | Path:
-        """The store prefix or local folder of base model ``name``."""
-        if not _MODEL_NAME.fullmatch(name) or ".." in name:
-            raise InvalidInput.field_error(field, f"{name!r} is not a model name such as 'smollm2-135m' or 'org/model'")
-        prefix = f"{tenant_prefix(tenant)}models/{name}/"
-        if self._store.exists(prefix + "MANIFEST.json"):
-            return prefix
-        local = self._models_dir / name
-        if (local / MODEL_CONFIG).is_file():
-            return local
-        raise NotFound(
-            f"{field}: base model {name!r} is neither in the object store at {prefix} nor in the models folder "
-            f"({self._models_dir}/{name}): put its safetensors folder in one of them")
-
-    def _base(self, tenant: str, name: str, field: str) -> Path:
-        where = self._base_location(tenant, name, field)
-        if isinstance(where, Path):
-            return where
-        manifest = read_manifest(self._store, where)
-        folder = self._cache / where.rstrip("/")
-        for f in manifest.files:
-            download_verified(self._store, where + f.path, folder / f.path, f.size, f.sha256)
-        return folder
-
-    def _download_checkpoint(self, tenant: str, info: CheckpointInfo) -> Path:
-        folder_key = key_in_store(self._store, info.folder_uri, f"checkpoint {info.checkpoint_id}")
-        if not folder_key.startswith(tenant_prefix(tenant)):
-            raise NotFound(f"checkpoint {info.checkpoint_id} not found")  # guards a misconfigured peer
-        root = model_folder(info.files, ADAPTER_CONFIG if info.is_adapter else MODEL_CONFIG)
-        dest = self._cache / tenant / "checkpoints" / info.checkpoint_id
-        for f in info.files:
-            if f.path.startswith(root) and ".." not in PurePosixPath(f.path).parts:
-                download_verified(self._store, folder_key.rstrip("/") + "/" + f.path,
-                                  dest / f.path[len(root):], f.size, f.sha256)
-        return dest
+        r = super().resolve(caller, ref)
+        return ResolvedModel(r.model_dir, r.adapter_dir, r.checkpoint_id, r.job_id)

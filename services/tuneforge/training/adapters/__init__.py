@@ -1,0 +1,1 @@
+"""Adapters of the training service: SQL repository, peers, engine runner."""

@@ -1,0 +1,144 @@
+"""What the training domain needs from the outside world; ``adapters/`` implement these."""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tuneforge.common.auth import Identity
+from tuneforge.training.domain.model import EventKind, Job, JobCheckpoint, JobEvent, JobFilter, JobStatus
+
+
+class JobRepository(Protocol):
+    """Jobs, their event logs and registered checkpoints; every tenant-facing call is tenant-scoped."""
+
+    def add(self, job: Job) -> Job:
+        """Insert; on an existing (tenant, idempotency_key) return the stored job unchanged."""
+        ...
+
+    def get(self, tenant: str, job_id: str) -> Job:
+        """One job; ``NotFound`` when absent or of another tenant."""
+        ...
+
+    def find_by_key(self, tenant: str, idempotency_key: str) -> Job | None:
+        """The tenant's job created with ``idempotency_key``, if any."""
+        ...
+
+    def list(self, tenant: str, filters: JobFilter, *, limit: int, offset: int) -> builtins.list[Job]:
+        """The tenant's jobs matching ``filters``, newest first."""
+        ...
+
+    def save(self, job: Job, *, expected: Collection[JobStatus] = ()) -> bool:
+        """Update the job's mutable fields; with ``expected``, only while its stored status is one of
+        them (compare-and-set). Returns whether it was updated."""
+        ...
+
+    def unfinished(self) -> builtins.list[Job]:
+        """Every tenant's VALIDATING, QUEUED and RUNNING jobs, oldest first (start-up recovery)."""
+        ...
+
+    def add_event(self, tenant: str, job_id: str, kind: EventKind, data: Mapping[str, Any]) -> JobEvent:
+        """Append an event with the job's next sequence number."""
+        ...
+
+    def events_after(self, tenant: str, job_id: str, sequence: int, limit: int = 500) -> builtins.list[JobEvent]:
+        """The job's events with a sequence greater than ``sequence``, in order."""
+        ...
+
+    def add_checkpoint(self, tenant: str, job_id: str, checkpoint: JobCheckpoint) -> None:
+        """Record a registered checkpoint (idempotent on its id)."""
+        ...
+
+    def checkpoints(self, tenant: str, job_id: str) -> builtins.list[JobCheckpoint]:
+        """The job's registered checkpoints by step."""
+        ...
+
+
+@dataclass(frozen=True)
+class VersionFacts:
+    """What a job needs to know of a dataset version it leased."""
+
+    version_id: str
+    kind: str
+    split_counts: Mapping[str, int]
+
+
+class DatasetAccess(Protocol):
+    """The dataset service (leases) and the shared store (rows), on behalf of ``caller``."""
+
+    def acquire_lease(self, caller: Identity, version_id: str, holder: str) -> VersionFacts:
+        """Lease the version for ``holder`` (idempotent); ``NotFound`` for unknown or foreign ids."""
+        ...
+
+    def release_lease(self, caller: Identity, version_id: str, holder: str) -> None:
+        """Release ``holder``'s lease (no error when it was already released)."""
+        ...
+
+    def write_split(self, caller: Identity, version_id: str, split: str, dest: Path) -> int:
+        """Write the rows of ``split`` ('' = every row) as canonical JSONL to ``dest``; returns the count."""
+        ...
+
+
+class ModelLocator(Protocol):
+    """Base models by name (or full-weight checkpoints by id) as local folders."""
+
+    def locate(self, caller: Identity, base_model: str) -> Path:
+        """The model's local folder; ``NotFound``/``InvalidInput`` naming ``base_model`` otherwise."""
+        ...
+
+
+class CheckpointPublisher(Protocol):
+    """Registers the engine's committed checkpoints with the checkpoint service."""
+
+    def publish(self, caller: Identity, job: Job, uri: str, step: int, metrics: Mapping[str, float],
+                dataset_version_id: str) -> JobCheckpoint:
+        """Read the checkpoint's manifest at ``uri`` and register it with lineage; returns the record."""
+        ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One engine event, as plain values (kinds: started, step, eval, checkpoint, resumed,
+    early_stopped, finished)."""
+
+    kind: str
+    step: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    message: str = ""
+    uri: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an engine run ended (status: completed, early_stopped or cancelled)."""
+
+    status: str
+    steps: int
+    metrics: Mapping[str, float]
+    last_checkpoint_uri: str = ""
+    best_checkpoint_uri: str = ""
+
+
+class TrainingEngine(Protocol):
+    """Runs the engine on a spec mapping (in this process, or on Ray per the spec's resources)."""
+
+    def check(self, spec: Mapping[str, Any]) -> None:
+        """Validate the spec as the engine will (``InvalidInput`` with engine field paths)."""
+        ...
+
+    def run(self, spec: Mapping[str, Any], on_progress: Callable[[Progress], None],
+            cancel: threading.Event) -> Outcome:
+        """Train (resuming from the run's latest complete checkpoint); raises ``TuneforgeError``s."""
+        ...
+
+
+class TenantCredentials(Protocol):
+    """An identity to act for a tenant when no caller is present (jobs resumed after a restart)."""
+
+    def identity_for(self, tenant: str) -> Identity | None:
+        """An identity of ``tenant`` with a bearer token its peers accept, or None."""
+        ...
