@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
-
 from tuneforge.checkpoints.v1 import checkpoints_pb2 as ck
 from tuneforge.client import Client
 from tuneforge.common.v1 import common_pb2
 from tuneforge.datasets.v1 import datasets_pb2 as ds
 from tuneforge.evaluation.v1 import evaluation_pb2 as ev
+from tuneforge.training.v1 import training_pb2 as tr
 
 
 def say(step: str, text: str = "") -> None:
@@ -20,8 +19,22 @@ def say(step: str, text: str = "") -> None:
     print(f"[demo] {step}{': ' if text else ''}{text}", flush=True)
 
 
+def _show_job_event(event: tr.JobEvent) -> None:
+    which = event.WhichOneof("payload")
+    if which == "status":
+        say("  train", f"status {tr.JobStatus.Name(event.status)}")
+    elif which == "metrics" and (event.metrics.eval_loss or event.metrics.step % 5 == 0):
+        m = event.metrics
+        shown = f"eval_loss {m.eval_loss:.4f}" if m.eval_loss else f"loss {m.loss:.4f} lr {m.learning_rate:.2e}"
+        say("  train", f"step {m.step:>3} {shown}")
+    elif which == "checkpoint_id":
+        say("  train", f"checkpoint {event.checkpoint_id} registered")
+    elif which == "log":
+        say("  train", event.log.message)
+
+
 class DemoFlow:
-    """Upload -> curate -> fine-tune -> register -> evaluate -> export."""
+    """Upload -> curate -> fine-tune (a TrainingService job) -> evaluate -> export."""
 
     def __init__(self, client: Client, run_dir: Path, base_name: str, models_dir: Path, steps: int) -> None:
         self.c, self.run_dir, self.base_name, self.models_dir, self.steps = client, run_dir, base_name, models_dir, steps
@@ -32,8 +45,7 @@ class DemoFlow:
         """Every stage in order."""
         raw = self.upload(rows)
         version = self.curate(raw)
-        train, val = self.fetch_split(version, "train"), self.fetch_split(version, "validation")
-        manifest = self.fine_tune(version, train, val)
+        manifest = self.fine_tune(version)
         self.evaluate(version, manifest)
         self.export(manifest)
 
@@ -68,24 +80,25 @@ class DemoFlow:
         say("curate", f"version {out.id} hash {out.content_hash[:12]} splits {dict(out.split_counts)}")
         return out.id
 
-    def fetch_split(self, version_id: str, split: str) -> Path:
-        """Canonical rows of one split, paged through PreviewRows, as the engine's JSONL input."""
-        path, offset, rows = self.work / f"{split}.jsonl", 0, []
-        while True:
-            page = self.c.datasets.PreviewRows(ds.PreviewRowsRequest(version_id=version_id, split=split,
-                                                                     limit=500, offset=offset)).rows
-            rows += [json_format.MessageToDict(r) for r in page]
-            offset += len(page)
-            if len(page) < 500:
-                break
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return path
-
-    def fine_tune(self, version_id: str, train: Path, val: Path) -> ck.Manifest:
-        from tuneforge.cli._demo_train import train_and_register
-
-        return train_and_register(self.c, version_id, train, val, self.base_name, self.models_dir,
-                                  self.run_dir, self.steps)
+    def fine_tune(self, version_id: str) -> ck.Manifest:
+        """A LoRA SFT job on the curated version (its validation split for evaluation), followed to
+        its end; the job registers its checkpoints; returns the result checkpoint's manifest."""
+        every = max(self.steps // 2, 1)
+        job = self.c.training.CreateJob(tr.CreateJobRequest(
+            base_model=self.base_name, method=tr.METHOD_LORA, objective=tr.OBJECTIVE_SFT,
+            dataset_version_id=version_id, idempotency_key="demo-train-1", suffix="temperature-codes",
+            hyperparameters=tr.Hyperparameters(learning_rate=2e-3, lr_scheduler=tr.LR_SCHEDULER_COSINE, warmup_steps=2,
+                                               max_steps=self.steps, micro_batch_size=4, max_seq_length=96, seed=7,
+                                               lora_r=8, lora_alpha=16),
+            schedule=tr.Schedule(eval_every_steps=every, save_every_steps=every, keep_best_n=1, keep_latest_n=1))).job
+        say("train", f"job {job.id} created ({tr.JobStatus.Name(job.status)})")
+        job = self.c.wait_job(job.id, on_event=_show_job_event)
+        if job.status != tr.JOB_STATUS_SUCCEEDED:
+            raise RuntimeError(f"training job {job.id} ended {tr.JobStatus.Name(job.status)}: "
+                               f"{job.error.code} {job.error.message}")
+        say("train", f"job {job.id} succeeded after {job.current_step} steps, {job.trained_tokens} tokens; "
+            f"result checkpoint {job.result_checkpoint_id}")
+        return self.c.checkpoints.GetManifest(ck.GetManifestRequest(checkpoint=job.result_checkpoint_id)).manifest
 
     def evaluate(self, version_id: str, manifest: ck.Manifest) -> None:
         req = ev.CreateEvaluationRequest(

