@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -87,6 +88,9 @@ def run_demo(run_dir: Path, tiny: bool = False, steps: int = 24) -> int:
 
     run_dir = run_dir.resolve()
     models_dir = run_dir / "models"
+    # Each demo starts from empty services (the converted base model is kept): its request ids
+    # are fixed, so a previous demo's datasets, runs and evaluations would be returned instead.
+    shutil.rmtree(run_dir / "data", ignore_errors=True)
     os.environ.update({"TUNEFORGE_MODELS_DIR": str(models_dir), "TUNEFORGE_DATA_DIR": str(run_dir / "data")})
     base_name = prepare_base_model(models_dir, tiny)
     base_port = _free_base_port()
