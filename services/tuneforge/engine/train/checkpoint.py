@@ -15,6 +15,12 @@ shared ``CheckpointWriter``, so a partial upload is never mistaken for a checkpo
 Every worker calls ``save`` and ``resume``; worker 0 uploads and decides. Workers write into one
 local staging folder, which must therefore be on a filesystem they share (one node, or a shared
 volume); restore downloads per worker.
+
+A run resumes only with the batch geometry that wrote the checkpoint: the same rows per optimizer
+step (``num_workers x micro_batch_size x gradient_accumulation_steps``), else the data position
+and the batch size would silently change. Another worker count with the same rows per step resumes
+weights, scheduler, RNG and data position; optimizer state that cannot be re-split comes back
+fresh, which ``resume_note`` says (and the loop reports on its RESUMED event).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.errors import InvalidInput, TuneforgeError
 from tuneforge.engine.train import _artifacts
+from tuneforge.engine.train.position import StepPlan
 from tuneforge.engine.train.runtime import Runtime
 from tuneforge.engine.train.state import TrainerState, load_rng, save_rng
 
@@ -82,6 +89,7 @@ class CheckpointManager:
         digest = hashlib.sha256(f"{self.base_uri}/{self.run_root}".encode()).hexdigest()[:16]
         self.staging = Path(staging_dir or Path(tempfile.gettempdir()) / "tuneforge-staging" / digest)
         self.resumed_uri = ""
+        self.resume_note = ""
 
     def prefix(self, step: int) -> str:
         """Store prefix of the checkpoint at ``step``."""
@@ -163,9 +171,19 @@ class CheckpointManager:
 
     # -- resume -------------------------------------------------------------------------------
 
-    def resume(self, runtime: Runtime) -> TrainerState | None:
+    def resume(self, runtime: Runtime, plan: StepPlan | None = None) -> TrainerState | None:
         """Restore weights, optimizer, scheduler, scaler, RNG and data position from the latest
-        complete checkpoint (all workers call this); None when there is none."""
+        complete checkpoint (all workers call this); None when there is none.
+
+        Args:
+            runtime: this worker's backend.
+            plan: this run's step geometry; when given, a checkpoint written with another number
+                of rows per optimizer step is refused before anything is loaded.
+
+        Raises:
+            InvalidInput: the checkpoint's rows per step differ from ``plan``'s, naming
+                ``resources.num_workers`` (or the batch setting that changed) and the fix.
+        """
         found = self.latest_complete() if runtime.rank == 0 else None
         # Worker 0 decides; the others learn the step through a sum (they contribute 0).
         (agreed,) = runtime.all_reduce_sum([float(found + 1) if found is not None else 0.0])
@@ -174,16 +192,59 @@ class CheckpointManager:
         step = int(agreed) - 1
         local = self.staging / f"restore-{step}-rank{runtime.rank}"
         shutil.rmtree(local, ignore_errors=True)
-        _artifacts.download(self.store, self.prefix(step), local)
-        runtime.load_model(local / MODEL_DIR)
-        runtime.load_training_state(local)
-        load_rng(local, runtime.rank)
-        state = TrainerState.load(local)
-        shutil.rmtree(local, ignore_errors=True)
+        try:
+            _artifacts.download(self.store, self.prefix(step), local)
+            state = TrainerState.load(local)
+            if plan is not None:
+                check_geometry(state, plan, self.uri(step))
+            runtime.load_model(local / MODEL_DIR)
+            self.resume_note = runtime.load_training_state(local) or ""
+            load_rng(local, runtime.rank)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
         self.resumed_uri = self.uri(step)
         log.info("resumed from %s (step %d)", self.resumed_uri, step)
+        if self.resume_note and runtime.rank == 0:
+            log.warning("resumed from %s: %s", self.resumed_uri, self.resume_note)
         return state
 
     def cleanup(self) -> None:
         """Remove the local staging folder."""
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def check_geometry(state: TrainerState, plan: StepPlan, uri: str) -> None:
+    """Refuse to resume ``state`` with a plan that consumes another number of rows per step.
+
+    Checkpoints that predate ``rows_per_step`` are checked through their data position.
+
+    Raises:
+        InvalidInput: naming ``resources.num_workers`` when the worker count changed (else the
+            batch settings), the checkpoint's geometry and the fix.
+    """
+    saved_rows, saved_world = state.rows_per_step, state.world_size
+    if saved_rows:
+        if saved_rows == plan.rows_per_step:
+            return
+    elif plan.position(state.global_step) == state.position:
+        return
+    was = f"{saved_rows} rows per optimizer step" if saved_rows else f"data position {state.position}"
+    if saved_world:
+        was += f" on {saved_world} workers"
+    fixes = []
+    if saved_world and saved_world != plan.world_size:
+        fixes.append(f"set resources.num_workers back to {saved_world}")
+    per_worker = plan.micro_batch * plan.world_size
+    if saved_rows and saved_rows % per_worker == 0:
+        fixes.append(f"keep {saved_rows} rows per step with {plan.world_size} workers by setting "
+                     f"hyperparameters.gradient_accumulation_steps to {saved_rows // per_worker}")
+    fixes.append("or start a new run (another output.run_name)")
+    field = ("resources.num_workers" if saved_world != plan.world_size or not saved_world
+             else "hyperparameters.gradient_accumulation_steps")
+    raise InvalidInput.field_error(
+        field,
+        f"checkpoint {uri} was written with {was}; this run takes {plan.rows_per_step} (num_workers "
+        f"{plan.world_size} x micro_batch_size {plan.micro_batch} x gradient_accumulation_steps "
+        f"{plan.grad_accum}), so resuming would change the batch size and skip or repeat data: "
+        + "; ".join(fixes),
+    )

@@ -13,7 +13,8 @@ copy that would otherwise overwrite reloaded weights at the next step. DeepSpeed
 calls ``torch.load(weights_only=False)``; this runtime swaps in a checkpoint engine that loads
 with ``weights_only=True`` and allows exactly the few DeepSpeed classes those files hold
 (``DS_SAFE_GLOBALS``). A checkpoint written by another world size (or without a DeepSpeed
-folder) restores weights and scheduler only, with a warning: ZeRO partitions cannot be re-split.
+folder) restores weights and scheduler only, and says so (the note ``load_training_state``
+returns, logged and put on the RESUMED event): ZeRO partitions cannot be re-split.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tuneforge.common.errors import Internal
 from tuneforge.engine.spec import Precision, TrainingSpec
 from tuneforge.engine.train.model_io import load_model_weights, save_model_folder
 from tuneforge.engine.train.optim import build_optimizer, build_scheduler
-from tuneforge.engine.train.runtime import TRAINING_STATE_FILE
+from tuneforge.engine.train.runtime import TRAINING_STATE_FILE, optimizer_reset_note, restore_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,12 @@ class DeepSpeedRuntime:
     def _saved_world_size(self, ds_dir: Path) -> int:
         return len(list((ds_dir / _DS_TAG).glob("*zero_pp_rank_*_optim_states.pt")))
 
-    def load_training_state(self, folder: Path) -> None:
+    def load_training_state(self, folder: Path) -> str:
         """Restore DeepSpeed's checkpoint: optimizer partitions (Adam moments, fp32 master), scheduler.
+
+        Returns:
+            '' when the optimizer was restored; else (another world size, or a checkpoint without
+            DeepSpeed state) the note that it starts fresh.
 
         Raises:
             Internal: when DeepSpeed finds no state to load in a folder that has one.
@@ -198,22 +203,18 @@ class DeepSpeedRuntime:
         ds_dir = folder / DS_STATE_DIR
         saved = self._saved_world_size(ds_dir)
         if saved != self.world_size:
-            log.warning(
-                "checkpoint %s has DeepSpeed state for %d workers, this run has %d: restoring weights "
-                "and scheduler only (optimizer moments start fresh)", folder.name, saved, self.world_size,
-            )
+            why = (f"holds DeepSpeed optimizer state for {saved} workers, this run has {self.world_size}" if saved
+                   else "holds no DeepSpeed optimizer state (written by a single worker or at ZeRO stage 0)")
             # The weights were loaded into the module (load_model): copy them into DeepSpeed's fp32
             # master partitions, which the next step would otherwise write back over them.
             self.engine.optimizer.refresh_fp32_params()
             state = torch.load(folder / TRAINING_STATE_FILE, weights_only=True, map_location="cpu")
-            self.scheduler.load_state_dict(state["scheduler"])
-            # load_state_dict restores the step count only: put its learning rate into the optimizer.
-            for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
-                group["lr"] = lr
-            return
+            restore_scheduler(self.scheduler, state["scheduler"])
+            return optimizer_reset_note(why)
         path, _client = self.engine.load_checkpoint(
             str(ds_dir), tag=_DS_TAG, load_module_strict=False,
             load_optimizer_states=True, load_lr_scheduler_states=True,
         )
         if path is None:
             raise Internal(f"DeepSpeed found no state to load in {ds_dir}: the checkpoint is incomplete")
+        return ""

@@ -72,8 +72,9 @@ class Checkpoints(Protocol):
     """The checkpoint manager the loop calls (``tuneforge.engine.train.checkpoint``)."""
 
     resumed_uri: str
+    resume_note: str
 
-    def resume(self, runtime: Runtime) -> TrainerState | None: ...
+    def resume(self, runtime: Runtime, plan: StepPlan) -> TrainerState | None: ...
 
     def save(self, runtime: Runtime, state: TrainerState, metric: float | None) -> str: ...
 
@@ -251,13 +252,16 @@ def train_loop(
     """
     plan.check()
     emit = on_event if (on_event is not None and runtime.rank == 0) else (lambda _e: None)
-    state = (checkpoints.resume(runtime) if checkpoints else None) or TrainerState()
+    state = (checkpoints.resume(runtime, plan) if checkpoints else None) or TrainerState()
+    state.world_size, state.rows_per_step = plan.world_size, plan.rows_per_step
     stopper = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
     if state.early_stopping:
         stopper.load_state_dict(state.early_stopping)
     resumed = checkpoints.resumed_uri if checkpoints else ""
     if resumed:
-        emit(EngineEvent(EventKind.RESUMED, state.global_step, uri=resumed))
+        # The note says what could not be restored (e.g. optimizer state of another worker count).
+        note = checkpoints.resume_note if checkpoints else ""
+        emit(EngineEvent(EventKind.RESUMED, state.global_step, uri=resumed, message=note))
     emit(EngineEvent(EventKind.STARTED, state.global_step, {"total_steps": float(cfg.total_steps)}))
     runtime.model.train()
     status, last_uri = RunStatus.COMPLETED, ""

@@ -33,7 +33,9 @@ def lr_factor(kind: ScheduleKind, step: int, warmup_steps: int, total_steps: int
 
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
     # Biases, norms and embeddings-like 1-D tensors are not regularised (GPT-2 / llm.c habit).
-    return param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
+    # A ZeRO-3 parameter's local tensor is an empty 1-D partition: its real shape is ``ds_shape``.
+    ndim = len(getattr(param, "ds_shape", param.shape))
+    return ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
 
 
 def param_groups(

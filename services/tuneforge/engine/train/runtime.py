@@ -54,7 +54,9 @@ class Runtime(Protocol):
 
     def save_training_state(self, folder: Path) -> None: ...
 
-    def load_training_state(self, folder: Path) -> None: ...
+    def load_training_state(self, folder: Path) -> str:
+        """Restore optimizer and scheduler state; returns what could not be restored ('' if nothing)."""
+        ...
 
     def save_model(self, folder: Path) -> None: ...
 
@@ -71,6 +73,31 @@ def check_precision(precision: Precision, device: torch.device) -> None:
         raise InvalidInput.field_error("precision", "fp16 needs a CUDA GPU: use bf16 or fp32 on CPU")
     if precision is Precision.BF16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise InvalidInput.field_error("precision", "this GPU has no bf16 support: use fp16 or fp32")
+
+
+def optimizer_reset_note(why: str) -> str:
+    """The note of a resume that restores weights and schedule but not the optimizer state."""
+    return (
+        f"the checkpoint {why}: resumed weights, learning-rate schedule and data position; the "
+        "optimizer state (Adam moments) starts fresh, so the next steps differ from an uninterrupted "
+        "run. Resume with the checkpoint's resources.num_workers and zero_stage to restore it"
+    )
+
+
+def restore_scheduler(scheduler: Any, state: dict[str, Any]) -> None:
+    """Put a saved schedule's step into ``scheduler`` (a LambdaLR) and its LR into the optimizer.
+
+    The schedule is a pure function of the step (``optim.lr_factor``), so only the step is taken:
+    the saved per-group base LRs belong to the writer's optimizer, whose groups may differ.
+    """
+    step = int(state["last_epoch"])
+    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    scheduler.load_state_dict(
+        {**state, "base_lrs": list(scheduler.base_lrs), "_last_lr": lrs, "lr_lambdas": [None] * len(lrs)}
+    )
+    # load_state_dict restores numbers only; the optimizer still holds the initial LR.
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
 
 
 def distributed_world() -> tuple[int, int]:
@@ -183,13 +210,25 @@ class LocalRuntime:
             }
             torch.save(state, folder / TRAINING_STATE_FILE)
 
-    def load_training_state(self, folder: Path) -> None:
-        """Restore what ``save_training_state`` wrote (``torch.load(weights_only=True)``)."""
+    def load_training_state(self, folder: Path) -> str:
+        """Restore what ``save_training_state`` wrote (``torch.load(weights_only=True)``).
+
+        A DeepSpeed checkpoint (several workers under ZeRO) keeps its optimizer partitioned in
+        ``deepspeed/``, which plain torch cannot read: the scheduler is restored, the optimizer
+        starts fresh and the returned note says so.
+
+        Returns:
+            '' when everything was restored, else what was not (for the RESUMED event).
+        """
         state = torch.load(folder / TRAINING_STATE_FILE, weights_only=True, map_location="cpu")
+        if "optimizer" not in state:
+            restore_scheduler(self.scheduler, state["scheduler"])
+            return optimizer_reset_note("was written by DeepSpeed (ZeRO partitions plain torch cannot read)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        return ""
 
     def save_model(self, folder: Path) -> None:
         """Worker 0 saves the weights (or adapter) as safetensors."""

@@ -75,6 +75,9 @@ class TrainerState:
         checkpoints: ``{"step": N, "metric": value or None}`` for each retained checkpoint.
         metrics: the latest step and eval metrics.
         lr_history: the learning rate of every completed step (the LR curve, checked on resume).
+        world_size: workers of the run that wrote the state (0: not recorded).
+        rows_per_step: rows one optimizer step consumed over all workers (0: not recorded); a
+            resumed run must consume as many, or it would change the batch size and the data position.
     """
 
     global_step: int = 0
@@ -83,6 +86,8 @@ class TrainerState:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     lr_history: list[float] = field(default_factory=list)
+    world_size: int = 0
+    rows_per_step: int = 0
 
     def save(self, folder: Path) -> None:
         """Write ``trainer_state.json``."""
