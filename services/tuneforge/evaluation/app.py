@@ -2,12 +2,14 @@
 
 Fails fast at start-up: the object store must be reachable and writable (the store probes it) and
 the database is migrated before the port opens, and evaluations a stopped process left QUEUED or
-RUNNING are marked FAILED (their runs died with it). Dataset versions and checkpoints are resolved
+RUNNING are marked FAILED (their runs died with it) and their dataset leases released as the
+tenant (a token of it from ``TUNEFORGE_AUTH_TOKENS``: the creator's is gone). Dataset versions and checkpoints are resolved
 through the dataset and checkpoint services (``TUNEFORGE_DATASETS_ADDRESS``,
 ``TUNEFORGE_CHECKPOINTS_ADDRESS``) on the caller's behalf, their files read from the object store
 all services share; base models by name from ``TUNEFORGE_MODELS_DIR``. Evaluations run on a small
 background pool; their engine tasks run in-process, or on Ray when ``TUNEFORGE_EVAL_RAY_ADDRESS`` is
-set and a job is larger than ``eval_inline_threshold_samples``.
+set and a job is larger than ``eval_inline_threshold_samples``. Every dataset version an evaluation
+reads is leased from the dataset service (holder ``evaluation:<id>``) from its creation to its end.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from pathlib import Path
 from tuneforge.common import db
 from tuneforge.common.grpc.server import RunningServer, build_server
 from tuneforge.common.peers.clients import GrpcCheckpoints, GrpcDatasetVersions
+from tuneforge.common.peers.credentials import ConfiguredTenantTokens
 from tuneforge.common.peers.objects import StoreDatasetReader
 from tuneforge.common.storage import open_object_store
 from tuneforge.evaluation.adapters.models import StoreModelResolver
 from tuneforge.evaluation.adapters.objects import StoreReportStore
+from tuneforge.evaluation.adapters.peers import PeerDatasetLeases
 from tuneforge.evaluation.adapters.runners import InProcessRunner, RayRunner
 from tuneforge.evaluation.adapters.safety import CurationSafetyScorer
 from tuneforge.evaluation.adapters.sql import SqlEvaluationRepository
@@ -72,6 +76,9 @@ def build_service(settings: EvaluationSettings) -> tuple[EvaluationService, list
         models=StoreModelResolver(store, settings.models_dir, checkpoints, cache / "models"),
         runners=Runners(InProcessRunner(), remote),
         executor=executor,
+        leases=PeerDatasetLeases(versions),
+        credentials=ConfiguredTenantTokens(settings.auth_tokens.get_secret_value(),
+                                           auth_disabled=settings.auth_disabled, service_name="evaluation"),
         aliases=checkpoints,
         safety=CurationSafetyScorer(),
         limits=Limits(max_samples=settings.eval_max_samples, max_new_tokens=settings.eval_max_new_tokens,
@@ -79,7 +86,8 @@ def build_service(settings: EvaluationSettings) -> tuple[EvaluationService, list
     )
     closers = [versions.close] + ([checkpoints.close] if checkpoints else [])
     service = EvaluationService(deps)
-    # Runs live in this process only: whatever an earlier process left QUEUED/RUNNING is dead.
+    # Runs live in this process only: whatever an earlier process left QUEUED/RUNNING is dead
+    # (failed, and its dataset leases released).
     service.fail_interrupted()
     return service, [*closers, engine.dispose,
                                      lambda: executor.shutdown(wait=False, cancel_futures=True)]

@@ -23,16 +23,12 @@ from tuneforge.common import db
 from tuneforge.common.errors import FailedPrecondition
 from tuneforge.common.grpc.server import RunningServer, build_server
 from tuneforge.common.peers.clients import GrpcCheckpoints, GrpcDatasetVersions
+from tuneforge.common.peers.credentials import ConfiguredTenantTokens
 from tuneforge.common.peers.models import StoreModelResolver
 from tuneforge.common.peers.objects import StoreDatasetReader
 from tuneforge.common.storage import open_object_store
 from tuneforge.training.adapters.engine import EngineRunner
-from tuneforge.training.adapters.peers import (
-    ConfiguredTenantTokens,
-    PeerDatasets,
-    PeerModels,
-    RegisteringPublisher,
-)
+from tuneforge.training.adapters.peers import PeerDatasets, PeerModels, RegisteringPublisher
 from tuneforge.training.adapters.sql import SqlJobRepository
 from tuneforge.training.domain.service import Dependencies, TrainingService
 from tuneforge.training.servicer import TrainingServicer
@@ -91,7 +87,7 @@ def build_service(settings: TrainingSettings) -> tuple[TrainingService, list]:
         checkpoints=RegisteringPublisher(store, checkpoints),
         engine=EngineRunner(),
         credentials=ConfiguredTenantTokens(settings.auth_tokens.get_secret_value(),
-                                           auth_disabled=settings.auth_disabled),
+                                           auth_disabled=settings.auth_disabled, service_name="training"),
         executor=executor,
         store_uri=store.uri,
         work_dir=work,

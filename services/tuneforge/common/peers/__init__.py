@@ -5,5 +5,6 @@ Shared by the evaluation and training services (both read dataset versions and r
 - ``clients``: gRPC clients of the dataset and checkpoint services (the caller's own token on every
   call, a deadline on every call, peer errors mapped back onto ``tuneforge.common.errors``);
 - ``objects``: verified reads of a dataset version's Parquet shards straight from the shared store;
-- ``models``: base models by name (store or ``TUNEFORGE_MODELS_DIR``) and checkpoints by id.
+- ``models``: base models by name (store or ``TUNEFORGE_MODELS_DIR``) and checkpoints by id;
+- ``credentials``: the identity work left by a stopped process acts as (a tenant's configured token).
 """

@@ -126,6 +126,26 @@ class DatasetReader(Protocol):
         ...
 
 
+class DatasetLeases(Protocol):
+    """Leases on dataset versions (the dataset service refuses to delete a leased version)."""
+
+    def acquire(self, caller: Identity, version_id: str, holder: str) -> None:
+        """Lease ``version_id`` for ``holder`` (idempotent); ``NotFound`` for unknown or foreign versions."""
+        ...
+
+    def release(self, caller: Identity, version_id: str, holder: str) -> None:
+        """Release ``holder``'s lease; no error when it is not held or the version is gone."""
+        ...
+
+
+class TenantCredentials(Protocol):
+    """The identity to act as for a tenant when the caller's token is gone (after a restart)."""
+
+    def identity_for(self, tenant: str) -> Identity | None:
+        """An identity of ``tenant`` its peers accept, or None when none is configured."""
+        ...
+
+
 class ModelResolver(Protocol):
     """Turns a ``ModelRef`` into local folders on behalf of ``caller`` (downloading if needed)."""
 

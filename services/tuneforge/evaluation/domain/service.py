@@ -32,6 +32,7 @@ from tuneforge.evaluation.domain.model import (
 )
 from tuneforge.evaluation.domain.ports import (
     CheckpointAliases,
+    DatasetLeases,
     DatasetReader,
     EvaluationRepository,
     ModelResolver,
@@ -40,6 +41,7 @@ from tuneforge.evaluation.domain.ports import (
     ReportStore,
     ResolvedModel,
     SafetyScorer,
+    TenantCredentials,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,17 @@ log = logging.getLogger(__name__)
 BEST_ALIAS = "best"
 RESTARTED_MESSAGE = "the service restarted while the evaluation was queued or running: create the evaluation again"
 _UNFINISHED = (State.QUEUED, State.RUNNING)
+
+
+def lease_holder(evaluation: Evaluation) -> str:
+    """The dataset-lease holder name of an evaluation (named by the dataset service when it refuses a delete)."""
+    return f"evaluation:{evaluation.id}"
+
+
+def read_versions(spec: EvaluationSpec) -> builtins.list[str]:
+    """The dataset versions an evaluation reads, in request order, each once."""
+    extra = (spec.forgetting_dataset,) if spec.forgetting_dataset and Metric.FORGETTING in spec.metrics else ()
+    return builtins.list(dict.fromkeys(d.version_id for d in (*spec.datasets, *extra)))
 
 
 def new_evaluation_id() -> str:
@@ -70,7 +83,11 @@ class Runners:
 
 @dataclass
 class Dependencies:
-    """The ports the service is wired with (see ``app.py``)."""
+    """The ports the service is wired with (see ``app.py``).
+
+    ``leases`` keeps every dataset version an evaluation reads from being deleted until it ends;
+    ``credentials`` is the identity that releases them when the creator's token is gone (restart).
+    """
 
     repository: EvaluationRepository
     reports: ReportStore
@@ -78,6 +95,8 @@ class Dependencies:
     models: ModelResolver
     runners: Runners
     executor: Executor
+    leases: DatasetLeases
+    credentials: TenantCredentials
     aliases: CheckpointAliases | None = None
     safety: SafetyScorer | None = None
     limits: Limits = field(default_factory=Limits)
@@ -89,39 +108,82 @@ class EvaluationService:
     def __init__(self, deps: Dependencies) -> None:
         self._d = deps
         self._cancel: dict[str, threading.Event] = {}
+        # The creator of each evaluation this process runs (its token releases the leases at the end).
+        self._callers: dict[str, Identity] = {}
         self._changed = threading.Condition()
 
     # ------------------------------------------------------------------ create / read
 
     def create(self, caller: Identity, spec: EvaluationSpec) -> Evaluation:
-        """Validate, check the references, store as QUEUED and start in the background.
+        """Validate, check the references, lease the dataset versions, store as QUEUED and start in the background.
 
         Idempotent on ``request_id``. ``caller`` (tenant and bearer token) is kept in memory only,
-        for the run's calls to the dataset and checkpoint services on the caller's behalf.
+        for the run's calls to the dataset and checkpoint services on the caller's behalf. Each
+        dataset version read is leased (holder ``evaluation:<id>``) until the evaluation ends, so it
+        cannot be deleted under the run; a create that fails holds no lease and records nothing.
 
         Raises:
             InvalidInput: a bad field (every one listed) or a split the dataset version lacks.
             NotFound: a dataset version, checkpoint or base model the caller cannot see.
+            TuneforgeError: the dataset service's error when a lease cannot be taken.
         """
         spec.validate(self._d.limits)
-        self._check_references(caller, spec)
+        self._check_models(caller, spec)
         evaluation = Evaluation(new_evaluation_id(), caller.tenant, spec, State.QUEUED, datetime.now(UTC))
-        stored = self._d.repository.add(evaluation)
-        if stored.id != evaluation.id:  # an earlier call with the same request_id
+        self._lease_all(caller, evaluation)  # an unknown or foreign version fails here: NotFound
+        try:
+            self._check_datasets(caller, spec)  # splits, under the lease
+            stored = self._d.repository.add(evaluation)
+        except BaseException:
+            self._release_leases(evaluation, caller)
+            raise
+        if stored.id != evaluation.id:  # an earlier call with the same request_id (it holds its own leases)
+            self._release_leases(evaluation, caller)
             return stored
+        self._callers[stored.id] = caller
         self._cancel[stored.id] = threading.Event()
         self._event(stored.tenant, stored.id, State.QUEUED, 0, 0, "queued")
         self._d.executor.submit(self._run_guarded, stored, caller)
         return stored
 
-    def _check_references(self, caller: Identity, spec: EvaluationSpec) -> None:
-        """Fail the create call, not the background run, on references the caller cannot read."""
+    def _check_models(self, caller: Identity, spec: EvaluationSpec) -> None:
+        """Fail the create call, not the background run, on models the caller cannot read."""
         for ref in (spec.model, spec.baseline):
             if ref is not None:
                 self._d.models.check(caller, ref)
+
+    def _check_datasets(self, caller: Identity, spec: EvaluationSpec) -> None:
+        """Fail the create call, not the background run, on dataset splits the caller cannot read."""
         extra = (spec.forgetting_dataset,) if spec.forgetting_dataset and Metric.FORGETTING in spec.metrics else ()
         for d in (*spec.datasets, *extra):
             self._d.datasets.check(caller, d.version_id, d.split)
+
+    def _lease_all(self, caller: Identity, evaluation: Evaluation) -> None:
+        """Lease every version the evaluation reads; on a failure release those leased and re-raise."""
+        leased: builtins.list[str] = []
+        try:
+            for version_id in read_versions(evaluation.spec):
+                self._d.leases.acquire(caller, version_id, lease_holder(evaluation))
+                leased.append(version_id)
+        except BaseException:
+            self._release_leases(evaluation, caller, leased)
+            raise
+
+    def _release_leases(self, evaluation: Evaluation, caller: Identity | None,
+                        versions: Sequence[str] | None = None) -> None:
+        """Release the evaluation's leases; failures are logged with the remedy, never raised."""
+        holder = lease_holder(evaluation)
+        if caller is None:
+            log.warning("evaluation %s: no token of tenant %s is configured (TUNEFORGE_AUTH_TOKENS) to release its "
+                        "dataset leases; release them with ReleaseVersionLease holder=%s", evaluation.id,
+                        evaluation.tenant, holder)
+            return
+        for version_id in read_versions(evaluation.spec) if versions is None else versions:
+            try:
+                self._d.leases.release(caller, version_id, holder)
+            except TuneforgeError as exc:
+                log.warning("evaluation %s: could not release its lease on dataset version %s (%s); release it "
+                            "with ReleaseVersionLease holder=%s", evaluation.id, version_id, exc.message, holder)
 
     def get(self, tenant: str, evaluation_id: str) -> Evaluation:
         """One evaluation of the tenant."""
@@ -152,11 +214,13 @@ class EvaluationService:
     def fail_interrupted(self) -> int:
         """At start-up: fail the evaluations a stopped process left QUEUED or RUNNING; returns how many.
 
-        Their runs died with that process; callers see FAILED (``ABORTED``) with the remedy.
+        Their runs died with that process; callers see FAILED (``ABORTED``) with the remedy. Their
+        dataset leases are released as the tenant (its configured token: the creator's is gone).
         """
         failed = self._d.repository.fail_unfinished(RESTARTED_MESSAGE)
         for evaluation in failed:
             self._event(evaluation.tenant, evaluation.id, State.FAILED, 0, 0, f"failed: {RESTARTED_MESSAGE}")
+            self._release_leases(evaluation, self._d.credentials.identity_for(evaluation.tenant))
         if failed:
             log.warning("failed %d evaluation(s) interrupted by a restart: %s",
                         len(failed), ", ".join(e.id for e in failed))
@@ -243,6 +307,7 @@ class EvaluationService:
             self._finish(evaluation, State.FAILED, "failed: internal error")
         finally:
             self._cancel.pop(evaluation.id, None)
+            self._callers.pop(evaluation.id, None)
 
     def _run(self, evaluation: Evaluation, caller: Identity) -> None:
         spec, tenant = evaluation.spec, evaluation.tenant
@@ -359,11 +424,23 @@ class EvaluationService:
 
     def _finish(self, evaluation: Evaluation, state: State, message: str,
                 expected: Sequence[State] = _UNFINISHED) -> bool:
-        """End the evaluation unless it has ended (or left ``expected``) meanwhile; returns whether it did."""
+        """End the evaluation unless it has ended (or left ``expected``) meanwhile; returns whether it did.
+
+        Its dataset leases are released as its creator when this process ran it, else as the tenant
+        (an evaluation no run of this process holds). When the save can fail only on an evaluation
+        that has ended already, they are released first, so whoever sees it ended finds the versions
+        free; otherwise (a cancel racing the run's start) only once the save succeeded.
+        """
+        caller = self._callers.get(evaluation.id) or self._d.credentials.identity_for(evaluation.tenant)
+        early = set(_UNFINISHED) <= set(expected)
+        if early:
+            self._release_leases(evaluation, caller)
         evaluation.state = state
         evaluation.ended_at = datetime.now(UTC)
         if not self._d.repository.save(evaluation, expected=expected):
             return False
+        if not early:
+            self._release_leases(evaluation, caller)
         self._event(evaluation.tenant, evaluation.id, state, 0, 0, message)
         return True
 

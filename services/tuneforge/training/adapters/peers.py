@@ -5,22 +5,21 @@
 - ``PeerModels``: base models by name (store, then ``TUNEFORGE_MODELS_DIR``) or full-weight
   checkpoints by id;
 - ``RegisteringPublisher``: reads the engine's manifest of a committed checkpoint and registers it
-  with the checkpoint service (sizes and sha256 as written, lineage: job, dataset version, base model);
-- ``ConfiguredTenantTokens``: the identity a job re-queued after a restart acts as (no caller is
-  left): a token of the job's tenant from ``TUNEFORGE_AUTH_TOKENS``, which every service shares.
+  with the checkpoint service (sizes and sha256 as written, lineage: job, dataset version, base model).
+
+A job re-queued after a restart acts as its tenant through ``common.peers.credentials``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tuneforge.common.auth import DEFAULT_TENANT, Identity
+from tuneforge.common.auth import Identity
 from tuneforge.common.errors import InvalidInput, NotFound, TuneforgeError
 from tuneforge.common.peers.clients import (
     CheckpointDraft,
@@ -130,22 +129,3 @@ class RegisteringPublisher:
         except (TuneforgeError, ValueError):
             return {}
         return doc if isinstance(doc, dict) else {}
-
-
-class ConfiguredTenantTokens:
-    """Implements ``TenantCredentials`` from the ``tenant:token`` pairs the services share."""
-
-    def __init__(self, auth_tokens: str, *, auth_disabled: bool = False) -> None:
-        self._tokens: dict[str, str] = {}
-        for entry in re.split(r"[,\n]", auth_tokens):
-            tenant, sep, token = entry.strip().partition(":")
-            if sep and token.strip() and not tenant.startswith("#"):
-                self._tokens.setdefault(tenant.strip(), token.strip())
-        self._disabled = auth_disabled
-
-    def identity_for(self, tenant: str) -> Identity | None:
-        """An identity of ``tenant`` carrying its first configured token (the token itself is never logged)."""
-        if self._disabled and tenant == DEFAULT_TENANT:
-            return Identity(DEFAULT_TENANT, "training-service")
-        token = self._tokens.get(tenant)
-        return Identity(tenant, f"{tenant}/training-service", token) if token else None
