@@ -67,14 +67,27 @@ class Cluster:
                      tr_grpc.TrainingServiceStub(channel(self.training.address, tok, default_timeout=60)))
 
 
+def _store_settings(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The shared store: a file:// folder, or (``cluster`` parametrized with "s3") a fresh bucket on
+    the real S3 server, its credentials also in the environment as deployments set them (training
+    workers read them from there: they never go into the spec saved beside each checkpoint)."""
+    if getattr(request, "param", "file") != "s3":
+        return {"object_store_uri": (tmp_path / "objects").as_uri()}
+    server, store = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_store")
+    monkeypatch.setenv("TUNEFORGE_S3_ACCESS_KEY", server.access_key)
+    monkeypatch.setenv("TUNEFORGE_S3_SECRET_KEY", server.secret_key)
+    return {"object_store_uri": server.uri(store.bucket), "s3_access_key": server.access_key,
+            "s3_secret_key": server.secret_key}
+
+
 @pytest.fixture
-def cluster(make_service, tiny_model_dir, tmp_path) -> Cluster:
-    """Datasets + checkpoints + training on one file:// store; ``start_training()`` (re)starts training
-    on the same database, store and work folder."""
+def cluster(request, make_service, tiny_model_dir, tmp_path, monkeypatch) -> Cluster:
+    """Datasets + checkpoints + training on one store (file://, or S3 when parametrized with "s3");
+    ``start_training()`` (re)starts training on the same database, store and work folder."""
     tokens = {"acme": secrets.token_urlsafe(24), "acme2": secrets.token_urlsafe(24)}
     models = tmp_path / "models"
     shutil.copytree(tiny_model_dir, models / BASE)
-    shared = {"object_store_uri": (tmp_path / "objects").as_uri(), "models_dir": models,
+    shared = {**_store_settings(request, tmp_path, monkeypatch), "models_dir": models,
               "auth_tokens": ",".join(f"{t}:{tok}" for t, tok in tokens.items())}
     datasets = make_service(DatasetSettings, build_datasets, **shared)
     checkpoints = make_service(CheckpointSettings, build_checkpoints, hygiene_interval_s=0, **shared)

@@ -78,7 +78,9 @@ class CheckpointManager:
         store_options: dict[str, Any] | None = None,
     ) -> None:
         self.store = _artifacts.open_store(checkpoint_uri, store_options or {})
-        self.base_uri = checkpoint_uri.rstrip("/")
+        # Checkpoints are named without the store's query (endpoint options), as every service
+        # names objects (s3://bucket/key): the query belongs to the store, not inside a key's URI.
+        self.base_uri = checkpoint_uri.split("?", 1)[0].rstrip("/")
         self.run_name = run_name
         self.run_root = f"{key_prefix.strip('/')}/{run_name}" if key_prefix.strip("/") else run_name
         self.keep_best = keep_best
