@@ -126,6 +126,22 @@ imagePullSecrets:
 - {name: RAY_AUTH_TOKEN_PATH, value: {{ include "tuneforge.secretsDir" . }}/ray/token}
 - {name: RAY_USAGE_STATS_ENABLED, value: "0"}
 - {name: HOME, value: /tmp}
+{{- /* Training workers write checkpoints to the object store themselves: the same credentials
+as the services, as files (Ray workers do not inherit the driver's environment, and secrets are
+never passed through Ray's runtime_env, which the dashboard shows). */}}
+- {name: TUNEFORGE_S3_ACCESS_KEY_FILE, value: {{ include "tuneforge.secretsDir" . }}/s3/access-key}
+- {name: TUNEFORGE_S3_SECRET_KEY_FILE, value: {{ include "tuneforge.secretsDir" . }}/s3/secret-key}
+{{- end }}
+
+{{/* The object-store credentials volume (mounted at <secretsDir>/s3). */}}
+{{- define "tuneforge.s3Volume" -}}
+- name: s3
+  secret:
+    secretName: {{ include "tuneforge.s3SecretName" . }}
+    defaultMode: 0440
+    items:
+      - {key: {{ .Values.objectStore.accessKeyKey }}, path: access-key}
+      - {key: {{ .Values.objectStore.secretKeyKey }}, path: secret-key}
 {{- end }}
 
 {{/* Base models: TUNEFORGE_MODELS_DIR, one volume mounted read-only by every service. */}}

@@ -107,6 +107,13 @@ def test_raycluster_has_head_and_gpu_worker_group() -> None:
         kubernetes_validate.validate(_pod(template, name), KUBE_VERSION, strict=True)
         env = {e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]}
         assert env["RAY_AUTH_MODE"] == "token" and RAY_TOKEN not in str(template)
+        # Training workers write checkpoints to the store: credentials as mounted files, never values.
+        mounts = {m["name"]: m["mountPath"] for m in template["spec"]["containers"][0]["volumeMounts"]}
+        assert env["TUNEFORGE_S3_ACCESS_KEY_FILE"] == f"{mounts['s3']}/access-key"
+        assert env["TUNEFORGE_S3_SECRET_KEY_FILE"] == f"{mounts['s3']}/secret-key"
+        (s3,) = [v for v in template["spec"]["volumes"] if v["name"] == "s3"]
+        assert s3["secret"]["secretName"] == "tf-tuneforge-s3"
+        assert {i["path"] for i in s3["secret"]["items"]} == {"access-key", "secret-key"}
 
 
 def test_training_service_is_pointed_at_the_ray_head() -> None:
