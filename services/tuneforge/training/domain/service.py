@@ -40,7 +40,7 @@ from tuneforge.training.domain.ports import (
     VersionFacts,
 )
 from tuneforge.training.domain.run import JobRun, RunContext, lease_holder, release_leases, status_event
-from tuneforge.training.domain.validation import dataset_kind_violations, engine_field, request_violations
+from tuneforge.training.domain.validation import dataset_kind_violations, engine_violation, request_violations
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class TrainingService:
         try:
             self._d.engine.check(spec)
         except InvalidInput as exc:
-            raise InvalidInput.of([FieldViolation(engine_field(v.field), v.description) for v in exc.violations],
+            raise InvalidInput.of([engine_violation(v.field, v.description) for v in exc.violations],
                                   what="CreateJob request") from None
         job.resolved = spec
 

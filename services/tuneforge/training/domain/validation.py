@@ -188,3 +188,18 @@ def engine_field(path: str) -> str:
                 return api + path[len(engine):].split(".")[0]
             return api
     return path
+
+
+# Engine remedies that name engine settings -> the same remedy in the API's terms.
+_ENGINE_FIXES = (
+    ("set data.validation or data.validation_split_ratio (e.g. 0.05)",
+     "the training data has no validation split: set validation_dataset_version_id, curate the version with "
+     "a split (SplitConfig.validation_ratio), or set schedule.eval_every_steps to 0"),
+)
+
+
+def engine_violation(field: str, description: str) -> FieldViolation:
+    """An engine spec violation in the API's terms: its field and, where it names engine settings, its fix."""
+    for engine, api in _ENGINE_FIXES:
+        description = description.replace(engine, api)
+    return FieldViolation(engine_field(field), description)
