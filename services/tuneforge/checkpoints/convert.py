@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2
 
 from tuneforge.checkpoints.domain.model import (
     Alias,
@@ -20,6 +18,7 @@ from tuneforge.checkpoints.domain.model import (
 from tuneforge.checkpoints.domain.ports import ExportResult
 from tuneforge.checkpoints.v1 import checkpoints_pb2 as pb
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.grpc.timestamps import timestamp
 
 KIND_FROM_PB = {pb.CHECKPOINT_KIND_FULL: CheckpointKind.FULL, pb.CHECKPOINT_KIND_LORA: CheckpointKind.LORA,
                 pb.CHECKPOINT_KIND_PREFIX: CheckpointKind.PREFIX}
@@ -34,12 +33,6 @@ def _enum(table: dict, value: int, field: str) -> object:  # type: ignore[type-a
     if value not in table:
         raise InvalidInput.field_error(field, f"value {value} is unset or unknown: choose one of the enum values")
     return table[value]
-
-
-def timestamp(when: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(when)
-    return ts
 
 
 def files_to_pb(files: tuple[FileEntry, ...]) -> list[pb.FileEntry]:

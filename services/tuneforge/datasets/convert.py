@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2
 
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.grpc.timestamps import timestamp
 from tuneforge.common.v1 import common_pb2
 from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.formats import DatasetFormat
@@ -28,15 +28,6 @@ KIND_TO_PB = {"chat": pb.RECORD_KIND_CHAT, "instruction": pb.RECORD_KIND_CHAT,
               "preference": pb.RECORD_KIND_PREFERENCE, "text": pb.RECORD_KIND_TEXT}
 STATE_TO_PB = {RunState.QUEUED: common_pb2.OPERATION_STATE_QUEUED, RunState.RUNNING: common_pb2.OPERATION_STATE_RUNNING,
                RunState.SUCCEEDED: common_pb2.OPERATION_STATE_SUCCEEDED, RunState.FAILED: common_pb2.OPERATION_STATE_FAILED}
-
-
-def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    """A datetime as a protobuf Timestamp (None stays None)."""
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def struct(value: dict[str, Any]) -> struct_pb2.Struct:

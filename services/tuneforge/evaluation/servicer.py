@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from tuneforge.common.auth import current_identity
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.grpc.timestamps import timestamp
 from tuneforge.common.paging import next_page_token, page_bounds
 from tuneforge.common.v1 import common_pb2
 from tuneforge.evaluation.domain.model import (
@@ -26,14 +24,6 @@ from tuneforge.evaluation.v1 import evaluation_pb2 as pb
 from tuneforge.evaluation.v1 import evaluation_pb2_grpc
 
 _PREFERENCES = {pb.PREFERENCE_LEFT: "left", pb.PREFERENCE_RIGHT: "right", pb.PREFERENCE_TIE: "tie"}
-
-
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def _enum(value: int) -> Any:
@@ -82,7 +72,7 @@ def evaluation_to_proto(e: Evaluation) -> pb.Evaluation:
     msg = pb.Evaluation(
         id=e.id, state=_enum(e.state.value), model=_model_to(s.model), metrics=[_enum(m.value) for m in s.metrics],
         datasets=[pb.EvalDataset(version_id=d.version_id, split=d.split, max_samples=d.max_samples) for d in s.datasets],
-        report_uri=e.report_uri, create_time=_ts(e.created_at), end_time=_ts(e.ended_at),
+        report_uri=e.report_uri, create_time=timestamp(e.created_at), end_time=timestamp(e.ended_at),
     )
     if s.baseline:
         msg.baseline.CopyFrom(_model_to(s.baseline))
@@ -129,7 +119,7 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
             for ev in self._svc.wait_events(tenant, request.evaluation_id, after, self._poll):
                 after = ev.sequence
                 yield pb.EvaluationProgress(sequence=ev.sequence, state=_enum(ev.state.value), done=ev.done, total=ev.total,
-                                            message=ev.message, time=_ts(ev.time))
+                                            message=ev.message, time=timestamp(ev.time))
                 if ev.state.terminal:
                     return
             if self._svc.get(tenant, request.evaluation_id).state.terminal and not self._svc.wait_events(tenant, request.evaluation_id, after, 0):

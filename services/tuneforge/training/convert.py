@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.grpc.timestamps import timestamp
 from tuneforge.common.v1 import common_pb2
 from tuneforge.training.domain.model import (
     EventKind,
@@ -28,14 +26,6 @@ from tuneforge.training.domain.model import (
     TaskMixture,
 )
 from tuneforge.training.v1 import training_pb2 as pb
-
-
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def _enum(cls: type, value: int, field: str) -> object:
@@ -111,7 +101,7 @@ def job_to_proto(job: Job) -> pb.Job:
         schedule=pb.Schedule(eval_every_steps=sch.eval_every_steps, early_stopping_patience=sch.early_stopping_patience,
                              save_every_steps=sch.save_every_steps, keep_best_n=sch.keep_best_n,
                              keep_latest_n=sch.keep_latest_n, best_metric=sch.best_metric),
-        create_time=_ts(job.created_at), start_time=_ts(job.started_at), finish_time=_ts(job.finished_at),
+        create_time=timestamp(job.created_at), start_time=timestamp(job.started_at), finish_time=timestamp(job.finished_at),
         trained_tokens=job.trained_tokens, current_step=job.current_step, total_steps=job.total_steps,
         result_checkpoint_id=job.result_checkpoint_id, suffix=s.suffix, labels=dict(s.labels), restarts=job.restarts,
     )
@@ -131,7 +121,7 @@ def metrics_to_proto(data: Mapping[str, float]) -> pb.Metrics:
 
 def event_to_proto(ev: JobEvent) -> pb.JobEvent:
     """Domain event -> wire event (one payload per kind)."""
-    msg = pb.JobEvent(sequence=ev.sequence, time=_ts(ev.time))
+    msg = pb.JobEvent(sequence=ev.sequence, time=timestamp(ev.time))
     if ev.kind is EventKind.STATUS:
         msg.status = JobStatus[ev.data["status"]].value
     elif ev.kind is EventKind.METRICS:
@@ -146,4 +136,4 @@ def event_to_proto(ev: JobEvent) -> pb.JobEvent:
 def checkpoint_to_proto(c: JobCheckpoint) -> pb.JobCheckpoint:
     """A registered checkpoint -> its summary."""
     return pb.JobCheckpoint(checkpoint_id=c.checkpoint_id, step=c.step,
-                            metrics=metrics_to_proto({"step": float(c.step), **c.metrics}), create_time=_ts(c.created_at))
+                            metrics=metrics_to_proto({"step": float(c.step), **c.metrics}), create_time=timestamp(c.created_at))

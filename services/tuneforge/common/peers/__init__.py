@@ -7,4 +7,5 @@ Shared by the evaluation and training services (both read dataset versions and r
 - ``objects``: verified reads of a dataset version's Parquet shards straight from the shared store;
 - ``models``: base models by name (store or ``TUNEFORGE_MODELS_DIR``) and checkpoints by id;
 - ``credentials``: the identity work left by a stopped process acts as (a tenant's configured token).
+- ``types``: plain results a service's domain may name (no grpc import).
 """

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -21,6 +20,7 @@ from tuneforge.common.auth import Identity
 from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneforge.common.peers.clients import CheckpointFile, CheckpointInfo
 from tuneforge.common.peers.objects import download_verified, key_in_store
+from tuneforge.common.peers.types import ResolvedModel
 from tuneforge.common.storage import ObjectStore, tenant_prefix
 from tuneforge.common.storage.artifacts import read_manifest
 
@@ -40,16 +40,6 @@ class ModelReference(Protocol):
     def checkpoint_id(self) -> str:
         """Checkpoint id or ``<job_id>@<alias>`` ('' for a base model)."""
         ...
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model ready to load locally: a base folder, and an adapter folder for LoRA checkpoints."""
-
-    model_dir: Path
-    adapter_dir: Path | None = None
-    checkpoint_id: str = ""
-    job_id: str = ""
 
 
 class CheckpointLookup(Protocol):

@@ -5,26 +5,16 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from tuneforge.common.auth import Identity
+from tuneforge.common.peers.types import ResolvedModel
 from tuneforge.evaluation.domain.model import (
     Evaluation,
     ModelRef,
     ProgressEvent,
     State,
 )
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model ready to load locally: a base folder, and an adapter folder for LoRA checkpoints."""
-
-    model_dir: Path
-    adapter_dir: Path | None = None
-    checkpoint_id: str = ""
-    job_id: str = ""
 
 
 @dataclass(frozen=True)
