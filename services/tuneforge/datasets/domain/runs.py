@@ -41,7 +41,6 @@ class CurationRuns:
 
     def __init__(self, service: DatasetCatalogService, max_workers: int = 2) -> None:
         self.service = service
-        self.generators = service.generators  # the models generative_augment steps may use
         self.catalog = service.catalog
         self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="curation")
         self._events: dict[str, _Events] = {}
@@ -75,7 +74,7 @@ class CurationRuns:
                 raise AlreadyExists(f"request_id {request_id!r} was used for another version: use a new request_id")
             return existing
         cfg.check_pipeline(config)
-        check_models(config, self.generators)
+        check_models(config, self.service.generators)
         version = self.service.get_version(tenant, version_id)
         run = Run(new_id("run"), tenant, version.id, RunState.QUEUED, utcnow(), request_id or None,
                   {"config": config.to_dict(), "steps": []})
@@ -98,7 +97,7 @@ class CurationRuns:
                 self.catalog.save_run(run)
                 self._emit(run, f"step {count.step}: {count.rows_in} -> {count.rows_out} rows", count.as_dict())
 
-            result = run_pipeline(shards, config, staging, progress=progress, generators=self.generators,
+            result = run_pipeline(shards, config, staging, progress=progress, generators=self.service.generators,
                                   eval_records=lambda ids: self.service.eval_records(run.tenant, ids))
             document = {"pipeline": config.to_dict(), "steps": [c.as_dict() for c in result.steps], "run_id": run.id}
             staged = Staged(result.shards, result.rejected_path, result.rejected_count, document, version.id)
