@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tuneforge.client.config import CLIENT_ENV_VARS
+
 SERVICES = ("datasets", "training", "evaluation", "checkpoints")
 
 
@@ -48,7 +50,8 @@ def dev_token(run_dir: Path) -> str:
 
 
 def _env(name: str, port: int, run_dir: Path, token: str, ports: dict[str, int]) -> dict[str, str]:
-    env = dict(os.environ)
+    # The client's own variables (TUNEFORGE_TOKEN, ...) are not service settings: services reject them.
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_VARS}
     env.setdefault("TUNEFORGE_AUTH_TOKENS", f"default:{token}")
     env.update({"TUNEFORGE_PORT": str(port), "TUNEFORGE_HOST": "127.0.0.1", "TUNEFORGE_SERVICE_NAME": name})
     env.setdefault("TUNEFORGE_DATA_DIR", str(run_dir / "data"))
