@@ -24,12 +24,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PROTOS := $(wildcard protos/tuneforge/*/v1/*.proto)
 PROTO_STAMP := services/tuneforge/common/v1/.stamp
 
-.PHONY: help setup venv tools postgres proto lint test test-fast up demo bench clean kind-up kind-down e2e
+.PHONY: help setup venv tools postgres browser proto lint test test-fast up demo bench clean kind-up kind-down e2e
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: venv tools postgres proto  ## venv + pinned deps, S3 server, PostgreSQL, generated code (idempotent)
+setup: venv tools postgres proto browser  ## venv + pinned deps, S3 server, PostgreSQL, generated code (idempotent)
 
 $(TMPDIR):
 	@mkdir -p $(TMPDIR) $(RAY_TMPDIR) $(HF_HOME) $(TORCH_EXTENSIONS_DIR)
@@ -63,6 +63,12 @@ postgres:  ## PostgreSQL 15 server binaries (Debian), for tests and the local st
 	  echo "installing postgresql-15"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15; fi; fi
+
+browser:  ## headless Chromium + tmux (Debian) for the CLI's report and terminal tests (idempotent)
+	@missing=""; for p in chromium tmux; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; fi
 
 proto: $(PROTO_STAMP)  ## generate Python code from protos/ (git-ignored, generated at build time)
 $(PROTO_STAMP): $(PROTOS) $(VENV)/.stamp
