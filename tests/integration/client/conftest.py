@@ -35,7 +35,13 @@ class Platform:
     token: str
     other_token: str
     root: Path
-    servers: list[Any]
+    servers: dict[str, Any]
+    restart: Any = None
+
+    def restart_training(self) -> None:
+        """Stop the training service (its streams drop) and start it again on the same port,
+        database and work folder; its unfinished jobs are re-queued and resumed."""
+        self.restart("training")
 
     def env(self, token: str | None = None) -> dict[str, str]:
         """The client environment a user would set (one address variable per service, the token)."""
@@ -70,12 +76,19 @@ def platform(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     shared: dict[str, Any] = {"port": 0, "object_store_uri": (root / "objects").as_uri(),
                               "models_dir": root / "models", "auth_tokens": f"acme:{token},acme2:{other}",
                               "grace_period_s": 1.0}
-    servers: list[Any] = []
+    servers: dict[str, Any] = {}
+    recipes: dict[str, Any] = {}
 
     def start(settings_cls: type, build: Any, name: str, **extra: Any) -> str:
-        settings = load_settings(settings_cls, environ={}, data_dir=root / name, **shared, **extra)
-        servers.append(build(settings))
-        return servers[-1].address
+        settings = load_settings(settings_cls, environ={}, data_dir=root / name, **{**shared, **extra})
+        servers[name] = build(settings)
+        recipes[name] = (settings_cls, build, {**extra, "port": int(servers[name].address.rsplit(":", 1)[1])})
+        return servers[name].address
+
+    def restart(name: str) -> None:
+        servers.pop(name).stop(2)
+        settings_cls, build, extra = recipes[name]
+        start(settings_cls, build, name, **extra)
 
     try:
         datasets = start(DatasetSettings, build_datasets, "datasets")
@@ -84,9 +97,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
         training = start(TrainingSettings, build_training, "training", train_poll_interval_s=0.1, **peers)
         evaluation = start(EvaluationSettings, build_evaluation, "evaluation", **peers)
         yield Platform({"datasets": datasets, "training": training, "evaluation": evaluation,
-                        "checkpoints": checkpoints}, token, other, root, servers)
+                        "checkpoints": checkpoints}, token, other, root, servers, restart)
     finally:
-        for server in reversed(servers):
+        for server in reversed(list(servers.values())):
             server.stop(0.5)
 
 

@@ -4,8 +4,10 @@ violations, retries of UNAVAILABLE that reuse the idempotency key (and none for 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import threading
 from concurrent import futures
 from pathlib import Path
 
@@ -15,8 +17,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tests.integration.client.conftest import write_rows
-from tuneforge.client import Client, errors
+from tests.integration.client.conftest import job_spec, write_rows
+from tuneforge.client import Client, ClientConfig, errors
 from tuneforge.datasets.v1 import datasets_pb2 as ds
 from tuneforge.datasets.v1 import datasets_pb2_grpc
 from tuneforge.training.v1 import training_pb2 as tr
@@ -147,3 +149,50 @@ def test_unavailable_is_retried_with_the_same_idempotency_key_and_deletes_are_no
         with pytest.raises(errors.Unavailable):
             c.datasets.DeleteDataset(ds.DeleteDatasetRequest(dataset="x"))
         assert servicer.calls["DeleteDataset"] == 1
+
+
+def test_wait_reattaches_after_the_stream_drops_and_sees_every_event_once(platform, trained):
+    with platform.client() as c:
+        job = c.create_job({**job_spec(trained.version, steps=30, every=3), "suffix": "reattach"})
+        events: list[tr.JobEvent] = []
+        checkpointed = threading.Event()
+        result: dict[str, tr.Job] = {}
+
+        def on_event(event: tr.JobEvent) -> None:
+            events.append(event)
+            if event.WhichOneof("payload") == "checkpoint_id":
+                checkpointed.set()
+
+        follower = threading.Thread(target=lambda: result.update(job=c.wait(job, on_event=on_event, timeout=600)))
+        follower.start()
+        assert checkpointed.wait(300), "no checkpoint event before the restart"
+        platform.restart_training()  # the stream drops; wait() re-attaches after the last sequence seen
+        follower.join(600)
+        assert result["job"].status == tr.JOB_STATUS_SUCCEEDED and result["job"].current_step == 30
+        sequences = [e.sequence for e in events]
+        assert sequences == list(range(1, len(sequences) + 1))  # every event once, in order, none lost
+        logs = [e.log.message for e in events if e.WhichOneof("payload") == "log"]
+        assert any("re-queued" in m for m in logs), logs  # it really did restart under the stream
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl is needed to make a test certificate")
+def test_tls_connects_with_the_ca_file_and_refuses_an_unknown_certificate(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    servicer = _Flaky(fail=0)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
+    server.start()
+    try:
+        env = {"TUNEFORGE_ADDRESS": f"localhost:{port}", "TUNEFORGE_TOKEN": "t", "TUNEFORGE_TLS": "true",
+               "TUNEFORGE_TLS_CA_FILE": str(cert)}
+        with Client(ClientConfig.load(environ=env, config_file=None)) as c:
+            assert c.training.GetJob(tr.GetJobRequest(job_id="job_tls")).job.id == "job_tls"
+        with Client.connect(f"localhost:{port}", "t", tls=True, config_file=None, timeout=5) as c, \
+                pytest.raises(errors.Unavailable):  # system roots do not trust the self-signed certificate
+            c.training.GetJob(tr.GetJobRequest(job_id="job_tls"))
+    finally:
+        server.stop(0)
