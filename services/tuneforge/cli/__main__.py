@@ -19,7 +19,10 @@ from tuneforge.cli._state import State, state
 from tuneforge.client import ConfigError
 from tuneforge.client.errors import ApiError
 
-app = typer.Typer(name="tuneforge", help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False,
+HELP = ("The command line of the tuneforge fine-tuning platform: datasets, jobs, evaluations, checkpoints.\n\n"
+        "Addresses and token come from TUNEFORGE_ADDRESS or TUNEFORGE_<SERVICE>_ADDRESS, TUNEFORGE_TOKEN, or a "
+        "profile (`tuneforge config show`); `--output json` is stable (CLI.md).")
+app = typer.Typer(name="tuneforge", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(jobs.app, name="jobs")

@@ -46,8 +46,9 @@ class DemoFlow:
         raw = self.upload(rows)
         version = self.curate(raw)
         manifest = self.fine_tune(version)
-        self.evaluate(version, manifest)
+        evaluation_id = self.evaluate(version, manifest)
         self.export(manifest)
+        self.report(manifest.lineage.job_id, evaluation_id)
 
     def upload(self, rows: list[dict[str, Any]]) -> str:
         path = self.work / "raw.jsonl"
@@ -100,7 +101,7 @@ class DemoFlow:
             f"result checkpoint {job.result_checkpoint_id}")
         return self.c.checkpoints.GetManifest(ck.GetManifestRequest(checkpoint=job.result_checkpoint_id)).manifest
 
-    def evaluate(self, version_id: str, manifest: ck.Manifest) -> None:
+    def evaluate(self, version_id: str, manifest: ck.Manifest) -> str:
         req = ev.CreateEvaluationRequest(
             model=ev.ModelRef(checkpoint_id=manifest.checkpoint_id), baseline=ev.ModelRef(base_model=self.base_name),
             datasets=[ev.EvalDataset(version_id=version_id, split="test", max_samples=20)],
@@ -115,6 +116,16 @@ class DemoFlow:
             say("  eval", f"{m.name:<18} fine-tuned {m.model_value:10.4f}  base {m.baseline_value:10.4f}  "
                 f"{'better' if m.model_better else 'not better'}")
         say("evaluate", cmp.summary)
+        return evaluation.id
+
+    def report(self, job_id: str, evaluation_id: str) -> None:
+        """The same reports as `tuneforge jobs report` / `tuneforge eval report`."""
+        from tuneforge.cli.report import eval_report, job_report
+
+        folder = self.run_dir / "reports"
+        job_html = job_report(self.c, job_id, folder / f"{job_id}.html", folder / f"{job_id}.png")
+        eval_html = eval_report(self.c, evaluation_id, folder / f"{evaluation_id}.html", folder / f"{evaluation_id}.png")
+        say("report", f"{job_html} and {eval_html} (with PNGs beside them)")
 
     def export(self, manifest: ck.Manifest) -> None:
         out = self.c.checkpoints.ExportCheckpoint(ck.ExportCheckpointRequest(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,6 @@ def test_demo_runs_every_stage_through_the_services(tmp_path):
     assert "export: merged model" in text
     exported = next(line.split(" at ", 1)[1] for line in lines if "export: merged model" in line)
     assert exported.startswith("file://") and "/exports/" in exported
+    report = next(line for line in lines if line.startswith("[demo] report: "))
+    job_html = report.split(": ", 1)[1].split(" and ")[0]
+    assert 'id="loss-curve"' in Path(job_html).read_text()
