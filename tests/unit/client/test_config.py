@@ -71,3 +71,20 @@ def test_jobspec_maps_every_section_and_reports_all_problems():
         jobspec.to_request({"method": {"kind": "lorax"}, "hyperparameters": {"lr": 1, "max_steps": "many"}})
     fields = {v.field for v in info.value.violations}
     assert fields == {"model.name", "data.train", "method.kind", "hyperparameters.lr", "hyperparameters.max_steps"}
+
+
+def test_the_example_files_parse():
+    from pathlib import Path
+
+    from tuneforge.cli.datasets import load_pipeline
+    from tuneforge.datasets.v1 import datasets_pb2 as ds
+
+    root = Path(__file__).resolve().parents[3] / "examples"
+    req = jobspec.load(root / "job.yaml")
+    assert req.base_model == "smollm2-135m" and req.hyperparameters.max_steps == 200 and req.labels["team"] == "support"
+    pipeline = load_pipeline(root / "pipeline.yaml", ds.IngestCuration)
+    assert [s.WhichOneof("step") for s in pipeline.steps] == ["normalize", "exact_dedup", "near_dedup", "pii",
+                                                              "quality_filter"]
+    assert pipeline.split.validation_ratio == 0.1
+    with pytest.raises(errors.InvalidArgument, match="not a curation pipeline"):
+        load_pipeline(root / "job.yaml", ds.IngestCuration)
