@@ -53,6 +53,9 @@ def test_datasets_commands(cli, tmp_path):
     code, out, err = cli("datasets", "upload", str(data), "--name", "cars")  # the people's view
     assert code == 0 and "2 rejected" in out and "rejected rows" in out and "is missing" in out, out + err
 
+    code, out, err = cli("datasets", "upload", str(data), "--name", "strict", "--reject-invalid")
+    assert code == 1 and not out and "fix these fields" in err, err  # the bad rows, each with its field
+
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text("steps:\n  - normalize: {collapse_whitespace: true}\n  - exact_dedup: {}\n"
                         "split: {validation_ratio: 0.2, test_ratio: 0.1, seed: 1}\n")

@@ -56,7 +56,10 @@ def test_sdk_tour_example_runs_against_the_services(platform, tmp_path):
 
 
 def test_async_example_follows_lists_downloads_and_maps_errors(platform, trained, tmp_path):
-    out = _run("async_tour.py", trained.job.id, "--out", str(tmp_path / "ckpt"), env=platform.env())
+    data = write_rows(tmp_path / "async.jsonl")
+    out = _run("async_tour.py", trained.job.id, "--data", str(data), "--out", str(tmp_path / "ckpt"),
+               env=platform.env())
+    assert f"uploaded {data.stat().st_size} bytes -> dsv_" in out and "curated -> dsv_" in out
     assert "'JOB_STATUS_RUNNING', 'JOB_STATUS_SUCCEEDED'" in out
     assert trained.job.id in out and "not found: NOT_FOUND" in out
     assert (tmp_path / "ckpt" / "model" / "adapter_model.safetensors").exists()
