@@ -102,19 +102,24 @@ def watch(client: Client, job_id: str, console: Console, *, live: bool | None = 
         if not view.total and event.WhichOneof("payload") in ("status", "metrics"):
             view.total = client.training.GetJob(tr.GetJobRequest(job_id=job_id)).job.total_steps
 
+    def reattached(after: int) -> None:
+        view.last_log = f"stream dropped; re-attached after event {after}"
+        if not live:
+            console.print(view.last_log, highlight=False)
+
     if not live:
         def on_event(event: tr.JobEvent) -> None:
             refresh_total(event)
             line = view.apply(event)
             if line:
                 console.print(line, highlight=False)
-        return _final(client.wait(job.id, on_event=on_event), view, console)
+        return _final(client.wait(job.id, on_event=on_event, on_reattach=reattached), view, console)
     with Live(view.render(), console=console, refresh_per_second=4, transient=False) as screen:
         def on_live_event(event: tr.JobEvent) -> None:
             refresh_total(event)
             view.apply(event)
             screen.update(view.render())
-        done = client.wait(job.id, on_event=on_live_event)
+        done = client.wait(job.id, on_event=on_live_event, on_reattach=reattached)
     return _final(done, view, console)
 
 

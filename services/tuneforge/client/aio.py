@@ -137,7 +137,8 @@ class AsyncClient:
         return (await self.evaluation.CreateEvaluation(request)).evaluation
 
     async def wait(self, subject: Any, *, on_event: Callable[[Any], None] | None = None,
-                   timeout: float = 24 * 3600, kind: str | None = None) -> Any:
+                   timeout: float = 24 * 3600, kind: str | None = None,
+                   on_reattach: Callable[[int], None] | None = None) -> Any:
         """See ``Client.wait``: follows the events, re-attaching after the last sequence."""
         op, ident = _shared.operation_of(subject, kind)
         stream, get = (getattr(getattr(self, op.service), rpc) for rpc in (op.stream_rpc, op.get_rpc))
@@ -162,6 +163,8 @@ class AsyncClient:
                 raise
             await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
             pause = min(pause * 2, _REATTACH_PAUSE_S[1])
+            if on_reattach:
+                on_reattach(after)
 
     # -- checkpoints ----------------------------------------------------------------------------
 

@@ -170,7 +170,7 @@ class Client:
         return self.evaluation.CreateEvaluation(request).evaluation
 
     def wait(self, subject: Any, *, on_event: Callable[[Any], None] | None = None, timeout: float = 24 * 3600,
-             kind: str | None = None) -> Any:
+             kind: str | None = None, on_reattach: Callable[[int], None] | None = None) -> Any:
         """Follow a job, evaluation or curation run until it ends; return its final state.
 
         Events (``JobEvent``, ``EvaluationProgress``, ``CurationEvent``) go to ``on_event`` in
@@ -182,6 +182,7 @@ class Client:
             on_event: called with every event.
             timeout: give up (DeadlineExceeded) after this many seconds.
             kind: "job", "evaluation" or "curation" for ids without the usual prefix.
+            on_reattach: called with the last sequence seen each time a dropped stream is re-opened.
         """
         op, ident = _shared.operation_of(subject, kind)
         stream, get = (getattr(getattr(self, op.service), rpc) for rpc in (op.stream_rpc, op.get_rpc))
@@ -206,6 +207,8 @@ class Client:
                 raise
             time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
             pause = min(pause * 2, _REATTACH_PAUSE_S[1])
+            if on_reattach:
+                on_reattach(after)
 
     def wait_job(self, job_id: str, on_event: Callable[[tr.JobEvent], None] | None = None,
                  timeout: float = 24 * 3600) -> tr.Job:

@@ -166,7 +166,9 @@ def test_wait_reattaches_after_the_stream_drops_and_sees_every_event_once(platfo
             if event.WhichOneof("payload") == "checkpoint_id":
                 checkpointed.set()
 
-        follower = threading.Thread(target=lambda: result.update(job=c.wait(job, on_event=on_event, timeout=600)))
+        reattached: list[int] = []
+        follower = threading.Thread(target=lambda: result.update(job=c.wait(
+            job, on_event=on_event, timeout=600, on_reattach=reattached.append)))
         follower.start()
         assert checkpointed.wait(300), "no checkpoint event before the restart"
         platform.restart_training()  # the stream drops; wait() re-attaches after the last sequence seen
@@ -176,6 +178,7 @@ def test_wait_reattaches_after_the_stream_drops_and_sees_every_event_once(platfo
         assert sequences == list(range(1, len(sequences) + 1))  # every event once, in order, none lost
         logs = [e.log.message for e in events if e.WhichOneof("payload") == "log"]
         assert any("re-queued" in m for m in logs), logs  # it really did restart under the stream
+        assert reattached and reattached[0] >= 1 and reattached == sorted(reattached)
 
 
 @pytest.mark.skipif(not shutil.which("openssl"), reason="openssl is needed to make a test certificate")
