@@ -14,9 +14,10 @@ import click
 import typer
 
 from tuneforge.cli import ckpt, datasets, evals, jobs
-from tuneforge.cli._output import Output, emit, kv, render_error
+from tuneforge.cli._output import Output, emit, err, kv, render_error
 from tuneforge.cli._state import State, state
 from tuneforge.client import ConfigError
+from tuneforge.client.config import DEFAULT_CONFIG_FILE
 from tuneforge.client.errors import ApiError
 
 HELP = ("The command line of the tuneforge fine-tuning platform: datasets, jobs, evaluations, checkpoints.\n\n"
@@ -55,6 +56,43 @@ def config_show(ctx: typer.Context) -> None:
     st = state(ctx)
     cfg = st.config().describe()
     kv(st.output, cfg, [(k, v) for k, v in cfg.items()])
+
+
+@config_app.command("set-profile")
+def config_set_profile(ctx: typer.Context, name: str,
+                       address: str = typer.Option(None, help="one host:port for every service"),
+                       base_port: int = typer.Option(None, help="a local stack's first port (4 in a row)"),
+                       tls: bool = typer.Option(False, "--tls/--no-tls"),
+                       ca_file: Path = typer.Option(None, "--ca-file"),
+                       token_file: Path = typer.Option(None, "--token-file", help="where the token is kept"),
+                       token_stdin: bool = typer.Option(False, "--token-stdin", help="read the token from stdin and "
+                                                        "keep it in a 0600 file beside the config"),
+                       default: bool = typer.Option(False, "--default", help="make it the default profile")) -> None:
+    """Write a profile to the config file (TUNEFORGE_CONFIG or ~/.config/tuneforge/config.yaml)."""
+    import os
+
+    import yaml
+
+    path = Path(os.environ.get("TUNEFORGE_CONFIG") or DEFAULT_CONFIG_FILE).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    profile = {k: v for k, v in {"address": address, "base_port": base_port, "tls": tls or None,
+                                 "ca_file": str(ca_file) if ca_file else None,
+                                 "token_file": str(token_file) if token_file else None}.items() if v is not None}
+    if token_stdin:
+        secret = path.parent / f"{name}.token"
+        secret.touch(mode=0o600)
+        secret.chmod(0o600)
+        secret.write_text(sys.stdin.readline().strip())
+        profile["token_file"] = str(secret)
+    doc.setdefault("profiles", {})[name] = profile
+    if default or "default_profile" not in doc:
+        doc["default_profile"] = name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    if state(ctx).output is Output.table:
+        err.print(f"wrote profile {name} to {path}", highlight=False)
+    else:
+        emit(state(ctx).output, {"profile": name, "config": str(path), **profile})
 
 
 @app.command()

@@ -64,3 +64,27 @@ def test_job_chart_marks_every_element():
     svg = _svg(job_figure(steps, [tr.Metrics(step=3, eval_loss=1.2)], [(3, "ckpt_a"), (6, "ckpt_b")]))
     for gid in ("loss-curve", "eval-loss-curve", "lr-curve", "tokens-curve", "checkpoint-0", "checkpoint-1"):
         assert f'id="{gid}"' in svg
+
+
+def test_config_set_profile_keeps_the_token_out_of_argv(tmp_path, monkeypatch, capsys):
+    import io
+
+    from tuneforge.cli.__main__ import main
+    from tuneforge.client import ClientConfig
+
+    config = tmp_path / "cfg" / "config.yaml"
+    monkeypatch.setenv("TUNEFORGE_CONFIG", str(config))
+    for var in ("TUNEFORGE_TOKEN", "TUNEFORGE_ADDRESS", "TUNEFORGE_PROFILE", "TUNEFORGE_TLS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    assert main(["config", "set-profile", "prod", "--address", "gw:443", "--tls", "--token-stdin"]) == 0
+    assert main(["config", "set-profile", "local", "--base-port", "60000"]) == 0  # not the default: prod stays
+    token_file = config.parent / "prod.token"
+    assert token_file.read_text() == "s3cret" and token_file.stat().st_mode & 0o777 == 0o600
+    assert "s3cret" not in config.read_text()
+    cfg = ClientConfig.load(config_file=None)
+    assert cfg.token == "s3cret" and cfg.tls and set(cfg.addresses.values()) == {"gw:443"}
+    capsys.readouterr()
+    assert main(["-o", "json", "--profile", "local", "config", "show"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["addresses"]["training"] == "127.0.0.1:60001" and "profile local" in shown["source"]
