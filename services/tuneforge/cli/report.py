@@ -107,9 +107,7 @@ def job_figure(steps: list[tr.Metrics], evals: list[tr.Metrics], checkpoints: li
 def job_report(client: Client, job_id: str, out: Path, png: Path | None = None) -> Path:
     """Replay a job's events and write its report (HTML, and a PNG of the charts when asked)."""
     job = client.training.GetJob(tr.GetJobRequest(job_id=job_id)).job
-    events = list(client.training.StreamJobEvents(tr.StreamJobEventsRequest(job_id=job_id), timeout=60)) \
-        if job.status in (tr.JOB_STATUS_SUCCEEDED, tr.JOB_STATUS_FAILED, tr.JOB_STATUS_CANCELLED) else \
-        _events_so_far(client, job_id)
+    events = job_events(client, job_id, job)
     metrics = [e.metrics for e in events if e.WhichOneof("payload") == "metrics"]
     steps = [m for m in metrics if not m.eval_loss]
     evals = [m for m in metrics if m.eval_loss]
@@ -125,6 +123,14 @@ def job_report(client: Client, job_id: str, out: Path, png: Path | None = None) 
     body = (facts + "<h2>Training curves</h2>" + _svg(fig) + "<h2>Checkpoints</h2>"
             + _table(["checkpoint", "step", "eval loss"], ckpt_rows))
     return _write(fig, _page(f"Job {job.id}", body), out, png)
+
+
+def job_events(client: Client, job_id: str, job: tr.Job | None = None) -> list[tr.JobEvent]:
+    """Every event of a job so far (all of them once it has finished)."""
+    job = job or client.training.GetJob(tr.GetJobRequest(job_id=job_id)).job
+    if job.status in (tr.JOB_STATUS_SUCCEEDED, tr.JOB_STATUS_FAILED, tr.JOB_STATUS_CANCELLED):
+        return list(client.training.StreamJobEvents(tr.StreamJobEventsRequest(job_id=job_id), timeout=60))
+    return _events_so_far(client, job_id)
 
 
 def _events_so_far(client: Client, job_id: str) -> list[tr.JobEvent]:

@@ -139,6 +139,15 @@ def test_jobs_commands(cli, tmp_path, trained):
     assert ok_json(cli, "jobs", "cancel", job_id)["status"] == "JOB_STATUS_SUCCEEDED"  # finished: left as is
     assert [c["step"] for c in ok_json(cli, "jobs", "checkpoints", trained.job.id)] == [3, 6]
 
+    code, out, _ = cli("jobs", "metrics", trained.job.id)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["step"] for r in records if r["loss"]] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if r["eval_loss"]] == [3, 6] and all(r["time"] for r in records)
+    assert ok_json(cli, "jobs", "metrics", trained.job.id) == records
+    csv_file = tmp_path / "metrics.csv"
+    assert cli("jobs", "metrics", trained.job.id, "--out", str(csv_file))[0] == 0
+    assert csv_file.read_text().splitlines()[0].startswith("sequence,time,step,loss,learning_rate")
+
     html, png = tmp_path / "job.html", tmp_path / "job.png"
     code, out, err = cli("jobs", "report", trained.job.id, "--out", str(html), "--png", str(png))
     assert code == 0, out + err
