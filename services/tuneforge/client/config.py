@@ -46,7 +46,8 @@ LOCAL_BASE_PORT = 50051
 _PROFILE_KEYS = {"address", "addresses", "base_port", "token", "token_file", "tls", "ca_file", "timeout_s"}
 # Client-side variables: never passed to service processes (they reject unknown TUNEFORGE_* names).
 CLIENT_ENV_VARS = ("TUNEFORGE_ADDRESS", "TUNEFORGE_TOKEN", "TUNEFORGE_TOKEN_FILE", "TUNEFORGE_TLS",
-                   "TUNEFORGE_TLS_CA_FILE", "TUNEFORGE_TIMEOUT_S", "TUNEFORGE_PROFILE", "TUNEFORGE_CONFIG")
+                   "TUNEFORGE_TLS_CA_FILE", "TUNEFORGE_TIMEOUT_S", "TUNEFORGE_PROFILE", "TUNEFORGE_CONFIG",
+                   "TUNEFORGE_OUTPUT")
 
 
 class ConfigError(ValueError):
