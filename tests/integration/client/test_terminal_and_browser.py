@@ -121,13 +121,15 @@ def _pixels_near(image, rgb: tuple[int, int, int], tol: int = 40) -> int:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make browser` installs Debian's package)")
-def test_reports_render_their_charts_in_headless_chromium(platform, trained, tmp_path):
+def test_reports_render_their_charts_in_headless_chromium(platform, trained, tmp_path, monkeypatch):
     from PIL import Image
 
     from tuneforge.cli.__main__ import main
     from tuneforge.cli.report import COLORS
 
-    os.environ.update({k: v for k, v in platform.env().items() if k.startswith("TUNEFORGE_")})
+    for key, value in platform.env().items():
+        if key.startswith("TUNEFORGE_"):
+            monkeypatch.setenv(key, value)
     job_html, eval_html = tmp_path / "job.html", tmp_path / "eval.html"
     assert main(["jobs", "report", trained.job.id, "--out", str(job_html)]) == 0
     assert main(["eval", "report", trained.evaluation.id, "--out", str(eval_html)]) == 0
