@@ -93,6 +93,7 @@ def build_service(settings: TrainingSettings) -> tuple[TrainingService, list]:
         work_dir=work,
         ray_address=settings.train_ray_address or os.environ.get("RAY_ADDRESS", ""),
         peers_missing=_missing_peers(settings),
+        limits=settings.limits(),
     )
     service = TrainingService(deps)
     requeued = service.recover()

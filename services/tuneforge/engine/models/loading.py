@@ -210,6 +210,11 @@ def _check_compute_dtype(spec: TrainingSpec, device: Any) -> None:
 
 def resolve_model_dir(spec: TrainingSpec, gguf_cache_dir: Path | None = None) -> Path:
     """The Hugging Face folder to load: ``model.path``, or the converted folder of ``model.gguf_file``."""
+    if spec.model.path is None:
+        raise FailedPrecondition(
+            f"model.name {spec.model.name!r} is a reference the training service resolves to a local folder: "
+            "set model.path to a Hugging Face folder when running the engine directly"
+        )
     if not spec.model.gguf_file:
         return Path(spec.model.path)
     from tuneforge.engine.models.gguf import convert_gguf

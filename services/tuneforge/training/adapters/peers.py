@@ -31,7 +31,8 @@ from tuneforge.common.peers.models import StoreModelResolver
 from tuneforge.common.peers.objects import StoreDatasetReader, key_in_store
 from tuneforge.common.storage import ObjectStore, tenant_prefix
 from tuneforge.common.storage.artifacts import read_manifest
-from tuneforge.training.domain.model import Job, JobCheckpoint, Method
+from tuneforge.engine.spec import MethodKind
+from tuneforge.training.domain.model import Job, JobCheckpoint
 from tuneforge.training.domain.ports import VersionFacts
 
 FIELD = "base_model"
@@ -91,8 +92,8 @@ class PeerModels:
         return resolved.model_dir
 
 
-_KIND = {Method.FULL: "FULL", Method.LORA: "LORA", Method.QLORA: "LORA", Method.PREFIX: "PREFIX",
-         Method.PROMPT: "PREFIX"}
+_KIND = {MethodKind.FULL: "FULL", MethodKind.LORA: "LORA", MethodKind.QLORA: "LORA", MethodKind.PREFIX: "PREFIX",
+         MethodKind.PROMPT: "PREFIX"}
 
 
 class RegisteringPublisher:
@@ -113,11 +114,11 @@ class RegisteringPublisher:
         values = {k: float(v) for k, v in {**extra_metrics, **metrics}.items()
                   if isinstance(v, int | float) and math.isfinite(float(v))}
         draft = CheckpointDraft(
-            job_id=job.id, step=int(manifest.extra.get("step", step)), kind=_KIND.get(job.spec.method, "LORA"),
+            job_id=job.id, step=int(manifest.extra.get("step", step)), kind=_KIND.get(job.spec.method.kind, "LORA"),
             prefix=folder.removeprefix(root).rstrip("/"),
             files=tuple(CheckpointFile(f.path, f.size, f.sha256) for f in manifest.files),
             metrics=values, config=self._spec(folder), dataset_version_id=dataset_version_id,
-            base_model=job.spec.base_model)
+            base_model=job.spec.model.name or "")
         registered = self._checkpoints.register(caller, draft)
         return JobCheckpoint(registered.checkpoint_id, registered.step, dict(registered.metrics),
                              registered.create_time or datetime.now(UTC), uri)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tuneforge.common.auth import Identity
+from tuneforge.engine.spec import TrainingSpec
 from tuneforge.training.domain.model import EventKind, Job, JobCheckpoint, JobEvent, JobFilter, JobStatus
 
 
@@ -124,13 +125,9 @@ class Outcome:
 
 
 class TrainingEngine(Protocol):
-    """Runs the engine on a spec mapping (in this process, or on Ray per the spec's resources)."""
+    """Runs the engine on a spec (in this process, or on Ray per the spec's resources)."""
 
-    def check(self, spec: Mapping[str, Any]) -> None:
-        """Validate the spec as the engine will (``InvalidInput`` with engine field paths)."""
-        ...
-
-    def run(self, spec: Mapping[str, Any], on_progress: Callable[[Progress], None],
+    def run(self, spec: TrainingSpec, on_progress: Callable[[Progress], None],
             cancel: threading.Event) -> Outcome:
         """Train (resuming from the run's latest complete checkpoint); raises ``TuneforgeError``s."""
         ...

@@ -1,8 +1,8 @@
 """One job's run: inputs to local files, the engine, events, checkpoint registration, final status.
 
-Reads top to bottom in ``JobRun.execute``: claim the job (QUEUED -> RUNNING), write the leased
-dataset versions' rows to JSONL, locate the base model, build the engine spec (the run name is the
-job id, so a re-run resumes from the job's latest complete checkpoint), train while turning engine
+Reads top to bottom in ``JobRun.execute``: claim the job (QUEUED -> RUNNING), make the stored
+spec's references local (the leased dataset versions' rows, the base model's folder; the run name is
+the job id, so a re-run resumes from the job's latest complete checkpoint), train while turning engine
 progress into job events, then finish: SUCCEEDED with the best (else final) checkpoint, CANCELLED,
 or FAILED with an ``ErrorInfo`` that names cause and fix. Leases are released once the job ends;
 a run interrupted by a service stop leaves its job QUEUED for the next process.
@@ -22,9 +22,15 @@ from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import TuneforgeError
-from tuneforge.common.storage import tenant_prefix
-from tuneforge.training.domain import specmap
-from tuneforge.training.domain.model import ErrorInfo, EventKind, Job, JobCheckpoint, JobStatus
+from tuneforge.engine.spec import TrainingSpec, load_spec
+from tuneforge.training.domain.model import (
+    ErrorInfo,
+    EventKind,
+    Job,
+    JobCheckpoint,
+    JobStatus,
+    dataset_versions,
+)
 from tuneforge.training.domain.ports import (
     CheckpointPublisher,
     DatasetAccess,
@@ -51,7 +57,7 @@ def release_leases(datasets: DatasetAccess, caller: Identity | None, job: Job, o
     if caller is None:
         log.warning("job %s: no identity of tenant %s to release its dataset leases", job.id, job.tenant)
         return
-    for version_id in job.spec.dataset_versions() if only is None else only:
+    for version_id in dataset_versions(job.spec) if only is None else only:
         try:
             datasets.release_lease(caller, version_id, lease_holder(job))
         except TuneforgeError as exc:
@@ -80,14 +86,9 @@ class RunContext:
     models: ModelLocator
     checkpoints: CheckpointPublisher
     engine: TrainingEngine
-    store_uri: str
     work_dir: Path
     ray_address: str
     stopping: threading.Event
-
-    def output(self, job: Job) -> specmap.Output:
-        """Checkpoints go to the tenant's checkpoint area under the job's own run name."""
-        return specmap.Output(self.store_uri, f"{tenant_prefix(job.tenant)}checkpoints/", job.run_name)
 
     def log(self, job: Job, level: str, message: str) -> None:
         """Append a log event."""
@@ -167,36 +168,35 @@ class JobRun:
         self._registered = {c.uri: c for c in self.ctx.repository.checkpoints(job.tenant, job.id) if c.uri}
         return job
 
-    def _engine_spec(self, job: Job, work: Path) -> dict[str, Any]:
-        """Write the data files, locate the model, map the job to the engine's spec."""
-        spec, data_dir = job.spec, work / "data"
+    def _engine_spec(self, job: Job, work: Path) -> TrainingSpec:
+        """The job's stored spec with its references made local: the base model's folder and the leased
+        dataset versions' rows (as JSONL under ``work``); each input's origin goes to the job's events."""
+        doc = job.spec.resolved_dict()
+        name = job.spec.model.name or ""
+        model_path = self.ctx.models.locate(self.caller, name)
+        doc["model"] = {**doc["model"], "name": None, "path": str(model_path)}
+        doc["resources"]["ray_address"] = self.ctx.ray_address or None  # this deployment's, not the creator's
+        self.ctx.log(job, "INFO", f"input base_model: {name} from {model_path}")
+        data, data_dir = doc["data"], work / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
-        train = validation = None
-        if spec.dataset_version_id:
-            train = self._write(spec.dataset_version_id, "train", data_dir / "train.jsonl")
-        source = spec.validation_dataset_version_id or spec.dataset_version_id
-        if source:
-            validation = self._write(source, "validation", data_dir / "validation.jsonl",
-                                     optional=not spec.validation_dataset_version_id)
-        mixture = tuple((self._write(m.dataset_version_id, "train", data_dir / f"mixture-{i}.jsonl"), m.weight, m.task)
-                        for i, m in enumerate(spec.mixture))
-        files = specmap.DataFiles(train=train, validation=validation,
-                                  mixture=tuple((p, w, t) for p, w, t in mixture if p is not None))
-        model_path = self.ctx.models.locate(self.caller, spec.base_model)
-        return specmap.engine_spec(spec, tenant=job.tenant, model_path=model_path, data=files,
-                                   output=self.ctx.output(job), ray_address=self.ctx.ray_address)
+        for slot in ("train", "validation"):
+            if data.get(slot) and data[slot].get("dataset_version"):
+                data[slot] = {"path": str(self._write(job, slot, data[slot], data_dir / f"{slot}.jsonl"))}
+        for i, component in enumerate(data.get("mixture") or ()):
+            path = self._write(job, f"mixture[{i}]", component["source"], data_dir / f"mixture-{i}.jsonl")
+            component["source"] = {"path": str(path)}
+        return load_spec(doc)
 
-    def _write(self, version_id: str, split: str, dest: Path, optional: bool = False) -> Path | None:
-        """Rows of ``split`` of a version (every row of a version that was never split)."""
+    def _write(self, job: Job, slot: str, source: Mapping[str, Any], dest: Path) -> Path:
+        """Rows of the source's split of a version (every row of a version that was never split)."""
+        version_id, split = source["dataset_version"], source.get("split") or "train"
         # Re-asserting the lease (idempotent) also returns the split sizes.
-        counts = self.ctx.datasets.acquire_lease(self.caller, version_id, f"job:{self.job_id}").split_counts
-        if counts and not counts.get(split):
-            if optional:
-                return None
-            split = ""  # a split version without this split: every row (validated at create time)
-        wanted = split if counts else ""
+        counts = self.ctx.datasets.acquire_lease(self.caller, version_id, lease_holder(job)).split_counts
+        wanted = split if counts.get(split) else ""  # a version without this split: every row (checked at create)
         rows = self.ctx.datasets.write_split(self.caller, version_id, wanted, dest)
-        return dest if rows or not optional else None
+        self.ctx.log(job, "INFO", f"input {slot}: dataset version {version_id}, split {wanted or 'all rows'} "
+                                  f"({rows} rows)")
+        return dest
 
     # ---------------------------------------------------------------- progress
 
@@ -247,7 +247,7 @@ class JobRun:
 
     @staticmethod
     def _lineage_version(job: Job) -> str:
-        return job.spec.dataset_version_id or (job.spec.mixture[0].dataset_version_id if job.spec.mixture else "")
+        return next(iter(dataset_versions(job.spec)), "")
 
     # ---------------------------------------------------------------- end
 
