@@ -136,8 +136,13 @@ def test_the_api_and_the_engine_cli_resolve_one_yaml_to_the_same_spec(cluster: A
     finally:
         engine.dispose()
 
-    # The service owns where checkpoints go; everything else is the same job.
+    # The service owns where checkpoints go and pins each version in the store; the rest is the same job.
     assert from_api.pop("output")["run_name"] == job.id
     from_cli.pop("output")
+    for api_side, cli_side in ((from_api["model"], from_cli["model"]), *(
+            (from_api["data"][slot], from_cli["data"][slot]) for slot in ("train", "validation"))):
+        pinned = {k: api_side.pop(k) for k in ("store_uri", "manifest_key", "manifest_sha256")}
+        assert pinned["manifest_key"].endswith("/MANIFEST.json") and len(pinned["manifest_sha256"]) == 64
+        assert {k: cli_side.pop(k) for k in pinned} == dict.fromkeys(pinned)
     assert from_api == from_cli
     assert job.hyperparameters.learning_rate == from_cli["hyperparameters"]["learning_rate"]

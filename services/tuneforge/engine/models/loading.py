@@ -209,7 +209,13 @@ def _check_compute_dtype(spec: TrainingSpec, device: Any) -> None:
 
 
 def resolve_model_dir(spec: TrainingSpec, gguf_cache_dir: Path | None = None) -> Path:
-    """The Hugging Face folder to load: ``model.path``, or the converted folder of ``model.gguf_file``."""
+    """The Hugging Face folder to load: ``model.path``, the converted folder of ``model.gguf_file``, or a
+    registered model fetched from the store into this machine's cache (verified)."""
+    m = spec.model
+    if m.path is None and m.store_uri and m.manifest_key and m.manifest_sha256:
+        from tuneforge.engine.models.registry import ModelRef, fetch_model
+
+        return fetch_model(ModelRef(m.store_uri, m.manifest_key, m.manifest_sha256))
     if spec.model.path is None:
         raise FailedPrecondition(
             f"model.name {spec.model.name!r} is a reference the training service resolves to a local folder: "

@@ -121,6 +121,12 @@ class ModelSection(_Strict):
     name: str | None = Field(default=None, pattern=_MODEL_NAME, description="a registered base model "
                              "(e.g. smollm2-135m) or a full-weight checkpoint id (ckpt_...), resolved by "
                              "the training service")
+    store_uri: str | None = Field(default=None, pattern=r"^(file|s3)://.+", description="object store "
+                                  "holding the registered model (set by the training service)")
+    manifest_key: str | None = Field(default=None, pattern=r"^tenants/[^?#]+/MANIFEST\.json$",
+                                     description="the model's manifest in that store")
+    manifest_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the "
+                                        "manifest: pins the model's content (the workers' cache key)")
     gguf_file: str | None = Field(default=None, description="GGUF file name inside path")
     dtype: ModelDType = ModelDType.AUTO
 
@@ -128,6 +134,9 @@ class ModelSection(_Strict):
     def _one_source(self) -> ModelSection:
         if (self.path is None) == (self.name is None):
             raise ValueError("path: set exactly one of path (a local folder) or name (a registered model)")
+        refs = (self.store_uri, self.manifest_key, self.manifest_sha256)
+        if any(refs) and (self.name is None or not all(refs)):
+            raise ValueError("store_uri: store_uri, manifest_key and manifest_sha256 go together, with name")
         return self
 
     @field_validator("gguf_file")
@@ -156,12 +165,22 @@ class DataSource(_Strict):
                               "or a folder of them")
     dataset_version: str | None = Field(default=None, min_length=1, description="a curated dataset version "
                                         "id (dsv_...)")
-    split: str = Field(default="train", min_length=1, description="split of the dataset version")
+    split: str | None = Field(default="train", min_length=1, description="split of the dataset version "
+                              "(none: every row)")
+    store_uri: str | None = Field(default=None, pattern=r"^(file|s3)://.+", description="object store "
+                                  "holding the version (set by the training service)")
+    manifest_key: str | None = Field(default=None, pattern=r"^tenants/[^?#]+/MANIFEST\.json$",
+                                     description="the version's manifest in that store")
+    manifest_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="sha256 of "
+                                        "the manifest: pins the version's content")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
         if (self.path is None) == (self.dataset_version is None):
             raise ValueError("set exactly one of path (local parquet/jsonl) or dataset_version")
+        refs = (self.store_uri, self.manifest_key, self.manifest_sha256)
+        if any(refs) and (self.dataset_version is None or not all(refs)):
+            raise ValueError("store_uri, manifest_key and manifest_sha256 go together, with dataset_version")
         return self
 
 

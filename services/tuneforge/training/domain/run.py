@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import TuneforgeError
@@ -86,7 +83,6 @@ class RunContext:
     models: ModelLocator
     checkpoints: CheckpointPublisher
     engine: TrainingEngine
-    work_dir: Path
     ray_address: str
     stopping: threading.Event
 
@@ -144,16 +140,13 @@ class JobRun:
         job = self._claim()
         if job is None:
             return
-        work = self.ctx.work_dir / job.id
         try:
-            outcome = self.ctx.engine.run(self._engine_spec(job, work), self._on_progress, self._cancel)
+            outcome = self.ctx.engine.run(self._engine_spec(job), self._on_progress, self._cancel)
             self._conclude(job, outcome)
         except Exception as exc:  # every failure becomes FAILED with an ErrorInfo
             if not isinstance(exc, TuneforgeError):
                 log.exception("job %s failed", job.id)
             self._end_or_requeue(job, JobStatus.FAILED, error_info(exc))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     def _claim(self) -> Job | None:
         job = self.ctx.repository.get(self.tenant, self.job_id)
@@ -168,35 +161,32 @@ class JobRun:
         self._registered = {c.uri: c for c in self.ctx.repository.checkpoints(job.tenant, job.id) if c.uri}
         return job
 
-    def _engine_spec(self, job: Job, work: Path) -> TrainingSpec:
-        """The job's stored spec with its references made local: the base model's folder and the leased
-        dataset versions' rows (as JSONL under ``work``); each input's origin goes to the job's events."""
-        doc = job.spec.resolved_dict()
-        name = job.spec.model.name or ""
-        model_path = self.ctx.models.locate(self.caller, name)
-        doc["model"] = {**doc["model"], "name": None, "path": str(model_path)}
-        doc["resources"]["ray_address"] = self.ctx.ray_address or None  # this deployment's, not the creator's
-        self.ctx.log(job, "INFO", f"input base_model: {name} from {model_path}")
-        data, data_dir = doc["data"], work / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        for slot in ("train", "validation"):
-            if data.get(slot) and data[slot].get("dataset_version"):
-                data[slot] = {"path": str(self._write(job, slot, data[slot], data_dir / f"{slot}.jsonl"))}
-        for i, component in enumerate(data.get("mixture") or ()):
-            path = self._write(job, f"mixture[{i}]", component["source"], data_dir / f"mixture-{i}.jsonl")
-            component["source"] = {"path": str(path)}
-        return load_spec(doc)
+    def _engine_spec(self, job: Job) -> TrainingSpec:
+        """The job's stored spec with this deployment's Ray address.
 
-    def _write(self, job: Job, slot: str, source: Mapping[str, Any], dest: Path) -> Path:
-        """Rows of the source's split of a version (every row of a version that was never split)."""
-        version_id, split = source["dataset_version"], source.get("split") or "train"
-        # Re-asserting the lease (idempotent) also returns the split sizes.
-        counts = self.ctx.datasets.acquire_lease(self.caller, version_id, lease_holder(job)).split_counts
-        wanted = split if counts.get(split) else ""  # a version without this split: every row (checked at create)
-        rows = self.ctx.datasets.write_split(self.caller, version_id, wanted, dest)
-        self.ctx.log(job, "INFO", f"input {slot}: dataset version {version_id}, split {wanted or 'all rows'} "
-                                  f"({rows} rows)")
-        return dest
+        Dataset versions and registered base models stay references: every worker reads them from the
+        shared store itself (a checkpoint used as the base is still made local here). Each input's
+        origin goes to the job's events.
+        """
+        doc = job.spec.resolved_dict()
+        doc["resources"]["ray_address"] = self.ctx.ray_address or None  # this deployment's, not the creator's
+        model = job.spec.model
+        if model.manifest_key:
+            self.ctx.log(job, "INFO", f"input base_model: {model.name}, read by the workers from "
+                                      f"{model.store_uri}/{model.manifest_key} (sha256 {model.manifest_sha256})")
+        else:  # a full-weight checkpoint as the base: resolved on this machine
+            model_path = self.ctx.models.locate(self.caller, model.name or "")
+            doc["model"] = {**doc["model"], "name": None, "path": str(model_path)}
+            self.ctx.log(job, "INFO", f"input base_model: checkpoint {model.name} from {model_path}")
+        data = job.spec.data
+        sources = [("train", data.train), ("validation", data.validation),
+                   *((f"mixture[{i}]", m.source) for i, m in enumerate(data.mixture))]
+        for slot, source in sources:
+            if source is not None and source.dataset_version:
+                self.ctx.log(job, "INFO", f"input {slot}: dataset version {source.dataset_version}, "
+                             f"{f'split {source.split}' if source.split else 'every row'}, read by the workers "
+                             f"from {source.store_uri}/{source.manifest_key} (sha256 {source.manifest_sha256})")
+        return load_spec(doc)
 
     # ---------------------------------------------------------------- progress
 

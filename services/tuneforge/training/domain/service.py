@@ -14,9 +14,10 @@ import re
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
@@ -38,6 +39,7 @@ from tuneforge.training.domain.ports import (
     DatasetAccess,
     JobRepository,
     ModelLocator,
+    StoreRef,
     TenantCredentials,
     TrainingEngine,
     VersionFacts,
@@ -86,6 +88,12 @@ def _metadata_violations(request: JobRequest) -> list[FieldViolation]:
     return out
 
 
+def _version_sources(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The data section's sources that name a dataset version (train, validation, mixture components)."""
+    found = [data.get("train"), data.get("validation"), *(m.get("source") for m in data.get("mixture") or ())]
+    return [s for s in found if isinstance(s, dict) and s.get("dataset_version")]
+
+
 def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[FieldViolation]:
     """The objective against the record kind of each leased version (``kinds``: version id -> kind name).
 
@@ -122,7 +130,7 @@ class TrainingService:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._ctx = RunContext(deps.repository, deps.datasets, deps.models, deps.checkpoints, deps.engine,
-                               deps.work_dir, deps.ray_address, self._stopping)
+                               deps.ray_address, self._stopping)
 
     # ------------------------------------------------------------------ create
 
@@ -143,7 +151,7 @@ class TrainingService:
         job_id = new_job_id()
         problems = [*request.problems, *_metadata_violations(request)]
         try:
-            spec = self._spec(request, caller.tenant, job_id, validation_split=True)
+            spec = self._spec(request, caller.tenant, job_id)
         except InvalidInput as exc:
             problems += [v for v in exc.violations if v not in problems]
         if problems:
@@ -151,12 +159,14 @@ class TrainingService:
         if self._d.peers_missing:
             raise FailedPrecondition("the training service cannot reach its peers: set "
                                      + " and ".join(self._d.peers_missing) + " on the training service")
-        self._d.models.locate(caller, spec.model.name or "")  # unknown models fail here, not in the run
+        model = self._d.models.reference(caller, spec.model.name or "")  # unknown models fail here
+        if model is None:  # a checkpoint: checked now, made local by the run
+            self._d.models.locate(caller, spec.model.name or "")
         job = Job(job_id, caller.tenant, spec, JobStatus.VALIDATING, datetime.now(UTC), job_id, request.suffix,
                   dict(request.labels), idempotency_key, digest)
         facts = self._lease_all(caller, job)
         try:
-            job.spec = self._check_inputs(request, job, facts)
+            job.spec = self._check_inputs(request, job, facts, model)
             stored = self._d.repository.add(job)
         except BaseException:
             release_leases(self._d.datasets, caller, job)
@@ -168,26 +178,39 @@ class TrainingService:
         self._queue(stored, caller)
         return self._d.repository.get(caller.tenant, stored.id)
 
-    def _spec(self, request: JobRequest, tenant: str, run_name: str, *, validation_split: bool) -> TrainingSpec:
-        """The request plus what the service owns (tenant, output, Ray address, validation default),
-        validated by the engine's own ``load_spec``.
+    def _spec(self, request: JobRequest, tenant: str, run_name: str,
+              facts: Mapping[str, VersionFacts] | None = None, model: StoreRef | None = None) -> TrainingSpec:
+        """The request plus what the service owns (tenant, output, validation default and, once the
+        versions are leased, where workers read them), validated by the engine's own ``load_spec``.
 
-        A validation version without a named split reads its validation split; with
-        ``validation_split`` a job without validation data evaluates on its training version's.
+        A validation version without a named split reads its validation split; a job without
+        validation data evaluates on its training version's validation split when it has one.
         """
         doc = copy.deepcopy(dict(request.spec))
         doc["tenant"] = tenant
         doc["output"] = {"checkpoint_uri": self._d.store_uri, "checkpoint_prefix": checkpoint_prefix(tenant),
                          "run_name": run_name}
         data = doc.setdefault("data", {})
+        train = (data.get("train") or {}).get("dataset_version") if isinstance(data.get("train"), dict) else None
         if isinstance(data.get("validation"), dict):
             data["validation"].setdefault("split", "validation")
-        elif validation_split and isinstance(data.get("train"), dict) and data["train"].get("dataset_version"):
-            data["validation"] = {"dataset_version": data["train"]["dataset_version"], "split": "validation"}
+        elif train and (facts is None or facts[train].split_counts.get("validation")):
+            data["validation"] = {"dataset_version": train, "split": "validation"}
+        for source in _version_sources(data) if facts is not None else ():
+            self._pin(source, facts[source["dataset_version"]])
+        if model is not None:
+            doc["model"] = {**doc.get("model", {}), **asdict(model)}
         spec = load_spec(doc)
         if problems := limit_violations(spec, self._d.limits):
             raise InvalidInput.of(problems, what="CreateJob request")
         return spec
+
+    def _pin(self, source: dict[str, Any], facts: VersionFacts) -> None:
+        """Point a source at its version in the shared store; a version without the split reads every row."""
+        split = source.get("split", "train")
+        ref = self._d.datasets.reference(facts)
+        source.update(split=split if facts.split_counts.get(split) else None, store_uri=ref.store_uri,
+                      manifest_key=ref.manifest_key, manifest_sha256=ref.manifest_sha256)
 
     def _same_request(self, tenant: str, key: str, digest: str) -> Job | None:
         found = self._d.repository.find_by_key(tenant, key)
@@ -207,8 +230,9 @@ class TrainingService:
             raise
         return facts
 
-    def _check_inputs(self, request: JobRequest, job: Job, facts: Mapping[str, VersionFacts]) -> TrainingSpec:
-        """The leased versions against the spec; returns the spec with the validation default settled."""
+    def _check_inputs(self, request: JobRequest, job: Job, facts: Mapping[str, VersionFacts],
+                      model: StoreRef | None) -> TrainingSpec:
+        """The leased versions against the spec; returns the spec with every input pinned in the store."""
         spec = job.spec
         problems = _kind_violations(spec, {v: f.kind for v, f in facts.items()})
         train = facts.get(spec.data.train.dataset_version or "") if spec.data.train else None
@@ -218,10 +242,7 @@ class TrainingService:
                                            "it with a split that keeps train rows"))
         if problems:
             raise InvalidInput.of(problems, what="CreateJob request")
-        if train is not None and "validation" not in request.spec.get("data", {}) \
-                and not train.split_counts.get("validation"):
-            return self._spec(request, job.tenant, job.run_name, validation_split=False)
-        return spec
+        return self._spec(request, job.tenant, job.run_name, facts, model)
 
     # ------------------------------------------------------------------ run
 
