@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -336,7 +336,7 @@ def job_to_proto(job: Job) -> pb.Job:
     """Domain job -> wire message (its settings as resolved: defaults filled in)."""
     asked = request_from_spec(job.spec.resolved_dict())
     msg = pb.Job(
-        id=job.id, status=job.status.value, method=asked.method, objective=asked.objective,
+        id=job.id, status=cast(pb.JobStatus, job.status.value), method=asked.method, objective=asked.objective,
         base_model=asked.base_model, dataset_version_id=asked.dataset_version_id,
         validation_dataset_version_id=asked.validation_dataset_version_id, mixture=asked.mixture,
         hyperparameters=asked.hyperparameters, resources=asked.resources, schedule=asked.schedule,
@@ -364,13 +364,14 @@ def event_to_proto(ev: JobEvent) -> pb.JobEvent:
     """Domain event -> wire event (one payload per kind)."""
     msg = pb.JobEvent(sequence=ev.sequence, time=timestamp(ev.time))
     if ev.kind is EventKind.STATUS:
-        msg.status = JobStatus[ev.data["status"]].value
+        msg.status = cast(pb.JobStatus, JobStatus[ev.data["status"]].value)
     elif ev.kind is EventKind.METRICS:
         msg.metrics.CopyFrom(metrics_to_proto(ev.data))
     elif ev.kind is EventKind.CHECKPOINT:
         msg.checkpoint_id = ev.data["checkpoint_id"]
     else:
-        msg.log.CopyFrom(pb.LogEntry(level=LogLevel[ev.data.get("level", "INFO")].value, message=ev.data["message"]))
+        level = cast(pb.LogLevel, LogLevel[ev.data.get("level", "INFO")].value)
+        msg.log.CopyFrom(pb.LogEntry(level=level, message=ev.data["message"]))
     return msg
 
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import InvalidInput, NotFound, TuneforgeError
@@ -129,7 +130,8 @@ class RegisteringPublisher:
         if not folder.startswith(root):
             raise NotFound(f"checkpoint {uri} is outside the tenant's checkpoint area {root}")
         manifest = read_manifest(self._store, folder)
-        extra_metrics = manifest.extra.get("metrics") if isinstance(manifest.extra.get("metrics"), dict) else {}
+        recorded = manifest.extra.get("metrics")
+        extra_metrics: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         values = {k: float(v) for k, v in {**extra_metrics, **metrics}.items()
                   if isinstance(v, int | float) and math.isfinite(float(v))}
         draft = CheckpointDraft(

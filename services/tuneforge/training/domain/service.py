@@ -196,8 +196,9 @@ class TrainingService:
             data["validation"].setdefault("split", "validation")
         elif train and (facts is None or facts[train].split_counts.get("validation")):
             data["validation"] = {"dataset_version": train, "split": "validation"}
-        for source in _version_sources(data) if facts is not None else ():
-            self._pin(source, facts[source["dataset_version"]])
+        if facts is not None:
+            for source in _version_sources(data):
+                self._pin(source, facts[source["dataset_version"]])
         if model is not None:
             doc["model"] = {**doc.get("model", {}), **asdict(model)}
         spec = load_spec(doc)
