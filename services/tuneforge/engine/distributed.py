@@ -108,7 +108,7 @@ def run_on_ray(
 
     ensure_ray(spec)
     res = spec.resources
-    channel = _Channel.remote()
+    channel = _Channel.remote()  # type: ignore[attr-defined]  # @ray.remote adds .remote; ray ships no stub for it
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"spec": spec.resolved_dict(), "channel": channel,

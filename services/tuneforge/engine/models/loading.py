@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneforge.engine.data.tokenize import ensure_chat_template, ensure_pad_token
@@ -149,7 +149,7 @@ def _peft_config(spec: TrainingSpec, model: Any, folder: Path) -> Any:
     if m.kind in (MethodKind.LORA, MethodKind.QLORA):
         return peft.LoraConfig(
             r=m.lora.r,
-            lora_alpha=m.lora.alpha,
+            lora_alpha=cast(int, m.lora.alpha),  # peft scales by alpha / r and takes floats; its hint says int
             lora_dropout=m.lora.dropout,
             bias="none",
             target_modules=resolve_target_modules(m.lora.target_modules, model),

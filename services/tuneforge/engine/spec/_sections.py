@@ -401,7 +401,7 @@ class TrainingSpec(_TopLevelScalars):
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {
-    name: field.annotation  # type: ignore[misc]
+    name: field.annotation  # type: ignore[misc]  # each section field is annotated with its model class
     for name, field in TrainingSpec.model_fields.items()
     if name not in _TopLevelScalars.model_fields
 }
