@@ -41,15 +41,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+def _wait_started(log: Path, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    """Until ``ray start`` says the node is up (its GCS port opens earlier than that)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "ray start exited early"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        assert proc.poll() is None, f"ray start exited early: {log.read_text()[-2000:]}"
+        if "Ray runtime started" in log.read_text(errors="replace"):
+            return
         time.sleep(0.2)
-    raise AssertionError(f"the Ray head did not open port {port} within {timeout}s")
+    raise AssertionError(f"the Ray head did not start within {timeout}s: {log.read_text()[-2000:]}")
+
+
+def _connect(address: str, timeout: float = 300) -> None:
+    """Join the cluster, retrying while its node registers (a loaded machine can be slow)."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ray.init(address=address)
+            return
+        except (RuntimeError, ConnectionError) as exc:
+            ray.shutdown()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not join the Ray cluster at {address}: {exc}") from exc
+            time.sleep(1)
 
 
 def _namespace(pid: int) -> str:
@@ -90,9 +106,11 @@ def hidden_ray(s3_server, tmp_path_factory: pytest.TempPathFactory, monkeypatch:
            ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=3",
            "--object-store-memory=300000000", "--include-dashboard=false", f"--temp-dir={home}",
            "--disable-usage-stats"]
-    proc = subprocess.Popen(cmd, env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = home / "ray-start.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_port(port, proc)
+        _wait_started(log, proc)
         ns = _namespace(proc.pid)
         assert ns != _namespace(os.getpid())
         monkeypatch.setenv(STORAGE_ENV, str(home / "results"))  # Ray Train's run state: the cluster's folder
@@ -114,7 +132,7 @@ def test_a_zero2_job_trains_on_workers_that_cannot_read_the_services_disk(cluste
 
     service_dir = stored_job_dir(tmp_path)
     assert (service_dir / "training.db").exists() or service_dir.is_dir()
-    ray.init(address=hidden_ray)
+    _connect(hidden_ray)
     sees = ray.get(ray.remote(lambda p: os.path.exists(p)).remote(str(service_dir)))
     assert sees is False, "the cluster can read the service's data folder: the proof would prove nothing"
     cluster.training.server.stop(1)  # the fixture's service: restarted on the same folder, joined to the cluster
