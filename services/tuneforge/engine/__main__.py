@@ -1,5 +1,7 @@
 """``python -m tuneforge.engine --config job.yaml``: run one training job, metrics as JSON lines.
 
+``--dry-run`` only validates the spec and prints it resolved (the defaults it would train with).
+
 Each event is printed to stdout as one JSON object per line; the final result is the last line
 (``{"kind": "result", ...}``). Exit status: 0 completed or early-stopped, 1 engine error (message
 on stderr), 130 cancelled by Ctrl-C.
@@ -37,6 +39,8 @@ def _reporters(args: argparse.Namespace, run_name: str) -> list[ReporterConfig]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tuneforge.engine", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="training spec (YAML)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the spec, print it resolved (every default filled in) as JSON, and exit")
     parser.add_argument("--log-level", default="WARNING", help="python logging level for stderr")
     parser.add_argument("--report-to", action="append", default=[], choices=[k.value for k in ReporterKind],
                         help="also report metrics to this tool (repeatable; none by default)")
@@ -54,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     try:
         spec = load_spec(args.config)
+        if args.dry_run:
+            print(json.dumps(spec.resolved_dict(), sort_keys=True), flush=True)
+            return 0
         result = run_training(spec, on_event=_print_event, cancel=cancel,
                               reporters=_reporters(args, spec.output.run_name))
     except TuneforgeError as exc:

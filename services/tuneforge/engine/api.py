@@ -24,13 +24,11 @@ Recipe = Callable[..., TrainingResult]
 
 def recipe_for(spec: TrainingSpec) -> Recipe:
     """The recipe module's ``run`` for the spec's objective."""
-    if spec.objective.kind is ObjectiveKind.DPO:
-        from tuneforge.engine.recipes import dpo as recipe
-    elif spec.objective.kind is ObjectiveKind.PRETRAIN:
-        from tuneforge.engine.recipes import pretrain as recipe
-    else:
-        from tuneforge.engine.recipes import sft as recipe
-    return recipe.run
+    import importlib
+
+    name = {ObjectiveKind.DPO: "dpo", ObjectiveKind.PRETRAIN: "pretrain"}.get(spec.objective.kind, "sft")
+    run: Recipe = importlib.import_module(f"tuneforge.engine.recipes.{name}").run
+    return run
 
 
 def run_training(

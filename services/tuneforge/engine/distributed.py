@@ -23,6 +23,7 @@ from tuneforge.engine.train.faults import FAULT_ENV
 
 # Driver environment variables the workers need (Ray workers do not inherit the driver's).
 _FORWARDED_ENV = (FAULT_ENV,)
+STORAGE_ENV = "TUNEFORGE_RAY_STORAGE_PATH"
 
 
 @ray.remote(num_cpus=0)
@@ -107,15 +108,14 @@ def run_on_ray(
 
     ensure_ray(spec)
     res = spec.resources
-    channel = _Channel.remote()
+    channel = _Channel.remote()  # type: ignore[attr-defined]  # @ray.remote adds .remote; ray ships no stub for it
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"spec": spec.resolved_dict(), "channel": channel,
                            "env": {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
-        run_config=RunConfig(name=spec.output.run_name,
-                             storage_path=os.path.join(tempfile.gettempdir(), "tuneforge-ray-results"),
+        run_config=RunConfig(name=spec.output.run_name, storage_path=_storage_path(),
                              failure_config=FailureConfig(max_failures=res.max_failures)),
     )
     done = threading.Event()
@@ -133,6 +133,12 @@ def run_on_ray(
     if result is None:
         raise Internal("the Ray workers finished without a result: see the worker logs")
     return result
+
+
+def _storage_path() -> str:
+    """Where Ray Train keeps its run state: ``TUNEFORGE_RAY_STORAGE_PATH`` (a folder every node can
+    write, or a bucket), else this machine's temp folder (a one-machine Ray)."""
+    return os.environ.get(STORAGE_ENV) or os.path.join(tempfile.gettempdir(), "tuneforge-ray-results")
 
 
 def _fit(trainer: Any, max_failures: int) -> None:

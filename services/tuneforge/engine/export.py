@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,7 +58,7 @@ def _copy_tokenizer(src_dirs: list[Path], out_dir: Path) -> None:
                 break
 
 
-def load_base(base_dir: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def load_base(base_dir: Path, dtype: torch.dtype = torch.float32) -> Any:
     """Load a base causal LM unquantized, safetensors only, no remote code."""
     from transformers import AutoModelForCausalLM
 
@@ -69,7 +70,7 @@ def load_base(base_dir: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Mo
     )
 
 
-def merge_lora(base_dir: Path, adapter_dir: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def merge_lora(base_dir: Path, adapter_dir: Path, dtype: torch.dtype = torch.float32) -> Any:
     """Load the unquantized base, apply the adapter, fold it in; returns the plain model."""
     from peft import PeftModel
 
@@ -90,7 +91,7 @@ def require_safetensors_adapter(adapter_dir: Path) -> None:
             f"(found: {pickled or 'no safetensors'}): re-save it with safe_serialization=True")
 
 
-def match_vocab(base: torch.nn.Module, adapter_dir: Path) -> None:
+def match_vocab(base: Any, adapter_dir: Path) -> None:
     """Grow the base's embeddings to the tokenizer saved with the adapter, when training added
     tokens (e.g. a pad token): the adapter then carries the resized embedding rows, and loading it
     onto the unresized base would fail with a shape mismatch."""

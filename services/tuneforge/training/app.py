@@ -25,7 +25,6 @@ from tuneforge.common.grpc.server import RunningServer, build_server
 from tuneforge.common.peers.clients import GrpcCheckpoints, GrpcDatasetVersions
 from tuneforge.common.peers.credentials import ConfiguredTenantTokens
 from tuneforge.common.peers.models import StoreModelResolver
-from tuneforge.common.peers.objects import StoreDatasetReader
 from tuneforge.common.storage import open_object_store
 from tuneforge.training.adapters.engine import EngineRunner
 from tuneforge.training.adapters.peers import PeerDatasets, PeerModels, RegisteringPublisher
@@ -82,8 +81,8 @@ def build_service(settings: TrainingSettings) -> tuple[TrainingService, list]:
     executor = ThreadPoolExecutor(max_workers=settings.max_running_jobs, thread_name_prefix="training-job")
     deps = Dependencies(
         repository=SqlJobRepository(db.make_sessionmaker(engine)),
-        datasets=PeerDatasets(versions, StoreDatasetReader(store, versions, settings.data_dir / "cache" / "datasets")),
-        models=PeerModels(resolver),
+        datasets=PeerDatasets(versions, store),
+        models=PeerModels(resolver, store, settings.models_dir),
         checkpoints=RegisteringPublisher(store, checkpoints),
         engine=EngineRunner(),
         credentials=ConfiguredTenantTokens(settings.auth_tokens.get_secret_value(),
@@ -93,6 +92,7 @@ def build_service(settings: TrainingSettings) -> tuple[TrainingService, list]:
         work_dir=work,
         ray_address=settings.train_ray_address or os.environ.get("RAY_ADDRESS", ""),
         peers_missing=_missing_peers(settings),
+        limits=settings.limits(),
     )
     service = TrainingService(deps)
     requeued = service.recover()

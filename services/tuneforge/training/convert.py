@@ -1,112 +1,353 @@
-"""Wire <-> domain conversions of the training service (the domain Enums mirror the API's by value)."""
+"""Wire <-> domain for the training service: the ONE mapping between CreateJobRequest and TrainingSpec.
+
+A request field maps to the training spec field of the same name in the same section
+(``hyperparameters.learning_rate`` -> ``hyperparameters.learning_rate``) unless ``RENAMED`` says
+otherwise; enum values map by name (``LR_SCHEDULER_COSINE`` -> ``cosine``). A zero value means "the
+spec's default" (the field is left out, and the spec fills it in: defaults live only there). The same
+table, read backwards, gives GetJob's resolved settings and the API name of every spec field an error
+names (``method.lora.r`` -> ``hyperparameters.lora_r``), so nothing here is maintained twice.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, cast
 
-from tuneforge.common.errors import InvalidInput
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from tuneforge.common.errors import FieldViolation, InvalidInput
 from tuneforge.common.grpc.timestamps import timestamp
 from tuneforge.common.v1 import common_pb2
+from tuneforge.engine.spec import MethodKind, TrainingSpec
 from tuneforge.training.domain.model import (
     EventKind,
-    Hyperparameters,
     Job,
     JobCheckpoint,
     JobEvent,
     JobFilter,
-    JobSpec,
+    JobRequest,
     JobStatus,
     LogLevel,
-    LrScheduler,
-    Method,
-    Objective,
-    Precision,
-    Resources,
-    Schedule,
-    TaskMixture,
 )
 from tuneforge.training.v1 import training_pb2 as pb
 
+# CreateJobRequest field -> TrainingSpec field, where the two differ ("[]": an element of a list).
+# One API field may feed several spec fields; the one under the job's method section is used.
+RENAMED: tuple[tuple[str, str], ...] = (
+    ("base_model", "model.name"),
+    ("method", "method.kind"),
+    ("objective", "objective.kind"),
+    ("dataset_version_id", "data.train.dataset_version"),
+    ("validation_dataset_version_id", "data.validation.dataset_version"),
+    ("mixture[].dataset_version_id", "data.mixture[].source.dataset_version"),
+    ("mixture[].weight", "data.mixture[].weight"),
+    ("mixture[].task", "data.mixture[].task"),
+    ("hyperparameters.lora_r", "method.lora.r"),
+    ("hyperparameters.lora_alpha", "method.lora.alpha"),
+    ("hyperparameters.lora_dropout", "method.lora.dropout"),
+    ("hyperparameters.lora_target_modules", "method.lora.target_modules"),
+    ("hyperparameters.qlora_quant_type", "method.qlora.quant_type"),
+    ("hyperparameters.num_virtual_tokens", "method.prefix.num_virtual_tokens"),
+    ("hyperparameters.num_virtual_tokens", "method.prompt.num_virtual_tokens"),
+    ("hyperparameters.dpo_beta", "objective.dpo.beta"),
+    ("hyperparameters.max_seq_length", "data.max_seq_length"),
+    ("hyperparameters.packing", "data.packing"),
+    ("hyperparameters.precision", "precision"),
+    ("hyperparameters.gradient_checkpointing", "gradient_checkpointing"),
+)
+# Request fields that describe the job, not its training.
+NOT_SPEC = frozenset({"idempotency_key", "suffix", "labels"})
+# Set by every request (an UNSPECIFIED value is refused, as the API documents).
+REQUIRED = ("base_model", "method", "objective")
+# Zero is a value here, not "the default" (a weight of 0 is refused, not replaced).
+KEEP_ZERO = frozenset({"mixture[].weight", "mixture[].dataset_version_id"})
 
-def _enum(cls: type, value: int, field: str) -> object:
+_INDEX = re.compile(r"\[(\d+)\]")
+
+# --------------------------------------------------------------------------------- the table
+
+
+def _leaves(desc: Descriptor, prefix: str = "") -> Iterator[tuple[str, FieldDescriptor]]:
+    """Every scalar/enum/repeated-scalar field of ``desc`` as (dotted API path, field)."""
+    for f in desc.fields:
+        path = prefix + f.name
+        if path in NOT_SPEC:
+            continue
+        if f.message_type is not None and not f.message_type.GetOptions().map_entry:
+            inner = path + "[]" if _is_repeated(f) else path
+            yield from _leaves(f.message_type, inner + ".")
+        else:
+            yield path, f
+
+
+def _is_repeated(f: FieldDescriptor) -> bool:
+    return bool(f.is_repeated) if hasattr(f, "is_repeated") else f.label == FieldDescriptor.LABEL_REPEATED
+
+
+def _table() -> tuple[tuple[str, str], ...]:
+    renamed = {api for api, _ in RENAMED}
+    same = tuple((api, api) for api, _ in _leaves(pb.CreateJobRequest.DESCRIPTOR) if api not in renamed)
+    return RENAMED + same
+
+
+TABLE = _table()
+API_FIELDS = dict(_leaves(pb.CreateJobRequest.DESCRIPTOR))
+
+
+def _common_prefix(paths: list[str]) -> str:
+    parts = [p.split(".") for p in paths]
+    common = []
+    for items in zip(*parts, strict=False):
+        if len(set(items)) != 1:
+            break
+        common.append(items[0])
+    return ".".join(common)
+
+
+def _spec_to_api() -> dict[str, str]:
+    """Spec path -> API path for every mapped spec field and every ancestor made of one API field."""
+    exact = {spec: api for api, spec in TABLE}
+    under: dict[str, list[str]] = {}
+    for spec, api in exact.items():
+        parts = spec.split(".")
+        for i in range(1, len(parts)):
+            ancestor = ".".join(parts[:i])
+            under.setdefault(ancestor, []).append(api)
+            if ancestor.endswith("[]"):
+                under.setdefault(ancestor[:-2], []).append(api)
+    ancestors = {a: p for a, apis in under.items() if a not in exact and (p := _common_prefix(apis))}
+    return {**ancestors, **exact}
+
+
+SPEC_TO_API = _spec_to_api()
+_TEXT_PATHS = sorted((p for p in SPEC_TO_API if "." in p and "[]" not in p), key=len, reverse=True)
+
+# ------------------------------------------------------------------------- errors in API terms
+
+
+def api_field(spec_path: str) -> str:
+    """The API field a spec field path comes from (``data.mixture[2].weight`` -> ``mixture[2].weight``);
+    paths of no request field come back unchanged."""
+    indices = _INDEX.findall(spec_path)
+    norm = _INDEX.sub("[]", spec_path)
+    parts = norm.split(".")
+    for i in range(len(parts), 0, -1):
+        head = ".".join(parts[:i])
+        api = SPEC_TO_API.get(head)
+        if api is None:
+            continue
+        if api == head and i < len(parts):  # a section of the same name: keep the field under it
+            api = norm
+        for index in indices:
+            api = api.replace("[]", f"[{index}]", 1)
+        return api.replace("[]", "")
+    return spec_path
+
+
+_PARENTHETICAL = re.compile(r"\s*\(([^()]*)\)")
+_SPEC_PATH = re.compile(r"(?<![\w.])(?:" + "|".join(TrainingSpec.model_fields) + r")\.[\w.\[\]]*\w")
+
+
+def _speaks_only_spec(text: str) -> bool:
+    """Whether ``text`` names a spec field that no request field reaches (engine-only settings)."""
+    return any(api_field(p) == p and p not in API_FIELDS for p in _SPEC_PATH.findall(text))
+
+
+def api_text(description: str) -> str:
+    """A remedy in API terms: spec field paths replaced by their API names, and asides that name
+    engine-only settings (which a request cannot set) left out."""
+    description = _PARENTHETICAL.sub(lambda m: "" if _speaks_only_spec(m.group(1)) else m.group(0), description)
+    for path in _TEXT_PATHS:
+        description = re.sub(rf"(?<![\w.]){re.escape(path)}(?![\w])", api_field(path), description)
+    return description
+
+
+def api_violation(v: FieldViolation) -> FieldViolation:
+    """A spec violation in the API's terms."""
+    return FieldViolation(api_field(v.field), api_text(v.description))
+
+
+@contextmanager
+def api_terms() -> Iterator[None]:
+    """Re-raise ``InvalidInput`` from the domain (which speaks the spec's language) in API terms."""
     try:
-        return cls(value)  # type: ignore[call-arg]
-    except ValueError:
-        raise InvalidInput.field_error(field, f"{value} is not a known value: use the API's enum") from None
+        yield
+    except InvalidInput as exc:
+        raise InvalidInput.of([api_violation(v) for v in exc.violations], what="CreateJob request") from None
+
+# ------------------------------------------------------------------------------ request -> spec
 
 
-def _hyper_from(h: pb.Hyperparameters) -> Hyperparameters:
-    return Hyperparameters(
-        learning_rate=h.learning_rate, lr_scheduler=_enum(LrScheduler, h.lr_scheduler, "hyperparameters.lr_scheduler"),
-        warmup_steps=h.warmup_steps, warmup_ratio=h.warmup_ratio, epochs=h.epochs, max_steps=h.max_steps,
-        micro_batch_size=h.micro_batch_size, gradient_accumulation_steps=h.gradient_accumulation_steps,
-        weight_decay=h.weight_decay, max_grad_norm=h.max_grad_norm, max_seq_length=h.max_seq_length,
-        packing=h.packing, seed=h.seed, lora_r=h.lora_r, lora_alpha=h.lora_alpha, lora_dropout=h.lora_dropout,
-        lora_target_modules=tuple(h.lora_target_modules), dpo_beta=h.dpo_beta,
-        precision=_enum(Precision, h.precision, "hyperparameters.precision"),
-        gradient_checkpointing=h.gradient_checkpointing, qlora_quant_type=h.qlora_quant_type,
-        num_virtual_tokens=h.num_virtual_tokens,
-    )  # type: ignore[arg-type]
+def _enum_prefix(enum: EnumDescriptor) -> str:
+    return enum.values_by_number[0].name.removesuffix("UNSPECIFIED")
 
 
-def spec_from_request(req: pb.CreateJobRequest) -> JobSpec:
-    """CreateJobRequest -> domain spec (validation is the domain's)."""
-    r, s = req.resources, req.schedule
-    return JobSpec(
-        base_model=req.base_model, method=_enum(Method, req.method, "method"),  # type: ignore[arg-type]
-        objective=_enum(Objective, req.objective, "objective"),  # type: ignore[arg-type]
-        dataset_version_id=req.dataset_version_id, validation_dataset_version_id=req.validation_dataset_version_id,
-        mixture=tuple(TaskMixture(m.dataset_version_id, m.weight, m.task) for m in req.mixture),
-        hyperparameters=_hyper_from(req.hyperparameters),
-        resources=Resources(r.num_workers, r.use_gpu, r.zero_stage, r.offload_optimizer, r.offload_params,
-                            r.max_failures),
-        schedule=Schedule(s.eval_every_steps, s.early_stopping_patience, s.save_every_steps, s.keep_best_n,
-                          s.keep_latest_n, s.best_metric),
-        suffix=req.suffix, labels=dict(req.labels),
-    )
+def _enum_to_spec(f: FieldDescriptor, number: int) -> str | None:
+    value = f.enum_type.values_by_number.get(number)
+    return None if value is None else value.name.removeprefix(_enum_prefix(f.enum_type)).lower()
+
+
+def _enum_from_spec(f: FieldDescriptor, value: str) -> int:
+    return f.enum_type.values_by_name[_enum_prefix(f.enum_type) + value.upper()].number
+
+
+def _put(doc: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``a.b[2].c`` in a nested mapping, creating what is missing."""
+    node: Any = doc
+    parts = path.split(".")
+    for part in parts[:-1]:
+        name, _, index = part.partition("[")
+        if index:
+            items = node.setdefault(name, [])
+            i = int(index[:-1])
+            items.extend({} for _ in range(i + 1 - len(items)))
+            node = items[i]
+        else:
+            node = node.setdefault(name, {})
+    node[parts[-1]] = value
+
+
+def _spec_targets(api: str) -> list[str]:
+    return [spec for a, spec in TABLE if a == api]
+
+
+def _with_indices(template: str, indexed: str) -> str:
+    """``template``'s [] filled with the indices of ``indexed`` (``data.mixture[].weight``, ``mixture[2].weight``)."""
+    for index in _INDEX.findall(indexed):
+        template = template.replace("[]", f"[{index}]", 1)
+    return template
+
+
+def _spec_target(api: str, method: str | None) -> str | None:
+    """The spec path an API path feeds (the one under the job's method when there are several)."""
+    targets = _spec_targets(api)
+    if len(targets) == 1:
+        return targets[0]
+    return next((t for t in targets if method and f".{method}." in t), None)
+
+
+def _values(msg: Message, prefix: str = "") -> Iterator[tuple[str, str, FieldDescriptor, Any]]:
+    """(API path with indices, path with [], field, value) of every leaf the request sets."""
+    for f in msg.DESCRIPTOR.fields:
+        path = prefix + f.name
+        if path in NOT_SPEC:
+            continue
+        value = getattr(msg, f.name)
+        if f.message_type is not None and _is_repeated(f):
+            for i, item in enumerate(value):
+                yield from _values(item, f"{path}[{i}].")
+        elif f.message_type is not None:
+            yield from _values(value, path + ".")
+        else:
+            yield path, _INDEX.sub("[]", path), f, value
+
+
+def _convert(where: str, f: FieldDescriptor, value: Any) -> tuple[Any, FieldViolation | None]:
+    if f.enum_type is not None:
+        name = _enum_to_spec(f, value)
+        if name is None:
+            return None, FieldViolation(where, f"{value} is not a value of {f.enum_type.name}: use one of "
+                                              + ", ".join(v.name for v in f.enum_type.values[1:]))
+        return name, None
+    return (list(value) if _is_repeated(f) else value), None
+
+
+def job_request(req: pb.CreateJobRequest) -> JobRequest:
+    """The request in the training spec's terms (validation is the spec's; see ``JobRequest``)."""
+    doc: dict[str, Any] = {"data": {}}  # a request without data is told so by the data section's check
+    problems: list[FieldViolation] = []
+    method = _enum_to_spec(API_FIELDS["method"], req.method) if req.method else None
+    for path, norm, f, value in _values(req):
+        if not value and norm not in KEEP_ZERO:
+            if norm in REQUIRED:
+                problems.append(FieldViolation(_spec_targets(norm)[0], _required(norm, f)))
+            continue
+        target = _spec_target(norm, method)
+        where = _with_indices(target or _spec_targets(norm)[0], path)
+        converted, problem = _convert(where, f, value)
+        if problem is not None or target is None:
+            problems.append(problem or FieldViolation(where, "does not apply to this method: leave it 0"))
+            continue
+        _put(doc, where, converted)
+    return JobRequest(doc, tuple(problems), req.suffix, dict(req.labels))
+
+
+def _required(api: str, f: FieldDescriptor) -> str:
+    if f.enum_type is not None:
+        return "is unspecified: choose " + ", ".join(v.name for v in f.enum_type.values[1:])
+    return ("is required: name a registered base model (e.g. 'smollm2-135m') or a full checkpoint id "
+            "('ckpt_...')" if api == "base_model" else "is required")
+
+# ------------------------------------------------------------------------------ spec -> request
+
+
+def _get(doc: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(doc, Mapping) or doc.get(part) is None:
+            return None
+        doc = doc[part]
+    return doc
+
+
+def _section_fields(doc: Mapping[str, Any], prefix: str, method: str | None) -> dict[str, Any]:
+    """Request kwargs of the message at API path ``prefix`` read from spec mapping ``doc``."""
+    out: dict[str, Any] = {}
+    for api, f in API_FIELDS.items():
+        if "[]" in api or not api.startswith(prefix) or "." in api.removeprefix(prefix):
+            continue
+        target = _spec_target(api, method)  # None: the field does not apply to this method
+        value = _get(doc, target) if target else None
+        if value is not None:
+            out[api.removeprefix(prefix)] = _enum_from_spec(f, value) if f.enum_type is not None else value
+    return out
+
+
+def request_from_spec(doc: Mapping[str, Any]) -> pb.CreateJobRequest:
+    """The CreateJobRequest that asks for the spec mapping ``doc`` (a YAML's sections, or a resolved
+    spec): the mapping read backwards, for the fields a request can express."""
+    method = _get(doc, "method.kind")
+    kwargs = _section_fields(doc, "", method)
+    for section in ("hyperparameters", "resources", "schedule"):
+        kwargs[section] = getattr(pb, section.capitalize())(**_section_fields(doc, section + ".", method))
+    mixture = _get(doc, "data.mixture") or []
+    kwargs["mixture"] = [pb.TaskMixture(dataset_version_id=_get(m, "source.dataset_version") or "",
+                                        weight=m.get("weight", 1.0), task=m.get("task") or "") for m in mixture]
+    return pb.CreateJobRequest(**kwargs)
 
 
 def filter_from_request(req: pb.ListJobsRequest) -> JobFilter:
     """ListJobsRequest -> filters."""
-    return JobFilter(statuses=frozenset(_enum(JobStatus, s, "statuses") for s in req.statuses),  # type: ignore[misc]
-                     method=_enum(Method, req.method, "method"), labels=dict(req.labels))  # type: ignore[arg-type]
+    try:
+        statuses = frozenset(JobStatus(s) for s in req.statuses)
+    except ValueError:
+        raise InvalidInput.field_error("statuses", "holds an unknown JobStatus: use the API's values") from None
+    method = _enum_to_spec(API_FIELDS["method"], req.method) if req.method else None
+    if req.method and method is None:
+        raise InvalidInput.field_error("method", f"{req.method} is not a Method: use the API's values")
+    return JobFilter(statuses=statuses, method=MethodKind(method) if method else None, labels=dict(req.labels))
 
-
-def _hyper_to(h: Hyperparameters) -> pb.Hyperparameters:
-    return pb.Hyperparameters(
-        learning_rate=h.learning_rate, lr_scheduler=h.lr_scheduler.value, warmup_steps=h.warmup_steps,
-        warmup_ratio=h.warmup_ratio, epochs=h.epochs, max_steps=h.max_steps, micro_batch_size=h.micro_batch_size,
-        gradient_accumulation_steps=h.gradient_accumulation_steps, weight_decay=h.weight_decay,
-        max_grad_norm=h.max_grad_norm, max_seq_length=h.max_seq_length, packing=h.packing, seed=h.seed,
-        lora_r=h.lora_r, lora_alpha=h.lora_alpha, lora_dropout=h.lora_dropout,
-        lora_target_modules=list(h.lora_target_modules), dpo_beta=h.dpo_beta, precision=h.precision.value,
-        gradient_checkpointing=h.gradient_checkpointing, qlora_quant_type=h.qlora_quant_type,
-        num_virtual_tokens=h.num_virtual_tokens,
-    )
+# --------------------------------------------------------------------------------- job -> proto
 
 
 def job_to_proto(job: Job) -> pb.Job:
-    """Domain job -> wire message."""
-    s, r, sch = job.spec, job.spec.resources, job.spec.schedule
+    """Domain job -> wire message (its settings as resolved: defaults filled in)."""
+    asked = request_from_spec(job.spec.resolved_dict())
     msg = pb.Job(
-        id=job.id, status=job.status.value, method=s.method.value, objective=s.objective.value,
-        base_model=s.base_model, dataset_version_id=s.dataset_version_id,
-        validation_dataset_version_id=s.validation_dataset_version_id,
-        mixture=[pb.TaskMixture(dataset_version_id=m.dataset_version_id, weight=m.weight, task=m.task)
-                 for m in s.mixture],
-        hyperparameters=_hyper_to(s.hyperparameters),
-        resources=pb.Resources(num_workers=r.num_workers, use_gpu=r.use_gpu, zero_stage=r.zero_stage,
-                               offload_optimizer=r.offload_optimizer, offload_params=r.offload_params,
-                               max_failures=r.max_failures),
-        schedule=pb.Schedule(eval_every_steps=sch.eval_every_steps, early_stopping_patience=sch.early_stopping_patience,
-                             save_every_steps=sch.save_every_steps, keep_best_n=sch.keep_best_n,
-                             keep_latest_n=sch.keep_latest_n, best_metric=sch.best_metric),
-        create_time=timestamp(job.created_at), start_time=timestamp(job.started_at), finish_time=timestamp(job.finished_at),
-        trained_tokens=job.trained_tokens, current_step=job.current_step, total_steps=job.total_steps,
-        result_checkpoint_id=job.result_checkpoint_id, suffix=s.suffix, labels=dict(s.labels), restarts=job.restarts,
+        id=job.id, status=cast(pb.JobStatus, job.status.value), method=asked.method, objective=asked.objective,
+        base_model=asked.base_model, dataset_version_id=asked.dataset_version_id,
+        validation_dataset_version_id=asked.validation_dataset_version_id, mixture=asked.mixture,
+        hyperparameters=asked.hyperparameters, resources=asked.resources, schedule=asked.schedule,
+        create_time=timestamp(job.created_at), start_time=timestamp(job.started_at),
+        finish_time=timestamp(job.finished_at), trained_tokens=job.trained_tokens, current_step=job.current_step,
+        total_steps=job.total_steps, result_checkpoint_id=job.result_checkpoint_id, suffix=job.suffix,
+        labels=dict(job.labels), restarts=job.restarts,
     )
     if job.error:
-        msg.error.CopyFrom(common_pb2.ErrorInfo(code=job.error.code, message=job.error.message, field=job.error.field))
+        msg.error.CopyFrom(common_pb2.ErrorInfo(code=job.error.code, message=api_text(job.error.message),
+                                                field=api_field(job.error.field) if job.error.field else ""))
     return msg
 
 
@@ -123,17 +364,19 @@ def event_to_proto(ev: JobEvent) -> pb.JobEvent:
     """Domain event -> wire event (one payload per kind)."""
     msg = pb.JobEvent(sequence=ev.sequence, time=timestamp(ev.time))
     if ev.kind is EventKind.STATUS:
-        msg.status = JobStatus[ev.data["status"]].value
+        msg.status = cast(pb.JobStatus, JobStatus[ev.data["status"]].value)
     elif ev.kind is EventKind.METRICS:
         msg.metrics.CopyFrom(metrics_to_proto(ev.data))
     elif ev.kind is EventKind.CHECKPOINT:
         msg.checkpoint_id = ev.data["checkpoint_id"]
     else:
-        msg.log.CopyFrom(pb.LogEntry(level=LogLevel[ev.data.get("level", "INFO")].value, message=ev.data["message"]))
+        level = cast(pb.LogLevel, LogLevel[ev.data.get("level", "INFO")].value)
+        msg.log.CopyFrom(pb.LogEntry(level=level, message=ev.data["message"]))
     return msg
 
 
 def checkpoint_to_proto(c: JobCheckpoint) -> pb.JobCheckpoint:
     """A registered checkpoint -> its summary."""
     return pb.JobCheckpoint(checkpoint_id=c.checkpoint_id, step=c.step,
-                            metrics=metrics_to_proto({"step": float(c.step), **c.metrics}), create_time=timestamp(c.created_at))
+                            metrics=metrics_to_proto({"step": float(c.step), **c.metrics}),
+                            create_time=timestamp(c.created_at))

@@ -24,7 +24,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.CreateJobResponse:
         """Validate, lease the data, queue the job (idempotent on idempotency_key)."""
         # The caller's identity (with its token) goes along: the run calls peers on its behalf.
-        job = self._svc.create(current_identity(), convert.spec_from_request(request), request.idempotency_key)
+        with convert.api_terms():
+            job = self._svc.create(current_identity(), convert.job_request(request), request.idempotency_key)
         return pb.CreateJobResponse(job=convert.job_to_proto(job))
 
     def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:

@@ -15,11 +15,15 @@ variables in an environment shared by every service. The shared settings this se
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from tuneforge.common.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from tuneforge.training.domain.limits import JobLimits
 
 
 class TrainingSettings(ServiceSettings):
@@ -36,6 +40,23 @@ class TrainingSettings(ServiceSettings):
                                    "local Ray for several; RAY_ADDRESS is used when set).")
     train_peer_timeout_s: float = Field(60.0, gt=0, description="Deadline of each call to the dataset/checkpoint "
                                         "services.")
+
+    # Operator caps on what one job may ask for (the spec's own ranges are the hard limits).
+    train_max_workers: int = Field(16, ge=1, le=1024, description="Largest resources.num_workers a job may ask for.")
+    train_max_steps: int = Field(1_000_000, ge=1, le=10_000_000, description="Largest hyperparameters.max_steps "
+                                 "(and warmup_steps, eval/save cadence) a job may ask for.")
+    train_max_seq_length: int = Field(32768, ge=8, le=131072, description="Largest hyperparameters."
+                                      "max_seq_length a job may ask for.")
+    train_max_micro_batch_size: int = Field(256, ge=1, le=1024, description="Largest hyperparameters."
+                                            "micro_batch_size a job may ask for.")
+    train_max_gradient_accumulation_steps: int = Field(256, ge=1, le=1024, description="Largest hyperparameters."
+                                                       "gradient_accumulation_steps a job may ask for.")
+
+    def limits(self) -> JobLimits:
+        """The operator's caps as the domain reads them."""
+        from tuneforge.training.domain.limits import JobLimits  # this module stays pydantic-only
+        return JobLimits(self.train_max_workers, self.train_max_steps, self.train_max_seq_length,
+                         self.train_max_micro_batch_size, self.train_max_gradient_accumulation_steps)
 
     def resolved_work_dir(self) -> Path:
         """The scratch folder, defaulting to ``<data_dir>/work``."""

@@ -11,22 +11,10 @@ import pytest
 from tuneforge.common import db
 from tuneforge.common.errors import InvalidInput, NotFound
 from tuneforge.common.paging import next_page_token, page_bounds
-from tuneforge.training.adapters.sql import SqlJobRepository, spec_from_json, spec_to_json
+from tuneforge.engine.spec import MethodKind, load_spec
+from tuneforge.training.adapters.sql import SqlJobRepository
 from tuneforge.training.app import MIGRATIONS_DIR, VERSION_TABLE
-from tuneforge.training.domain.model import (
-    ErrorInfo,
-    EventKind,
-    Hyperparameters,
-    Job,
-    JobCheckpoint,
-    JobFilter,
-    JobSpec,
-    JobStatus,
-    LrScheduler,
-    Method,
-    Objective,
-    TaskMixture,
-)
+from tuneforge.training.domain.model import ErrorInfo, EventKind, Job, JobCheckpoint, JobFilter, JobStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -39,17 +27,16 @@ def repo(db_url: str) -> Iterator[SqlJobRepository]:
     engine.dispose()
 
 
-def _job(i: int, tenant: str = "acme", *, key: str = "", method: Method = Method.LORA,
+def _job(i: int, tenant: str = "acme", *, key: str = "", method: MethodKind = MethodKind.LORA,
          labels: dict | None = None, status: JobStatus = JobStatus.QUEUED) -> Job:
-    spec = JobSpec("tiny", method, Objective.SFT, f"dsv_{i}", labels=labels or {},
-                   hyperparameters=Hyperparameters(lr_scheduler=LrScheduler.COSINE, lora_target_modules=("q_proj",)),
-                   mixture=(TaskMixture("dsv_m", 2.0, "qa"),))
-    return Job(f"job_{i:03d}", tenant, spec, status, T0 + timedelta(seconds=i), f"job_{i:03d}", key, f"d{i}")
-
-
-def test_the_spec_round_trips_through_json() -> None:
-    spec = _job(1, labels={"a": "b"}).spec
-    assert spec_from_json(spec_to_json(spec)) == spec
+    spec = load_spec({
+        "tenant": tenant, "model": {"name": "tiny"}, "method": {"kind": method.value, "lora": {"target_modules": ["q_proj"]}},
+        "data": {"mixture": [{"source": {"dataset_version": f"dsv_{i}"}, "weight": 2.0, "task": "qa"}]},
+        "hyperparameters": {"lr_scheduler": "cosine"},
+        "output": {"checkpoint_uri": "file:///x", "checkpoint_prefix": f"tenants/{tenant}/checkpoints/",
+                   "run_name": f"job_{i:03d}"}})
+    return Job(f"job_{i:03d}", tenant, spec, status, T0 + timedelta(seconds=i), f"job_{i:03d}", "s",
+               labels or {}, key, f"d{i}")
 
 
 def test_add_get_save_and_tenant_isolation(repo: SqlJobRepository) -> None:
@@ -74,12 +61,12 @@ def test_an_idempotency_key_is_per_tenant(repo: SqlJobRepository) -> None:
 
 def test_list_filters_and_pages_newest_first(repo: SqlJobRepository) -> None:
     for i in range(7):
-        repo.add(_job(i, method=Method.FULL if i % 2 else Method.LORA, labels={"team": "a" if i < 4 else "b"},
+        repo.add(_job(i, method=MethodKind.FULL if i % 2 else MethodKind.LORA, labels={"team": "a" if i < 4 else "b"},
                       status=JobStatus.RUNNING if i == 5 else JobStatus.QUEUED))
     repo.add(_job(50, "acme2"))
     ids = [j.id for j in repo.list("acme", JobFilter(), limit=50, offset=0)]
     assert ids == [f"job_{i:03d}" for i in range(6, -1, -1)]
-    assert [j.id for j in repo.list("acme", JobFilter(method=Method.FULL), limit=50, offset=0)] == [
+    assert [j.id for j in repo.list("acme", JobFilter(method=MethodKind.FULL), limit=50, offset=0)] == [
         "job_005", "job_003", "job_001"]
     assert [j.id for j in repo.list("acme", JobFilter(labels={"team": "b"}, statuses=frozenset({JobStatus.RUNNING})),
                                     limit=50, offset=0)] == ["job_005"]

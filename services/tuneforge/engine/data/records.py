@@ -163,7 +163,7 @@ def _parse(row: Mapping[str, Any], where: str, problems: list[FieldViolation]) -
         kind=kind,
         text=text if isinstance(text, str) else None,
         task=task,
-        provenance=dict(provenance),
+        provenance=dict(provenance) if isinstance(provenance, Mapping) else {},
         **msgs,
     )
 

@@ -54,7 +54,7 @@ def load_model(
             "model", f"{model_dir.name!r} holds no config.json + *.safetensors: give a safetensors model folder"
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False
     )
     if adapter_dir is not None:

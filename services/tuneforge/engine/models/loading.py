@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneforge.engine.data.tokenize import ensure_chat_template, ensure_pad_token
@@ -149,7 +149,7 @@ def _peft_config(spec: TrainingSpec, model: Any, folder: Path) -> Any:
     if m.kind in (MethodKind.LORA, MethodKind.QLORA):
         return peft.LoraConfig(
             r=m.lora.r,
-            lora_alpha=m.lora.alpha,
+            lora_alpha=cast(int, m.lora.alpha),  # peft scales by alpha / r and takes floats; its hint says int
             lora_dropout=m.lora.dropout,
             bias="none",
             target_modules=resolve_target_modules(m.lora.target_modules, model),
@@ -209,7 +209,18 @@ def _check_compute_dtype(spec: TrainingSpec, device: Any) -> None:
 
 
 def resolve_model_dir(spec: TrainingSpec, gguf_cache_dir: Path | None = None) -> Path:
-    """The Hugging Face folder to load: ``model.path``, or the converted folder of ``model.gguf_file``."""
+    """The Hugging Face folder to load: ``model.path``, the converted folder of ``model.gguf_file``, or a
+    registered model fetched from the store into this machine's cache (verified)."""
+    m = spec.model
+    if m.path is None and m.store_uri and m.manifest_key and m.manifest_sha256:
+        from tuneforge.engine.models.registry import ModelRef, fetch_model
+
+        return fetch_model(ModelRef(m.store_uri, m.manifest_key, m.manifest_sha256))
+    if spec.model.path is None:
+        raise FailedPrecondition(
+            f"model.name {spec.model.name!r} is a reference the training service resolves to a local folder: "
+            "set model.path to a Hugging Face folder when running the engine directly"
+        )
     if not spec.model.gguf_file:
         return Path(spec.model.path)
     from tuneforge.engine.models.gguf import convert_gguf

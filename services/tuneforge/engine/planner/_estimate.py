@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from tuneforge.common.errors import FieldViolation, InvalidInput
 
@@ -363,6 +363,7 @@ def plan_memory(
     counts = _count(arch)
     sixteen = dtype is not Precision.FP32
     w, g, k = (2, 2, 16) if sixteen else (4, 4, 8)
+    lora: tuple[int, tuple[str, ...], float]
     if method is Method.FULL:
         trainable, frozen_bytes, lora = counts.total, 0.0, (0, (), 0.0)
     else:
@@ -414,7 +415,7 @@ def _parse_enums(method: Any, dtype: Any, quantization: Any, targets: Sequence[s
         problems.append(FieldViolation("attention", f"{attention!r} is not 'sdpa' or 'eager'"))
     if problems:
         raise InvalidInput.of(problems, what="memory plan request")
-    return parsed[0], parsed[1], parsed[2]
+    return cast(Method, parsed[0]), cast(Precision, parsed[1]), cast(Quantization, parsed[2])
 
 
 def _frozen_bytes(arch: _Arch, counts: ParameterCount, method: Method, w: int,

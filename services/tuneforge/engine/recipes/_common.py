@@ -10,15 +10,14 @@ import logging
 import math
 import random
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tuneforge.common.errors import InvalidInput
-from tuneforge.engine.data.records import Record, read_records
+from tuneforge.engine.data.records import Record
 from tuneforge.engine.data.sampling import mix, split_indices
+from tuneforge.engine.data.sources import read_source
 from tuneforge.engine.spec import TrainingSpec
 from tuneforge.engine.train.checkpoint import CheckpointManager
 from tuneforge.engine.train.loop import LoopConfig
@@ -58,21 +57,11 @@ def load_model(
     return load_model_and_tokenizer(spec, device=device, hf_ds_config=hf_ds_config)
 
 
-def _read(source: Any, name: str) -> list[Record]:
-    if source.path is None:
-        raise InvalidInput.field_error(
-            f"data.{name}.dataset_version",
-            "curated dataset versions are resolved by the training service into local files: "
-            "pass data.<split>.path when running the engine directly",
-        )
-    return read_records(Path(source.path), source=name)
-
-
 def read_splits(spec: TrainingSpec) -> tuple[list[Record], list[Record]]:
     """Training and validation records (a validation split cut off with a fixed seed if asked)."""
     data = spec.data
-    train = _read(data.train, "train") if data.train else []
-    val = _read(data.validation, "validation") if data.validation else []
+    train = read_source(data.train, "train") if data.train else []
+    val = read_source(data.validation, "validation") if data.validation else []
     if data.validation_split_ratio:
         train_idx, val_idx = split_indices(len(train), data.validation_split_ratio, spec.hyperparameters.seed)
         train, val = [train[i] for i in train_idx], [train[i] for i in val_idx]
@@ -154,7 +143,7 @@ def read_mixture(spec: TrainingSpec) -> list[Record]:
     """A weighted multi-task mixture (engine-core's seeded ``mix``), each record tagged with its task."""
     sources = []
     for i, comp in enumerate(spec.data.mixture):
-        records = read_records(Path(comp.source.path), source=f"mixture[{i}]")
+        records = read_source(comp.source, f"mixture[{i}]")
         if comp.task is not None:
             records = [replace(r, task=comp.task) for r in records]
         sources.append((records, comp.weight))

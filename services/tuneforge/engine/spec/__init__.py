@@ -37,7 +37,11 @@ from tuneforge.engine.spec._report import _HINTS, _unknown_key_fix, violations_f
 from tuneforge.engine.spec._sections import (
     _EXCLUSIVE,
     _SECTIONS,
+    ADAPTER_LEARNING_RATE,
     ADAPTER_METHODS,
+    DEPENDENT_DEFAULTS,
+    FULL_LEARNING_RATE,
+    MAX_STEPS,
     ComputeDType,
     DataSection,
     DataSource,
@@ -68,7 +72,11 @@ from tuneforge.engine.spec._sections import (
 )
 
 __all__ = [
+    "ADAPTER_LEARNING_RATE",
     "ADAPTER_METHODS",
+    "DEPENDENT_DEFAULTS",
+    "FULL_LEARNING_RATE",
+    "MAX_STEPS",
     "ComputeDType",
     "DataSection",
     "DataSource",

@@ -109,7 +109,8 @@ def _check_eval_data(s: _Sections) -> list[FieldViolation]:
         return [
             FieldViolation(
                 "schedule.eval_every_steps",
-                "needs validation data; set data.validation or data.validation_split_ratio (e.g. 0.05)",
+                "needs validation data; set data.validation (or data.validation_split_ratio, e.g. 0.05), "
+                "or leave schedule.eval_every_steps unset",
             )
         ]
     return []

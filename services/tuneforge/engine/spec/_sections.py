@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+    # NaN and infinities are refused everywhere: a NaN passes no range check silently (NaN > 0 is False,
+    # but so is NaN <= 1), and no setting of this spec means anything at infinity.
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------- enums
@@ -92,15 +94,50 @@ class Precision(enum.Enum):
 
 ADAPTER_METHODS = frozenset({MethodKind.LORA, MethodKind.QLORA, MethodKind.PREFIX, MethodKind.PROMPT})
 
+ADAPTER_LEARNING_RATE, FULL_LEARNING_RATE = 2e-4, 2e-5
+# Step counts beyond this are a typo, not a plan (operators cap lower in the training service).
+MAX_STEPS = 10_000_000
+
+# Defaults that depend on another field (see ``TrainingSpec._resolve_dependent_defaults``).
+DEPENDENT_DEFAULTS = {
+    "hyperparameters.learning_rate": f"{ADAPTER_LEARNING_RATE:g} ({FULL_LEARNING_RATE:g} for method full)",
+    "method.lora.alpha": "2 * method.lora.r",
+    "precision": "fp32 (bf16 with resources.use_gpu)",
+    "hyperparameters.epochs": "1 unless max_steps",
+    "objective.dpo.reference": "adapter_disabled for adapters, model_copy for full",
+}
+
 # ------------------------------------------------------------------------------------- sections
 
 
-class ModelSection(_Strict):
-    """The base model: a Hugging Face folder, or a GGUF file inside ``path``."""
+_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
-    path: Path = Field(description="local Hugging Face folder (or the folder holding gguf_file)")
+
+class ModelSection(_Strict):
+    """The base model: a local folder (``path``), or a registered model or checkpoint (``name``)."""
+
+    path: Path | None = Field(default=None, description="local Hugging Face folder (or the folder holding "
+                              "gguf_file)")
+    name: str | None = Field(default=None, pattern=_MODEL_NAME, description="a registered base model "
+                             "(e.g. smollm2-135m) or a full-weight checkpoint id (ckpt_...), resolved by "
+                             "the training service")
+    store_uri: str | None = Field(default=None, pattern=r"^(file|s3)://.+", description="object store "
+                                  "holding the registered model (set by the training service)")
+    manifest_key: str | None = Field(default=None, pattern=r"^tenants/[^?#]+/MANIFEST\.json$",
+                                     description="the model's manifest in that store")
+    manifest_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the "
+                                        "manifest: pins the model's content (the workers' cache key)")
     gguf_file: str | None = Field(default=None, description="GGUF file name inside path")
     dtype: ModelDType = ModelDType.AUTO
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        if (self.path is None) == (self.name is None):
+            raise ValueError("path: set exactly one of path (a local folder) or name (a registered model)")
+        refs = (self.store_uri, self.manifest_key, self.manifest_sha256)
+        if any(refs) and (self.name is None or not all(refs)):
+            raise ValueError("store_uri: store_uri, manifest_key and manifest_sha256 go together, with name")
+        return self
 
     @field_validator("gguf_file")
     @classmethod
@@ -124,14 +161,26 @@ _EXCLUSIVE = {
 class DataSource(_Strict):
     """Local canonical records (parquet/jsonl file or folder) or a curated dataset version."""
 
-    path: Path | None = None
-    dataset_version: str | None = Field(default=None, min_length=1)
-    split: str = Field(default="train", min_length=1)
+    path: Path | None = Field(default=None, description="local canonical records: a .jsonl/.parquet file "
+                              "or a folder of them")
+    dataset_version: str | None = Field(default=None, min_length=1, description="a curated dataset version "
+                                        "id (dsv_...)")
+    split: str | None = Field(default="train", min_length=1, description="split of the dataset version "
+                              "(none: every row)")
+    store_uri: str | None = Field(default=None, pattern=r"^(file|s3)://.+", description="object store "
+                                  "holding the version (set by the training service)")
+    manifest_key: str | None = Field(default=None, pattern=r"^tenants/[^?#]+/MANIFEST\.json$",
+                                     description="the version's manifest in that store")
+    manifest_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="sha256 of "
+                                        "the manifest: pins the version's content")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
         if (self.path is None) == (self.dataset_version is None):
             raise ValueError("set exactly one of path (local parquet/jsonl) or dataset_version")
+        refs = (self.store_uri, self.manifest_key, self.manifest_sha256)
+        if any(refs) and (self.dataset_version is None or not all(refs)):
+            raise ValueError("store_uri, manifest_key and manifest_sha256 go together, with dataset_version")
         return self
 
 
@@ -139,8 +188,8 @@ class MixtureComponent(_Strict):
     """One task of a weighted multi-task mixture."""
 
     source: DataSource
-    weight: float = Field(default=1.0, gt=0)
-    task: str | None = None
+    weight: float = Field(default=1.0, gt=0, le=1e6, description="relative sampling weight")
+    task: str | None = Field(default=None, description="task label")
 
 
 class DataSection(_Strict):
@@ -148,16 +197,17 @@ class DataSection(_Strict):
 
     train: DataSource | None = None
     validation: DataSource | None = None
-    validation_split_ratio: float | None = Field(default=None, gt=0, lt=0.5)
-    mixture: list[MixtureComponent] = Field(default_factory=list)
-    max_seq_length: int = Field(default=1024, ge=8, le=131072)
-    packing: bool = False
-    assistant_only_loss: bool = True
+    validation_split_ratio: float | None = Field(default=None, gt=0, lt=0.5,
+                                                 description="share of train cut off for validation")
+    mixture: list[MixtureComponent] = Field(default_factory=list, max_length=64)
+    max_seq_length: int = Field(default=1024, ge=8, le=131072, description="tokens per sequence")
+    packing: bool = Field(default=False, description="pack several samples into one sequence")
+    assistant_only_loss: bool = Field(default=True, description="loss on assistant turns only")
 
     @model_validator(mode="after")
     def _sources(self) -> DataSection:
         if (self.train is None) == (not self.mixture):
-            raise ValueError("set exactly one of data.train or data.mixture (a list of weighted sources)")
+            raise ValueError("train: set exactly one of data.train or data.mixture (a list of weighted sources)")
         if self.validation is not None and self.validation_split_ratio is not None:
             raise ValueError(_not_both("validation", "validation_split_ratio"))
         return self
@@ -171,10 +221,11 @@ class DataSection(_Strict):
 class LoraSettings(_Strict):
     """LoRA adapter shape (also used by QLoRA)."""
 
-    r: int = Field(default=16, gt=0, le=1024)
-    alpha: float = Field(default=32, gt=0)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: list[str] | None = None
+    r: int = Field(default=16, gt=0, le=1024, description="adapter rank")
+    alpha: float = Field(default=32, gt=0, le=4096, description="scaling; default 2 * r")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] | None = Field(default=None, description="modules to adapt; default per "
+                                             "architecture")
 
 
 class QloraSettings(_Strict):
@@ -188,13 +239,13 @@ class QloraSettings(_Strict):
 class PrefixSettings(_Strict):
     """Prefix tuning."""
 
-    num_virtual_tokens: int = Field(default=20, gt=0, le=512)
+    num_virtual_tokens: int = Field(default=16, gt=0, le=512, description="virtual tokens")
 
 
 class PromptSettings(_Strict):
     """Prompt tuning (soft prompt); ``init_text`` initialises it from a phrase."""
 
-    num_virtual_tokens: int = Field(default=20, gt=0, le=512)
+    num_virtual_tokens: int = Field(default=16, gt=0, le=512, description="virtual tokens")
     init_text: str | None = None
 
 
@@ -211,7 +262,7 @@ class MethodSection(_Strict):
 class DpoSettings(_Strict):
     """DPO; ``reference`` None resolves to adapter_disabled for adapters, model_copy for full."""
 
-    beta: float = Field(default=0.1, gt=0)
+    beta: float = Field(default=0.1, gt=0, le=100, description="strength of the KL penalty")
     loss_type: DpoLossType = DpoLossType.SIGMOID
     reference: DpoReference | None = None
 
@@ -226,18 +277,20 @@ class ObjectiveSection(_Strict):
 class Hyperparameters(_Strict):
     """Optimisation hyperparameters (AdamW)."""
 
-    learning_rate: float = Field(default=2e-4, gt=0, le=1)
-    lr_scheduler: LrScheduler = LrScheduler.COSINE
-    warmup_steps: int | None = Field(default=None, ge=0)
-    warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
-    epochs: int | None = Field(default=None, gt=0)
-    max_steps: int | None = Field(default=None, gt=0)
-    micro_batch_size: int = Field(default=1, gt=0)
-    gradient_accumulation_steps: int = Field(default=1, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: float | None = Field(default=1.0, gt=0)
-    dropout: float | None = Field(default=None, ge=0, lt=1)
-    seed: int = Field(default=42, ge=0)
+    learning_rate: float = Field(default=ADAPTER_LEARNING_RATE, gt=0, le=1,
+                                 description=f"peak rate; default {FULL_LEARNING_RATE:g} for method full")
+    lr_scheduler: LrScheduler = Field(default=LrScheduler.LINEAR, description="decay after warm-up")
+    warmup_steps: int | None = Field(default=None, ge=0, le=MAX_STEPS, description="warm-up steps")
+    warmup_ratio: float | None = Field(default=None, ge=0, lt=1, description="warm-up share of all steps")
+    epochs: int | None = Field(default=None, gt=0, le=1000, description="passes over the data (default 1)")
+    max_steps: int | None = Field(default=None, gt=0, le=MAX_STEPS, description="optimizer steps")
+    micro_batch_size: int = Field(default=4, gt=0, le=1024, description="sequences per worker per micro-step")
+    gradient_accumulation_steps: int = Field(default=1, gt=0, le=1024, description="micro-steps per "
+                                             "optimizer step")
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay")
+    max_grad_norm: float | None = Field(default=1.0, gt=0, le=1e4, description="gradient clipping norm")
+    dropout: float | None = Field(default=None, ge=0, lt=1, description="model dropout override")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="seed of sampling and initialisation")
 
     @model_validator(mode="after")
     def _exclusive(self) -> Hyperparameters:
@@ -253,28 +306,31 @@ class Hyperparameters(_Strict):
 class ResourcesSection(_Strict):
     """Ray workers and DeepSpeed ZeRO."""
 
-    num_workers: int = Field(default=1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: int = Field(default=1, ge=1)
-    zero_stage: int = Field(default=0, ge=0, le=3)
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    ray_address: str | None = None
-    object_store_memory_mb: int = Field(default=512, ge=80)
-    max_failures: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=1, ge=1, le=1024, description="Ray workers (one per GPU)")
+    use_gpu: bool = Field(default=False, description="one GPU per worker")
+    cpus_per_worker: int = Field(default=1, ge=1, le=256, description="CPUs per worker")
+    zero_stage: int = Field(default=0, ge=0, le=3, description="DeepSpeed ZeRO stage (0 = DDP)")
+    offload_optimizer: bool = Field(default=False, description="optimizer state in CPU memory")
+    offload_params: bool = Field(default=False, description="parameters in CPU memory (ZeRO-3)")
+    ray_address: str | None = Field(default=None, description="Ray cluster (none: local)")
+    object_store_memory_mb: int = Field(default=512, ge=80, le=1 << 20, description="local Ray object store")
+    max_failures: int = Field(default=3, ge=0, le=100, description="worker-group restarts before failing")
 
 
 class ScheduleSection(_Strict):
     """Evaluation, early stopping and checkpoint retention."""
 
-    eval_every_steps: int | None = Field(default=None, gt=0)
-    early_stopping_patience: int | None = Field(default=None, gt=0)
-    save_every_steps: int | None = Field(default=None, gt=0)
-    keep_best_n: int = Field(default=1, ge=0)
-    keep_latest_n: int = Field(default=1, ge=1)
-    best_metric: str = "eval_loss"
-    greater_is_better: bool = False
-    log_every_steps: int = Field(default=1, gt=0)
+    eval_every_steps: int | None = Field(default=None, gt=0, le=MAX_STEPS, description="evaluate every N "
+                                         "steps (none: at the end)")
+    early_stopping_patience: int | None = Field(default=None, gt=0, le=10_000, description="evaluations "
+                                                "without improvement before stopping")
+    save_every_steps: int | None = Field(default=None, gt=0, le=MAX_STEPS, description="checkpoint every N "
+                                         "steps (none: at the end)")
+    keep_best_n: int = Field(default=2, ge=0, le=100, description="best checkpoints kept")
+    keep_latest_n: int = Field(default=1, ge=1, le=100, description="latest checkpoints kept")
+    best_metric: str = Field(default="eval_loss", min_length=1, max_length=64, description="ranks checkpoints")
+    greater_is_better: bool = Field(default=False, description="whether best_metric improves upwards")
+    log_every_steps: int = Field(default=1, gt=0, le=MAX_STEPS, description="metrics every N steps")
 
 
 class OutputSection(_Strict):
@@ -293,8 +349,8 @@ _TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
 class _TopLevelScalars(_Strict):
-    precision: Precision = Precision.FP32
-    gradient_checkpointing: bool = False
+    precision: Precision = Field(default=Precision.FP32, description="numerics; default bf16 with use_gpu")
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations in backward")
     tenant: str = Field(pattern=_TENANT_PATTERN)
 
 
@@ -317,10 +373,22 @@ class TrainingSpec(_TopLevelScalars):
         problems = cross_field_violations(dict(self))
         if problems:
             raise ValueError("; ".join(str(p) for p in problems))
+        self._resolve_dependent_defaults()
+        return self
+
+    def _resolve_dependent_defaults(self) -> None:
+        """Defaults that depend on another field, applied where the field was not given (the one place
+        these rules live; ``DEPENDENT_DEFAULTS`` documents them)."""
+        hp, lora = self.hyperparameters, self.method.lora
+        if "learning_rate" not in hp.model_fields_set and self.method.kind is MethodKind.FULL:
+            hp.learning_rate = FULL_LEARNING_RATE
+        if "alpha" not in lora.model_fields_set:
+            lora.alpha = 2.0 * lora.r
+        if "precision" not in self.model_fields_set and self.resources.use_gpu:
+            self.precision = Precision.BF16
         dpo = self.objective.dpo
         if self.objective.kind is ObjectiveKind.DPO and dpo.reference is None:
             dpo.reference = DpoReference.ADAPTER_DISABLED if self.is_adapter else DpoReference.MODEL_COPY
-        return self
 
     @property
     def is_adapter(self) -> bool:
@@ -333,7 +401,7 @@ class TrainingSpec(_TopLevelScalars):
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {
-    name: field.annotation  # type: ignore[misc]
+    name: field.annotation  # type: ignore[misc]  # each section field is annotated with its model class
     for name, field in TrainingSpec.model_fields.items()
     if name not in _TopLevelScalars.model_fields
 }

@@ -23,8 +23,8 @@ def _env_secret(name: str) -> str | None:
     return os.environ.get(f"TUNEFORGE_{name}") or None
 
 
-def open_store(uri: str, options: dict[str, Any]) -> ObjectStore:
-    """Open the checkpoint store (fails fast when it is unusable).
+def open_store(uri: str, options: dict[str, Any], *, field: str = "output.checkpoint_uri") -> ObjectStore:
+    """Open the shared store (checkpoints, dataset versions; fails fast when it is unusable).
 
     S3 credentials never live in the spec (it is saved beside every checkpoint): they come from
     ``options`` or from the worker's environment, ``TUNEFORGE_S3_ACCESS_KEY``/``_SECRET_KEY``
@@ -33,7 +33,7 @@ def open_store(uri: str, options: dict[str, Any]) -> ObjectStore:
     if uri.startswith("s3://"):
         options = {"access_key": _env_secret("S3_ACCESS_KEY"), "secret_key": _env_secret("S3_SECRET_KEY"),
                    **options}
-    return open_object_store(uri, field="output.checkpoint_uri", **options)
+    return open_object_store(uri, field=field, **options)
 
 
 def child_dirs(store: ObjectStore, prefix: str) -> list[str]:

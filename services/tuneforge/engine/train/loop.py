@@ -151,7 +151,8 @@ def train_step(
         raise _masked_rows_error(empty[0] if empty else None)
     timer = Throughput()
     lr = runtime.current_lr()
-    loss_sum, tokens, extra = 0.0, 0, {}
+    loss_sum, tokens = 0.0, 0
+    extra: dict[str, Any] = {}
     for k, batch in enumerate(batches):
         last = k == len(batches) - 1
         with runtime.micro_step(last):

@@ -6,6 +6,7 @@ ZeRO-3 callers pass a gathered ``state_dict``; otherwise the model's own paramet
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -39,7 +40,7 @@ def save_model_folder(
         Internal: when the save would be empty (a ZeRO-3 partition saved without gathering).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, state_dict=state_dict)
+    cast(Any, model).save_pretrained(out_dir, state_dict=state_dict)  # transformers or peft model
     files = list(out_dir.glob("*.safetensors"))
     if not files or all(f.stat().st_size < 1024 and _is_empty(f) for f in files):
         raise Internal(f"saving the model to {out_dir} produced no weights: gather parameters before saving")
@@ -67,7 +68,7 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
     if is_peft(model):
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, state)
+        result: Any = set_peft_model_state_dict(model, state)
         if result.unexpected_keys:
             raise Internal(f"the adapter in {folder} does not fit the model: {result.unexpected_keys[:5]}")
         return

@@ -138,7 +138,7 @@ class Reference:
 
     def context(self) -> contextlib.AbstractContextManager[Any]:
         if self.adapter_model is not None:
-            return self.adapter_model.disable_adapter()  # type: ignore[operator]
+            return self.adapter_model.disable_adapter()  # type: ignore[operator]  # peft's method, typed via Module.__getattr__
         return contextlib.nullcontext()
 
     def model(self, policy: torch.nn.Module) -> torch.nn.Module:

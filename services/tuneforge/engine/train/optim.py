@@ -42,7 +42,8 @@ def param_groups(
     named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float
 ) -> list[dict[str, object]]:
     """Split trainable parameters into a decayed and a non-decayed group (empty groups dropped)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in named_params:
         if not param.requires_grad:
             continue

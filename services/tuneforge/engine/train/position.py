@@ -91,11 +91,11 @@ class StepPlan:
         out = []
         for k in range(self.grad_accum):
             start = (k * self.world_size + rank) * self.micro_batch
-            out.append(rows[start : start + self.micro_batch])
+            out.append(list(rows[start : start + self.micro_batch]))
         return out
 
     def step_rows(self, global_step: int) -> list[int]:
         """Every row consumed by optimizer step ``global_step`` (all workers), in order."""
         pos = self.position(global_step)
         order = _epoch_order(self.num_rows, self.seed, pos.epoch)
-        return order[pos.samples_consumed : pos.samples_consumed + self.rows_per_step]
+        return list(order[pos.samples_consumed : pos.samples_consumed + self.rows_per_step])

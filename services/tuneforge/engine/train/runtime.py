@@ -162,7 +162,7 @@ class LocalRuntime:
     def micro_step(self, last: bool) -> Iterator[None]:
         """Skip DDP's gradient all-reduce on every micro-batch but the last of an optimizer step."""
         if self.world_size > 1 and not last:
-            with self._wrapped.no_sync():  # type: ignore[operator]
+            with self._wrapped.no_sync():  # type: ignore[operator]  # DDP's method; Module.__getattr__ types it as Tensor
                 yield
         else:
             yield

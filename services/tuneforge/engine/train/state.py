@@ -23,7 +23,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 def capture_rng() -> dict[str, Any]:
     """The python, numpy, torch (and CUDA) RNG states as tensors and numbers (weights_only safe)."""
     version, mt, gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple form (stubs also allow a dict)
     state: dict[str, Any] = {
         "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
         "numpy": {

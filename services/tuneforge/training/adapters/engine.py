@@ -9,30 +9,23 @@ imported lazily, so the service starts without loading torch.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
+from tuneforge.engine.spec import TrainingSpec
 from tuneforge.training.domain.ports import Outcome, Progress
 
 
 class EngineRunner:
     """Implements ``TrainingEngine``."""
 
-    def check(self, spec: Mapping[str, Any]) -> None:
-        """Validate as the engine will (``InvalidInput`` naming the engine's field paths)."""
-        from tuneforge.engine.spec import load_spec
-
-        load_spec(spec)
-
-    def run(self, spec: Mapping[str, Any], on_progress: Callable[[Progress], None],
+    def run(self, spec: TrainingSpec, on_progress: Callable[[Progress], None],
             cancel: threading.Event) -> Outcome:
         """Train; resumes from the run's latest complete checkpoint when there is one."""
         from tuneforge.engine.api import EngineEvent, run_training
-        from tuneforge.engine.spec import load_spec
 
         def forward(event: EngineEvent) -> None:
             on_progress(Progress(event.kind.value, event.step, dict(event.metrics), event.message, event.uri))
 
-        result = run_training(load_spec(spec), on_event=forward, cancel=cancel)
+        result = run_training(spec, on_event=forward, cancel=cancel)
         return Outcome(result.status.value, result.steps, dict(result.metrics), result.last_checkpoint_uri,
                        result.best_checkpoint_uri)

@@ -1,7 +1,7 @@
 """The training service's view of its peers, built on ``tuneforge.common.peers``.
 
-- ``PeerDatasets``: leases through the dataset service; rows read straight from the shared store
-  (the version's Parquet shards, verified) and written as the engine's JSONL input;
+- ``PeerDatasets``: leases through the dataset service; each version's manifest in the shared store,
+  pinned by its sha256, for the workers to read the Parquet shards themselves;
 - ``PeerModels``: base models by name (store, then ``TUNEFORGE_MODELS_DIR``) or full-weight
   checkpoints by id;
 - ``RegisteringPublisher``: reads the engine's manifest of a committed checkpoint and registers it
@@ -12,12 +12,14 @@ A job re-queued after a restart acts as its tenant through ``common.peers.creden
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import InvalidInput, NotFound, TuneforgeError
@@ -28,11 +30,12 @@ from tuneforge.common.peers.clients import (
     GrpcDatasetVersions,
 )
 from tuneforge.common.peers.models import StoreModelResolver
-from tuneforge.common.peers.objects import StoreDatasetReader, key_in_store
+from tuneforge.common.peers.objects import key_in_store
 from tuneforge.common.storage import ObjectStore, tenant_prefix
-from tuneforge.common.storage.artifacts import read_manifest
-from tuneforge.training.domain.model import Job, JobCheckpoint, Method
-from tuneforge.training.domain.ports import VersionFacts
+from tuneforge.common.storage.artifacts import MANIFEST_NAME, read_manifest
+from tuneforge.engine.spec import MethodKind
+from tuneforge.training.domain.model import Job, JobCheckpoint
+from tuneforge.training.domain.ports import StoreRef, VersionFacts
 
 FIELD = "base_model"
 
@@ -40,13 +43,13 @@ FIELD = "base_model"
 class PeerDatasets:
     """Implements ``DatasetAccess``."""
 
-    def __init__(self, versions: GrpcDatasetVersions, reader: StoreDatasetReader) -> None:
-        self._versions, self._reader = versions, reader
+    def __init__(self, versions: GrpcDatasetVersions, store: ObjectStore) -> None:
+        self._versions, self._store = versions, store
 
     def acquire_lease(self, caller: Identity, version_id: str, holder: str) -> VersionFacts:
-        """Lease the version (idempotent); its kind and split sizes come back with it."""
+        """Lease the version (idempotent); its kind, split sizes and manifest come back with it."""
         info = self._versions.acquire_lease(caller, version_id, holder)
-        return VersionFacts(info.version_id, info.kind, dict(info.split_counts))
+        return VersionFacts(info.version_id, info.kind, dict(info.split_counts), info.manifest_uri)
 
     def release_lease(self, caller: Identity, version_id: str, holder: str) -> None:
         """Release the lease (a version deleted meanwhile is not an error)."""
@@ -55,14 +58,12 @@ class PeerDatasets:
         except NotFound:
             return
 
-    def write_split(self, caller: Identity, version_id: str, split: str, dest: Path) -> int:
-        """Canonical rows of ``split`` ('' = every row) as JSONL at ``dest``; returns the row count."""
-        rows = self._reader.read(caller, version_id, split, 0)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with dest.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        return len(rows)
+    def reference(self, facts: VersionFacts) -> StoreRef:
+        """The version's manifest in the shared store, pinned by the sha256 of its bytes (which list
+        every shard's sha256: the workers verify the whole version against this one hash)."""
+        key = key_in_store(self._store, facts.manifest_uri, f"dataset version {facts.version_id!r}")
+        raw = self._store.get_bytes(key)
+        return StoreRef(self._store.uri, key, hashlib.sha256(raw).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,28 @@ class _Ref:
 class PeerModels:
     """Implements ``ModelLocator`` with the shared resolver."""
 
-    def __init__(self, resolver: StoreModelResolver) -> None:
-        self._resolver = resolver
+    def __init__(self, resolver: StoreModelResolver, store: ObjectStore, models_dir: Path) -> None:
+        self._resolver, self._store, self._models_dir = resolver, store, models_dir
+
+    def reference(self, caller: Identity, base_model: str) -> StoreRef | None:
+        """The registered model's manifest in the store. A model only in ``TUNEFORGE_MODELS_DIR`` (a
+        pre-seeded folder) is registered from there first, so workers never need that folder."""
+        if base_model.startswith("ckpt_"):
+            return None
+        from tuneforge.engine.models.registry import import_model, model_prefix, reference
+
+        try:
+            prefix = model_prefix(caller.tenant, base_model)
+        except InvalidInput as exc:
+            raise InvalidInput.field_error(FIELD, exc.violations[0].description) from None
+        if not self._store.exists(prefix + MANIFEST_NAME):
+            local = self._models_dir / base_model
+            if not (local / "config.json").is_file():
+                raise NotFound(f"{FIELD}: base model {base_model!r} is not registered (no {prefix} in the object "
+                               f"store, nor {local}): register it with `python -m tuneforge.engine.models import`")
+            import_model(self._store, caller.tenant, base_model, local)
+        ref = reference(self._store, prefix)
+        return StoreRef(ref.store_uri, ref.manifest_key, ref.manifest_sha256)
 
     def locate(self, caller: Identity, base_model: str) -> Path:
         """A registered base model's folder, or a full-weight checkpoint's model folder."""
@@ -91,8 +112,8 @@ class PeerModels:
         return resolved.model_dir
 
 
-_KIND = {Method.FULL: "FULL", Method.LORA: "LORA", Method.QLORA: "LORA", Method.PREFIX: "PREFIX",
-         Method.PROMPT: "PREFIX"}
+_KIND = {MethodKind.FULL: "FULL", MethodKind.LORA: "LORA", MethodKind.QLORA: "LORA", MethodKind.PREFIX: "PREFIX",
+         MethodKind.PROMPT: "PREFIX"}
 
 
 class RegisteringPublisher:
@@ -109,15 +130,16 @@ class RegisteringPublisher:
         if not folder.startswith(root):
             raise NotFound(f"checkpoint {uri} is outside the tenant's checkpoint area {root}")
         manifest = read_manifest(self._store, folder)
-        extra_metrics = manifest.extra.get("metrics") if isinstance(manifest.extra.get("metrics"), dict) else {}
+        recorded = manifest.extra.get("metrics")
+        extra_metrics: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         values = {k: float(v) for k, v in {**extra_metrics, **metrics}.items()
                   if isinstance(v, int | float) and math.isfinite(float(v))}
         draft = CheckpointDraft(
-            job_id=job.id, step=int(manifest.extra.get("step", step)), kind=_KIND.get(job.spec.method, "LORA"),
+            job_id=job.id, step=int(manifest.extra.get("step", step)), kind=_KIND.get(job.spec.method.kind, "LORA"),
             prefix=folder.removeprefix(root).rstrip("/"),
             files=tuple(CheckpointFile(f.path, f.size, f.sha256) for f in manifest.files),
             metrics=values, config=self._spec(folder), dataset_version_id=dataset_version_id,
-            base_model=job.spec.base_model)
+            base_model=job.spec.model.name or "")
         registered = self._checkpoints.register(caller, draft)
         return JobCheckpoint(registered.checkpoint_id, registered.step, dict(registered.metrics),
                              registered.create_time or datetime.now(UTC), uri)

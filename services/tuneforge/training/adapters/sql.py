@@ -15,52 +15,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.common.db import session_scope
 from tuneforge.common.errors import NotFound
+from tuneforge.engine.spec import TrainingSpec
 from tuneforge.training.adapters.tables import checkpoints, events, jobs, labels
 from tuneforge.training.domain.model import (
     ErrorInfo,
     EventKind,
-    Hyperparameters,
     Job,
     JobCheckpoint,
     JobEvent,
     JobFilter,
-    JobSpec,
     JobStatus,
-    LrScheduler,
-    Method,
-    Objective,
-    Precision,
-    Resources,
-    Schedule,
-    TaskMixture,
 )
 
 _LIVE = [JobStatus.VALIDATING.name, JobStatus.QUEUED.name, JobStatus.RUNNING.name]
-
-
-def spec_to_json(spec: JobSpec) -> dict[str, Any]:
-    """The spec as a JSON document (Enums by name)."""
-    doc = asdict(spec)
-    doc["method"], doc["objective"] = spec.method.name, spec.objective.name
-    doc["hyperparameters"]["lr_scheduler"] = spec.hyperparameters.lr_scheduler.name
-    doc["hyperparameters"]["precision"] = spec.hyperparameters.precision.name
-    doc["hyperparameters"]["lora_target_modules"] = list(spec.hyperparameters.lora_target_modules)
-    doc["labels"] = dict(spec.labels)
-    return doc
-
-
-def spec_from_json(doc: Mapping[str, Any]) -> JobSpec:
-    """Inverse of ``spec_to_json``."""
-    hp = dict(doc["hyperparameters"])
-    hp["lr_scheduler"], hp["precision"] = LrScheduler[hp["lr_scheduler"]], Precision[hp["precision"]]
-    hp["lora_target_modules"] = tuple(hp["lora_target_modules"])
-    return JobSpec(
-        base_model=doc["base_model"], method=Method[doc["method"]], objective=Objective[doc["objective"]],
-        dataset_version_id=doc["dataset_version_id"], validation_dataset_version_id=doc["validation_dataset_version_id"],
-        mixture=tuple(TaskMixture(**m) for m in doc["mixture"]), hyperparameters=Hyperparameters(**hp),
-        resources=Resources(**doc["resources"]), schedule=Schedule(**doc["schedule"]), suffix=doc["suffix"],
-        labels=dict(doc["labels"]),
-    )
 
 
 class SqlJobRepository:
@@ -78,12 +45,13 @@ class SqlJobRepository:
             with session_scope(self._sessions) as s:
                 s.execute(insert(jobs).values(**_row(job), id=job.id, tenant=job.tenant,
                                               idempotency_key=job.idempotency_key or None,
-                                              request_digest=job.request_digest, method=job.spec.method.name,
-                                              spec=spec_to_json(job.spec), run_name=job.run_name,
+                                              request_digest=job.request_digest, method=job.spec.method.kind.name,
+                                              spec=job.spec.resolved_dict(), run_name=job.run_name,
+                                              resolved={"suffix": job.suffix, "labels": dict(job.labels)},
                                               created_at=job.created_at))
-                if job.spec.labels:
+                if job.labels:
                     s.execute(insert(labels), [{"job_id": job.id, "key": k, "value": v}
-                                               for k, v in job.spec.labels.items()])
+                                               for k, v in job.labels.items()])
         except SqlIntegrityError:
             found = self.find_by_key(job.tenant, job.idempotency_key) if job.idempotency_key else None
             if found is None:
@@ -111,7 +79,7 @@ class SqlJobRepository:
         q: Select[Any] = select(jobs).where(jobs.c.tenant == tenant)
         if filters.statuses:
             q = q.where(jobs.c.status.in_(sorted(s.name for s in filters.statuses)))
-        if filters.method is not Method.UNSPECIFIED:
+        if filters.method is not None:
             q = q.where(jobs.c.method == filters.method.name)
         for key, value in filters.labels.items():
             q = q.where(exists().where(and_(labels.c.job_id == jobs.c.id, labels.c.key == key, labels.c.value == value)))
@@ -189,7 +157,7 @@ class SqlJobRepository:
 def _row(job: Job) -> dict[str, Any]:
     """The mutable columns."""
     return {
-        "status": job.status.name, "resolved": dict(job.resolved), "started_at": job.started_at,
+        "status": job.status.name, "started_at": job.started_at,
         "finished_at": job.finished_at, "trained_tokens": job.trained_tokens, "current_step": job.current_step,
         "total_steps": job.total_steps, "result_checkpoint_id": job.result_checkpoint_id,
         "error": asdict(job.error) if job.error else None, "restarts": job.restarts,
@@ -199,9 +167,10 @@ def _row(job: Job) -> dict[str, Any]:
 def _from_row(row: RowMapping) -> Job:
     err = row["error"]
     return Job(
-        id=row["id"], tenant=row["tenant"], spec=spec_from_json(row["spec"]), status=JobStatus[row["status"]],
-        created_at=row["created_at"], run_name=row["run_name"], idempotency_key=row["idempotency_key"] or "",
-        request_digest=row["request_digest"], resolved=row["resolved"], started_at=row["started_at"],
+        id=row["id"], tenant=row["tenant"], spec=TrainingSpec.model_validate(row["spec"]),
+        status=JobStatus[row["status"]], created_at=row["created_at"], run_name=row["run_name"],
+        suffix=row["resolved"].get("suffix", ""), labels=dict(row["resolved"].get("labels", {})),
+        idempotency_key=row["idempotency_key"] or "", request_digest=row["request_digest"], started_at=row["started_at"],
         finished_at=row["finished_at"], trained_tokens=row["trained_tokens"], current_step=row["current_step"],
         total_steps=row["total_steps"], result_checkpoint_id=row["result_checkpoint_id"],
         error=ErrorInfo(**err) if err else None, restarts=row["restarts"],

@@ -28,9 +28,9 @@ jobs = Table(
     Column("request_digest", String(64), nullable=False),
     Column("status", String(16), nullable=False),
     Column("method", String(16), nullable=False),
-    # The resolved request (defaults filled in): read and written as one unit.
+    # The job's resolved TrainingSpec (defaults filled in, inputs as references): what runs and resumes.
     Column("spec", JSON, nullable=False),
-    # The engine spec checked at creation (for operators; runs rebuild it with their local paths).
+    # The job's description, {"suffix", "labels"} (the column keeps its first name: no migration needed).
     Column("resolved", JSON, nullable=False),
     Column("run_name", String(128), nullable=False),
     Column("created_at", TZDateTime(), nullable=False),

@@ -1,12 +1,15 @@
 """The training domain's types: a job, its request, its status machine, its events and checkpoints.
 
-The Enums mirror the API's enums by value (``JobStatus.RUNNING.value == JOB_STATUS_RUNNING``), so the
-servicer converts with ``Enum(value)``. Nothing here imports grpc, sqlalchemy or ray.
+A job's training settings are the engine's ``TrainingSpec`` itself (no copy of its fields here).
+``JobStatus`` and ``LogLevel`` mirror the API's enums by value (``JobStatus.RUNNING.value ==
+JOB_STATUS_RUNNING``). Nothing here imports grpc, sqlalchemy or ray.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import secrets
 import time
 from collections.abc import Mapping
@@ -14,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tuneforge.common.errors import FailedPrecondition
+from tuneforge.common.errors import FailedPrecondition, FieldViolation
+from tuneforge.engine.spec import MethodKind, TrainingSpec
 
 
 class JobStatus(enum.Enum):
@@ -60,126 +64,33 @@ def check_transition(current: JobStatus, new: JobStatus) -> None:
             reason="ILLEGAL_TRANSITION")
 
 
-class Method(enum.Enum):
-    """Fine-tuning method (API ``Method``)."""
-
-    UNSPECIFIED = 0
-    FULL = 1
-    LORA = 2
-    QLORA = 3
-    PREFIX = 4
-    PROMPT = 5
-
-
-class Objective(enum.Enum):
-    """Training objective (API ``Objective``)."""
-
-    UNSPECIFIED = 0
-    SFT = 1
-    DPO = 2
-    PRETRAIN = 3
-
-
-class LrScheduler(enum.Enum):
-    """Learning-rate schedule (API ``LrScheduler``); UNSPECIFIED means LINEAR."""
-
-    UNSPECIFIED = 0
-    LINEAR = 1
-    COSINE = 2
-    CONSTANT = 3
-
-
-class Precision(enum.Enum):
-    """Training precision (API ``Precision``); UNSPECIFIED means FP32 on CPU, BF16 on GPUs."""
-
-    UNSPECIFIED = 0
-    FP32 = 1
-    FP16 = 2
-    BF16 = 3
-
-
 @dataclass(frozen=True)
-class Hyperparameters:
-    """As requested: zero values take the defaults documented in the proto (see ``specmap``)."""
+class JobRequest:
+    """What a caller asked for, in the training spec's own terms.
 
-    learning_rate: float = 0.0
-    lr_scheduler: LrScheduler = LrScheduler.UNSPECIFIED
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    epochs: int = 0
-    max_steps: int = 0
-    micro_batch_size: int = 0
-    gradient_accumulation_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.0
-    max_seq_length: int = 0
-    packing: bool = False
-    seed: int = 0
-    lora_r: int = 0
-    lora_alpha: float = 0.0
-    lora_dropout: float = 0.0
-    lora_target_modules: tuple[str, ...] = ()
-    dpo_beta: float = 0.0
-    precision: Precision = Precision.UNSPECIFIED
-    gradient_checkpointing: bool = False
-    qlora_quant_type: str = ""
-    num_virtual_tokens: int = 0
+    ``spec`` is the raw mapping of the spec's sections as requested (the same shape as an engine YAML);
+    the service adds what it owns (tenant, output, Ray address, default validation data) and validates
+    the whole with ``tuneforge.engine.spec.load_spec``, the one validator. ``problems`` are those of the
+    wire shape that the mapping found (a required enum left unspecified), reported with the spec's.
+    """
 
-
-@dataclass(frozen=True)
-class Resources:
-    """Compute for a job (zero values: 1 worker, ZeRO 0, 3 restarts)."""
-
-    num_workers: int = 0
-    use_gpu: bool = False
-    zero_stage: int = 0
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    max_failures: int = 0
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Evaluation and checkpoint cadence (zero values: at the end only; keep best 2, latest 1)."""
-
-    eval_every_steps: int = 0
-    early_stopping_patience: int = 0
-    save_every_steps: int = 0
-    keep_best_n: int = 0
-    keep_latest_n: int = 0
-    best_metric: str = ""
-
-
-@dataclass(frozen=True)
-class TaskMixture:
-    """One weighted component of a multi-task job."""
-
-    dataset_version_id: str
-    weight: float
-    task: str = ""
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What the caller asked for (a ``CreateJobRequest``), before defaults."""
-
-    base_model: str
-    method: Method
-    objective: Objective
-    dataset_version_id: str = ""
-    validation_dataset_version_id: str = ""
-    mixture: tuple[TaskMixture, ...] = ()
-    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
-    resources: Resources = field(default_factory=Resources)
-    schedule: Schedule = field(default_factory=Schedule)
+    spec: Mapping[str, Any]
+    problems: tuple[FieldViolation, ...] = ()
     suffix: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
 
-    def dataset_versions(self) -> tuple[str, ...]:
-        """Every dataset version the job reads (training, validation, mixture), once each, in order."""
-        ids = [self.dataset_version_id, self.validation_dataset_version_id,
-               *(m.dataset_version_id for m in self.mixture)]
-        return tuple(dict.fromkeys(i for i in ids if i))
+    def digest(self) -> str:
+        """A fingerprint of the body (idempotency: the same key with another body is a conflict)."""
+        doc = json.dumps({"spec": self.spec, "suffix": self.suffix, "labels": dict(self.labels)},
+                         sort_keys=True, default=str)
+        return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def dataset_versions(spec: TrainingSpec) -> tuple[str, ...]:
+    """Every dataset version a spec reads (training, validation, mixture), once each, in order."""
+    data = spec.data
+    sources = [data.train, data.validation, *(m.source for m in data.mixture)]
+    return tuple(dict.fromkeys(s.dataset_version for s in sources if s is not None and s.dataset_version))
 
 
 @dataclass(frozen=True)
@@ -198,17 +109,20 @@ class Job:
     ``run_name`` names the engine run (its checkpoint folder under the tenant's checkpoint area):
     it never changes, so a re-queued job resumes from its own latest complete checkpoint.
     ``request_digest`` fingerprints the request for idempotency (same key, different body: conflict).
+    ``spec`` is the resolved training spec (defaults filled in, inputs as references): what is stored,
+    what the engine runs and what a restarted job resumes from.
     """
 
     id: str
     tenant: str
-    spec: JobSpec
+    spec: TrainingSpec
     status: JobStatus
     created_at: datetime
     run_name: str
+    suffix: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
     idempotency_key: str = ""
     request_digest: str = ""
-    resolved: Mapping[str, Any] = field(default_factory=dict)
     started_at: datetime | None = None
     finished_at: datetime | None = None
     trained_tokens: int = 0
@@ -272,7 +186,7 @@ class JobFilter:
     """ListJobs filters: empty means all."""
 
     statuses: frozenset[JobStatus] = frozenset()
-    method: Method = Method.UNSPECIFIED
+    method: MethodKind | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tuneforge.common.auth import Identity
+from tuneforge.engine.spec import TrainingSpec
 from tuneforge.training.domain.model import EventKind, Job, JobCheckpoint, JobEvent, JobFilter, JobStatus
 
 
@@ -65,10 +66,21 @@ class VersionFacts:
     version_id: str
     kind: str
     split_counts: Mapping[str, int]
+    manifest_uri: str = ""
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """Where workers read an input (a dataset version, a base model): the shared store, the input's
+    manifest there, and the manifest's sha256 (which pins every file it lists)."""
+
+    store_uri: str
+    manifest_key: str
+    manifest_sha256: str
 
 
 class DatasetAccess(Protocol):
-    """The dataset service (leases) and the shared store (rows), on behalf of ``caller``."""
+    """The dataset service (leases) and the shared store (where versions live), on behalf of ``caller``."""
 
     def acquire_lease(self, caller: Identity, version_id: str, holder: str) -> VersionFacts:
         """Lease the version for ``holder`` (idempotent); ``NotFound`` for unknown or foreign ids."""
@@ -78,8 +90,9 @@ class DatasetAccess(Protocol):
         """Release ``holder``'s lease (no error when it was already released)."""
         ...
 
-    def write_split(self, caller: Identity, version_id: str, split: str, dest: Path) -> int:
-        """Write the rows of ``split`` ('' = every row) as canonical JSONL to ``dest``; returns the count."""
+    def reference(self, facts: VersionFacts) -> StoreRef:
+        """The version as workers read it from the shared store (``FailedPrecondition`` when it lives in
+        another store; ``NotFound`` when its manifest is missing)."""
         ...
 
 
@@ -88,6 +101,11 @@ class ModelLocator(Protocol):
 
     def locate(self, caller: Identity, base_model: str) -> Path:
         """The model's local folder; ``NotFound``/``InvalidInput`` naming ``base_model`` otherwise."""
+        ...
+
+    def reference(self, caller: Identity, base_model: str) -> StoreRef | None:
+        """A registered base model in the shared store (one found only in the models folder is registered
+        first); None for a checkpoint id, which ``locate`` resolves. ``NotFound`` for unknown names."""
         ...
 
 
@@ -124,13 +142,9 @@ class Outcome:
 
 
 class TrainingEngine(Protocol):
-    """Runs the engine on a spec mapping (in this process, or on Ray per the spec's resources)."""
+    """Runs the engine on a spec (in this process, or on Ray per the spec's resources)."""
 
-    def check(self, spec: Mapping[str, Any]) -> None:
-        """Validate the spec as the engine will (``InvalidInput`` with engine field paths)."""
-        ...
-
-    def run(self, spec: Mapping[str, Any], on_progress: Callable[[Progress], None],
+    def run(self, spec: TrainingSpec, on_progress: Callable[[Progress], None],
             cancel: threading.Event) -> Outcome:
         """Train (resuming from the run's latest complete checkpoint); raises ``TuneforgeError``s."""
         ...

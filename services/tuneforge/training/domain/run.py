@@ -1,8 +1,8 @@
 """One job's run: inputs to local files, the engine, events, checkpoint registration, final status.
 
-Reads top to bottom in ``JobRun.execute``: claim the job (QUEUED -> RUNNING), write the leased
-dataset versions' rows to JSONL, locate the base model, build the engine spec (the run name is the
-job id, so a re-run resumes from the job's latest complete checkpoint), train while turning engine
+Reads top to bottom in ``JobRun.execute``: claim the job (QUEUED -> RUNNING), make the stored
+spec's references local (the leased dataset versions' rows, the base model's folder; the run name is
+the job id, so a re-run resumes from the job's latest complete checkpoint), train while turning engine
 progress into job events, then finish: SUCCEEDED with the best (else final) checkpoint, CANCELLED,
 or FAILED with an ``ErrorInfo`` that names cause and fix. Leases are released once the job ends;
 a run interrupted by a service stop leaves its job QUEUED for the next process.
@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import TuneforgeError
-from tuneforge.common.storage import tenant_prefix
-from tuneforge.training.domain import specmap
-from tuneforge.training.domain.model import ErrorInfo, EventKind, Job, JobCheckpoint, JobStatus
+from tuneforge.engine.spec import TrainingSpec, load_spec
+from tuneforge.training.domain.model import (
+    ErrorInfo,
+    EventKind,
+    Job,
+    JobCheckpoint,
+    JobStatus,
+    dataset_versions,
+)
 from tuneforge.training.domain.ports import (
     CheckpointPublisher,
     DatasetAccess,
@@ -51,7 +54,7 @@ def release_leases(datasets: DatasetAccess, caller: Identity | None, job: Job, o
     if caller is None:
         log.warning("job %s: no identity of tenant %s to release its dataset leases", job.id, job.tenant)
         return
-    for version_id in job.spec.dataset_versions() if only is None else only:
+    for version_id in dataset_versions(job.spec) if only is None else only:
         try:
             datasets.release_lease(caller, version_id, lease_holder(job))
         except TuneforgeError as exc:
@@ -80,14 +83,8 @@ class RunContext:
     models: ModelLocator
     checkpoints: CheckpointPublisher
     engine: TrainingEngine
-    store_uri: str
-    work_dir: Path
     ray_address: str
     stopping: threading.Event
-
-    def output(self, job: Job) -> specmap.Output:
-        """Checkpoints go to the tenant's checkpoint area under the job's own run name."""
-        return specmap.Output(self.store_uri, f"{tenant_prefix(job.tenant)}checkpoints/", job.run_name)
 
     def log(self, job: Job, level: str, message: str) -> None:
         """Append a log event."""
@@ -143,16 +140,13 @@ class JobRun:
         job = self._claim()
         if job is None:
             return
-        work = self.ctx.work_dir / job.id
         try:
-            outcome = self.ctx.engine.run(self._engine_spec(job, work), self._on_progress, self._cancel)
+            outcome = self.ctx.engine.run(self._engine_spec(job), self._on_progress, self._cancel)
             self._conclude(job, outcome)
         except Exception as exc:  # every failure becomes FAILED with an ErrorInfo
             if not isinstance(exc, TuneforgeError):
                 log.exception("job %s failed", job.id)
             self._end_or_requeue(job, JobStatus.FAILED, error_info(exc))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     def _claim(self) -> Job | None:
         job = self.ctx.repository.get(self.tenant, self.job_id)
@@ -167,36 +161,32 @@ class JobRun:
         self._registered = {c.uri: c for c in self.ctx.repository.checkpoints(job.tenant, job.id) if c.uri}
         return job
 
-    def _engine_spec(self, job: Job, work: Path) -> dict[str, Any]:
-        """Write the data files, locate the model, map the job to the engine's spec."""
-        spec, data_dir = job.spec, work / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        train = validation = None
-        if spec.dataset_version_id:
-            train = self._write(spec.dataset_version_id, "train", data_dir / "train.jsonl")
-        source = spec.validation_dataset_version_id or spec.dataset_version_id
-        if source:
-            validation = self._write(source, "validation", data_dir / "validation.jsonl",
-                                     optional=not spec.validation_dataset_version_id)
-        mixture = tuple((self._write(m.dataset_version_id, "train", data_dir / f"mixture-{i}.jsonl"), m.weight, m.task)
-                        for i, m in enumerate(spec.mixture))
-        files = specmap.DataFiles(train=train, validation=validation,
-                                  mixture=tuple((p, w, t) for p, w, t in mixture if p is not None))
-        model_path = self.ctx.models.locate(self.caller, spec.base_model)
-        return specmap.engine_spec(spec, tenant=job.tenant, model_path=model_path, data=files,
-                                   output=self.ctx.output(job), ray_address=self.ctx.ray_address)
+    def _engine_spec(self, job: Job) -> TrainingSpec:
+        """The job's stored spec with this deployment's Ray address.
 
-    def _write(self, version_id: str, split: str, dest: Path, optional: bool = False) -> Path | None:
-        """Rows of ``split`` of a version (every row of a version that was never split)."""
-        # Re-asserting the lease (idempotent) also returns the split sizes.
-        counts = self.ctx.datasets.acquire_lease(self.caller, version_id, f"job:{self.job_id}").split_counts
-        if counts and not counts.get(split):
-            if optional:
-                return None
-            split = ""  # a split version without this split: every row (validated at create time)
-        wanted = split if counts else ""
-        rows = self.ctx.datasets.write_split(self.caller, version_id, wanted, dest)
-        return dest if rows or not optional else None
+        Dataset versions and registered base models stay references: every worker reads them from the
+        shared store itself (a checkpoint used as the base is still made local here). Each input's
+        origin goes to the job's events.
+        """
+        doc = job.spec.resolved_dict()
+        doc["resources"]["ray_address"] = self.ctx.ray_address or None  # this deployment's, not the creator's
+        model = job.spec.model
+        if model.manifest_key:
+            self.ctx.log(job, "INFO", f"input base_model: {model.name}, read by the workers from "
+                                      f"{model.store_uri}/{model.manifest_key} (sha256 {model.manifest_sha256})")
+        else:  # a full-weight checkpoint as the base: resolved on this machine
+            model_path = self.ctx.models.locate(self.caller, model.name or "")
+            doc["model"] = {**doc["model"], "name": None, "path": str(model_path)}
+            self.ctx.log(job, "INFO", f"input base_model: checkpoint {model.name} from {model_path}")
+        data = job.spec.data
+        sources = [("train", data.train), ("validation", data.validation),
+                   *((f"mixture[{i}]", m.source) for i, m in enumerate(data.mixture))]
+        for slot, source in sources:
+            if source is not None and source.dataset_version:
+                self.ctx.log(job, "INFO", f"input {slot}: dataset version {source.dataset_version}, "
+                             f"{f'split {source.split}' if source.split else 'every row'}, read by the workers "
+                             f"from {source.store_uri}/{source.manifest_key} (sha256 {source.manifest_sha256})")
+        return load_spec(doc)
 
     # ---------------------------------------------------------------- progress
 
@@ -247,7 +237,7 @@ class JobRun:
 
     @staticmethod
     def _lineage_version(job: Job) -> str:
-        return job.spec.dataset_version_id or (job.spec.mixture[0].dataset_version_id if job.spec.mixture else "")
+        return next(iter(dataset_versions(job.spec)), "")
 
     # ---------------------------------------------------------------- end
 

@@ -8,26 +8,30 @@ calls; a job re-queued after a restart acts through ``TenantCredentials`` instea
 from __future__ import annotations
 
 import builtins
-import hashlib
-import json
+import copy
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
-from tuneforge.training.domain import specmap
+from tuneforge.common.storage import tenant_prefix
+from tuneforge.engine.spec import ObjectiveKind, TrainingSpec, load_spec
+from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import (
     Job,
     JobCheckpoint,
     JobEvent,
     JobFilter,
-    JobSpec,
+    JobRequest,
     JobStatus,
+    dataset_versions,
     new_job_id,
 )
 from tuneforge.training.domain.ports import (
@@ -35,12 +39,12 @@ from tuneforge.training.domain.ports import (
     DatasetAccess,
     JobRepository,
     ModelLocator,
+    StoreRef,
     TenantCredentials,
     TrainingEngine,
     VersionFacts,
 )
 from tuneforge.training.domain.run import JobRun, RunContext, lease_holder, release_leases, status_event
-from tuneforge.training.domain.validation import dataset_kind_violations, engine_violation, request_violations
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +63,62 @@ class Dependencies:
     work_dir: Path
     ray_address: str = ""
     peers_missing: tuple[str, ...] = field(default_factory=tuple)
+    limits: JobLimits = field(default_factory=JobLimits)
 
 
-def request_digest(spec: JobSpec) -> str:
-    """A fingerprint of the request body (idempotency: same key with another body is a conflict)."""
-    doc = json.dumps(asdict(spec), sort_keys=True, default=lambda v: getattr(v, "name", str(v)))
-    return hashlib.sha256(doc.encode()).hexdigest()
+def checkpoint_prefix(tenant: str) -> str:
+    """Where a tenant's checkpoints go inside the store."""
+    return f"{tenant_prefix(tenant)}checkpoints/"
+
+
+_LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+def _metadata_violations(request: JobRequest) -> list[FieldViolation]:
+    """The job's own description (not its training): suffix and labels."""
+    out = []
+    if len(request.suffix) > 64:
+        out.append(FieldViolation("suffix", f"is {len(request.suffix)} characters long: use at most 64"))
+    for key, value in request.labels.items():
+        if not _LABEL_KEY.match(key):
+            out.append(FieldViolation(f"labels[{key[:40]}]", "label keys are 1-63 lowercase letters, digits, "
+                                                               "'.', '_', '-'"))
+        elif len(value) > 256:
+            out.append(FieldViolation(f"labels[{key}]", "label values are at most 256 characters"))
+    return out
+
+
+def _version_sources(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The data section's sources that name a dataset version (train, validation, mixture components)."""
+    found = [data.get("train"), data.get("validation"), *(m.get("source") for m in data.get("mixture") or ())]
+    return [s for s in found if isinstance(s, dict) and s.get("dataset_version")]
+
+
+def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[FieldViolation]:
+    """The objective against the record kind of each leased version (``kinds``: version id -> kind name).
+
+    DPO needs preference pairs; SFT and pre-training cannot use them. Versions of unknown kind are not judged.
+    """
+    data = spec.data
+    sources = [("data.train", data.train), ("data.validation", data.validation),
+               *((f"data.mixture[{i}].source", m.source) for i, m in enumerate(data.mixture))]
+    fields: dict[str, str] = {}
+    for path, source in sources:
+        if source is not None and source.dataset_version:
+            fields.setdefault(source.dataset_version, f"{path}.dataset_version")
+    out = []
+    for version_id, field_path in fields.items():
+        kind = kinds.get(version_id, "")
+        if not kind:
+            continue
+        if spec.objective.kind is ObjectiveKind.DPO and kind != "PREFERENCE":
+            out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, "
+                                      "but DPO needs preference pairs (prompt, chosen, rejected): use a "
+                                      "preference dataset or supervised fine-tuning"))
+        elif spec.objective.kind is not ObjectiveKind.DPO and kind == "PREFERENCE":
+            out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds preference pairs: train "
+                                      "them with DPO, or use a chat/text dataset"))
+    return out
 
 
 class TrainingService:
@@ -76,37 +130,43 @@ class TrainingService:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._ctx = RunContext(deps.repository, deps.datasets, deps.models, deps.checkpoints, deps.engine,
-                               deps.store_uri, deps.work_dir, deps.ray_address, self._stopping)
+                               deps.ray_address, self._stopping)
 
     # ------------------------------------------------------------------ create
 
-    def create(self, caller: Identity, spec: JobSpec, idempotency_key: str = "") -> Job:
+    def create(self, caller: Identity, request: JobRequest, idempotency_key: str = "") -> Job:
         """Validate, check the base model, lease the dataset versions, store and queue the job.
 
         Idempotent on ``idempotency_key`` (per tenant): a repeat returns the first job.
 
         Raises:
-            InvalidInput: every bad field at once, named as in the API.
+            InvalidInput: every bad field at once, named as in the training spec.
             AlreadyExists: the key was used for a different request.
             NotFound: a base model or dataset version the caller cannot see.
             FailedPrecondition: the dataset or checkpoint service is not configured.
         """
-        digest = request_digest(spec)
+        digest = request.digest()
         if idempotency_key and (found := self._same_request(caller.tenant, idempotency_key, digest)):
             return found
-        if problems := request_violations(spec):
+        job_id = new_job_id()
+        problems = [*request.problems, *_metadata_violations(request)]
+        try:
+            spec = self._spec(request, caller.tenant, job_id)
+        except InvalidInput as exc:
+            problems += [v for v in exc.violations if v not in problems]
+        if problems:
             raise InvalidInput.of(problems, what="CreateJob request")
         if self._d.peers_missing:
             raise FailedPrecondition("the training service cannot reach its peers: set "
                                      + " and ".join(self._d.peers_missing) + " on the training service")
-        resolved = specmap.with_defaults(spec)
-        model_path = self._d.models.locate(caller, spec.base_model)
-        job = Job(new_job_id(), caller.tenant, resolved, JobStatus.VALIDATING, datetime.now(UTC), "",
-                  idempotency_key, digest)
-        job.run_name = job.id
+        model = self._d.models.reference(caller, spec.model.name or "")  # unknown models fail here
+        if model is None:  # a checkpoint: checked now, made local by the run
+            self._d.models.locate(caller, spec.model.name or "")
+        job = Job(job_id, caller.tenant, spec, JobStatus.VALIDATING, datetime.now(UTC), job_id, request.suffix,
+                  dict(request.labels), idempotency_key, digest)
         facts = self._lease_all(caller, job)
         try:
-            self._check_engine(job, model_path, facts)
+            job.spec = self._check_inputs(request, job, facts, model)
             stored = self._d.repository.add(job)
         except BaseException:
             release_leases(self._d.datasets, caller, job)
@@ -117,6 +177,41 @@ class TrainingService:
         status_event(self._d.repository, stored)
         self._queue(stored, caller)
         return self._d.repository.get(caller.tenant, stored.id)
+
+    def _spec(self, request: JobRequest, tenant: str, run_name: str,
+              facts: Mapping[str, VersionFacts] | None = None, model: StoreRef | None = None) -> TrainingSpec:
+        """The request plus what the service owns (tenant, output, validation default and, once the
+        versions are leased, where workers read them), validated by the engine's own ``load_spec``.
+
+        A validation version without a named split reads its validation split; a job without
+        validation data evaluates on its training version's validation split when it has one.
+        """
+        doc = copy.deepcopy(dict(request.spec))
+        doc["tenant"] = tenant
+        doc["output"] = {"checkpoint_uri": self._d.store_uri, "checkpoint_prefix": checkpoint_prefix(tenant),
+                         "run_name": run_name}
+        data = doc.setdefault("data", {})
+        train = (data.get("train") or {}).get("dataset_version") if isinstance(data.get("train"), dict) else None
+        if isinstance(data.get("validation"), dict):
+            data["validation"].setdefault("split", "validation")
+        elif train and (facts is None or facts[train].split_counts.get("validation")):
+            data["validation"] = {"dataset_version": train, "split": "validation"}
+        if facts is not None:
+            for source in _version_sources(data):
+                self._pin(source, facts[source["dataset_version"]])
+        if model is not None:
+            doc["model"] = {**doc.get("model", {}), **asdict(model)}
+        spec = load_spec(doc)
+        if problems := limit_violations(spec, self._d.limits):
+            raise InvalidInput.of(problems, what="CreateJob request")
+        return spec
+
+    def _pin(self, source: dict[str, Any], facts: VersionFacts) -> None:
+        """Point a source at its version in the shared store; a version without the split reads every row."""
+        split = source.get("split", "train")
+        ref = self._d.datasets.reference(facts)
+        source.update(split=split if facts.split_counts.get(split) else None, store_uri=ref.store_uri,
+                      manifest_key=ref.manifest_key, manifest_sha256=ref.manifest_sha256)
 
     def _same_request(self, tenant: str, key: str, digest: str) -> Job | None:
         found = self._d.repository.find_by_key(tenant, key)
@@ -129,39 +224,26 @@ class TrainingService:
     def _lease_all(self, caller: Identity, job: Job) -> dict[str, VersionFacts]:
         facts: dict[str, VersionFacts] = {}
         try:
-            for version_id in job.spec.dataset_versions():
+            for version_id in dataset_versions(job.spec):
                 facts[version_id] = self._d.datasets.acquire_lease(caller, version_id, lease_holder(job))
         except BaseException:
             release_leases(self._d.datasets, caller, job, only=list(facts))
             raise
         return facts
 
-    def _check_engine(self, job: Job, model_path: Path, facts: Mapping[str, VersionFacts]) -> None:
-        """Kinds against the objective, then the engine's own checks on the spec it will run."""
-        problems = dataset_kind_violations(job.spec, {v: f.kind for v, f in facts.items()})
-        train = facts.get(job.spec.dataset_version_id)
+    def _check_inputs(self, request: JobRequest, job: Job, facts: Mapping[str, VersionFacts],
+                      model: StoreRef | None) -> TrainingSpec:
+        """The leased versions against the spec; returns the spec with every input pinned in the store."""
+        spec = job.spec
+        problems = _kind_violations(spec, {v: f.kind for v, f in facts.items()})
+        train = facts.get(spec.data.train.dataset_version or "") if spec.data.train else None
         if train is not None and train.split_counts and not train.split_counts.get("train"):
-            problems.append(FieldViolation("dataset_version_id", f"dataset version {train.version_id!r} is split "
-                                           f"but has no train rows ({dict(train.split_counts)}): curate it with a "
-                                           "split that keeps train rows"))
+            problems.append(FieldViolation("data.train.dataset_version", f"dataset version {train.version_id!r} "
+                                           f"is split but has no train rows ({dict(train.split_counts)}): curate "
+                                           "it with a split that keeps train rows"))
         if problems:
             raise InvalidInput.of(problems, what="CreateJob request")
-        placeholder = self._d.work_dir / job.id / "data"
-        has_validation = bool(job.spec.validation_dataset_version_id) or bool(
-            train is not None and train.split_counts.get("validation"))
-        data = specmap.DataFiles(
-            train=placeholder / "train.jsonl" if job.spec.dataset_version_id else None,
-            validation=placeholder / "validation.jsonl" if has_validation else None,
-            mixture=tuple((placeholder / f"mixture-{i}.jsonl", m.weight, m.task)
-                          for i, m in enumerate(job.spec.mixture)))
-        spec = specmap.engine_spec(job.spec, tenant=job.tenant, model_path=model_path, data=data,
-                                   output=self._ctx.output(job), ray_address=self._d.ray_address)
-        try:
-            self._d.engine.check(spec)
-        except InvalidInput as exc:
-            raise InvalidInput.of([engine_violation(v.field, v.description) for v in exc.violations],
-                                  what="CreateJob request") from None
-        job.resolved = spec
+        return self._spec(request, job.tenant, job.run_name, facts, model)
 
     # ------------------------------------------------------------------ run
 
