@@ -89,8 +89,8 @@ def build_service(settings: EvaluationSettings) -> tuple[EvaluationService, list
     # Runs live in this process only: whatever an earlier process left QUEUED/RUNNING is dead
     # (failed, and its dataset leases released).
     service.fail_interrupted()
-    return service, [*closers, engine.dispose,
-                                     lambda: executor.shutdown(wait=False, cancel_futures=True)]
+    # Hooks run in reverse: runs stop first (they use the peers and the database), then the rest.
+    return service, [*closers, engine.dispose, service.shutdown]
 
 
 def build_app(settings: EvaluationSettings) -> RunningServer:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.common.db import utcnow
-from tuneforge.common.errors import AlreadyExists, NotFound, TuneforgeError
+from tuneforge.common.errors import AlreadyExists, NotFound, TuneforgeError, Unavailable
 from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.model import Run, RunEvent, RunState, new_id
 from tuneforge.datasets.domain.pipeline import StepCount, run_pipeline
@@ -45,6 +45,7 @@ class CurationRuns:
         self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="curation")
         self._events: dict[str, _Events] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         message = "the service restarted during the run: start it again"
         failed = self.catalog.fail_unfinished_runs(message)
         for run in failed:
@@ -55,7 +56,12 @@ class CurationRuns:
             log.warning("marked %d interrupted curation runs as failed", len(failed))
 
     def shutdown(self) -> None:
-        """Stop accepting runs and wait for running ones."""
+        """Stop accepting runs, ask running ones to stop at their next step, and wait for them.
+
+        Queued runs are dropped (the next start-up marks them failed); a running run ends FAILED
+        ("the service stopped") at its next step boundary. When this returns, no run writes to storage.
+        """
+        self._stopping.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _emit(self, run: Run, message: str, step: dict[str, Any] | None = None) -> None:
@@ -84,6 +90,8 @@ class CurationRuns:
         return run
 
     def _execute(self, run: Run, config: cfg.PipelineConfig) -> None:
+        if self._stopping.is_set():
+            return  # the next start-up marks it failed, with an event saying so
         run.state = RunState.RUNNING
         self.catalog.save_run(run)
         self._emit(run, "running")
@@ -93,6 +101,8 @@ class CurationRuns:
             shards, _ = self.service.local_files(version)
 
             def progress(count: StepCount) -> None:
+                if self._stopping.is_set():
+                    raise Unavailable("the service stopped during the run: start it again")
                 run.document["steps"].append(count.as_dict())
                 self.catalog.save_run(run)
                 self._emit(run, f"step {count.step}: {count.rows_in} -> {count.rows_out} rows", count.as_dict())

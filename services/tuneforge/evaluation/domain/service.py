@@ -47,6 +47,7 @@ from tuneforge.evaluation.domain.ports import (
 log = logging.getLogger(__name__)
 
 BEST_ALIAS = "best"
+STOPPED_MESSAGE = "the service stopped during the evaluation: create the evaluation again"
 RESTARTED_MESSAGE = "the service restarted while the evaluation was queued or running: create the evaluation again"
 _UNFINISHED = (State.QUEUED, State.RUNNING)
 
@@ -111,6 +112,7 @@ class EvaluationService:
         # The creator of each evaluation this process runs (its token releases the leases at the end).
         self._callers: dict[str, Identity] = {}
         self._changed = threading.Condition()
+        self._stopping = threading.Event()
 
     # ------------------------------------------------------------------ create / read
 
@@ -292,11 +294,23 @@ class EvaluationService:
 
     # ------------------------------------------------------------------ the run
 
+    def shutdown(self) -> None:
+        """Stop: queued runs are dropped (the next start-up fails them), running ones are asked to stop
+        and end FAILED saying so; returns when no run touches storage any more."""
+        self._stopping.set()
+        for flag in list(self._cancel.values()):
+            flag.set()
+        self._d.executor.shutdown(wait=True, cancel_futures=True)
+
     def _run_guarded(self, evaluation: Evaluation, caller: Identity) -> None:
         try:
             self._run(evaluation, caller)
         except Cancelled:
-            self._finish(evaluation, State.CANCELLED, "cancelled")
+            if self._stopping.is_set():
+                evaluation.error = ErrorInfo("UNAVAILABLE", STOPPED_MESSAGE)
+                self._finish(evaluation, State.FAILED, f"failed: {STOPPED_MESSAGE}")
+            else:
+                self._finish(evaluation, State.CANCELLED, "cancelled")
         except TuneforgeError as exc:
             log.warning("evaluation %s failed: %s", evaluation.id, exc)
             evaluation.error = ErrorInfo(exc.family.value, exc.message, exc.field or "")
@@ -415,7 +429,7 @@ class EvaluationService:
 
     def _is_cancelled(self, evaluation_id: str) -> bool:
         flag = self._cancel.get(evaluation_id)
-        return flag is not None and flag.is_set()
+        return self._stopping.is_set() or (flag is not None and flag.is_set())
 
     def _event(self, tenant: str, evaluation_id: str, state: State, done: int, total: int, message: str) -> None:
         self._d.repository.add_event(tenant, evaluation_id, state, done, total, message)
