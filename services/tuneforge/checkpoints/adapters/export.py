@@ -20,6 +20,7 @@ from tuneforge.checkpoints.adapters.objects import StoreCheckpointFiles
 from tuneforge.checkpoints.domain.model import ExportFormat, FileEntry, Manifest
 from tuneforge.checkpoints.domain.ports import ExportResult
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage import ObjectStore, check_key, tenant_prefix
 from tuneforge.common.storage.artifacts import read_manifest
 from tuneforge.common.storage.checkpoint_writer import CheckpointWriter
@@ -78,7 +79,7 @@ class StoreExporter:
         was = (earlier.extra.get("checkpoint_id"), earlier.extra.get("format"))
         if was != (manifest.checkpoint_id, fmt.value):
             raise AlreadyExists(
-                f"destination {destination!r} already holds an export of checkpoint {was[0]} as {was[1]}: "
+                f"destination {echo(destination)} already holds an export of checkpoint {was[0]} as {was[1]}: "
                 "exports are immutable; choose another destination, or leave it empty for "
                 "<checkpoint_id>/<format>")
         log.info("%s was exported as %s to %s before: returning that export", manifest.checkpoint_id,
@@ -90,13 +91,22 @@ class StoreExporter:
              base_tmp: Path) -> None:
         from tuneforge.engine import export as engine_export  # torch: loaded on first export only
 
-        if fmt is ExportFormat.ADAPTER:
-            engine_export.export_adapter(ckpt_dir, out_dir)
-        elif fmt is ExportFormat.FULL:
-            engine_export.export_full(ckpt_dir, out_dir)
-        else:
-            base_dir = self._base_model(tenant, manifest.draft.lineage.base_model, base_tmp)
-            engine_export.export_merged(base_dir, ckpt_dir, out_dir)
+        try:
+            if fmt is ExportFormat.ADAPTER:
+                engine_export.export_adapter(ckpt_dir, out_dir)
+            elif fmt is ExportFormat.FULL:
+                engine_export.export_full(ckpt_dir, out_dir)
+            else:
+                base_dir = self._base_model(tenant, manifest.draft.lineage.base_model, base_tmp)
+                engine_export.export_merged(base_dir, ckpt_dir, out_dir)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            # What the checkpoint holds cannot be loaded as that model (missing config, shapes
+            # that do not fit...): the caller's checkpoint, not the service, is at fault.
+            log.warning("export of %s as %s failed", manifest.checkpoint_id, fmt.value, exc_info=True)
+            raise FailedPrecondition(
+                f"checkpoint {manifest.checkpoint_id} cannot be loaded for a {fmt.value} export "
+                f"({type(exc).__name__}): it must hold a complete safetensors model folder "
+                "(config.json and weights) of the right kind") from None
 
     def _download(self, tenant: str, manifest: Manifest, dest: Path) -> None:
         for entry in manifest.draft.files:
@@ -109,7 +119,7 @@ class StoreExporter:
     def _base_model(self, tenant: str, name: str, tmp: Path) -> Path:
         if not _MODEL_NAME.fullmatch(name) or ".." in name:
             raise InvalidInput.field_error(
-                "lineage.base_model", f"{name!r} is not a model name such as 'smollm2-135m' or 'org/model'")
+                "lineage.base_model", f"{echo(name)} is not a model name such as 'smollm2-135m' or 'org/model'")
         prefix = f"{tenant_prefix(tenant)}models/{name}/"
         try:
             artifact = read_manifest(self._store, prefix)
@@ -118,7 +128,7 @@ class StoreExporter:
             if (local / "config.json").is_file():
                 return local
             raise FailedPrecondition(
-                f"base model {name!r} is neither in the object store at {prefix} nor in the models folder "
+                f"base model {echo(name)} is neither in the object store at {prefix} nor in the models folder "
                 f"{self._models_dir}: upload it there (safetensors folder) before exporting") from None
         for entry in artifact.files:
             self._store.get_file(prefix + entry.path, tmp / entry.path)

@@ -3,6 +3,10 @@
 Every handler is wrapped so that:
 - the bearer token is checked (health and reflection are exempt) and the caller's ``Identity`` is
   bound for the handler's duration, streamed responses included;
+- every request message (each message of a client stream too) is checked against the API-edge
+  bounds of ``limits.check_request`` (string lengths, finite floats, integer range) before the
+  handler sees it;
+- every message sent back is bounded and carries no server path (``public_text.public_message``);
 - ``TuneforgeError`` families map to status codes through ``STATUS_BY_FAMILY``; ``InvalidInput``
   carries a ``google.rpc.BadRequest`` with one field violation per bad field;
 - anything else becomes INTERNAL with a generic message and an incident id; the traceback goes to
@@ -24,6 +28,13 @@ from grpc_status import rpc_status
 
 from tuneforge.common.auth import DEFAULT_TENANT, Identity, TokenAuthenticator, bound_identity
 from tuneforge.common.errors import ErrorFamily, TuneforgeError
+from tuneforge.common.grpc.limits import check_request
+from tuneforge.common.public_text import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_FIELD_CHARS,
+    clip,
+    public_message,
+)
 
 log = logging.getLogger("tuneforge.rpc")
 
@@ -33,15 +44,23 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerRe
                    "/grpc.reflection.v1.ServerReflection/")
 
 
+# Violations sent back at most (the rest are counted in the last one): status details travel in
+# a trailer, and gRPC refuses trailers past its metadata limit (8 KiB by default for clients).
+MAX_SENT_VIOLATIONS = 10
+
+
 def to_status(err: TuneforgeError) -> status_pb2.Status:
-    """Build the rich google.rpc.Status for a domain error."""
+    """Build the rich google.rpc.Status for a domain error: bounded, and with no server path."""
     code = STATUS_BY_FAMILY[err.family]
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(err))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=public_message(str(err)))
     if err.violations:
+        sent = [error_details_pb2.BadRequest.FieldViolation(
+            field=clip(v.field, MAX_FIELD_CHARS),
+            description=public_message(v.description, MAX_DESCRIPTION_CHARS)) for v in err.violations[:MAX_SENT_VIOLATIONS]]
+        if len(err.violations) > MAX_SENT_VIOLATIONS:
+            sent[-1].description += f" (and {len(err.violations) - MAX_SENT_VIOLATIONS} more problems)"
         detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in err.violations]))
+        detail.Pack(error_details_pb2.BadRequest(field_violations=sent))
         status.details.append(detail)
     if err.reason:
         info = any_pb2.Any()
@@ -62,7 +81,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         if handler is None or details.method.startswith(EXEMPT_PREFIXES):
             return handler
         metadata = dict(details.invocation_metadata or ())
-        wrap = _Wrapper(self._auth, details.method, metadata.get("authorization"))
+        wrap = _Wrapper(self._auth, details.method, metadata.get("authorization"), handler.request_streaming)
         kind = ("stream" if handler.request_streaming else "unary") + "_" + (
             "stream" if handler.response_streaming else "unary")
         behavior = getattr(handler, kind)
@@ -73,8 +92,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
 
 class _Wrapper:
-    def __init__(self, auth: TokenAuthenticator | None, method: str, authorization: str | None) -> None:
+    def __init__(self, auth: TokenAuthenticator | None, method: str, authorization: str | None,
+                 request_streaming: bool) -> None:
         self.auth, self.method, self.authorization = auth, method, authorization
+        self.request_streaming = request_streaming
 
     def _identity(self) -> Identity:
         if self.auth is None:
@@ -87,8 +108,10 @@ class _Wrapper:
             try:
                 ident = self._identity()
                 tenant = ident.tenant
+                if not self.request_streaming:
+                    check_request(request)
                 with bound_identity(ident):
-                    result = behavior(request, context)
+                    result = behavior(_checked(request) if self.request_streaming else request, context)
                 self._log(start, tenant, "OK")
                 return result
             except Exception as exc:  # noqa: BLE001 - every error is mapped, none escapes unmapped
@@ -101,8 +124,10 @@ class _Wrapper:
             try:
                 ident = self._identity()
                 tenant = ident.tenant
+                if not self.request_streaming:
+                    check_request(request)
                 with bound_identity(ident):
-                    yield from behavior(request, context)
+                    yield from behavior(_checked(request) if self.request_streaming else request, context)
                 self._log(start, tenant, "OK")
             except Exception as exc:  # noqa: BLE001
                 self._abort(exc, context, start, tenant)
@@ -128,6 +153,13 @@ class _Wrapper:
         log.info("%s %s %.1fms %s", self.method, code, ms, detail,
                  extra={"ctx_method": self.method, "ctx_code": code, "ctx_tenant": tenant,
                         "ctx_ms": round(ms, 1)})
+
+
+def _checked(requests: Iterator[Any]) -> Iterator[Any]:
+    """A client stream whose every message is checked against the API-edge bounds as it arrives."""
+    for request in requests:
+        check_request(request)
+        yield request
 
 
 def _already_aborted(context: grpc.ServicerContext) -> bool:

@@ -24,6 +24,7 @@ from tuneforge.common.auth import TokenAuthenticator
 from tuneforge.common.errors import Unavailable
 from tuneforge.common.grpc.interceptors import ServiceInterceptor
 from tuneforge.common.logging import register_secret
+from tuneforge.common.public_text import register_private_path
 from tuneforge.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,17 @@ def register_settings_secrets(settings: ServiceSettings) -> None:
         register_secret(value.strip())
 
 
+def register_private_paths(settings: ServiceSettings) -> None:
+    """Hide the service's folders and object-store root from every client message (by label)."""
+    register_private_path(settings.data_dir, "data")
+    register_private_path(settings.models_dir, "models")
+    store = settings.resolved_object_store_uri()
+    register_private_path(store, "store")
+    register_private_path(store.partition("?")[0], "store")
+    if store.startswith("file://"):
+        register_private_path(store.removeprefix("file://"), "store")
+
+
 def make_authenticator(settings: ServiceSettings) -> TokenAuthenticator | None:
     """The authenticator from settings; None only when auth is explicitly disabled."""
     spec = settings.auth_tokens.get_secret_value()
@@ -136,6 +148,7 @@ def build_server(settings: ServiceSettings, registrations: Sequence[Registration
     Raises:
         Unavailable: the port cannot be bound.
     """
+    register_private_paths(settings)
     opts = [("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0)]

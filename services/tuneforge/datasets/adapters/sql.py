@@ -10,6 +10,7 @@ from sqlalchemy.orm import sessionmaker
 
 from tuneforge.common import db
 from tuneforge.common.errors import AlreadyExists
+from tuneforge.common.public_text import echo
 from tuneforge.datasets.adapters import tables as t
 from tuneforge.datasets.domain.model import Dataset, Run, RunEvent, RunState, Version
 
@@ -82,7 +83,7 @@ class SqlCatalog:
                     row_count=version.row_count, kind=version.kind, prefix=version.prefix,
                     request_id=version.request_id, document=version.document, created_at=version.created_at))
         except SqlIntegrityError as exc:
-            raise AlreadyExists(f"request_id {version.request_id!r} was already used: use a new request_id") from exc
+            raise AlreadyExists(f"request_id {echo(version.request_id)} was already used: use a new request_id") from exc
 
     def get_version(self, tenant: str, version_id: str) -> Version | None:
         with db.session_scope(self._sessions) as s:
@@ -116,7 +117,7 @@ class SqlCatalog:
                 if cast(CursorResult[Any], done).rowcount == 0:
                     s.execute(insert(t.runs).values(id=run.id, **values))
         except SqlIntegrityError as exc:
-            raise AlreadyExists(f"request_id {run.request_id!r} was already used: use a new request_id") from exc
+            raise AlreadyExists(f"request_id {echo(run.request_id)} was already used: use a new request_id") from exc
 
     def get_run(self, tenant: str, run_id: str) -> Run | None:
         with db.session_scope(self._sessions) as s:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.common.errors import FieldViolation, InvalidInput
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage.keys import check_key
 from tuneforge.common.text.pii import parse_kinds
 
@@ -266,7 +267,7 @@ def _check_generative(step: GenerativeAugment, path: str, out: list[FieldViolati
     if not step.model:
         out.append(FieldViolation(f"{path}.model", "is empty: name a model folder of the service's models folder"))
     elif "/" in step.model or ".." in step.model or step.model.startswith("."):
-        out.append(FieldViolation(f"{path}.model", f"{step.model!r} is not a folder name: give a name such as "
+        out.append(FieldViolation(f"{path}.model", f"{echo(step.model)} is not a folder name: give a name such as "
                                   "'smollm2-135m-instruct' (no '/', no '..', no leading '.')"))
     else:
         try:
@@ -279,12 +280,12 @@ def _check_generative(step: GenerativeAugment, path: str, out: list[FieldViolati
     for j, code in enumerate(codes):
         if code not in LANGUAGE_NAMES:
             out.append(FieldViolation(f"{path}.back_translation_languages[{j}]",
-                                      f"{code!r} is not supported: use one of {', '.join(sorted(LANGUAGE_NAMES))}"))
+                                      f"{echo(code)} is not supported: use one of {', '.join(sorted(LANGUAGE_NAMES))}"))
         elif code == step.source_language or code in codes[:j]:
             out.append(FieldViolation(f"{path}.back_translation_languages[{j}]",
-                                      f"{code!r} is the source language or repeated: list each pivot once"))
+                                      f"{echo(code)} is the source language or repeated: list each pivot once"))
     if step.source_language not in LANGUAGE_NAMES:
-        out.append(FieldViolation(f"{path}.source_language", f"{step.source_language!r} is not supported: use one "
+        out.append(FieldViolation(f"{path}.source_language", f"{echo(step.source_language)} is not supported: use one "
                                   f"of {', '.join(sorted(LANGUAGE_NAMES))}"))
     if step.paraphrases == 0 and not codes:
         out.append(FieldViolation(path, "sets neither paraphrases nor back_translation_languages: set one"))

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.public_text import echo
 from tuneforge.datasets.domain.records import RecordKind, new_record
 from tuneforge.datasets.domain.rejects import RowError
 
@@ -121,7 +122,7 @@ def _messages(value: Any, field: str, role_key: str, content_key: str, roles: Ma
         role = item.get(role_key)
         if not isinstance(role, str) or role.lower() not in roles:
             allowed = ", ".join(sorted(roles))
-            raise RowError(f"{where}.{role_key}", f"is {role!r}: use one of {allowed}")
+            raise RowError(f"{where}.{role_key}", f"is {echo(role)}: use one of {allowed}")
         content = item.get(content_key)
         if content is None:
             raise RowError(f"{where}.{content_key}", f"is missing: add the message text as '{content_key}'")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.common.errors import FieldViolation, InvalidInput, ResourceExhausted
+from tuneforge.common.public_text import echo
 from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.archives import (
     ArchiveLimits,
@@ -318,5 +319,5 @@ def _refuse_invalid(job: _Ingest, options: IngestOptions) -> None:
             reason="INVALID_ROWS",
         )
     if job.writer.rows == 0:
-        raise InvalidInput.field_error("file", f"no valid rows in {options.file_name!r} ({job.rows_read} read): check the format")
+        raise InvalidInput.field_error("file", f"no valid rows in {echo(options.file_name)} ({job.rows_read} read): check the format")
 

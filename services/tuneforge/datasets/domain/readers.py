@@ -23,6 +23,7 @@ import orjson
 import pyarrow.parquet as pq
 
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.public_text import echo
 from tuneforge.datasets.domain.archives import ArchiveLimits, open_decompressed, sniff
 from tuneforge.datasets.domain.rejects import RowError
 
@@ -79,7 +80,7 @@ def detect_file_type(name: str, path: Path, limits: ArchiveLimits) -> FileType:
         return FileType.CSV
     raise InvalidInput.field_error(
         "file_type",
-        f"cannot tell the file type of {name!r}: name it .jsonl, .json, .csv or .parquet "
+        f"cannot tell the file type of {echo(name)}: name it .jsonl, .json, .csv or .parquet "
         "(optionally .gz/.zst) or declare file_type",
     )
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from tuneforge.common.db import utcnow
 from tuneforge.common.errors import AlreadyExists, NotFound, TuneforgeError, Unavailable
+from tuneforge.common.public_text import echo, public_message
 from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.model import Run, RunEvent, RunState, new_id
 from tuneforge.datasets.domain.pipeline import StepCount, run_pipeline
@@ -77,7 +78,7 @@ class CurationRuns:
         """Validate, record and queue a run; a repeated request_id returns the first run."""
         if request_id and (existing := self.catalog.find_run_by_request(tenant, request_id)):
             if existing.input_version_id != version_id:
-                raise AlreadyExists(f"request_id {request_id!r} was used for another version: use a new request_id")
+                raise AlreadyExists(f"request_id {echo(request_id)} was used for another version: use a new request_id")
             return existing
         cfg.check_pipeline(config)
         check_models(config, self.service.generators)
@@ -119,8 +120,9 @@ class CurationRuns:
             message = f"succeeded: version {output.id} with {output.row_count} rows"
         except TuneforgeError as exc:
             run.state = RunState.FAILED
-            run.document["error"] = {"code": exc.family.value, "message": exc.message, "field": exc.field or ""}
-            message = f"failed: {exc.message}"
+            public = public_message(exc.message)  # stored and shown to the caller: bounded, no server path
+            run.document["error"] = {"code": exc.family.value, "message": public, "field": exc.field or ""}
+            message = f"failed: {public}"
         except Exception:
             log.exception("curation run %s failed", run.id)
             run.state = RunState.FAILED
@@ -136,7 +138,7 @@ class CurationRuns:
         """One run; NotFound otherwise."""
         run = self.catalog.get_run(tenant, run_id) if run_id else None
         if run is None:
-            raise NotFound(f"curation run {run_id!r} not found: check the id returned by CurateDataset")
+            raise NotFound(f"curation run {echo(run_id)} not found: check the id returned by CurateDataset")
         return run
 
     def watch(self, tenant: str, run_id: str, after: int = 0, timeout_s: float = 3600.0) -> Iterator[RunEvent]:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from tuneforge.common.db import utcnow
 from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage import tenant_prefix
 from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.ingest import IngestLimits, IngestOptions, IngestResult, ingest_file
@@ -153,14 +154,14 @@ class DatasetCatalogService:
     def _dataset_of(self, version: Version) -> Dataset:
         dataset = self.catalog.find_dataset(version.tenant, version.dataset_id)
         if dataset is None:
-            raise NotFound(f"dataset {version.dataset_id!r} not found")
+            raise NotFound(f"dataset {echo(version.dataset_id)} not found")
         return dataset
 
     def get_dataset(self, tenant: str, ref: str) -> Dataset:
         """By id or name; NotFound otherwise."""
         dataset = self.catalog.find_dataset(tenant, ref) if ref else None
         if dataset is None:
-            raise NotFound(f"dataset {ref!r} not found: check the id or name (ListDatasets shows yours)")
+            raise NotFound(f"dataset {echo(ref)} not found: check the id or name (ListDatasets shows yours)")
         return dataset
 
     def list_datasets(self, tenant: str, offset: int, limit: int) -> list[Dataset]:
@@ -171,7 +172,7 @@ class DatasetCatalogService:
         """One version; NotFound otherwise."""
         version = self.catalog.get_version(tenant, version_id) if version_id else None
         if version is None:
-            raise NotFound(f"dataset version {version_id!r} not found: check the id (ListDatasetVersions shows yours)")
+            raise NotFound(f"dataset version {echo(version_id)} not found: check the id (ListDatasetVersions shows yours)")
         return version
 
     def list_versions(self, tenant: str, ref: str, offset: int, limit: int) -> list[Version]:
@@ -210,7 +211,8 @@ class DatasetCatalogService:
         stats = dict(version.document.get("stats", {}))
         if tokenizer:
             shards, _ = self.local_files(version)
-            stats = compute_stats(shards, token_counter(tokenizer))
+            models_dir = self.generators.models_dir if self.generators else None
+            stats = compute_stats(shards, token_counter(tokenizer, models_dir=models_dir))
         steps = version.document.get("steps", [])
         stats["duplicates_removed"] = sum(s["rows_in"] - s["rows_out"] for s in steps
                                           if s["step"] in ("exact_dedup", "near_dedup"))

@@ -15,6 +15,7 @@ from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import Cancelled, FailedPrecondition, TuneforgeError
+from tuneforge.common.public_text import echo, public_message
 from tuneforge.evaluation.domain import examples as ex
 from tuneforge.evaluation.domain import pairs as ab
 from tuneforge.evaluation.domain import scoring
@@ -313,8 +314,9 @@ class EvaluationService:
                 self._finish(evaluation, State.CANCELLED, "cancelled")
         except TuneforgeError as exc:
             log.warning("evaluation %s failed: %s", evaluation.id, exc)
-            evaluation.error = ErrorInfo(exc.family.value, exc.message, exc.field or "")
-            self._finish(evaluation, State.FAILED, f"failed: {exc.message}")
+            public = public_message(exc.message)  # stored and shown to the caller: bounded, no server path
+            evaluation.error = ErrorInfo(exc.family.value, public, exc.field or "")
+            self._finish(evaluation, State.FAILED, f"failed: {public}")
         except Exception:
             log.exception("evaluation %s failed unexpectedly", evaluation.id)
             evaluation.error = ErrorInfo("INTERNAL", "internal error while evaluating; see the service log")
@@ -409,7 +411,7 @@ class EvaluationService:
         wins = [c for c in scoring.compare(evaluation.results) if c.name == spec.mark_best_by]
         if spec.baseline is None or not wins:
             raise FailedPrecondition(
-                f"mark_best_by={spec.mark_best_by!r} was not computed for both models: request a metric "
+                f"mark_best_by={echo(spec.mark_best_by)} was not computed for both models: request a metric "
                 "that produces it and a baseline"
             )
         won = all(c.model_better for c in wins)
