@@ -41,6 +41,7 @@ def build_app(settings: CheckpointSettings) -> RunningServer:
     db.run_migrations(engine, MIGRATIONS_DIR, VERSION_TABLE)
     repo = SqlCheckpointRepository(db.make_sessionmaker(engine))
     exporter = StoreExporter(store, settings.models_dir, settings.data_dir / "work")
+    exporter.folders.sweep(startup=True)  # what a killed process left mid-export
     registry = CheckpointRegistry(repo, StoreCheckpointFiles(store), exporter)
     servicer = CheckpointServicer(registry, store.uri, settings.download_chunk_bytes)
     janitor = CheckpointJanitor(store, repo, orphan_grace=timedelta(seconds=settings.orphan_grace_s),
@@ -49,7 +50,8 @@ def build_app(settings: CheckpointSettings) -> RunningServer:
     server = build_server(settings, [(checkpoints_pb2_grpc.add_CheckpointServiceServicer_to_server, servicer)],
                           [SERVICE_NAME])
     stop = _start_hygiene(janitor, settings.hygiene_interval_s)
-    server.on_stop.extend([engine.dispose, stop])
+    stop_sweeper = exporter.folders.start_sweeper(settings.work_sweep_interval_s)
+    server.on_stop.extend([engine.dispose, stop, stop_sweeper])
     return server
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 from tuneforge.checkpoints import convert
@@ -85,8 +84,8 @@ class CheckpointServicer(pb_grpc.CheckpointServiceServicer):
 
     def GetDownloadUrl(self, request: pb.GetDownloadUrlRequest, context: Any) -> pb.GetDownloadUrlResponse:
         """Presigns a GET of one file."""
-        expires = timedelta(seconds=request.expires_in_seconds) if request.expires_in_seconds else None
-        url, expire_time = self._registry.download_url(_tenant(), request.checkpoint_id, request.path, expires)
+        url, expire_time = self._registry.download_url(_tenant(), request.checkpoint_id, request.path,
+                                                       request.expires_in_seconds)
         return pb.GetDownloadUrlResponse(url=url, expire_time=convert.timestamp(expire_time))
 
     def ExportCheckpoint(self, request: pb.ExportCheckpointRequest, context: Any) -> pb.ExportCheckpointResponse:

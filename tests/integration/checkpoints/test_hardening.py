@@ -77,3 +77,21 @@ def test_a_full_export_that_cannot_load_is_failed_precondition_without_paths(ser
         checkpoint=manifest.checkpoint_id, format=pb.EXPORT_FORMAT_FULL), timeout=120))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert "site-packages" not in details and "/tmp" not in details and ".cache" not in details
+
+
+@pytest.mark.parametrize("seconds", [-1, 7 * 86400 + 1, 2**53, 2**31])
+def test_download_url_expiry_has_a_documented_range(service: CheckpointService, seconds: int) -> None:
+    files = write_checkpoint(service.store, "acme", "j/step-4", {"adapter_model.safetensors": b"w"})
+    manifest = service.acme.RegisterCheckpoint(register_request("j", 4, "j/step-4", files), timeout=30).manifest
+    code, details = _code(lambda: service.acme.GetDownloadUrl(pb.GetDownloadUrlRequest(
+        checkpoint_id=manifest.checkpoint_id, path="adapter_model.safetensors", expires_in_seconds=seconds),
+        timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "expires_in_seconds" in details
+
+
+@pytest.mark.parametrize("best, latest", [(-1, 1), (2**31 - 1, 1), (1, 2**31 - 1)])
+def test_retention_counts_are_bounded(service: CheckpointService, best: int, latest: int) -> None:
+    code, _ = _code(lambda: service.acme.SetRetentionPolicy(pb.SetRetentionPolicyRequest(
+        job_id="j", policy=pb.RetentionPolicy(keep_best_n=best, keep_latest_m=latest, metric="eval_loss")),
+        timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT

@@ -53,7 +53,7 @@ def set_leaf(message, path: list[FieldDescriptor], value) -> None:
         target = getattr(message, field.name)
         key = "k" if field.message_type.fields_by_name["key"].type == FieldDescriptor.TYPE_STRING else 1
         if value_field.message_type is not None:
-            target[key]  # noqa: B018 - creates the entry
+            target[key]  # reading a missing key of a message map creates the entry
             return
         target[key] = value
         return

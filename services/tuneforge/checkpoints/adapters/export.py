@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from pathlib import Path
 
 from tuneforge.checkpoints.adapters.objects import StoreCheckpointFiles
@@ -24,6 +23,7 @@ from tuneforge.common.public_text import echo
 from tuneforge.common.storage import ObjectStore, check_key, tenant_prefix
 from tuneforge.common.storage.artifacts import read_manifest
 from tuneforge.common.storage.checkpoint_writer import CheckpointWriter
+from tuneforge.common.workdirs import WorkFolders
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class StoreExporter:
         self._store = store
         self._files = StoreCheckpointFiles(store)
         self._models_dir = models_dir
-        self._work_dir = work_dir
+        self.folders = WorkFolders(work_dir, ("export-",))  # a crash's leftovers are swept
 
     def export(self, tenant: str, manifest: Manifest, fmt: ExportFormat, destination: str) -> ExportResult:
         """Export ``manifest`` as ``fmt`` to ``tenants/<tenant>/exports/<destination>/``.
@@ -57,9 +57,8 @@ class StoreExporter:
         prefix = check_key(f"{tenant_prefix(tenant)}exports/{destination.strip('/')}", field="destination") + "/"
         if (earlier := self._earlier_export(manifest, fmt, destination, prefix)) is not None:
             return earlier
-        self._work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self._work_dir, prefix="export-") as tmp:
-            ckpt_dir, out_dir = Path(tmp) / "checkpoint", Path(tmp) / "out"
+        with self.folders.folder("export-") as tmp:
+            ckpt_dir, out_dir = tmp / "checkpoint", tmp / "out"
             self._download(tenant, manifest, ckpt_dir)
             self._run(tenant, manifest, fmt, ckpt_dir, out_dir, Path(tmp) / "base")
             extra = {"checkpoint_id": manifest.checkpoint_id, "format": fmt.value, "step": manifest.step,

@@ -228,10 +228,10 @@ class RetentionPolicy:
     def violations(self) -> list[FieldViolation]:
         """Every problem with the policy, each naming the field and the fix."""
         out: list[FieldViolation] = []
-        if self.keep_best_n < 0:
-            out.append(FieldViolation("policy.keep_best_n", "must be 0 or more"))
-        if self.keep_latest_m < 0:
-            out.append(FieldViolation("policy.keep_latest_m", "must be 0 or more"))
+        if not 0 <= self.keep_best_n <= MAX_KEEP:
+            out.append(FieldViolation("policy.keep_best_n", f"must be in 0..{MAX_KEEP}"))
+        if not 0 <= self.keep_latest_m <= MAX_KEEP:
+            out.append(FieldViolation("policy.keep_latest_m", f"must be in 0..{MAX_KEEP}"))
         if self.keep_best_n <= 0 and self.keep_latest_m <= 0:
             out.append(FieldViolation(
                 "policy.keep_latest_m",
@@ -280,6 +280,9 @@ def _path_problem(path: str) -> str | None:
 # any other pickle (pytorch_model.bin, adapter_model.bin, *.pkl ...) is refused at registration.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 _RESUME_STATE = re.compile(r"(?:.*/)?(?:training_state|rng_state|optimizer|scheduler)[\w.-]*\.pt|deepspeed/.*\.pt")
+
+
+MAX_KEEP = 10_000  # checkpoints a retention policy keeps per rule (more is "keep everything")
 
 
 def is_refused_pickle(path: str) -> bool:

@@ -225,17 +225,18 @@ class CheckpointRegistry:
         return self._files.read(tenant, manifest, entry, offset, chunk_size)
 
     def download_url(
-        self, tenant: str, checkpoint_id: str, path: str, expires_in: timedelta | None = None
+        self, tenant: str, checkpoint_id: str, path: str, expires_in_s: int = 0
     ) -> tuple[str, datetime]:
-        """A presigned URL for one file and its expiry time.
+        """A presigned URL for one file and its expiry time (``expires_in_s`` 0: one hour).
 
         Raises:
             InvalidInput: expiry outside 1 s .. 7 days; unknown path.
         """
-        expires = expires_in or DEFAULT_URL_EXPIRY
-        if not timedelta(seconds=1) <= expires <= MAX_URL_EXPIRY:
-            raise InvalidInput.field_error(
-                "expires_in_seconds", f"{int(expires.total_seconds())} is outside 1 .. {7 * 86400}")
+        max_s = int(MAX_URL_EXPIRY.total_seconds())
+        if not 0 <= expires_in_s <= max_s:  # checked as a number: timedelta(2^62 s) overflows
+            raise InvalidInput.field_error("expires_in_seconds", f"{expires_in_s} is outside 1 .. {max_s} "
+                                                                 "(0: one hour)")
+        expires = timedelta(seconds=expires_in_s) if expires_in_s else DEFAULT_URL_EXPIRY
         manifest = self._get(tenant, checkpoint_id)
         entry = manifest.file(path)
         issued = self._clock()

@@ -15,7 +15,9 @@ Every handler is wrapped so that:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,7 +29,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tuneforge.common.auth import DEFAULT_TENANT, Identity, TokenAuthenticator, bound_identity
-from tuneforge.common.errors import ErrorFamily, TuneforgeError
+from tuneforge.common.errors import ErrorFamily, ResourceExhausted, TuneforgeError
 from tuneforge.common.grpc.limits import check_request
 from tuneforge.common.public_text import (
     MAX_DESCRIPTION_CHARS,
@@ -69,19 +71,48 @@ def to_status(err: TuneforgeError) -> status_pb2.Status:
     return status
 
 
-class ServiceInterceptor(grpc.ServerInterceptor):
-    """Authenticates, binds identity, maps errors, logs each call."""
+class StreamSlots:
+    """At most ``limit`` streaming calls at once; the next one is RESOURCE_EXHAUSTED at once.
 
-    def __init__(self, authenticator: TokenAuthenticator | None) -> None:
-        """Args: authenticator: None disables auth (every caller is tenant 'default')."""
+    Sync gRPC serves every call on one pool of handler threads, and a stream holds its thread for
+    as long as it is open. Capping streams below the pool size keeps threads for unary calls and
+    health checks whatever number of streams clients open (chosen over an asyncio server: the
+    domains are synchronous, and the cap is a few lines where a port would touch every servicer).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    def take(self, method: str) -> None:
+        """Take a slot or raise ``ResourceExhausted`` naming the limit and the remedy."""
+        if not self._free.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"this service already serves {self.limit} streaming calls, its limit (TUNEFORGE_MAX_STREAMS): "
+                f"retry {method.rsplit('/', 1)[-1]} later or close streams you no longer read",
+                reason="TOO_MANY_STREAMS")
+
+    def give(self) -> None:
+        """Return a slot."""
+        self._free.release()
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """Authenticates, binds identity, checks request bounds, caps streams, maps errors, logs each call."""
+
+    def __init__(self, authenticator: TokenAuthenticator | None, streams: StreamSlots | None = None) -> None:
+        """Args: authenticator: None disables auth (every caller is tenant 'default');
+        streams: the cap on streaming calls (None: no cap)."""
         self._auth = authenticator
+        self._streams = streams
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None or details.method.startswith(EXEMPT_PREFIXES):
             return handler
         metadata = dict(details.invocation_metadata or ())
-        wrap = _Wrapper(self._auth, details.method, metadata.get("authorization"), handler.request_streaming)
+        wrap = _Wrapper(self._auth, details.method, metadata.get("authorization"), handler.request_streaming,
+                        self._streams if handler.request_streaming or handler.response_streaming else None)
         kind = ("stream" if handler.request_streaming else "unary") + "_" + (
             "stream" if handler.response_streaming else "unary")
         behavior = getattr(handler, kind)
@@ -93,9 +124,21 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
 class _Wrapper:
     def __init__(self, auth: TokenAuthenticator | None, method: str, authorization: str | None,
-                 request_streaming: bool) -> None:
+                 request_streaming: bool, streams: StreamSlots | None) -> None:
         self.auth, self.method, self.authorization = auth, method, authorization
         self.request_streaming = request_streaming
+        self.streams = streams
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        if self.streams is None:
+            yield
+            return
+        self.streams.take(self.method)
+        try:
+            yield
+        finally:
+            self.streams.give()
 
     def _identity(self) -> Identity:
         if self.auth is None:
@@ -110,7 +153,7 @@ class _Wrapper:
                 tenant = ident.tenant
                 if not self.request_streaming:
                     check_request(request)
-                with bound_identity(ident):
+                with self._slot(), bound_identity(ident):
                     result = behavior(_checked(request) if self.request_streaming else request, context)
                 self._log(start, tenant, "OK")
                 return result
@@ -126,7 +169,7 @@ class _Wrapper:
                 tenant = ident.tenant
                 if not self.request_streaming:
                     check_request(request)
-                with bound_identity(ident):
+                with self._slot(), bound_identity(ident):
                     yield from behavior(_checked(request) if self.request_streaming else request, context)
                 self._log(start, tenant, "OK")
             except Exception as exc:  # noqa: BLE001

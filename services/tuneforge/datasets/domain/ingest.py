@@ -69,6 +69,7 @@ class IngestLimits:
     max_row_bytes: int = 1 << 20
     max_rows: int = 50_000_000
     archive: ArchiveLimits = field(default_factory=ArchiveLimits)
+    max_mixture_rows: int = 10_000_000  # most rows one CreateMixture writes (total_rows)
 
 
 @dataclass(frozen=True)
