@@ -27,6 +27,7 @@ from tuneforge.datasets.domain.archives import (
     iter_archive_names,
     open_decompressed,
 )
+from tuneforge.datasets.domain.encodings import utf8_stream
 from tuneforge.datasets.domain.fastjsonl import (
     FAST_FORMATS,
     Block,
@@ -41,6 +42,7 @@ from tuneforge.datasets.domain.formats import (
     DatasetFormat,
     convert_row,
     detect_format,
+    normalize_row,
 )
 from tuneforge.datasets.domain.pipeline import EvalRecords, PipelineResult
 from tuneforge.datasets.domain.readers import FileType, detect_file_type, iter_rows, jsonl_rows
@@ -160,8 +162,8 @@ class _Ingest:
             return False
         if self.format is None:
             rows: list[dict[str, Any]] = []
-            with open_decompressed(path, self.limits.archive, source) as stream:
-                for _, row in jsonl_rows(stream, self.limits.max_row_bytes):
+            with open_decompressed(path, self.limits.archive, source) as raw:
+                for _, row in jsonl_rows(utf8_stream(raw), self.limits.max_row_bytes):
                     if isinstance(row, dict):
                         rows.append(row)
                         if len(rows) >= DETECTION_ROWS:
@@ -170,8 +172,8 @@ class _Ingest:
                 detected = vote_format(rows)
             except InvalidInput:
                 return False  # the row path raises the same error at the same point
-            if detected not in FAST_FORMATS:
-                return False
+            if detected not in FAST_FORMATS or any(normalize_row(r) is not r for r in rows):
+                return False  # renamed or aliased columns (prompt/completion ...) take the row path
             self.format = detected
         return self.format in FAST_FORMATS
 
@@ -179,8 +181,8 @@ class _Ingest:
         """Block by block through Arrow; blocks or rows it cannot vouch for take the row path."""
         assert self.format is not None
         max_row_bytes = self.limits.max_row_bytes
-        with open_decompressed(path, self.limits.archive, source) as stream:
-            for item in iter_blocks(stream, max_row_bytes):
+        with open_decompressed(path, self.limits.archive, source) as raw:
+            for item in iter_blocks(utf8_stream(raw), max_row_bytes):
                 if isinstance(item, Rest):
                     self._run_rows(source, jsonl_rows(item.stream, max_row_bytes, item.first_line))
                     continue
