@@ -56,6 +56,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     def ListJobCheckpoints(self, request: pb.ListJobCheckpointsRequest, context: Any) -> pb.ListJobCheckpointsResponse:
         """The checkpoints the job registered, by step."""
+        page_bounds(request.page.page_size, request.page.page_token)  # a bad page is INVALID_ARGUMENT first
         items = self._svc.checkpoints(current_identity().tenant, request.job_id)
         page, token = paginate(items, request.page.page_size, request.page.page_token)
         return pb.ListJobCheckpointsResponse(checkpoints=[convert.checkpoint_to_proto(c) for c in page],
