@@ -13,7 +13,9 @@ grants nothing new; deployments that need expiring, access-controlled links use 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -37,6 +39,10 @@ from tuneforge.common.storage._internal import (
 from tuneforge.common.storage.base import ObjectInfo
 from tuneforge.common.storage.keys import check_key, check_prefix
 
+log = logging.getLogger(__name__)
+# A part file untouched this long belongs to a writer that died (writes keep theirs fresh).
+STALE_PART_S = 3600.0
+
 _COPY_CHUNK = 1 << 20
 
 
@@ -59,6 +65,20 @@ class FileObjectStore:
         self._meta = root / META_ROOT.rstrip("/")
         self._tmp = root / TMP_ROOT.rstrip("/")
         self._check_writable()
+        self.sweep_stale_parts()
+
+    def sweep_stale_parts(self, older_than_s: float = STALE_PART_S) -> int:
+        """Remove half-written files a killed writer left in ``.tmp/`` (by age: several services
+        may share this store, and a write in progress keeps its file's mtime fresh)."""
+        cutoff, removed = time.time() - older_than_s, 0
+        for part in self._tmp.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+        if removed:
+            log.warning("removed %d stale partial file(s) from the file store's .tmp folder", removed)
+        return removed
 
     def _check_writable(self) -> None:
         try:

@@ -90,12 +90,6 @@ class SqlCatalog:
             row = s.execute(select(t.versions).where(t.versions.c.tenant == tenant, t.versions.c.id == version_id)).first()
             return _version(row) if row else None
 
-    def find_version_by_request(self, tenant: str, request_id: str) -> Version | None:
-        with db.session_scope(self._sessions) as s:
-            row = s.execute(select(t.versions).where(
-                t.versions.c.tenant == tenant, t.versions.c.request_id == request_id)).first()
-            return _version(row) if row else None
-
     def list_versions(self, tenant: str, dataset_id: str, offset: int, limit: int) -> list[Version]:
         with db.session_scope(self._sessions) as s:
             rows = s.execute(select(t.versions).where(t.versions.c.tenant == tenant, t.versions.c.dataset_id == dataset_id)
@@ -122,11 +116,6 @@ class SqlCatalog:
     def get_run(self, tenant: str, run_id: str) -> Run | None:
         with db.session_scope(self._sessions) as s:
             row = s.execute(select(t.runs).where(t.runs.c.tenant == tenant, t.runs.c.id == run_id)).first()
-            return _run(row) if row else None
-
-    def find_run_by_request(self, tenant: str, request_id: str) -> Run | None:
-        with db.session_scope(self._sessions) as s:
-            row = s.execute(select(t.runs).where(t.runs.c.tenant == tenant, t.runs.c.request_id == request_id)).first()
             return _run(row) if row else None
 
     def add_run_event(self, tenant: str, run_id: str, event: RunEvent) -> None:

@@ -5,8 +5,9 @@
 * a UTF-8 BOM (Excel's "CSV UTF-8", Notepad) is dropped;
 * UTF-16 LE/BE and UTF-32 with a BOM (Notepad's "Unicode", PowerShell's ``Out-File``), and UTF-16
   without one (recognised by its NUL bytes), are transcoded on the fly, chunk by chunk;
-* a file whose first 64 KiB are not UTF-8 and hold no UTF-8 multi-byte character at all is read
-  as Windows-1252 (what Excel's plain "CSV (Comma delimited)" writes on Western Windows).
+* a CSV whose first 64 KiB are not UTF-8 and hold no UTF-8 multi-byte character at all is read
+  as Windows-1252 (what Excel's plain "CSV (Comma delimited)" writes on Western Windows). JSON is
+  UTF-8 by definition: there an invalid byte stays a rejected row.
 
 ``csv_delimiter`` picks the separator of a CSV header: ``,`` or, as Excel writes under locales
 with a decimal comma, ``;``, or a tab or ``|``. CRLF line ends need nothing: JSON treats ``\\r``
@@ -53,8 +54,9 @@ class _Transcoder(io.RawIOBase):
         return n
 
 
-def detect_encoding(head: bytes) -> tuple[str, int]:
-    """``(encoding, bom_length)`` of a file from its first bytes (``utf-8`` when in doubt)."""
+def detect_encoding(head: bytes, *, legacy: bool = False) -> tuple[str, int]:
+    """``(encoding, bom_length)`` of a file from its first bytes (``utf-8`` when in doubt);
+    ``legacy``: a non-UTF-8 head may be Windows-1252."""
     for bom, encoding in _BOMS:
         if head.startswith(bom):
             return encoding, len(bom)
@@ -66,7 +68,7 @@ def detect_encoding(head: bytes) -> tuple[str, int]:
             return "utf-16-le", 0
         if even_nuls > 0.4 * half and odd_nuls < 0.05 * half:
             return "utf-16-be", 0
-    if not _is_utf8(head) and not _has_utf8_multibyte(head):
+    if legacy and not _is_utf8(head) and not _has_utf8_multibyte(head):
         return "cp1252", 0
     return "utf-8", 0
 
@@ -84,11 +86,12 @@ def _has_utf8_multibyte(head: bytes) -> bool:
     return any(ord(ch) > 127 and ch != "\ufffd" for ch in text)
 
 
-def utf8_stream(stream: BinaryIO) -> BinaryIO:
-    """``stream`` as UTF-8 without a BOM (see the module docstring); buffered, so it can be peeked."""
+def utf8_stream(stream: BinaryIO, *, legacy: bool = False) -> BinaryIO:
+    """``stream`` as UTF-8 without a BOM (see the module docstring); buffered, so it can be peeked.
+    ``legacy``: allow the Windows-1252 fallback (CSV only)."""
     buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Raw(stream), 1 << 16)
     head = buffered.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
-    encoding, bom = detect_encoding(head)
+    encoding, bom = detect_encoding(head, legacy=legacy)
     if encoding == "utf-8":
         buffered.read(bom)
         return buffered

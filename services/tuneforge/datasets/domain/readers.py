@@ -95,7 +95,7 @@ def iter_rows(path: Path, file_type: FileType, *, max_row_bytes: int, limits: Ar
         yield from _parquet_rows(path, limits, name)
         return
     with open_decompressed(path, limits, name) as raw:
-        stream = utf8_stream(raw)  # BOMs dropped, UTF-16/32 and Windows-1252 transcoded
+        stream = utf8_stream(raw, legacy=file_type is FileType.CSV)  # BOMs dropped, UTF-16/32 (CSV: Windows-1252) transcoded
         if file_type is FileType.JSONL:
             yield from jsonl_rows(stream, max_row_bytes)
         elif file_type is FileType.JSON:
