@@ -76,9 +76,9 @@ def test_redaction_is_linear_and_bounded_on_adversarial_input(text, monkeypatch)
     monkeypatch.setattr(tf_logging, "MAX_LOGGED_CHARS", 1 << 30)  # measure the patterns, not the cut
     start = time.perf_counter()
     redact(text)
-    # Linear work on 1 MiB is milliseconds; the quadratic pattern took minutes. 5 s is generous
+    # Linear work on 1 MiB is milliseconds; the quadratic pattern took minutes. 30 s is generous
     # for a loaded machine yet far below what a super-linear pattern needs.
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 30.0
 
 
 def test_log_lines_are_bounded_keeping_head_and_tail():
