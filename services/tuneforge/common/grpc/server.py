@@ -98,7 +98,7 @@ class RunningServer:
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
         self._stopped.wait()
-        self.wait()
+        self._done.wait()  # not just the gRPC server: handlers, background runs and hooks have ended
 
 
 def register_settings_secrets(settings: ServiceSettings) -> None:
