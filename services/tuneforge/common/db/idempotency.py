@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, delete, insert, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -78,10 +79,10 @@ class SqlIdempotencyStore:
             done = s.execute(update(self._t).where(self._where(tenant, rpc, key), c.state == seen.state.value,
                                                    c.result_id == seen.result_id, c.digest == seen.digest)
                              .values(state=KeyState.PENDING.value, result_id="", updated_at=utcnow()))
-        return bool(done.rowcount)
+        return bool(cast(CursorResult[Any], done).rowcount)
 
     def clear_pending(self) -> int:
         """Forget every PENDING key (their requests died with the process that held them)."""
         with session_scope(self._sessions) as s:
             done = s.execute(delete(self._t).where(self._t.c.state == KeyState.PENDING.value))
-        return int(done.rowcount or 0)
+        return int(cast(CursorResult[Any], done).rowcount or 0)
