@@ -201,3 +201,24 @@ def test_forged_page_tokens_are_invalid_argument_on_every_list_rpc(stack: Stack)
             if code != grpc.StatusCode.INVALID_ARGUMENT:
                 failures.append(f"{method.name}({token[:20]}): {code.name} {details[:120]}")
     assert listed >= 5 and failures == []
+
+
+ODD_STRINGS = ["../../etc/passwd", "/etc/passwd", "file:///etc/passwd", "s3://other-bucket/key", "a\x00b",
+               "\U0001f600\u202e", "%s%n{0}", " ", "x" * 256, "tenants/acme2/datasets/x", "C:\\Windows\\win.ini"]
+
+
+def test_odd_but_short_strings_in_every_field_are_never_internal(stack: Stack) -> None:
+    """Paths, traversals, other tenants' keys, NULs, format strings and the longest accepted value in
+    every string field: a caller's error or success, never INTERNAL, never a server path."""
+    failures: list[str] = []
+    for svc, method in _methods():
+        for _, path in leaf_paths(method.input_type):
+            if map_value(path).type != FieldDescriptor.TYPE_STRING:
+                continue
+            for value in ODD_STRINGS:
+                request = stack.base(method)
+                set_leaf(request, path, value)
+                code, details = stack.call(svc, method, request)
+                if code not in CALLER_CODES or any(p in details for p in stack.paths) or "site-packages" in details:
+                    failures.append(f"{method.name}({path_name(path)}={value[:20]!r}): {code.name} {details[:160]}")
+    assert failures == []
