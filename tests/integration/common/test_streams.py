@@ -92,3 +92,33 @@ def test_follow_stops_when_the_client_goes_away() -> None:
     events = list(follow(lambda cursor: [], cursor=0, sequence=lambda e: e, is_final=lambda e: False,
                          subject_ended=lambda: False, is_active=lambda: next(active), wait=waits.append))
     assert events == [] and len(waits) == 2 and all(w < 1.0 for w in waits)
+
+
+def test_health_watch_streams_are_capped_too_and_check_keeps_answering(endless) -> None:
+    handle, _ = endless
+    health = health_pb2_grpc.HealthStub(handle.channel(None))  # no token: health is open to everyone
+    watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=120) for _ in range(3)]
+    for w in watches:
+        assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as caught:
+        next(health.Watch(health_pb2.HealthCheckRequest(), timeout=30))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for _ in range(5):
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    for w in watches:
+        w.cancel()
+    # Cancelled watches give their slots back (health's own close callback ends them).
+    opened = None
+    for _ in range(200):  # the slots come back as the cancellations are processed
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        try:
+            next(watch)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            threading.Event().wait(0.05)
+            continue
+        opened = watch
+        break
+    assert opened is not None, "cancelled health watches kept their stream slots"
+    opened.cancel()

@@ -108,8 +108,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None or details.method.startswith(EXEMPT_PREFIXES):
+        if handler is None:
             return handler
+        if details.method.startswith(EXEMPT_PREFIXES):
+            # No token needed, but health Watch and reflection streams pin threads too: capped.
+            return self._capped(handler, details.method) if handler.response_streaming else handler
         metadata = dict(details.invocation_metadata or ())
         wrap = _Wrapper(self._auth, details.method, metadata.get("authorization"), handler.request_streaming,
                         self._streams if handler.request_streaming or handler.response_streaming else None)
@@ -119,6 +122,28 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         new = wrap.streaming(behavior) if handler.response_streaming else wrap.unary(behavior)
         factory = getattr(grpc, f"{kind}_rpc_method_handler")
         return factory(new, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+
+    def _capped(self, handler: Any, method: str) -> Any:
+        """An exempt streaming handler that takes a stream slot (RESOURCE_EXHAUSTED when none is free)."""
+        if self._streams is None:
+            return handler
+        slots = self._streams
+        kind = ("stream" if handler.request_streaming else "unary") + "_stream"
+        behavior = getattr(handler, kind)
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                slots.take(method)
+            except ResourceExhausted as exc:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+            try:
+                yield from behavior(request, context)
+            finally:
+                slots.give()
+        factory = getattr(grpc, f"{kind}_rpc_method_handler")
+        return factory(handle, request_deserializer=handler.request_deserializer,
                        response_serializer=handler.response_serializer)
 
 
