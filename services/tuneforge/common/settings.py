@@ -58,6 +58,11 @@ class ServiceSettings(BaseSettings):
         """The streaming calls served at once (``max_streams``, or half the handler threads)."""
         return self.max_streams or max(1, self.max_workers // 2)
 
+    def call_limit(self) -> int:
+        """The calls served at once: every handler thread but those kept for health checks
+        (an eighth, at least 1)."""
+        return max(1, self.max_workers - max(1, self.max_workers // 8))
+
     # Peer services (host:port), shared by every service so that one ConfigMap can serve them all.
     datasets_address: str = Field("", description="DatasetService address, e.g. datasets:50051.")
     training_address: str = Field("", description="TrainingService address.")

@@ -22,10 +22,6 @@ pytestmark = pytest.mark.integration
 class EndlessServicer(pb_grpc.TrainingServiceServicer):
     """StreamJobEvents follows a subject that never ends; each handler records its exit."""
 
-    def __init__(self) -> None:
-        self.entered = threading.Semaphore(0)
-        self.exited = threading.Semaphore(0)
-
     def StreamJobEvents(self, request, context):
         self.entered.release()
         try:
@@ -35,7 +31,16 @@ class EndlessServicer(pb_grpc.TrainingServiceServicer):
         finally:
             self.exited.release()
 
+    def __init__(self) -> None:
+        self.entered = threading.Semaphore(0)
+        self.exited = threading.Semaphore(0)
+        self.slow_entered = threading.Semaphore(0)
+        self.release = threading.Event()
+
     def GetJob(self, request, context):
+        if request.job_id == "slow":  # a slow unary call: holds its thread until released
+            self.slow_entered.release()
+            self.release.wait(60)
         return pb.GetJobResponse(job=pb.Job(id=request.job_id))
 
 
@@ -45,7 +50,7 @@ def endless(make_service):
 
     def build(settings: ServiceSettings):
         return build_server(settings, [(pb_grpc.add_TrainingServiceServicer_to_server, servicer)], [SERVICE_NAME])
-    handle = make_service(TrainingSettings, build, max_workers=4, max_streams=3)
+    handle = make_service(TrainingSettings, build, max_workers=6, max_streams=3)  # 5 calls, 3 streams
     return handle, servicer
 
 
@@ -122,3 +127,36 @@ def test_health_watch_streams_are_capped_too_and_check_keeps_answering(endless) 
         break
     assert opened is not None, "cancelled health watches kept their stream slots"
     opened.cancel()
+
+
+def test_slow_unary_calls_never_take_the_threads_health_checks_need(endless) -> None:
+    """max_workers=6 keeps one thread for health: five slow calls fill the rest, the sixth is
+    RESOURCE_EXHAUSTED at once, and health checks are answered throughout."""
+    handle, servicer = endless
+    stub = pb_grpc.TrainingServiceStub(handle.channel())
+    results: list[object] = []
+
+    def slow() -> None:
+        try:
+            results.append(stub.GetJob(pb.GetJobRequest(job_id="slow"), timeout=120).job.id)
+        except grpc.RpcError as err:
+            results.append(err.code())
+    calls = handle.settings.call_limit()
+    callers = [threading.Thread(target=slow) for _ in range(calls)]
+    for t in callers:
+        t.start()
+    try:
+        assert _acquire_all(servicer.slow_entered, calls)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetJob(pb.GetJobRequest(job_id="one-more"), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        health = health_pb2_grpc.HealthStub(handle.channel(None))
+        for _ in range(5):
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+    finally:
+        servicer.release.set()
+        for t in callers:
+            t.join(60)
+    assert results == ["slow"] * calls
+    assert stub.GetJob(pb.GetJobRequest(job_id="after"), timeout=30).job.id == "after"

@@ -71,40 +71,60 @@ def to_status(err: TuneforgeError) -> status_pb2.Status:
     return status
 
 
-class StreamSlots:
-    """At most ``limit`` streaming calls at once; the next one is RESOURCE_EXHAUSTED at once.
+class Admission:
+    """Admission control on the handler threads: no request can take the last ones.
 
-    Sync gRPC serves every call on one pool of handler threads, and a stream holds its thread for
-    as long as it is open. Capping streams below the pool size keeps threads for unary calls and
-    health checks whatever number of streams clients open (chosen over an asyncio server: the
-    domains are synchronous, and the cap is a few lines where a port would touch every servicer).
+    Sync gRPC serves every call on one pool of handler threads, and a call holds its thread until
+    it ends (a stream for as long as it is open). So at most ``calls`` calls run at once (the
+    threads left over serve health checks, which are admitted without a slot), of which at most
+    ``streams`` are streaming; past either, a call is RESOURCE_EXHAUSTED at once instead of waiting
+    in gRPC's queue behind the calls that hold the threads. (Chosen over an asyncio server: the
+    domains are synchronous, and admission is one place where a port would touch every servicer.)
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._free = threading.BoundedSemaphore(limit)
+    def __init__(self, calls: int, streams: int) -> None:
+        self.calls, self.streams = calls, min(streams, calls)
+        self._calls = threading.BoundedSemaphore(self.calls)
+        self._streams = threading.BoundedSemaphore(self.streams)
 
-    def take(self, method: str) -> None:
-        """Take a slot or raise ``ResourceExhausted`` naming the limit and the remedy."""
-        if not self._free.acquire(blocking=False):
+    @contextlib.contextmanager
+    def admit(self, method: str, streaming: bool) -> Iterator[None]:
+        """Hold a call slot (and a stream slot) for a ``with`` block; ``ResourceExhausted`` if none."""
+        self.enter(method, streaming)
+        try:
+            yield
+        finally:
+            self.leave(streaming)
+
+    def enter(self, method: str, streaming: bool) -> None:
+        """Take the slots of a call, or raise ``ResourceExhausted`` naming the limit and the remedy."""
+        name = method.rsplit("/", 1)[-1]
+        if streaming and not self._streams.acquire(blocking=False):
             raise ResourceExhausted(
-                f"this service already serves {self.limit} streaming calls, its limit (TUNEFORGE_MAX_STREAMS): "
-                f"retry {method.rsplit('/', 1)[-1]} later or close streams you no longer read",
-                reason="TOO_MANY_STREAMS")
+                f"this service already serves {self.streams} streaming calls, its limit (TUNEFORGE_MAX_STREAMS): "
+                f"retry {name} later or close streams you no longer read", reason="TOO_MANY_STREAMS")
+        if not self._calls.acquire(blocking=False):
+            if streaming:
+                self._streams.release()
+            raise ResourceExhausted(
+                f"this service is serving {self.calls} calls, its limit (TUNEFORGE_MAX_WORKERS less the threads "
+                f"kept for health checks): retry {name} later", reason="TOO_MANY_CALLS")
 
-    def give(self) -> None:
-        """Return a slot."""
-        self._free.release()
+    def leave(self, streaming: bool) -> None:
+        """Give back the slots ``enter`` took."""
+        self._calls.release()
+        if streaming:
+            self._streams.release()
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Authenticates, binds identity, checks request bounds, caps streams, maps errors, logs each call."""
 
-    def __init__(self, authenticator: TokenAuthenticator | None, streams: StreamSlots | None = None) -> None:
+    def __init__(self, authenticator: TokenAuthenticator | None, admission: Admission | None = None) -> None:
         """Args: authenticator: None disables auth (every caller is tenant 'default');
-        streams: the cap on streaming calls (None: no cap)."""
+        admission: the caps on calls and streams (None: no cap)."""
         self._auth = authenticator
-        self._streams = streams
+        self._admission = admission
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -115,7 +135,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             return self._capped(handler, details.method) if handler.response_streaming else handler
         metadata = dict(details.invocation_metadata or ())
         wrap = _Wrapper(self._auth, details.method, metadata.get("authorization"), handler.request_streaming,
-                        self._streams if handler.request_streaming or handler.response_streaming else None)
+                        self._admission)
         kind = ("stream" if handler.request_streaming else "unary") + "_" + (
             "stream" if handler.response_streaming else "unary")
         behavior = getattr(handler, kind)
@@ -126,22 +146,22 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
 
     def _capped(self, handler: Any, method: str) -> Any:
-        """An exempt streaming handler that takes a stream slot (RESOURCE_EXHAUSTED when none is free)."""
-        if self._streams is None:
+        """An exempt streaming handler that takes call and stream slots (RESOURCE_EXHAUSTED when none is free)."""
+        if self._admission is None:
             return handler
-        slots = self._streams
+        admission = self._admission
         kind = ("stream" if handler.request_streaming else "unary") + "_stream"
         behavior = getattr(handler, kind)
 
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
-                slots.take(method)
+                admission.enter(method, streaming=True)
             except ResourceExhausted as exc:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
             try:
                 yield from behavior(request, context)
             finally:
-                slots.give()
+                admission.leave(streaming=True)
         factory = getattr(grpc, f"{kind}_rpc_method_handler")
         return factory(handle, request_deserializer=handler.request_deserializer,
                        response_serializer=handler.response_serializer)
@@ -149,21 +169,15 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
 class _Wrapper:
     def __init__(self, auth: TokenAuthenticator | None, method: str, authorization: str | None,
-                 request_streaming: bool, streams: StreamSlots | None) -> None:
+                 request_streaming: bool, admission: Admission | None) -> None:
         self.auth, self.method, self.authorization = auth, method, authorization
         self.request_streaming = request_streaming
-        self.streams = streams
+        self.admission = admission
 
-    @contextlib.contextmanager
-    def _slot(self) -> Iterator[None]:
-        if self.streams is None:
-            yield
-            return
-        self.streams.take(self.method)
-        try:
-            yield
-        finally:
-            self.streams.give()
+    def _slot(self, streaming: bool) -> contextlib.AbstractContextManager[None]:
+        if self.admission is None:
+            return contextlib.nullcontext()
+        return self.admission.admit(self.method, streaming)
 
     def _identity(self) -> Identity:
         if self.auth is None:
@@ -178,7 +192,7 @@ class _Wrapper:
                 tenant = ident.tenant
                 if not self.request_streaming:
                     check_request(request)
-                with self._slot(), bound_identity(ident):
+                with self._slot(self.request_streaming), bound_identity(ident):
                     result = behavior(_checked(request) if self.request_streaming else request, context)
                 self._log(start, tenant, "OK")
                 return result
@@ -194,7 +208,7 @@ class _Wrapper:
                 tenant = ident.tenant
                 if not self.request_streaming:
                     check_request(request)
-                with self._slot(), bound_identity(ident):
+                with self._slot(True), bound_identity(ident):
                     yield from behavior(_checked(request) if self.request_streaming else request, context)
                 self._log(start, tenant, "OK")
             except Exception as exc:  # noqa: BLE001

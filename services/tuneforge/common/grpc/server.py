@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tuneforge.common.auth import TokenAuthenticator
 from tuneforge.common.errors import Unavailable
-from tuneforge.common.grpc.interceptors import ServiceInterceptor, StreamSlots
+from tuneforge.common.grpc.interceptors import Admission, ServiceInterceptor
 from tuneforge.common.logging import register_secret
 from tuneforge.common.public_text import register_private_path
 from tuneforge.common.settings import ServiceSettings
@@ -155,7 +155,8 @@ def build_server(settings: ServiceSettings, registrations: Sequence[Registration
     handlers = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=settings.service_name)
     server = grpc.server(handlers,
                          interceptors=[ServiceInterceptor(make_authenticator(settings),
-                                                          StreamSlots(settings.stream_limit()))], options=opts)
+                                                          Admission(settings.call_limit(), settings.stream_limit()))],
+                         options=opts)
     for add, servicer in registrations:
         add(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
