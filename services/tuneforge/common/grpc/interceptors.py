@@ -7,6 +7,8 @@ Every handler is wrapped so that:
   bounds of ``limits.check_request`` (string lengths, finite floats, integer range) before the
   handler sees it;
 - every message sent back is bounded and carries no server path (``public_text.public_message``);
+- calls are admitted only while handler threads are left for health checks (``Admission``:
+  calls and streams capped, RESOURCE_EXHAUSTED past the caps);
 - ``TuneforgeError`` families map to status codes through ``STATUS_BY_FAMILY``; ``InvalidInput``
   carries a ``google.rpc.BadRequest`` with one field violation per bad field;
 - anything else becomes INTERNAL with a generic message and an incident id; the traceback goes to
