@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+from tuneforge.checkpoints.adapters import tables
 from tuneforge.checkpoints.adapters.export import StoreExporter
 from tuneforge.checkpoints.adapters.hygiene import CheckpointJanitor
 from tuneforge.checkpoints.adapters.objects import StoreCheckpointFiles
@@ -22,7 +23,9 @@ from tuneforge.checkpoints.servicer import CheckpointServicer
 from tuneforge.checkpoints.settings import CheckpointSettings
 from tuneforge.checkpoints.v1 import checkpoints_pb2, checkpoints_pb2_grpc
 from tuneforge.common import db
+from tuneforge.common.db.idempotency import SqlIdempotencyStore
 from tuneforge.common.grpc.server import RunningServer, build_server
+from tuneforge.common.idempotency import Idempotency
 from tuneforge.common.storage import open_object_store
 
 log = logging.getLogger(__name__)
@@ -39,17 +42,22 @@ def build_app(settings: CheckpointSettings) -> RunningServer:
                               secret_key=settings.s3_secret_key.get_secret_value() or None)
     engine = db.create_db_engine(settings.resolved_database_url())
     db.run_migrations(engine, MIGRATIONS_DIR, VERSION_TABLE)
-    repo = SqlCheckpointRepository(db.make_sessionmaker(engine))
+    sessions = db.make_sessionmaker(engine)
+    repo = SqlCheckpointRepository(sessions)
     exporter = StoreExporter(store, settings.models_dir, settings.data_dir / "work")
+    exporter.folders.sweep(startup=True)  # what a killed process left mid-export
     registry = CheckpointRegistry(repo, StoreCheckpointFiles(store), exporter)
-    servicer = CheckpointServicer(registry, store.uri, settings.download_chunk_bytes)
+    keys = SqlIdempotencyStore(sessions, tables.idempotency_keys)
+    keys.clear_pending()  # exports of a stopped process: their retries run them again
+    servicer = CheckpointServicer(registry, store.uri, settings.download_chunk_bytes, Idempotency(keys))
     janitor = CheckpointJanitor(store, repo, orphan_grace=timedelta(seconds=settings.orphan_grace_s),
                                 upload_timeout=timedelta(seconds=settings.upload_timeout_s))
     janitor.install_lifecycle_rule()
     server = build_server(settings, [(checkpoints_pb2_grpc.add_CheckpointServiceServicer_to_server, servicer)],
                           [SERVICE_NAME])
     stop = _start_hygiene(janitor, settings.hygiene_interval_s)
-    server.on_stop.extend([engine.dispose, stop])
+    stop_sweeper = exporter.folders.start_sweeper(settings.work_sweep_interval_s)
+    server.on_stop.extend([engine.dispose, stop, stop_sweeper])
     return server
 
 

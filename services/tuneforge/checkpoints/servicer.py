@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 from tuneforge.checkpoints import convert
@@ -13,6 +12,7 @@ from tuneforge.checkpoints.domain.service import CheckpointRegistry
 from tuneforge.checkpoints.v1 import checkpoints_pb2 as pb
 from tuneforge.checkpoints.v1 import checkpoints_pb2_grpc as pb_grpc
 from tuneforge.common.auth import current_identity
+from tuneforge.common.idempotency import Idempotency, digest_of, proto_digest
 from tuneforge.common.paging import paginate
 
 
@@ -29,10 +29,12 @@ class CheckpointServicer(pb_grpc.CheckpointServiceServicer):
         chunk_size: bytes per DownloadFile message.
     """
 
-    def __init__(self, registry: CheckpointRegistry, store_uri: str, chunk_size: int = 1 << 20) -> None:
+    def __init__(self, registry: CheckpointRegistry, store_uri: str, chunk_size: int = 1 << 20,
+                 idempotency: Idempotency | None = None) -> None:
         self._registry = registry
         self._store_uri = store_uri
         self._chunk = chunk_size
+        self._idem = idempotency
 
     def _pb(self, m: Manifest) -> pb.Manifest:
         return convert.manifest_to_pb(m, self._store_uri, folder_key(m.tenant, m.draft.prefix))
@@ -85,14 +87,27 @@ class CheckpointServicer(pb_grpc.CheckpointServiceServicer):
 
     def GetDownloadUrl(self, request: pb.GetDownloadUrlRequest, context: Any) -> pb.GetDownloadUrlResponse:
         """Presigns a GET of one file."""
-        expires = timedelta(seconds=request.expires_in_seconds) if request.expires_in_seconds else None
-        url, expire_time = self._registry.download_url(_tenant(), request.checkpoint_id, request.path, expires)
+        url, expire_time = self._registry.download_url(_tenant(), request.checkpoint_id, request.path,
+                                                       request.expires_in_seconds)
         return pb.GetDownloadUrlResponse(url=url, expire_time=convert.timestamp(expire_time))
 
     def ExportCheckpoint(self, request: pb.ExportCheckpointRequest, context: Any) -> pb.ExportCheckpointResponse:
-        """Exports as merged / adapter / full safetensors folder."""
-        result = self._registry.export(_tenant(), request.checkpoint, convert.export_format(request.format),
-                                       request.destination)
+        """Exports as merged / adapter / full safetensors folder.
+
+        The destination is the export's idempotency key: concurrent identical requests wait for the
+        first and get its export; another checkpoint or format there is ALREADY_EXISTS.
+        """
+        tenant, fmt = _tenant(), convert.export_format(request.format)
+
+        def export() -> Any:  # a repeat returns the committed export at once
+            return self._registry.export(tenant, request.checkpoint, fmt, request.destination)
+        if self._idem is None:
+            return convert.export_to_pb(export())
+        destination = request.destination.strip("/") or f"{request.checkpoint}/{fmt.value}"
+        key = destination if len(destination) <= 200 else digest_of(destination)
+        result = self._idem.run(tenant, "ExportCheckpoint", key, proto_digest(request, "destination"),
+                                create=lambda: (export(), key)[1], load=lambda _key: export(),
+                                key_field="destination")
         return convert.export_to_pb(result)
 
     def SetRetentionPolicy(self, request: pb.SetRetentionPolicyRequest,

@@ -16,17 +16,22 @@ import time
 from typing import Any
 
 REDACTED = "[REDACTED]"
+# Redaction is linear in the text, and the text is bounded: a log line longer than this keeps its
+# head and tail (a 1 MiB request field must not stall every thread behind the GIL).
+MAX_LOGGED_CHARS = 16_384
 
+# Every pattern below is linear: each quantifier is bounded or possessive (Python 3.11+), so no
+# input makes the engine backtrack more than a constant per position.
 _PATTERNS = [
     # Authorization: Bearer <token>
-    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1" + REDACTED),
-    # scheme://user:password@host
-    (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
+    (re.compile(r"(?i)(bearer\s{1,8})[A-Za-z0-9._~+/=-]++"), r"\1" + REDACTED),
+    # scheme://user:password@host (the scheme starts at a word boundary, each part is bounded)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,31}://[^/\s:@]{1,256}:)[^@\s/]{1,512}@"), r"\1" + REDACTED + "@"),
     # password=..., secret_key: ..., token=..., api_key=...
     (
         re.compile(
-            r"(?i)\b([a-z0-9_]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)[a-z0-9_]*"
-            r"[\"']?\s*[=:]\s*[\"']?)([^\s,;\"'&]+)"
+            r"(?i)\b([a-z0-9_]{0,64}?(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)[a-z0-9_]{0,64}+"
+            r"[\"']?\s{0,8}[=:]\s{0,8}[\"']?)([^\s,;\"'&]++)"
         ),
         r"\1" + REDACTED,
     ),
@@ -45,8 +50,18 @@ def register_secret(value: str) -> None:
             _secrets.add(value)
 
 
+def bound(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """``text`` cut to about ``limit`` characters: head and tail kept, the middle counted."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}...[{len(text) - 2 * half} chars cut]...{text[-half:]}"
+
+
 def redact(text: str) -> str:
-    """Return ``text`` with every known secret and secret-looking value replaced."""
+    """Return ``text`` (bounded to ``MAX_LOGGED_CHARS``) with every known secret and
+    secret-looking value replaced. Linear in the length of the text."""
+    text = bound(text)
     with _lock:
         secrets = sorted(_secrets, key=len, reverse=True)
     for s in secrets:

@@ -15,6 +15,9 @@ from tuneforge.common.errors import InvalidInput
 T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# No list holds more items than this; a token past it was not issued here (a forged huge offset
+# would otherwise overflow the database's OFFSET and come back as INTERNAL).
+MAX_OFFSET = 2**31 - 1
 
 
 def page_bounds(page_size: int, page_token: str, *, max_size: int = MAX_PAGE_SIZE) -> tuple[int, int]:
@@ -51,12 +54,20 @@ def _encode(offset: int) -> str:
 def _decode(token: str) -> int:
     if not token:
         return 0
+    if len(token) > 64:  # tokens issued here are about 16 characters
+        offset, kind = -1, ""
+    else:
+        kind, offset = _parse(token)
+    if kind != "o" or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput.field_error("page.page_token", "is not a token from a previous response: "
+                                       "pass next_page_token unchanged or leave it empty")
+    return offset
+
+
+def _parse(token: str) -> tuple[str, int]:
     try:
         kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
         offset = int(value)
     except (ValueError, UnicodeDecodeError):
-        offset, kind = -1, ""
-    if kind != "o" or offset < 0:
-        raise InvalidInput.field_error("page.page_token", "is not a token from a previous response: "
-                                       "pass next_page_token unchanged or leave it empty")
-    return offset
+        return "", -1
+    return kind, offset

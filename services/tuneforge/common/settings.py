@@ -45,8 +45,24 @@ class ServiceSettings(BaseSettings):
     log_json: bool = Field(False, description="Emit JSON log lines.")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     grace_period_s: float = Field(10.0, ge=0, description="Seconds in-flight calls get to finish on stop.")
-    max_workers: int = Field(16, ge=1, le=1024, description="gRPC handler threads.")
+    max_workers: int = Field(32, ge=2, le=1024, description="gRPC handler threads (half of them at most serve "
+                             "streaming calls: see max_streams).")
     max_message_bytes: int = Field(16 << 20, ge=1 << 20, description="Largest gRPC message accepted.")
+    work_sweep_interval_s: float = Field(600.0, ge=0, description="How often leftover temporary work folders "
+                                         "(upload spools, staging, exports) are swept; 0: at start-up only.")
+    max_streams: int = Field(0, ge=0, le=1024, description="Streaming calls (event streams, uploads, downloads) "
+                             "open at once; more are answered RESOURCE_EXHAUSTED. 0: half of max_workers, so "
+                             "unary calls and health checks always keep handler threads.")
+
+    def stream_limit(self) -> int:
+        """The streaming calls served at once (``max_streams``, or half the handler threads)."""
+        return self.max_streams or max(1, self.max_workers // 2)
+
+    def call_limit(self) -> int:
+        """The calls served at once: every handler thread but those kept for health checks
+        (an eighth, at least 1)."""
+        return max(1, self.max_workers - max(1, self.max_workers // 8))
+
     # Peer services (host:port), shared by every service so that one ConfigMap can serve them all.
     datasets_address: str = Field("", description="DatasetService address, e.g. datasets:50051.")
     training_address: str = Field("", description="TrainingService address.")
@@ -94,22 +110,28 @@ S = TypeVar("S", bound=ServiceSettings)
 
 # One environment (a local stack, a shared ConfigMap) may carry every service's settings: a variable
 # is unknown, and rejected as a likely typo, only when no tuneforge service defines it. Each
-# service keeps its settings class in a light module (pydantic only) so this import is cheap.
-_SERVICE_SETTINGS_MODULES = ("datasets", "training", "evaluation", "checkpoints")
+# service keeps its settings class in ``tuneforge.<service>.settings``, a light module (pydantic
+# only), so this import is cheap. A missing module is an error, never skipped: skipping one made
+# the other services refuse its settings (TUNEFORGE_MAX_UPLOAD_BYTES stopped three services).
+SERVICE_SETTINGS_MODULES = ("datasets", "training", "evaluation", "checkpoints")
+
+
+def service_settings_classes() -> list[type[ServiceSettings]]:
+    """The settings class of every service, from its ``settings`` module."""
+    import importlib
+
+    classes: list[type[ServiceSettings]] = []
+    for svc in SERVICE_SETTINGS_MODULES:
+        module = importlib.import_module(f"tuneforge.{svc}.settings")
+        classes += [obj for obj in vars(module).values() if isinstance(obj, type) and issubclass(obj, ServiceSettings)
+                    and obj is not ServiceSettings and obj.__module__ == module.__name__]
+    return classes
 
 
 def _all_setting_names(cls: type[ServiceSettings]) -> set[str]:
-    import importlib
-
     names = set(cls.model_fields)
-    for svc in _SERVICE_SETTINGS_MODULES:
-        try:
-            module = importlib.import_module(f"tuneforge.{svc}.settings")
-        except ImportError:
-            continue
-        for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, ServiceSettings):
-                names |= set(obj.model_fields)
+    for other in service_settings_classes():
+        names |= set(other.model_fields)
     return names
 
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tuneforge.common.auth import current_identity
 from tuneforge.common.errors import InvalidInput, ResourceExhausted
+from tuneforge.common.idempotency import Idempotency, digest_of, proto_digest
 from tuneforge.common.paging import next_page_token, page_bounds
 from tuneforge.datasets import convert
+from tuneforge.datasets.domain.model import RunState
 from tuneforge.datasets.domain.runs import CurationRuns
 from tuneforge.datasets.domain.service import MAX_PAGE, DatasetCatalogService
 from tuneforge.datasets.v1 import datasets_pb2 as pb
 from tuneforge.datasets.v1 import datasets_pb2_grpc as pb_grpc
+
+SPOOL_PREFIX = "upload-"  # spool folders of uploads in flight (left ones are swept at start-up)
 
 
 def _tenant() -> str:
@@ -34,17 +37,19 @@ def _next(offset: int, size: int, got: int) -> str:
 class DatasetServicer(pb_grpc.DatasetServiceServicer):
     """Every RPC acts as the caller's tenant (from the bearer token)."""
 
-    def __init__(self, service: DatasetCatalogService, runs: CurationRuns, spool_dir: Path, max_upload_bytes: int) -> None:
+    def __init__(self, service: DatasetCatalogService, runs: CurationRuns, max_upload_bytes: int,
+                 idempotency: Idempotency) -> None:
         self._svc = service
         self._runs = runs
-        self._spool_dir = spool_dir
         self._max_upload = max_upload_bytes
+        self._idem = idempotency
 
     def _version_pb(self, version: Any) -> pb.DatasetVersion:
         return convert.version_to_pb(version, self._svc.files.uri(version.prefix))
 
-    def _spool(self, chunks: Iterator[pb.UploadDatasetRequest], dest: Path) -> None:
-        total = 0
+    def _spool(self, chunks: Iterator[pb.UploadDatasetRequest], dest: Path) -> str:
+        """Write the chunks to ``dest``; returns their sha256 (part of the request's digest)."""
+        total, sha = 0, hashlib.sha256()
         with dest.open("wb") as out:
             for message in chunks:
                 if message.WhichOneof("payload") != "chunk":
@@ -54,6 +59,8 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                     raise ResourceExhausted(f"upload is larger than {self._max_upload} bytes: split the file",
                                             reason="FILE_SIZE")
                 out.write(message.chunk)
+                sha.update(message.chunk)
+        return sha.hexdigest()
 
     def UploadDataset(self, request_iterator: Iterator[pb.UploadDatasetRequest], context: Any) -> pb.UploadDatasetResponse:
         """Spools the streamed bytes to disk, then validates (and curates, if asked) and stores a version."""
@@ -64,13 +71,19 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         options = convert.ingest_options(m.file_name, m.format, m.file_type, m.validation_policy,
                                          m.max_tokens_per_row, m.category_field)
         curation = convert.ingest_curation_from_pb(m, "curation")
-        spool = Path(tempfile.mkdtemp(prefix="upload-", dir=self._spool_dir))
+        spool = self._svc.folders.make(SPOOL_PREFIX)
+        tenant = _tenant()
         try:
-            self._spool(request_iterator, spool / "upload")
-            dataset, version = self._svc.ingest(_tenant(), m.dataset_name, m.description, spool / "upload",
-                                                options, m.request_id, curation)
+            data_sha = self._spool(request_iterator, spool / "upload")
+            # The body is the metadata and the bytes: concurrent identical retries wait for the first.
+            version = self._idem.run(
+                tenant, "UploadDataset", m.request_id, digest_of(proto_digest(m, "request_id"), data_sha),
+                create=lambda: self._svc.ingest(tenant, m.dataset_name, m.description, spool / "upload",
+                                                options, curation)[1].id,
+                load=lambda vid: self._svc.get_version(tenant, vid))
         finally:
-            shutil.rmtree(spool, ignore_errors=True)
+            self._svc.discard(spool)
+        dataset = self._svc.get_dataset(tenant, version.dataset_id)
         return pb.UploadDatasetResponse(dataset=convert.dataset_to_pb(dataset), version=self._version_pb(version),
                                         validation=convert.validation_to_pb(version))
 
@@ -79,21 +92,28 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         name = request.source_uri.rsplit("/", 1)[-1]
         options = convert.ingest_options(name, request.format, request.file_type, request.validation_policy,
                                          request.max_tokens_per_row, "")
-        dataset, version = self._svc.register(_tenant(), request.dataset_name, request.source_uri, options,
-                                              request.request_id, convert.ingest_curation_from_pb(request, "curation"))
+        tenant, curation = _tenant(), convert.ingest_curation_from_pb(request, "curation")
+        version = self._idem.run(
+            tenant, "RegisterDataset", request.request_id, proto_digest(request, "request_id"),
+            create=lambda: self._svc.register(tenant, request.dataset_name, request.source_uri, options,
+                                              curation)[1].id,
+            load=lambda vid: self._svc.get_version(tenant, vid))
+        dataset = self._svc.get_dataset(tenant, version.dataset_id)
         return pb.RegisterDatasetResponse(dataset=convert.dataset_to_pb(dataset), version=self._version_pb(version),
                                           validation=convert.validation_to_pb(version))
 
     def CurateDataset(self, request: pb.CurateDatasetRequest, context: Any) -> pb.CurateDatasetResponse:
         """Starts a run in the background and returns it at once."""
-        run = self._runs.start(_tenant(), request.version_id, convert.pipeline_from_pb(request), request.request_id)
+        tenant, config = _tenant(), convert.pipeline_from_pb(request)
+        run = self._idem.run(tenant, "CurateDataset", request.request_id, proto_digest(request, "request_id"),
+                             create=lambda: self._runs.start(tenant, request.version_id, config).id,
+                             load=lambda run_id: self._runs.get(tenant, run_id),
+                             retry_if=lambda r: r.state is RunState.FAILED)  # a failed run is run again
         return pb.CurateDatasetResponse(run=convert.run_to_pb(run))
 
     def WatchCurationRun(self, request: pb.WatchCurationRunRequest, context: Any) -> Iterator[pb.CurationEvent]:
         """Streams progress events until the run ends."""
-        for event in self._runs.watch(_tenant(), request.run_id, request.after_sequence):
-            if not context.is_active():
-                return
+        for event in self._runs.watch(_tenant(), request.run_id, request.after_sequence, context.is_active):
             yield convert.event_to_pb(event)
 
     def GetCurationRun(self, request: pb.GetCurationRunRequest, context: Any) -> pb.GetCurationRunResponse:
@@ -156,9 +176,11 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
 
     def CreateMixture(self, request: pb.CreateMixtureRequest, context: Any) -> pb.CreateMixtureResponse:
         """Samples several versions by weight into a new version."""
-        components = [(c.version_id, c.weight, c.task) for c in request.components]
-        version = self._svc.create_mixture(_tenant(), request.dataset_name, components, request.total_rows,
-                                           request.seed, request.request_id)
+        tenant, components = _tenant(), [(c.version_id, c.weight, c.task) for c in request.components]
+        version = self._idem.run(tenant, "CreateMixture", request.request_id, proto_digest(request, "request_id"),
+                                 create=lambda: self._svc.create_mixture(tenant, request.dataset_name, components,
+                                                                         request.total_rows, request.seed).id,
+                                 load=lambda vid: self._svc.get_version(tenant, vid))
         return pb.CreateMixtureResponse(version=self._version_pb(version))
 
     def AcquireVersionLease(self, request: pb.AcquireVersionLeaseRequest, context: Any) -> pb.AcquireVersionLeaseResponse:

@@ -19,11 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tuneforge.common import db
+from tuneforge.common.db.idempotency import SqlIdempotencyStore
 from tuneforge.common.grpc.server import RunningServer, build_server
+from tuneforge.common.idempotency import Idempotency
 from tuneforge.common.peers.clients import GrpcCheckpoints, GrpcDatasetVersions
 from tuneforge.common.peers.credentials import ConfiguredTenantTokens
 from tuneforge.common.peers.objects import StoreDatasetReader
 from tuneforge.common.storage import open_object_store
+from tuneforge.evaluation.adapters import tables
 from tuneforge.evaluation.adapters.models import StoreModelResolver
 from tuneforge.evaluation.adapters.objects import StoreReportStore
 from tuneforge.evaluation.adapters.peers import PeerDatasetLeases
@@ -60,6 +63,9 @@ def build_service(settings: EvaluationSettings) -> tuple[EvaluationService, list
     engine = db.create_db_engine(settings.resolved_database_url())
     db.run_migrations(engine, MIGRATIONS_DIR, VERSION_TABLE)
     _peers_configured(settings)
+    sessions = db.make_sessionmaker(engine)
+    keys = SqlIdempotencyStore(sessions, tables.idempotency_keys)
+    keys.clear_pending()  # requests of a stopped process: their retries run them again
     cache = settings.data_dir / "cache"
     timeout = settings.eval_peer_timeout_s
     checkpoints = GrpcCheckpoints(settings.checkpoints_address, timeout) if settings.checkpoints_address else None
@@ -70,7 +76,7 @@ def build_service(settings: EvaluationSettings) -> tuple[EvaluationService, list
         remote = RayRunner(addr, num_gpus=settings.eval_ray_num_gpus)
     executor = ThreadPoolExecutor(max_workers=settings.eval_workers, thread_name_prefix="evaluation")
     deps = Dependencies(
-        repository=SqlEvaluationRepository(db.make_sessionmaker(engine)),
+        repository=SqlEvaluationRepository(sessions),
         reports=StoreReportStore(store),
         datasets=StoreDatasetReader(store, versions, cache / "datasets"),
         models=StoreModelResolver(store, settings.models_dir, checkpoints, cache / "models"),
@@ -83,14 +89,15 @@ def build_service(settings: EvaluationSettings) -> tuple[EvaluationService, list
         safety=CurationSafetyScorer(),
         limits=Limits(max_samples=settings.eval_max_samples, max_new_tokens=settings.eval_max_new_tokens,
                       inline_threshold_samples=settings.eval_inline_threshold_samples),
+        idempotency=Idempotency(keys),
     )
     closers = [versions.close] + ([checkpoints.close] if checkpoints else [])
     service = EvaluationService(deps)
     # Runs live in this process only: whatever an earlier process left QUEUED/RUNNING is dead
     # (failed, and its dataset leases released).
     service.fail_interrupted()
-    return service, [*closers, engine.dispose,
-                                     lambda: executor.shutdown(wait=False, cancel_futures=True)]
+    # Hooks run in reverse: runs stop first (they use the peers and the database), then the rest.
+    return service, [*closers, engine.dispose, service.shutdown]
 
 
 def build_app(settings: EvaluationSettings) -> RunningServer:

@@ -92,8 +92,8 @@ def evaluation_to_proto(e: Evaluation) -> pb.Evaluation:
 class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
     """Thin transport over ``EvaluationService``."""
 
-    def __init__(self, service: EvaluationService, *, stream_poll_s: float = 5.0) -> None:
-        self._svc, self._poll = service, stream_poll_s
+    def __init__(self, service: EvaluationService) -> None:
+        self._svc = service
 
     def CreateEvaluation(self, request: pb.CreateEvaluationRequest, context: Any) -> pb.CreateEvaluationResponse:
         """Validate and start an evaluation."""
@@ -114,16 +114,11 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
 
     def StreamEvaluationProgress(self, request: pb.StreamEvaluationProgressRequest, context: Any) -> Iterator[pb.EvaluationProgress]:
         """Events after ``after_sequence`` until the evaluation ends (or the client goes away)."""
-        tenant, after = current_identity().tenant, request.after_sequence
-        while context.is_active():
-            for ev in self._svc.wait_events(tenant, request.evaluation_id, after, self._poll):
-                after = ev.sequence
-                yield pb.EvaluationProgress(sequence=ev.sequence, state=_enum(ev.state.value), done=ev.done, total=ev.total,
-                                            message=ev.message, time=timestamp(ev.time))
-                if ev.state.terminal:
-                    return
-            if self._svc.get(tenant, request.evaluation_id).state.terminal and not self._svc.wait_events(tenant, request.evaluation_id, after, 0):
-                return
+        events = self._svc.follow_events(current_identity().tenant, request.evaluation_id, request.after_sequence,
+                                         context.is_active)
+        for ev in events:
+            yield pb.EvaluationProgress(sequence=ev.sequence, state=_enum(ev.state.value), done=ev.done, total=ev.total,
+                                        message=ev.message, time=timestamp(ev.time))
 
     def CancelEvaluation(self, request: pb.CancelEvaluationRequest, context: Any) -> pb.CancelEvaluationResponse:
         """Request cancellation."""

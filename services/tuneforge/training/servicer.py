@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from tuneforge.common.auth import current_identity
 from tuneforge.common.paging import next_page_token, page_bounds, paginate
+from tuneforge.common.streams import TICK_S, follow
 from tuneforge.training import convert
 from tuneforge.training.domain.model import EventKind, JobStatus
 from tuneforge.training.domain.service import TrainingService
@@ -46,23 +46,18 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     def StreamJobEvents(self, request: pb.StreamJobEventsRequest, context: Any) -> Iterator[pb.JobEvent]:
         """Events after ``after_sequence`` until the job has ended and its log is drained (or the client leaves)."""
-        tenant, after, ended_seen = current_identity().tenant, request.after_sequence, False
-        while context.is_active():
-            events = self._svc.events_after(tenant, request.job_id, after)
-            for ev in events:
-                after = ev.sequence
-                yield convert.event_to_proto(ev)
-                if ev.kind is EventKind.STATUS and JobStatus[ev.data["status"]].terminal:
-                    return
-            if not events:
-                # The status is saved just before its event is appended: give the event one more poll.
-                if ended_seen:
-                    return
-                ended_seen = self._svc.get(tenant, request.job_id).status.terminal
-                time.sleep(self._poll)
+        tenant, job_id = current_identity().tenant, request.job_id
+        events = follow(lambda cursor: self._svc.events_after(tenant, job_id, cursor), cursor=request.after_sequence,
+                        sequence=lambda ev: ev.sequence,
+                        is_final=lambda ev: ev.kind is EventKind.STATUS and JobStatus[ev.data["status"]].terminal,
+                        subject_ended=lambda: self._svc.get(tenant, job_id).status.terminal,
+                        is_active=context.is_active, tick_s=min(self._poll, TICK_S))
+        for ev in events:
+            yield convert.event_to_proto(ev)
 
     def ListJobCheckpoints(self, request: pb.ListJobCheckpointsRequest, context: Any) -> pb.ListJobCheckpointsResponse:
         """The checkpoints the job registered, by step."""
+        page_bounds(request.page.page_size, request.page.page_token)  # a bad page is INVALID_ARGUMENT first
         items = self._svc.checkpoints(current_identity().tenant, request.job_id)
         page, token = paginate(items, request.page.page_size, request.page.page_token)
         return pb.ListJobCheckpointsResponse(checkpoints=[convert.checkpoint_to_proto(c) for c in page],

@@ -57,3 +57,34 @@ def test_merged_and_adapter_exports_match_peft(service: CheckpointService, tiny_
         service.acme.ExportCheckpoint(pb.ExportCheckpointRequest(
             checkpoint=m.checkpoint_id, format=pb.EXPORT_FORMAT_FULL), timeout=60)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_concurrent_identical_exports_all_get_the_one_export(service: CheckpointService, tiny_model_dir: Path,
+                                                             tmp_path: Path) -> None:
+    import threading
+
+    base = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    lora.save_pretrained(tmp_path / "ckpt")
+    files = CheckpointWriter(service.store).write(tmp_path / "ckpt", folder_key("acme", "job2/step-1")).files
+    m = service.acme.RegisterCheckpoint(register_request("job2", 1, "job2/step-1", files)).manifest
+    request = pb.ExportCheckpointRequest(checkpoint=m.checkpoint_id, format=pb.EXPORT_FORMAT_ADAPTER,
+                                         destination="shared/adapter")
+    answers: list[object] = []
+
+    def export() -> None:
+        try:
+            answers.append(service.acme.ExportCheckpoint(request, timeout=300).uri)
+        except grpc.RpcError as err:
+            answers.append(err.code())
+    threads = [threading.Thread(target=export) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(answers) == 5 and len(set(answers)) == 1 and "shared/adapter" in str(answers[0])
+    other = pb.ExportCheckpointRequest(checkpoint=m.checkpoint_id, format=pb.EXPORT_FORMAT_MERGED,
+                                       destination="shared/adapter")
+    with pytest.raises(grpc.RpcError) as info:
+        service.acme.ExportCheckpoint(other, timeout=60)
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS and "shared/adapter" in (info.value.details() or "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -44,11 +45,12 @@ class ProbeServicer(pb_grpc.TrainingServiceServicer):
         raise RAISES[request.idempotency_key]
 
     entered = threading.Event()
+    release = threading.Event()
 
     def GetJob(self, request, context):
         if request.job_id == "slow":
             self.entered.set()
-            time.sleep(1.5)
+            self.release.wait(30)  # the test releases it once it has seen the drain begin
         return pb.GetJobResponse(job=pb.Job(id=current_identity().tenant))
 
     def StreamJobEvents(self, request, context):
@@ -130,21 +132,53 @@ def test_graceful_stop_drains_in_flight_calls_and_reports_not_serving(probe):
     stub = pb_grpc.TrainingServiceStub(probe.channel())
     result: dict[str, object] = {}
     ProbeServicer.entered.clear()
+    ProbeServicer.release.clear()
     t = threading.Thread(target=lambda: result.setdefault("job", stub.GetJob(pb.GetJobRequest(job_id="slow"))))
     t.start()
     assert ProbeServicer.entered.wait(10), "the slow call never reached the handler"
-    stopper = threading.Thread(target=probe.server.stop, args=(5.0,))
+    stopper = threading.Thread(target=probe.server.stop, args=(30.0,))
     stopper.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while (probe.server.health._server_status.get(SERVICE_NAME) != health_pb2.HealthCheckResponse.NOT_SERVING
            and time.monotonic() < deadline):
         time.sleep(0.01)
     # Health flips to NOT_SERVING while the in-flight call is still running (drain, then stop).
     assert probe.server.health._server_status.get(SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert t.is_alive()
-    t.join(5)
-    stopper.join(5)
+    assert t.is_alive() and stopper.is_alive()
+    ProbeServicer.release.set()
+    t.join(10)
+    stopper.join(10)
+    assert not stopper.is_alive()
     assert result["job"].job.id == "acme"  # the in-flight call finished
+
+
+def test_stop_waits_for_handlers_that_outlive_the_grace_period(probe):
+    """A call the stop cancels may still be running its handler: stop returns only after it ended,
+    so storage torn down next is no longer in use."""
+    before = set(threading.enumerate())
+    stub = pb_grpc.TrainingServiceStub(probe.channel())
+    ProbeServicer.entered.clear()
+    ProbeServicer.release.clear()
+
+    def call() -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled by the stop
+            stub.GetJob(pb.GetJobRequest(job_id="slow"))
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    assert ProbeServicer.entered.wait(10), "the slow call never reached the handler"
+    stopper = threading.Thread(target=probe.server.stop, args=(0.0,))
+    stopper.start()
+    # The grace period (0 s) is over, the call is cancelled, but its handler still runs: stop waits.
+    assert not _ends_within(stopper, 1.0)
+    ProbeServicer.release.set()
+    assert _ends_within(stopper, 30.0)
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("training_")]
+
+
+def _ends_within(thread: threading.Thread, seconds: float) -> bool:
+    thread.join(seconds)
+    return not thread.is_alive()
 
 
 def test_training_service_answers_list_jobs(make_service):

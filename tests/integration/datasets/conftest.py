@@ -27,6 +27,7 @@ class DatasetsService:
     anonymous: pb_grpc.DatasetServiceStub
     store: S3ObjectStore
     store_uri: str
+    server: Any = None  # the RunningServer, for tests of the shutdown
 
     def upload(self, data: bytes, file_name: str, *, dataset: str = "ds", chunk: int = 64 << 10,
                stub: Any = None, **meta: Any) -> pb.UploadDatasetResponse:
@@ -62,7 +63,7 @@ def service(make_service: Callable[..., Any], s3_server: Any, s3_store: S3Object
     handle = make_service(DatasetSettings, build_app, object_store_uri=uri, s3_access_key=s3_server.access_key,
                           s3_secret_key=s3_server.secret_key, max_archive_entries=20, max_expansion_ratio=50.0)
     stubs = [pb_grpc.DatasetServiceStub(handle.channel(t)) for t in ("default", "other", None)]
-    yield DatasetsService(*stubs, s3_store, f"s3://{s3_store.bucket}")
+    yield DatasetsService(*stubs, s3_store, f"s3://{s3_store.bucket}", handle.server)
 
 
 def code_of(exc: grpc.RpcError) -> grpc.StatusCode:

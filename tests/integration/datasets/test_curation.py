@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
 
@@ -148,3 +150,16 @@ def test_balance_decontaminate_augment_and_mixture(service: DatasetsService) -> 
     assert mixture.row_count == 20
     stats = service.stub.GetDatasetStats(pb.GetDatasetStatsRequest(version_id=mixture.id))
     assert dict(stats.category_counts) == {"hobbies": 15, "eval": 5}
+
+
+def test_stop_ends_background_runs_before_it_returns(service: DatasetsService) -> None:
+    """Runs still going when the service stops end before ``stop`` returns: nothing writes to the
+    bucket afterwards (the teardown that removes it got BucketNotEmpty when runs outlived the server)."""
+    before = set(threading.enumerate())  # threads of other tests' objects are not this server's
+    raw = service.upload(jsonl(_rows()), "h.jsonl").version
+    runs = [service.stub.CurateDataset(pb.CurateDatasetRequest(version_id=raw.id, steps=STEPS)).run for _ in range(4)]
+    service.server.stop(0.5)
+    assert not [t.name for t in set(threading.enumerate()) - before if t.name.startswith(("curation", "datasets"))]
+    before = sorted(service.objects())
+    assert before == sorted(service.objects())  # idle: nothing left running that could still write
+    assert len(runs) == 4

@@ -59,3 +59,30 @@ def test_every_secret_setting_is_registered_for_redaction():
     register_settings_secrets(settings)
     text = "tok-aaaaaaaaaaaaaaaaaaaa tok-bbbbbbbbbbbbbbbbbbbb svc-cccccccccccccccccccc ACCESSKEYDDDDDDDD pw-eeeeeeeeee"
     assert redact(text) == " ".join(["[REDACTED]"] * 5)
+
+
+# Long runs of the characters each pattern consumes: a quadratic pattern takes minutes on 1 MiB.
+ADVERSARIAL = ["a" * (1 << 20), "a:" * (1 << 19), "ab://" * (1 << 18), "x://a:" * (1 << 17), "a://" + "b" * (1 << 20),
+               "password" * (1 << 17), "bearer " * (1 << 17), "a:b" * (1 << 18), ("token=" + "a" * 60) * (1 << 14),
+               "@:/" * (1 << 18), "_" * (1 << 20) + "password="]
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL, ids=lambda t: repr(t[:8]))
+def test_redaction_is_linear_and_bounded_on_adversarial_input(text, monkeypatch):
+    import time
+
+    import tuneforge.common.logging as tf_logging
+
+    monkeypatch.setattr(tf_logging, "MAX_LOGGED_CHARS", 1 << 30)  # measure the patterns, not the cut
+    start = time.perf_counter()
+    redact(text)
+    # Linear work on 1 MiB is milliseconds; the quadratic pattern took minutes. 30 s is generous
+    # for a loaded machine yet far below what a super-linear pattern needs.
+    assert time.perf_counter() - start < 30.0
+
+
+def test_log_lines_are_bounded_keeping_head_and_tail():
+    text = "start " + "x" * (1 << 20) + " end token=abc"
+    out = redact(text)
+    assert len(out) < 20_000
+    assert out.startswith("start ") and out.endswith("token=[REDACTED]") and "chars cut" in out

@@ -50,3 +50,47 @@ def test_another_services_setting_is_accepted_but_a_typo_is_not():
     with pytest.raises(InvalidInput) as info:
         load_settings(TrainingSettings, environ={**env, "TUNEFORGE_HYGENE_INTERVAL_S": "60"})
     assert [v.field for v in info.value.violations] == ["TUNEFORGE_HYGENE_INTERVAL_S"]
+
+
+def _env_value(field) -> str:
+    """A valid environment value for a settings field: its default, as the environment spells it."""
+    from pydantic import SecretStr
+
+    value = field.default
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _every_setting():
+    from tuneforge.common.settings import service_settings_classes
+
+    classes = service_settings_classes()
+    return classes, [(owner, name, field) for owner in classes for name, field in owner.model_fields.items()
+                     if name not in {"service_name", "auth_tokens", "auth_disabled"}]
+
+
+CLASSES, SETTINGS = _every_setting()
+
+
+def test_every_service_has_its_own_settings_module():
+    assert sorted(c.__module__ for c in CLASSES) == [f"tuneforge.{s}.settings" for s in
+                                                     ("checkpoints", "datasets", "evaluation", "training")]
+
+
+@pytest.mark.parametrize("reader", CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("owner, name, field", SETTINGS, ids=[f"{o.__name__}.{n}" for o, n, _ in SETTINGS])
+def test_one_environment_carries_every_services_every_setting(reader, owner, name, field, tmp_path):
+    """Every service starts with any service's setting in its environment (a shared ConfigMap),
+    and applies it when the setting is its own."""
+    value = _env_value(field)
+    if name == "data_dir":
+        value = str(tmp_path)
+    env = {"TUNEFORGE_AUTH_TOKENS": TOKENS, f"TUNEFORGE_{name.upper()}": value}
+    settings = load_settings(reader, environ=env)
+    if name in reader.model_fields:
+        got = getattr(settings, name)
+        got = got.get_secret_value() if hasattr(got, "get_secret_value") else got
+        assert str(got).lower() == value.lower() or got == type(got)(value)

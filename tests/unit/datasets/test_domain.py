@@ -139,17 +139,28 @@ def test_pipeline_config_reports_every_problem() -> None:
     assert {"steps[0].near_dedup.threshold", "steps[1].balance", "split", "max_removal_fraction"} <= fields
 
 
-def test_local_tokenizer_counts_and_hub_names_are_refused(tmp_path: Path) -> None:
+def test_tokenizers_resolve_only_to_the_services_models(tmp_path: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.train_from_iterator(["hello world", "hello there"] * 10, trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
-    tokenizer.save(str(tmp_path / "tokenizer.json"))
-    counter = token_counter(str(tmp_path))
+    models_dir, outside = tmp_path / "models", tmp_path / "elsewhere"
+    for folder in (models_dir / "tiny", outside):
+        folder.mkdir(parents=True)
+        tokenizer.save(str(folder / "tokenizer.json"))
+    counter = token_counter("tiny", models_dir=models_dir)
     assert counter.count(["hello world", "hello hello hello"]) == [2, 3]
-    with pytest.raises(InvalidInput, match="not a local folder"):
-        token_counter("meta-llama/Llama-3-8B")
+    # A path (existing or not), a traversal, a hub name or an unknown model: one answer, naming no path.
+    answers = set()
+    for spec in (str(outside), str(tmp_path / "missing"), "../elsewhere", "tiny/../../elsewhere",
+                 "meta-llama/Llama-3-8B", "/etc", "~"):
+        with pytest.raises(InvalidInput, match="is not a model of this service") as caught:
+            token_counter(spec, models_dir=models_dir)
+        answers.add(str(caught.value).replace(repr(spec), "X"))
+    assert len(answers) == 1
+    with pytest.raises(InvalidInput, match="is not a model of this service"):
+        token_counter("tiny")  # no models folder: nothing resolves
 
 
 def test_schema_has_the_canonical_columns() -> None:

@@ -25,7 +25,7 @@ def test_sqlite_file_and_folder_are_created(sqlite_engine, tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("pragma", "expected"),
-    [("journal_mode", "wal"), ("foreign_keys", 1), ("busy_timeout", 5000), ("synchronous", 1)],
+    [("journal_mode", "wal"), ("foreign_keys", 1), ("busy_timeout", 30000), ("synchronous", 1)],
 )
 def test_sqlite_pragmas_are_set_on_every_connection(sqlite_engine, pragma: str, expected: object) -> None:  # type: ignore[no-untyped-def]
     with sqlite_engine.connect() as connection:
@@ -92,3 +92,50 @@ def test_tzdatetime_stores_utc_wall_time_on_sqlite(sqlite_engine) -> None:  # ty
     with sqlite_engine.connect() as connection:
         raw = connection.exec_driver_sql("SELECT at FROM events").scalar()
     assert raw.startswith("2025-06-01 12:30:00")
+
+
+def test_concurrent_read_then_write_transactions_wait_their_turn(tmp_path: Path) -> None:
+    """Writers that read first (get, then update) in many threads and two engines (two processes'
+    worth of connections) all commit: none is answered "database is locked"."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    engines = [create_db_engine(url), create_db_engine(url)]
+    metadata = new_metadata()
+    counter = sa.Table("counter", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                       sa.Column("n", sa.Integer, nullable=False))
+    metadata.create_all(engines[0])
+    with session_scope(engines[0]) as session:
+        session.execute(counter.insert().values(id=1, n=0))
+    errors: list[BaseException] = []
+
+    def work(engine: sa.Engine) -> None:
+        try:
+            for _ in range(25):
+                with session_scope(engine) as session:
+                    n = session.execute(sa.select(counter.c.n).where(counter.c.id == 1)).scalar_one()
+                    session.execute(counter.update().where(counter.c.id == 1).values(n=n + 1))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(engines[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    with session_scope(engines[0]) as session:
+        assert session.execute(sa.select(counter.c.n)).scalar_one() == 8 * 25  # no lost update either
+    for engine in engines:
+        engine.dispose()
+
+
+def test_a_locked_database_answers_without_its_path(tmp_path: Path) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from tuneforge.common.db.engine import unavailable
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+    err = unavailable(engine.url, OperationalError("UPDATE x", {}, Exception("database is locked")), for_client=True)
+    assert str(tmp_path) not in err.message and "meta.db" not in err.message and "busy" in err.message
+    engine.dispose()

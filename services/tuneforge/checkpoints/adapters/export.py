@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from pathlib import Path
 
 from tuneforge.checkpoints.adapters.objects import StoreCheckpointFiles
 from tuneforge.checkpoints.domain.model import ExportFormat, FileEntry, Manifest
 from tuneforge.checkpoints.domain.ports import ExportResult
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage import ObjectStore, check_key, tenant_prefix
 from tuneforge.common.storage.artifacts import read_manifest
 from tuneforge.common.storage.checkpoint_writer import CheckpointWriter
+from tuneforge.common.workdirs import WorkFolders
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class StoreExporter:
         self._store = store
         self._files = StoreCheckpointFiles(store)
         self._models_dir = models_dir
-        self._work_dir = work_dir
+        self.folders = WorkFolders(work_dir, ("export-",))  # a crash's leftovers are swept
 
     def export(self, tenant: str, manifest: Manifest, fmt: ExportFormat, destination: str) -> ExportResult:
         """Export ``manifest`` as ``fmt`` to ``tenants/<tenant>/exports/<destination>/``.
@@ -56,9 +57,8 @@ class StoreExporter:
         prefix = check_key(f"{tenant_prefix(tenant)}exports/{destination.strip('/')}", field="destination") + "/"
         if (earlier := self._earlier_export(manifest, fmt, destination, prefix)) is not None:
             return earlier
-        self._work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self._work_dir, prefix="export-") as tmp:
-            ckpt_dir, out_dir = Path(tmp) / "checkpoint", Path(tmp) / "out"
+        with self.folders.folder("export-") as tmp:
+            ckpt_dir, out_dir = tmp / "checkpoint", tmp / "out"
             self._download(tenant, manifest, ckpt_dir)
             self._run(tenant, manifest, fmt, ckpt_dir, out_dir, Path(tmp) / "base")
             extra = {"checkpoint_id": manifest.checkpoint_id, "format": fmt.value, "step": manifest.step,
@@ -78,7 +78,7 @@ class StoreExporter:
         was = (earlier.extra.get("checkpoint_id"), earlier.extra.get("format"))
         if was != (manifest.checkpoint_id, fmt.value):
             raise AlreadyExists(
-                f"destination {destination!r} already holds an export of checkpoint {was[0]} as {was[1]}: "
+                f"destination {echo(destination)} already holds an export of checkpoint {was[0]} as {was[1]}: "
                 "exports are immutable; choose another destination, or leave it empty for "
                 "<checkpoint_id>/<format>")
         log.info("%s was exported as %s to %s before: returning that export", manifest.checkpoint_id,
@@ -90,13 +90,22 @@ class StoreExporter:
              base_tmp: Path) -> None:
         from tuneforge.engine import export as engine_export  # torch: loaded on first export only
 
-        if fmt is ExportFormat.ADAPTER:
-            engine_export.export_adapter(ckpt_dir, out_dir)
-        elif fmt is ExportFormat.FULL:
-            engine_export.export_full(ckpt_dir, out_dir)
-        else:
-            base_dir = self._base_model(tenant, manifest.draft.lineage.base_model, base_tmp)
-            engine_export.export_merged(base_dir, ckpt_dir, out_dir)
+        try:
+            if fmt is ExportFormat.ADAPTER:
+                engine_export.export_adapter(ckpt_dir, out_dir)
+            elif fmt is ExportFormat.FULL:
+                engine_export.export_full(ckpt_dir, out_dir)
+            else:
+                base_dir = self._base_model(tenant, manifest.draft.lineage.base_model, base_tmp)
+                engine_export.export_merged(base_dir, ckpt_dir, out_dir)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            # What the checkpoint holds cannot be loaded as that model (missing config, shapes
+            # that do not fit...): the caller's checkpoint, not the service, is at fault.
+            log.warning("export of %s as %s failed", manifest.checkpoint_id, fmt.value, exc_info=True)
+            raise FailedPrecondition(
+                f"checkpoint {manifest.checkpoint_id} cannot be loaded for a {fmt.value} export "
+                f"({type(exc).__name__}): it must hold a complete safetensors model folder "
+                "(config.json and weights) of the right kind") from None
 
     def _download(self, tenant: str, manifest: Manifest, dest: Path) -> None:
         for entry in manifest.draft.files:
@@ -109,7 +118,7 @@ class StoreExporter:
     def _base_model(self, tenant: str, name: str, tmp: Path) -> Path:
         if not _MODEL_NAME.fullmatch(name) or ".." in name:
             raise InvalidInput.field_error(
-                "lineage.base_model", f"{name!r} is not a model name such as 'smollm2-135m' or 'org/model'")
+                "lineage.base_model", f"{echo(name)} is not a model name such as 'smollm2-135m' or 'org/model'")
         prefix = f"{tenant_prefix(tenant)}models/{name}/"
         try:
             artifact = read_manifest(self._store, prefix)
@@ -118,7 +127,7 @@ class StoreExporter:
             if (local / "config.json").is_file():
                 return local
             raise FailedPrecondition(
-                f"base model {name!r} is neither in the object store at {prefix} nor in the models folder "
+                f"base model {echo(name)} is neither in the object store at {prefix} nor in the models folder "
                 f"{self._models_dir}: upload it there (safetensors folder) before exporting") from None
         for entry in artifact.files:
             self._store.get_file(prefix + entry.path, tmp / entry.path)

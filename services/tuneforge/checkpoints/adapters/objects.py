@@ -17,6 +17,7 @@ from datetime import timedelta
 from tuneforge.checkpoints.domain.model import FileEntry, Manifest
 from tuneforge.checkpoints.domain.ports import StoredFile
 from tuneforge.common.errors import IntegrityError, NotFound
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage import ObjectStore, check_key, tenant_prefix
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class StoreCheckpointFiles:
             yield from self.store.iter_chunks(key, chunk_size=chunk_size, verify=False)
         except NotFound as exc:
             raise IntegrityError(
-                f"file {entry.path!r} of checkpoint {manifest.checkpoint_id} is listed in its manifest "
+                f"file {echo(entry.path)} of checkpoint {manifest.checkpoint_id} is listed in its manifest "
                 "but missing from the object store: the checkpoint is damaged; use an earlier one",
                 reason="DATA_MISSING",
             ) from exc
@@ -111,7 +112,7 @@ def _verified(key: str, checkpoint_id: str, entry: FileEntry, chunks: Iterator[b
     if (position, digest.hexdigest()) != (entry.size, entry.sha256):
         log.error("checksum mismatch reading %s", key)
         raise IntegrityError(
-            f"file {entry.path!r} of checkpoint {checkpoint_id} is corrupt: read {position} bytes with "
+            f"file {echo(entry.path)} of checkpoint {checkpoint_id} is corrupt: read {position} bytes with "
             f"sha256 {digest.hexdigest()}, the manifest records {entry.size} bytes with sha256 "
             f"{entry.sha256}; use an earlier checkpoint or restore the file",
             reason="CHECKSUM_MISMATCH",

@@ -23,6 +23,7 @@ from tuneforge.checkpoints.adapters.tables import (
 from tuneforge.checkpoints.domain.model import Alias, AliasMove, Manifest, Pin, RetentionPolicy
 from tuneforge.common.db import session_scope
 from tuneforge.common.errors import NotFound
+from tuneforge.common.public_text import echo
 
 
 class SqlCheckpointRepository:
@@ -128,7 +129,7 @@ class SqlCheckpointRepository:
             .order_by(aliases.c.job_id, aliases.c.name)).all()
         holders = session.execute(select(pins.c.holder).where(
             pins.c.tenant == tenant, pins.c.checkpoint_id == checkpoint_id).order_by(pins.c.holder)).scalars().all()
-        return [f"alias {n!r}" for _, n in names] + [f"pinned by {h!r}" for h in holders]
+        return [f"alias {echo(n)}" for _, n in names] + [f"pinned by {echo(h)}" for h in holders]
 
     def finish_delete(self, tenant: str, checkpoint_id: str) -> None:
         """Forget the row of a checkpoint whose files are gone."""
@@ -258,7 +259,7 @@ def _lock_committed(session: Session, tenant: str, checkpoint_id: str) -> None:
         checkpoints.c.tenant == tenant, checkpoints.c.id == checkpoint_id, checkpoints.c.state == STATE_COMMITTED,
     ).with_for_update()).first()
     if found is None:
-        raise NotFound(f"checkpoint {checkpoint_id!r} not found or being deleted: list the job's checkpoints")
+        raise NotFound(f"checkpoint {echo(checkpoint_id)} not found or being deleted: list the job's checkpoints")
 
 
 def _rowcount(result: Any) -> int:

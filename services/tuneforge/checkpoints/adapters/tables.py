@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Boolean, Column, Index, Integer, String, Table, Text, UniqueConstraint
 
 from tuneforge.common.db import TZDateTime, new_metadata
+from tuneforge.common.db.idempotency import idempotency_table
 
 metadata = new_metadata()
 
@@ -69,3 +70,6 @@ pins = Table(
     Column("holder", String(128), primary_key=True),
     Column("created_at", TZDateTime(), nullable=False),
 )
+
+# Keys of ExportCheckpoint (``tuneforge.common.idempotency``): the destination is the key.
+idempotency_keys = idempotency_table(metadata, "ckpt_idempotency_keys")

@@ -15,9 +15,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 from tuneforge.common.errors import FieldViolation, InvalidInput
+from tuneforge.common.public_text import echo
 
 MANIFEST_SCHEMA = 1
 LATEST = "latest"
@@ -149,7 +151,7 @@ class Manifest:
                 return entry
         known = ", ".join(f.path for f in self.draft.files[:10])
         raise InvalidInput.field_error(
-            "path", f"checkpoint {self.checkpoint_id} has no file {path!r}; its files are: {known}"
+            "path", f"checkpoint {self.checkpoint_id} has no file {echo(path)}; its files are: {known}"
         )
 
     def with_aliases(self, aliases: tuple[str, ...]) -> Manifest:
@@ -226,10 +228,10 @@ class RetentionPolicy:
     def violations(self) -> list[FieldViolation]:
         """Every problem with the policy, each naming the field and the fix."""
         out: list[FieldViolation] = []
-        if self.keep_best_n < 0:
-            out.append(FieldViolation("policy.keep_best_n", "must be 0 or more"))
-        if self.keep_latest_m < 0:
-            out.append(FieldViolation("policy.keep_latest_m", "must be 0 or more"))
+        if not 0 <= self.keep_best_n <= MAX_KEEP:
+            out.append(FieldViolation("policy.keep_best_n", f"must be in 0..{MAX_KEEP}"))
+        if not 0 <= self.keep_latest_m <= MAX_KEEP:
+            out.append(FieldViolation("policy.keep_latest_m", f"must be in 0..{MAX_KEEP}"))
         if self.keep_best_n <= 0 and self.keep_latest_m <= 0:
             out.append(FieldViolation(
                 "policy.keep_latest_m",
@@ -253,7 +255,7 @@ class Pin:
 def check_job_id(job_id: str, field_name: str = "job_id") -> FieldViolation | None:
     """Return a violation when ``job_id`` is not ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``."""
     if not _JOB.fullmatch(job_id or ""):
-        return FieldViolation(field_name, f"{job_id!r} is not a job id: use letters, digits, '.', '_', '-'")
+        return FieldViolation(field_name, f"{echo(job_id)} is not a job id: use letters, digits, '.', '_', '-'")
     return None
 
 
@@ -261,7 +263,7 @@ def check_alias_name(name: str) -> None:
     """Raise ``InvalidInput`` unless ``name`` is ``[a-z0-9][a-z0-9-]{0,62}``."""
     if not _ALIAS.fullmatch(name or ""):
         raise InvalidInput.field_error(
-            "alias", f"{name!r} is not an alias name: use 1-63 lowercase letters, digits or '-'"
+            "alias", f"{echo(name)} is not an alias name: use 1-63 lowercase letters, digits or '-'"
         )
 
 
@@ -273,6 +275,26 @@ def _path_problem(path: str) -> str | None:
     return None
 
 
+# Weights are safetensors only. Pickle files are accepted for the trainer's resume state alone
+# (optimizer, scheduler, RNG, DeepSpeed partitions: the engine loads them with weights_only=True);
+# any other pickle (pytorch_model.bin, adapter_model.bin, *.pkl ...) is refused at registration.
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
+_RESUME_STATE = re.compile(r"(?:.*/)?(?:training_state|rng_state|optimizer|scheduler)[\w.-]*\.pt|deepspeed/.*\.pt")
+
+
+MAX_KEEP = 10_000  # checkpoints a retention policy keeps per rule (more is "keep everything")
+
+
+def is_refused_pickle(path: str) -> bool:
+    """A pickle file that is not resume state (see ``PICKLE_SUFFIXES``)."""
+    return PurePosixPath(path).suffix.lower() in PICKLE_SUFFIXES and not _RESUME_STATE.fullmatch(path)
+
+
+def has_safetensors(draft: CheckpointDraft) -> bool:
+    """Whether the checkpoint holds weights an export can load (``*.safetensors``)."""
+    return any(f.path.endswith(".safetensors") for f in draft.files)
+
+
 def draft_violations(draft: CheckpointDraft) -> list[FieldViolation]:
     """Every problem of a registration request at once."""
     out: list[FieldViolation] = []
@@ -281,15 +303,18 @@ def draft_violations(draft: CheckpointDraft) -> list[FieldViolation]:
     if draft.step < 0:
         out.append(FieldViolation("step", f"{draft.step} is negative: give the optimizer step (>= 0)"))
     if problem := _path_problem(draft.prefix):
-        out.append(FieldViolation("prefix", f"{draft.prefix!r} {problem}"))
+        out.append(FieldViolation("prefix", f"{echo(draft.prefix)} {problem}"))
     if not draft.files:
         out.append(FieldViolation("files", "is empty: list every file written with its size and sha256"))
     seen: set[str] = set()
     for i, f in enumerate(draft.files):
         if problem := _path_problem(f.path):
-            out.append(FieldViolation(f"files[{i}].path", f"{f.path!r} {problem}"))
+            out.append(FieldViolation(f"files[{i}].path", f"{echo(f.path)} {problem}"))
+        elif is_refused_pickle(f.path):
+            out.append(FieldViolation(f"files[{i}].path", f"{echo(f.path)} is a pickle file: weights are accepted "
+                                      "as safetensors only (save with safe_serialization=True)"))
         if f.path in seen:
-            out.append(FieldViolation(f"files[{i}].path", f"{f.path!r} is listed twice"))
+            out.append(FieldViolation(f"files[{i}].path", f"{echo(f.path)} is listed twice"))
         seen.add(f.path)
         if f.size < 0:
             out.append(FieldViolation(f"files[{i}].size", "is negative"))

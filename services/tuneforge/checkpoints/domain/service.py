@@ -32,6 +32,7 @@ from tuneforge.checkpoints.domain.model import (
     check_alias_name,
     check_job_id,
     draft_violations,
+    has_safetensors,
 )
 from tuneforge.checkpoints.domain.ports import CheckpointFiles, CheckpointRepository, Exporter, ExportResult
 from tuneforge.checkpoints.domain.retention import (
@@ -47,6 +48,7 @@ from tuneforge.common.errors import (
     InvalidInput,
     NotFound,
 )
+from tuneforge.common.public_text import echo
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,7 @@ class CheckpointRegistry:
     def _same_or_conflict(existing: Manifest, digest: str) -> Manifest:
         if existing.digest != digest:
             raise AlreadyExists(
-                f"job {existing.job_id!r} already has checkpoint {existing.checkpoint_id} at step "
+                f"job {echo(existing.job_id)} already has checkpoint {existing.checkpoint_id} at step "
                 f"{existing.step} with different content: register under a new step, or delete "
                 "that checkpoint first",
                 reason="CHECKPOINT_STEP_TAKEN",
@@ -145,19 +147,19 @@ class CheckpointRegistry:
             where = f"files[{i}]"
             if stored is None:
                 problems.append(FieldViolation(
-                    f"{where}.path", f"{entry.path!r} is not in the object store under {draft.prefix!r}: "
+                    f"{where}.path", f"{echo(entry.path)} is not in the object store under {echo(draft.prefix)}: "
                     "upload it (CheckpointWriter) before registering"))
             elif stored.size != entry.size:
                 problems.append(FieldViolation(
-                    f"{where}.size", f"{entry.path!r} is {stored.size} bytes in the store, "
+                    f"{where}.size", f"{echo(entry.path)} is {stored.size} bytes in the store, "
                     f"{entry.size} announced: re-upload the file"))
             elif stored.sha256 != entry.sha256:
                 problems.append(FieldViolation(
-                    f"{where}.sha256", f"{entry.path!r} has sha256 {stored.sha256} in the store, "
+                    f"{where}.sha256", f"{echo(entry.path)} has sha256 {stored.sha256} in the store, "
                     f"{entry.sha256} announced: re-upload the file"))
         if problems:
             raise FailedPrecondition(
-                f"checkpoint of job {draft.job_id!r} at step {draft.step} is not fully uploaded: "
+                f"checkpoint of job {echo(draft.job_id)} at step {draft.step} is not fully uploaded: "
                 f"{len(problems)} file problem(s), first: {problems[0]}",
                 violations=problems,
                 reason="CHECKPOINT_FILES_INCOMPLETE",
@@ -179,13 +181,13 @@ class CheckpointRegistry:
         check_alias_name(name)
         alias = self._repo.get_alias(tenant, job_id, name)
         if alias is None:
-            raise NotFound(f"job {job_id!r} has no alias {name!r}: list aliases with ListAliases")
+            raise NotFound(f"job {echo(job_id)} has no alias {echo(name)}: list aliases with ListAliases")
         return self._get(tenant, alias.checkpoint_id)
 
     def _get(self, tenant: str, checkpoint_id: str) -> Manifest:
         manifest = self._repo.get(tenant, checkpoint_id) if checkpoint_id else None
         if manifest is None:
-            raise NotFound(f"checkpoint {checkpoint_id!r} does not exist: list them with ListCheckpoints")
+            raise NotFound(f"checkpoint {echo(checkpoint_id)} does not exist: list them with ListCheckpoints")
         return manifest
 
     def list(
@@ -219,21 +221,22 @@ class CheckpointRegistry:
         manifest = self._get(tenant, checkpoint_id)
         entry = manifest.file(path)
         if not 0 <= offset <= entry.size:
-            raise InvalidInput.field_error("offset", f"{offset} is outside 0..{entry.size} (size of {path!r})")
+            raise InvalidInput.field_error("offset", f"{offset} is outside 0..{entry.size} (size of {echo(path)})")
         return self._files.read(tenant, manifest, entry, offset, chunk_size)
 
     def download_url(
-        self, tenant: str, checkpoint_id: str, path: str, expires_in: timedelta | None = None
+        self, tenant: str, checkpoint_id: str, path: str, expires_in_s: int = 0
     ) -> tuple[str, datetime]:
-        """A presigned URL for one file and its expiry time.
+        """A presigned URL for one file and its expiry time (``expires_in_s`` 0: one hour).
 
         Raises:
             InvalidInput: expiry outside 1 s .. 7 days; unknown path.
         """
-        expires = expires_in or DEFAULT_URL_EXPIRY
-        if not timedelta(seconds=1) <= expires <= MAX_URL_EXPIRY:
-            raise InvalidInput.field_error(
-                "expires_in_seconds", f"{int(expires.total_seconds())} is outside 1 .. {7 * 86400}")
+        max_s = int(MAX_URL_EXPIRY.total_seconds())
+        if not 0 <= expires_in_s <= max_s:  # checked as a number: timedelta(2^62 s) overflows
+            raise InvalidInput.field_error("expires_in_seconds", f"{expires_in_s} is outside 1 .. {max_s} "
+                                                                 "(0: one hour)")
+        expires = timedelta(seconds=expires_in_s) if expires_in_s else DEFAULT_URL_EXPIRY
         manifest = self._get(tenant, checkpoint_id)
         entry = manifest.file(path)
         issued = self._clock()
@@ -257,7 +260,7 @@ class CheckpointRegistry:
         for entry in manifest.draft.files:
             stored = self._files.stat(tenant, manifest.draft.prefix, entry.path)
             if stored is None or (stored.size, stored.sha256) != (entry.size, entry.sha256):
-                return f"file {entry.path!r} is missing or differs from the manifest"
+                return f"file {echo(entry.path)} is missing or differs from the manifest"
             if deep:
                 try:
                     for _ in self._files.read(tenant, manifest, entry, 0, DEFAULT_CHUNK):
@@ -282,11 +285,11 @@ class CheckpointRegistry:
         check_alias_name(name)
         if name in SERVICE_ONLY_ALIASES:
             raise InvalidInput.field_error(
-                "alias", f"{name!r} is moved by the service after each registration: choose another name")
+                "alias", f"{echo(name)} is moved by the service after each registration: choose another name")
         manifest = self._get(tenant, checkpoint_id)
         if manifest.job_id != job_id:
             raise FailedPrecondition(
-                f"checkpoint {checkpoint_id} belongs to job {manifest.job_id!r}, not {job_id!r}: "
+                f"checkpoint {checkpoint_id} belongs to job {echo(manifest.job_id)}, not {echo(job_id)}: "
                 "aliases point at checkpoints of their own job")
         return self._repo.move_alias(tenant, job_id, name, checkpoint_id, self._clock())
 
@@ -421,6 +424,11 @@ class CheckpointRegistry:
             raise FailedPrecondition(
                 f"checkpoint {manifest.checkpoint_id} is a {kind.value} checkpoint: {fmt.value} export "
                 f"needs a {fits[fmt].value} checkpoint")
+        if not has_safetensors(manifest.draft):
+            raise FailedPrecondition(
+                f"checkpoint {manifest.checkpoint_id} holds no safetensors weights: only safetensors are "
+                "exported (pickled weights are never loaded); re-save it with safe_serialization=True and "
+                "register it again", reason="NO_SAFETENSORS")
         if fmt is ExportFormat.MERGED and not manifest.draft.lineage.base_model:
             raise FailedPrecondition(
                 f"checkpoint {manifest.checkpoint_id} records no lineage.base_model: a merged export "

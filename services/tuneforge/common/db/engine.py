@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ DATABASE_URL_SETTING = "TUNEFORGE_DATABASE_URL"
 ACCEPTED_FORMS = (
     "sqlite:///<path> (embedded default) or postgresql+psycopg://<user>:<password>@<host>:<port>/<database>"
 )
-SQLITE_BUSY_TIMEOUT_MS = 5_000
+# Writers wait their turn this long (a training job's checkpoint writes, concurrent creates...)
+# before a call fails UNAVAILABLE; transactions here are short, so the wait is normally milliseconds.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_CONNECT_TIMEOUT_S = 10
 # Execution option: ``connection.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})``.
 SQLITE_BEGIN_IMMEDIATE = "tuneforge_sqlite_begin_immediate"
@@ -143,6 +146,8 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
     engine = create_engine(url, **kwargs)
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
+    event.listen(engine, "commit", _end_sqlite_transaction)
+    event.listen(engine, "rollback", _end_sqlite_transaction)
     return engine
 
 
@@ -160,12 +165,25 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+_open_transactions = threading.local()
+
+
 def _begin_sqlite_transaction(connection: Any) -> None:
-    # A deferred BEGIN that reads and then writes fails at once (SQLITE_BUSY, no waiting) when
-    # another writer committed meanwhile; IMMEDIATE takes the write lock up front, waiting up to
-    # busy_timeout. Callers that read-then-write in bulk (migrations) ask for it.
-    immediate = connection.get_execution_options().get(SQLITE_BEGIN_IMMEDIATE, False)
+    # A deferred BEGIN that reads and then writes fails at once (SQLITE_BUSY / "database is
+    # locked", no waiting) when another writer committed meanwhile: the busy timeout does not apply
+    # to a read transaction upgrading to a write. So every outermost transaction of a file
+    # database takes the write lock up front (BEGIN IMMEDIATE) and waits up to busy_timeout for
+    # its turn; WAL readers of other processes are not blocked. A transaction opened while this
+    # thread already holds one (a nested read) stays deferred: IMMEDIATE would wait on itself.
+    depth = getattr(_open_transactions, "depth", 0)
+    memory = connection.engine.url.database in _MEMORY_DATABASES
+    immediate = connection.get_execution_options().get(SQLITE_BEGIN_IMMEDIATE, depth == 0 and not memory)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    _open_transactions.depth = depth + 1
+
+
+def _end_sqlite_transaction(_connection: Any) -> None:
+    _open_transactions.depth = max(0, getattr(_open_transactions, "depth", 1) - 1)
 
 
 def _postgres_engine(url: URL, *, echo: bool) -> Engine:
@@ -189,12 +207,14 @@ def check_connection(engine: Engine) -> None:
         raise unavailable(engine.url, exc) from None
 
 
-def unavailable(url: URL, exc: BaseException) -> errors.Unavailable:
+def unavailable(url: URL, exc: BaseException, *, for_client: bool = False) -> errors.Unavailable:
     """Build the ``Unavailable`` error for a failed database call, with no secret in it.
 
     Args:
-        url: the engine's URL (shown redacted).
+        url: the engine's URL (shown redacted, in the operator's message only).
         exc: the SQLAlchemy/driver error; its first line is kept, scrubbed of the password.
+        for_client: the error answers a request: it names neither the URL nor the file (both go
+            to the log), only the cause and that retrying later may work.
 
     Returns:
         An error whose message names the database, the cause and the fix.
@@ -211,6 +231,11 @@ def unavailable(url: URL, exc: BaseException) -> errors.Unavailable:
         f"{DATABASE_URL_SETTING}"
     )
     log.warning("%s", message)
+    if for_client:
+        busy = "locked" in reason or "busy" in reason
+        cause = "busy with other writes" if busy else "unavailable"
+        return errors.Unavailable(f"the service's metadata database is {cause}: retry in a moment "
+                                  "(operators: the service log has the details)", reason="DATABASE_UNAVAILABLE")
     return errors.Unavailable(message, reason="DATABASE_UNAVAILABLE")
 
 

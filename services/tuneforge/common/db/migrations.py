@@ -26,6 +26,7 @@ from tuneforge.common.db.engine import (
     redact_url,
     unavailable,
 )
+from tuneforge.common.public_text import echo
 
 # PostgreSQL folds unquoted identifiers to lower case and cuts them at 63 bytes.
 _VERSION_TABLE = re.compile(r"^alembic_version_[a-z][a-z0-9_]{0,46}$")
@@ -139,7 +140,7 @@ def _check_version_table(version_table: str) -> None:
     if not _VERSION_TABLE.match(version_table):
         raise errors.InvalidInput.field_error(
             "version_table",
-            f"{version_table!r} is not alembic_version_<service> (lower case letters, digits, _)",
+            f"{echo(version_table)} is not alembic_version_<service> (lower case letters, digits, _)",
         )
 
 

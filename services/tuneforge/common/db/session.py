@@ -52,7 +52,7 @@ def session_scope(bind: Engine | sessionmaker[Session]) -> Iterator[Session]:
         session.commit()
     except OperationalError as exc:
         _rollback_quietly(session)
-        raise unavailable(session.get_bind().engine.url, exc) from exc
+        raise unavailable(session.get_bind().engine.url, exc, for_client=True) from exc
     except BaseException:
         _rollback_quietly(session)
         raise

@@ -22,11 +22,16 @@ from grpc_reflection.v1alpha import reflection
 
 from tuneforge.common.auth import TokenAuthenticator
 from tuneforge.common.errors import Unavailable
-from tuneforge.common.grpc.interceptors import ServiceInterceptor
+from tuneforge.common.grpc.interceptors import Admission, ServiceInterceptor
 from tuneforge.common.logging import register_secret
+from tuneforge.common.public_text import register_private_path
 from tuneforge.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+# How long a stop waits for handlers that outlive the grace period (every stream notices a
+# cancelled call within a second, so this is a bound for handlers stuck in I/O, not a normal wait).
+_HANDLER_EXIT_S = 30.0
 
 Registration = tuple[Callable[[Any, grpc.Server], None], Any]
 
@@ -42,21 +47,44 @@ class RunningServer:
     service_names: Sequence[str]
     grace_period_s: float
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    handlers: futures.ThreadPoolExecutor | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
+    _done: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace: float | None = None) -> None:
-        """Mark NOT_SERVING, drain in-flight calls for ``grace`` seconds, then run on_stop hooks."""
+        """Mark NOT_SERVING, drain in-flight calls for ``grace`` seconds, wait for the handler threads,
+        then run the on_stop hooks (background work first, storage and database last).
+
+        When it returns, no handler and no background work of this server touches storage any more,
+        so storage may be torn down (a concurrent second call waits for the first to finish).
+        """
         if self._stopped.is_set():
+            self._done.wait(self.grace_period_s + _HANDLER_EXIT_S + 60)
             return
         self._stopped.set()
-        self.health.enter_graceful_shutdown()
-        self.server.stop(self.grace_period_s if grace is None else grace).wait()
-        for hook in reversed(self.on_stop):
-            try:
-                hook()
-            except Exception:  # a failing hook must not block the others (logged below)
-                log.exception("shutdown hook failed")
-        log.info("server on %s stopped", self.address)
+        try:
+            self.health.enter_graceful_shutdown()
+            self.server.stop(self.grace_period_s if grace is None else grace).wait()
+            self._join_handlers()
+            for hook in reversed(self.on_stop):
+                try:
+                    hook()
+                except Exception:  # a failing hook must not block the others (logged below)
+                    log.exception("shutdown hook failed")
+            log.info("server on %s stopped", self.address)
+        finally:
+            self._done.set()
+
+    def _join_handlers(self) -> None:
+        """Wait (bounded) for handler threads: a call cancelled by the stop may still be running."""
+        if self.handlers is None:
+            return
+        joiner = threading.Thread(target=self.handlers.shutdown, kwargs={"wait": True, "cancel_futures": True},
+                                  name="handler-join", daemon=True)
+        joiner.start()
+        joiner.join(_HANDLER_EXIT_S)
+        if joiner.is_alive():
+            log.warning("some request handlers were still running %.0fs after the stop", _HANDLER_EXIT_S)
 
     def wait(self) -> None:
         """Block until the server terminates."""
@@ -70,7 +98,7 @@ class RunningServer:
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
         self._stopped.wait()
-        self.wait()
+        self._done.wait()  # not just the gRPC server: handlers, background runs and hooks have ended
 
 
 def register_settings_secrets(settings: ServiceSettings) -> None:
@@ -85,6 +113,17 @@ def register_settings_secrets(settings: ServiceSettings) -> None:
         values.append(urlsplit(settings.database_url.get_secret_value()).password or "")
     for value in values:
         register_secret(value.strip())
+
+
+def register_private_paths(settings: ServiceSettings) -> None:
+    """Hide the service's folders and object-store root from every client message (by label)."""
+    register_private_path(settings.data_dir, "data")
+    register_private_path(settings.models_dir, "models")
+    store = settings.resolved_object_store_uri()
+    register_private_path(store, "store")
+    register_private_path(store.partition("?")[0], "store")
+    if store.startswith("file://"):
+        register_private_path(store.removeprefix("file://"), "store")
 
 
 def make_authenticator(settings: ServiceSettings) -> TokenAuthenticator | None:
@@ -109,12 +148,15 @@ def build_server(settings: ServiceSettings, registrations: Sequence[Registration
     Raises:
         Unavailable: the port cannot be bound.
     """
+    register_private_paths(settings)
     opts = [("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers,
-                                                    thread_name_prefix=settings.service_name),
-                         interceptors=[ServiceInterceptor(make_authenticator(settings))], options=opts)
+    handlers = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=settings.service_name)
+    server = grpc.server(handlers,
+                         interceptors=[ServiceInterceptor(make_authenticator(settings),
+                                                          Admission(settings.call_limit(), settings.stream_limit()))],
+                         options=opts)
     for add, servicer in registrations:
         add(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -131,4 +173,5 @@ def build_server(settings: ServiceSettings, registrations: Sequence[Registration
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{settings.host}:{port}"
     log.info("%s serving %s on %s", settings.service_name, ", ".join(service_names), address)
-    return RunningServer(server, port, address, health_servicer, list(service_names), settings.grace_period_s)
+    return RunningServer(server, port, address, health_servicer, list(service_names), settings.grace_period_s,
+                         handlers=handlers)

@@ -21,6 +21,7 @@ from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneforge.common.peers.clients import CheckpointFile, CheckpointInfo
 from tuneforge.common.peers.objects import download_verified, key_in_store
 from tuneforge.common.peers.types import ResolvedModel
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage import ObjectStore, tenant_prefix
 from tuneforge.common.storage.artifacts import read_manifest
 
@@ -113,7 +114,7 @@ class StoreModelResolver:
     def _base_location(self, tenant: str, name: str, field: str) -> str | Path:
         """The store prefix or local folder of base model ``name``."""
         if not _MODEL_NAME.fullmatch(name) or ".." in name:
-            raise InvalidInput.field_error(field, f"{name!r} is not a model name such as 'smollm2-135m' or 'org/model'")
+            raise InvalidInput.field_error(field, f"{echo(name)} is not a model name such as 'smollm2-135m' or 'org/model'")
         prefix = f"{tenant_prefix(tenant)}models/{name}/"
         if self._store.exists(prefix + "MANIFEST.json"):
             return prefix
@@ -121,7 +122,7 @@ class StoreModelResolver:
         if (local / MODEL_CONFIG).is_file():
             return local
         raise NotFound(
-            f"{field}: base model {name!r} is neither in the object store at {prefix} nor in the models folder "
+            f"{field}: base model {echo(name)} is neither in the object store at {prefix} nor in the models folder "
             f"({self._models_dir}/{name}): put its safetensors folder in one of them")
 
     def _base(self, tenant: str, name: str, field: str) -> Path:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import FailedPrecondition, IntegrityError, InvalidInput, NotFound
 from tuneforge.common.peers.clients import VersionInfo
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage import ObjectStore, check_key, tenant_prefix
 from tuneforge.common.storage.artifacts import MANIFEST_NAME, read_manifest
 
@@ -88,10 +89,10 @@ def pick_split(info: VersionInfo, split: str) -> str | None:
         return split
     if not counts:
         raise InvalidInput.field_error(
-            "datasets.split", f"dataset version {info.version_id!r} is not split: curate it with a split "
+            "datasets.split", f"dataset version {echo(info.version_id)} is not split: curate it with a split "
             "(CurateDataset split=...) or leave split empty to evaluate every row")
     raise InvalidInput.field_error(
-        "datasets.split", f"dataset version {info.version_id!r} has no rows in split {split!r}: use one of "
+        "datasets.split", f"dataset version {echo(info.version_id)} has no rows in split {echo(split)}: use one of "
         f"{sorted(counts)}")
 
 
@@ -120,11 +121,11 @@ class StoreDatasetReader:
         return out
 
     def _prefix(self, tenant: str, info: VersionInfo) -> str:
-        key = key_in_store(self._store, info.manifest_uri, f"dataset version {info.version_id!r}")
+        key = key_in_store(self._store, info.manifest_uri, f"dataset version {echo(info.version_id)}")
         prefix = key.removesuffix(MANIFEST_NAME)
         if prefix == key or not prefix.startswith(tenant_prefix(tenant)):
             # The datasets service scoped the lookup by tenant; this guards a misconfigured peer.
-            raise NotFound(f"dataset version {info.version_id!r} not found: check the id with ListDatasetVersions")
+            raise NotFound(f"dataset version {echo(info.version_id)} not found: check the id with ListDatasetVersions")
         return prefix
 
     def _batches(self, tenant: str, version_id: str, prefix: str) -> Iterator[Any]:

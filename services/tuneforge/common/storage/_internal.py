@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tuneforge.common.errors import IntegrityError, InvalidInput
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage.base import ObjectInfo
 
 META_ROOT = ".meta/"
@@ -56,7 +57,7 @@ class Sidecar:
             size, sha = int(doc["size"]), str(doc["sha256"])
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(
-                f"the checksum record of object {key!r} is damaged ({exc}): re-upload the object",
+                f"the checksum record of object {echo(key)} is damaged ({exc}): re-upload the object",
                 reason="METADATA_CORRUPT",
             ) from exc
         return cls(size=size, sha256=sha)
@@ -121,13 +122,13 @@ def verify(key: str, expected: Sidecar, size: int, sha256: str) -> None:
     """Raise ``IntegrityError`` naming ``key`` when the bytes read differ from the record."""
     if size != expected.size:
         raise IntegrityError(
-            f"object {key!r} is {size} bytes but {expected.size} were recorded when it was written: "
+            f"object {echo(key)} is {size} bytes but {expected.size} were recorded when it was written: "
             "the stored copy is truncated or was overwritten; re-upload it",
             reason="SIZE_MISMATCH",
         )
     if sha256 != expected.sha256:
         raise IntegrityError(
-            f"object {key!r} has sha256 {sha256} but {expected.sha256} was recorded when it was "
+            f"object {echo(key)} has sha256 {sha256} but {expected.sha256} was recorded when it was "
             "written: the stored copy is corrupt or was tampered with; re-upload it",
             reason="CHECKSUM_MISMATCH",
         )
@@ -149,7 +150,7 @@ def check_declared_size(key: str, declared: int | None, actual: int) -> None:
     if declared is not None and declared != actual:
         raise InvalidInput.field_error(
             "size",
-            f"the stream for {key!r} held {actual} bytes but size={declared} was given: "
+            f"the stream for {echo(key)} held {actual} bytes but size={declared} was given: "
             "pass the exact size or None",
         )
 

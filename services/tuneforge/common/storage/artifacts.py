@@ -32,6 +32,7 @@ from tuneforge.common.errors import (
     InvalidInput,
     NotFound,
 )
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage.base import ObjectInfo, ObjectStore
 from tuneforge.common.storage.keys import check_key, check_prefix
 
@@ -85,12 +86,12 @@ class Manifest:
             version = int(doc["schema_version"])
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(
-                f"manifest {where!r} is not valid JSON with a schema_version: {exc}",
+                f"manifest {echo(where)} is not valid JSON with a schema_version: {exc}",
                 reason="MANIFEST_CORRUPT",
             ) from exc
         if version > MANIFEST_SCHEMA_VERSION:
             raise FailedPrecondition(
-                f"manifest {where!r} has schema_version {version}, newer than this release reads "
+                f"manifest {echo(where)} has schema_version {version}, newer than this release reads "
                 f"({MANIFEST_SCHEMA_VERSION}): upgrade tuneforge"
             )
         try:
@@ -100,7 +101,7 @@ class Manifest:
             created = datetime.fromisoformat(doc["created_at"])
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(
-                f"manifest {where!r} is damaged ({exc!r}): rewrite the artifact", reason="MANIFEST_CORRUPT"
+                f"manifest {echo(where)} is damaged ({echo(exc)}): rewrite the artifact", reason="MANIFEST_CORRUPT"
             ) from exc
         return cls(files=files, created_at=created, extra=doc.get("extra", {}), schema_version=version)
 
@@ -138,18 +139,18 @@ class ArtifactWriter:
     def _refuse_if_committed(self) -> None:
         if self.store.exists(self.prefix + MANIFEST_NAME):
             raise AlreadyExists(
-                f"an artifact is already committed at {self.prefix!r}: write to a new prefix "
+                f"an artifact is already committed at {echo(self.prefix)}: write to a new prefix "
                 "(artifacts are immutable)"
             )
 
     def _key(self, name: str) -> str:
         if self._committed:
-            raise FailedPrecondition(f"artifact {self.prefix!r} is already committed: start a new writer")
+            raise FailedPrecondition(f"artifact {echo(self.prefix)} is already committed: start a new writer")
         check_key(name, field="name")
         if name == MANIFEST_NAME:
             raise InvalidInput.field_error("name", f"{MANIFEST_NAME} is reserved for the manifest")
         if name in self._files:
-            raise InvalidInput.field_error("name", f"{name!r} was already added to {self.prefix!r}")
+            raise InvalidInput.field_error("name", f"{echo(name)} was already added to {echo(self.prefix)}")
         return self.prefix + name
 
     def _record(self, name: str, info: ObjectInfo) -> ObjectInfo:
@@ -183,7 +184,7 @@ class ArtifactWriter:
             AlreadyExists: another writer committed this prefix meanwhile.
         """
         if not self._files:
-            raise InvalidInput.field_error("files", f"artifact {self.prefix!r} has no files: add some first")
+            raise InvalidInput.field_error("files", f"artifact {echo(self.prefix)} has no files: add some first")
         manifest = Manifest(
             files=tuple(self._files[name] for name in sorted(self._files)),
             created_at=datetime.now(UTC),
@@ -210,7 +211,7 @@ class ArtifactWriter:
     def abort(self) -> int:
         """Delete what was uploaded (before commit); returns how many objects were deleted."""
         if self._committed:
-            raise FailedPrecondition(f"artifact {self.prefix!r} is committed: delete it explicitly")
+            raise FailedPrecondition(f"artifact {echo(self.prefix)} is committed: delete it explicitly")
         return self.store.delete_prefix(self.prefix)
 
 
@@ -226,7 +227,7 @@ def read_manifest(store: ObjectStore, prefix: str) -> Manifest:
         data = store.get_bytes(key)
     except NotFound as exc:
         raise NotFound(
-            f"no committed artifact at {prefix!r} in {store.uri}: it was never written, is still "
+            f"no committed artifact at {echo(prefix)} in {store.uri}: it was never written, is still "
             "being written, or was deleted"
         ) from exc
     return Manifest.from_json(key, data)
@@ -258,7 +259,7 @@ def _verify_file(store: ObjectStore, prefix: str, entry: ManifestFile, chunk_siz
         chunks = store.iter_chunks(key, chunk_size=chunk_size, verify=False)
     except NotFound as exc:
         raise IntegrityError(
-            f"file {entry.path!r} of artifact {prefix!r} is listed in its manifest but "
+            f"file {echo(entry.path)} of artifact {echo(prefix)} is listed in its manifest but "
             "missing from the store: restore it or rewrite the artifact",
             reason="DATA_MISSING",
         ) from exc
@@ -268,7 +269,7 @@ def _verify_file(store: ObjectStore, prefix: str, entry: ManifestFile, chunk_siz
         size += len(chunk)
     if (size, digest.hexdigest()) != (entry.size, entry.sha256):
         raise IntegrityError(
-            f"file {entry.path!r} of artifact {prefix!r} is {size} bytes with sha256 {digest.hexdigest()}, "
+            f"file {echo(entry.path)} of artifact {echo(prefix)} is {size} bytes with sha256 {digest.hexdigest()}, "
             f"but the manifest records {entry.size} bytes with sha256 {entry.sha256}: the stored copy is "
             "corrupt or was replaced; restore it or rewrite the artifact",
             reason="CHECKSUM_MISMATCH",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tuneforge.common.errors import Aborted, AlreadyExists, InvalidInput, NotFound, Unavailable
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage.artifacts import (
     ArtifactWriter,
     Manifest,
@@ -106,7 +107,7 @@ class CheckpointWriter:
         differing = sorted({f.path for f in set(existing.files) ^ set(wanted)})
         what = f"files differ: {differing[:5]}" if differing else "manifest fields differ"
         raise AlreadyExists(
-            f"a different checkpoint is already committed at {prefix!r} ({what}): checkpoints are "
+            f"a different checkpoint is already committed at {echo(prefix)} ({what}): checkpoints are "
             "immutable; write to a new prefix (e.g. a new step number)"
         )
 
@@ -126,7 +127,7 @@ class CheckpointWriter:
         info = self.store.put_file(key, local.path)
         if info.size != local.size or _fingerprint(local.path) != local.fingerprint:
             raise Aborted(
-                f"checkpoint file {name!r} changed while it was uploaded (size/mtime before "
+                f"checkpoint file {echo(name)} changed while it was uploaded (size/mtime before "
                 f"{local.fingerprint}, after {_fingerprint(local.path)}): write checkpoints only after "
                 "the folder is complete"
             )
@@ -161,20 +162,20 @@ def _fingerprint(path: Path) -> tuple[int, int]:
 def _scan(local_dir: Path) -> dict[str, _LocalFile]:
     """Map each file's relative posix path to its path, size and (size, mtime) fingerprint."""
     if not local_dir.is_dir():
-        raise InvalidInput.field_error("local_dir", f"{str(local_dir)!r} is not a folder")
+        raise InvalidInput.field_error("local_dir", f"{echo(str(local_dir))} is not a folder")
     found: dict[str, _LocalFile] = {}
     for path in sorted(local_dir.rglob("*")):
         name = path.relative_to(local_dir).as_posix()
         if path.is_symlink() or not (path.is_file() or path.is_dir()):
             raise InvalidInput.field_error(
                 "local_dir",
-                f"{name!r} in {str(local_dir)!r} is a symlink or special file: copy the real file in",
+                f"{echo(name)} in {echo(str(local_dir))} is a symlink or special file: copy the real file in",
             )
         if path.is_file():
             fp = _fingerprint(path)
             found[name] = _LocalFile(path, fp[0], fp)
     if not found:
-        raise InvalidInput.field_error("local_dir", f"{str(local_dir)!r} holds no files: nothing to upload")
+        raise InvalidInput.field_error("local_dir", f"{echo(str(local_dir))} holds no files: nothing to upload")
     return found
 
 

@@ -13,7 +13,9 @@ grants nothing new; deployments that need expiring, access-controlled links use 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tuneforge.common.errors import AlreadyExists, IntegrityError, InvalidInput, NotFound
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage._internal import (
     META_ROOT,
     TMP_ROOT,
@@ -35,6 +38,10 @@ from tuneforge.common.storage._internal import (
 )
 from tuneforge.common.storage.base import ObjectInfo
 from tuneforge.common.storage.keys import check_key, check_prefix
+
+log = logging.getLogger(__name__)
+# A part file untouched this long belongs to a writer that died (writes keep theirs fresh).
+STALE_PART_S = 3600.0
 
 _COPY_CHUNK = 1 << 20
 
@@ -51,13 +58,27 @@ class FileObjectStore:
         self._setting = setting
         if not root.is_absolute():
             raise InvalidInput.field_error(
-                setting, f"file store root {str(root)!r} is relative: use file:///absolute/dir"
+                setting, f"file store root {echo(str(root))} is relative: use file:///absolute/dir"
             )
         self.root = root
         self.uri = root.as_uri()
         self._meta = root / META_ROOT.rstrip("/")
         self._tmp = root / TMP_ROOT.rstrip("/")
         self._check_writable()
+        self.sweep_stale_parts()
+
+    def sweep_stale_parts(self, older_than_s: float = STALE_PART_S) -> int:
+        """Remove half-written files a killed writer left in ``.tmp/`` (by age: several services
+        may share this store, and a write in progress keeps its file's mtime fresh)."""
+        cutoff, removed = time.time() - older_than_s, 0
+        for part in self._tmp.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+        if removed:
+            log.warning("removed %d stale partial file(s) from the file store's .tmp folder", removed)
+        return removed
 
     def _check_writable(self) -> None:
         try:
@@ -69,7 +90,7 @@ class FileObjectStore:
         except OSError as exc:
             raise InvalidInput.field_error(
                 self._setting,
-                f"file store root {str(self.root)!r} is not writable ({exc.strerror}): "
+                f"file store root {echo(str(self.root))} is not writable ({exc.strerror}): "
                 "create it and give this service write access",
             ) from exc
 
@@ -84,7 +105,7 @@ class FileObjectStore:
     def _inside(self, path: Path, key: str) -> Path:
         # check_key already refuses traversal; this also catches symlinks planted inside the root.
         if not path.resolve().is_relative_to(self.root.resolve()):
-            raise InvalidInput.field_error("key", f"object key {key!r} resolves outside the store root")
+            raise InvalidInput.field_error("key", f"object key {echo(key)} resolves outside the store root")
         return path
 
     # ---- writes ------------------------------------------------------------------------------
@@ -110,12 +131,12 @@ class FileObjectStore:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             raise AlreadyExists(
-                f"cannot store {key!r}: a parent of it is already an object; in file:// stores a key "
+                f"cannot store {echo(key)}: a parent of it is already an object; in file:// stores a key "
                 "cannot be both an object and a prefix of another key: rename one of them"
             ) from exc
         if dest.is_dir():
             raise AlreadyExists(
-                f"cannot store {key!r}: it is already a prefix of other keys; rename the object"
+                f"cannot store {echo(key)}: it is already a prefix of other keys; rename the object"
             )
 
     def put_stream(self, key: str, stream: BinaryIO, *, size: int | None = None) -> ObjectInfo:
@@ -147,14 +168,14 @@ class FileObjectStore:
         try:
             return Sidecar.from_json(key, self._meta_path(key).read_bytes())
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-            raise NotFound(f"object {key!r} does not exist in {self.uri}") from exc
+            raise NotFound(f"object {echo(key)} does not exist in {self.uri}") from exc
 
     def _open(self, key: str) -> BinaryIO:
         try:
             return self._path(key).open("rb")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise IntegrityError(
-                f"object {key!r} has a checksum record but its data file is missing: re-upload it",
+                f"object {echo(key)} has a checksum record but its data file is missing: re-upload it",
                 reason="DATA_MISSING",
             ) from exc
 
@@ -201,7 +222,7 @@ class FileObjectStore:
         """Immediate child prefixes (``<prefix><name>/``) holding any stored data, in key order."""
         base = self.root / check_prefix(prefix) if prefix else self.root
         if prefix and not prefix.endswith("/"):
-            raise InvalidInput.field_error("prefix", f"prefix {prefix!r} must end with '/'")
+            raise InvalidInput.field_error("prefix", f"prefix {echo(prefix)} must end with '/'")
         try:
             names = sorted(e.name for e in os.scandir(base) if e.is_dir(follow_symlinks=False))
         except (FileNotFoundError, NotADirectoryError):

@@ -13,6 +13,7 @@ import re
 import unicodedata
 
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.public_text import echo
 
 MAX_KEY_BYTES = 1024
 """S3's limit on object names (UTF-8 bytes); the file store adopts it too."""
@@ -55,7 +56,7 @@ def _segment_problem(key: str) -> str | None:
     if any(seg == "" for seg in segments):
         return "contains an empty segment ('//' or a trailing '/'): remove the extra '/'"
     if segments[0] in RESERVED_ROOTS:
-        return f"starts with the reserved folder {segments[0]!r}: choose another top-level name"
+        return f"starts with the reserved folder {echo(segments[0])}: choose another top-level name"
     return None
 
 

@@ -38,6 +38,7 @@ from tuneforge.common.errors import (
     TuneforgeError,
     Unavailable,
 )
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage._internal import (
     META_ROOT,
     TMP_ROOT,
@@ -126,7 +127,7 @@ class S3ObjectStore:
         self._probe_writable()
 
     def __repr__(self) -> str:
-        return f"S3ObjectStore({self.uri!r})"
+        return f"S3ObjectStore({echo(self.uri)})"
 
     # ---- error handling ----------------------------------------------------------------------
 
@@ -164,7 +165,7 @@ class S3ObjectStore:
             return NotFound(f"{what}: the object does not exist in {self.uri}")
         if exc.code == "NoSuchBucket":
             return FailedPrecondition(
-                f"{what}: bucket {self.bucket!r} does not exist at {self.endpoint}: create it or "
+                f"{what}: bucket {echo(self.bucket)} does not exist at {self.endpoint}: create it or "
                 "start the service with bucket creation enabled"
             )
         if exc.code in _DENIED_CODES:
@@ -193,7 +194,7 @@ class S3ObjectStore:
                 if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
 
-        self._retrying(f"creating bucket {self.bucket!r}", ensure)
+        self._retrying(f"creating bucket {echo(self.bucket)}", ensure)
 
     def _probe_writable(self) -> None:
         """Fail fast at start-up on bad credentials or a read-only bucket."""
@@ -231,18 +232,18 @@ class S3ObjectStore:
             )
             return reader
 
-        reader = self._retrying(f"uploading {key!r}", upload, retry=start is not None)
+        reader = self._retrying(f"uploading {echo(key)}", upload, retry=start is not None)
         try:
             if size is not None and not reader.at_eof():  # the SDK stops reading at ``size``
                 check_declared_size(key, size, reader.size)
         except InvalidInput:
             self._retrying(
-                f"removing the rejected upload {key!r}", lambda: self._client.remove_object(self.bucket, name)
+                f"removing the rejected upload {echo(key)}", lambda: self._client.remove_object(self.bucket, name)
             )
             raise
         sidecar = Sidecar(size=reader.size, sha256=reader.sha256)
         self._retrying(
-            f"recording the checksum of {key!r}", lambda: self._put_small(self._meta(key), sidecar.to_json())
+            f"recording the checksum of {echo(key)}", lambda: self._put_small(self._meta(key), sidecar.to_json())
         )
         return ObjectInfo(key=key, size=sidecar.size, sha256=sidecar.sha256, modified=datetime.now(UTC))
 
@@ -267,7 +268,7 @@ class S3ObjectStore:
                 resp.close()
                 resp.release_conn()
 
-        data, modified = self._retrying(f"reading object {key!r}", fetch)
+        data, modified = self._retrying(f"reading object {echo(key)}", fetch)
         return Sidecar.from_json(key, data), modified
 
     def iter_chunks(
@@ -282,12 +283,12 @@ class S3ObjectStore:
         sidecar, _ = self._sidecar(key)
         try:
             resp = self._retrying(
-                f"reading object {key!r}",
+                f"reading object {echo(key)}",
                 lambda: self._client.get_object(self.bucket, self._key(key), offset=offset),
             )
         except NotFound as exc:
             raise IntegrityError(
-                f"object {key!r} has a checksum record but its data is missing: re-upload it",
+                f"object {echo(key)} has a checksum record but its data is missing: re-upload it",
                 reason="DATA_MISSING",
             ) from exc
         chunks = self._stream(key, resp, chunk_size)
@@ -298,7 +299,7 @@ class S3ObjectStore:
             yield from resp.stream(chunk_size)
         except _TRANSIENT as exc:
             raise Unavailable(
-                f"the connection to {self.endpoint} broke while reading {key!r}: retry the read"
+                f"the connection to {self.endpoint} broke while reading {echo(key)}: retry the read"
             ) from exc
         finally:
             resp.close()
@@ -330,10 +331,10 @@ class S3ObjectStore:
         try:
             yield from self._client.list_objects(self.bucket, prefix=prefix, recursive=recursive)
         except S3Error as exc:
-            raise self._mapped(exc, f"listing {prefix!r}") from exc
+            raise self._mapped(exc, f"listing {echo(prefix)}") from exc
         except _TRANSIENT as exc:
             raise Unavailable(
-                f"object store at {self.endpoint} failed while listing {prefix!r}: "
+                f"object store at {self.endpoint} failed while listing {echo(prefix)}: "
                 "check that the S3 server is up, then retry"
             ) from exc
 
@@ -351,7 +352,7 @@ class S3ObjectStore:
     def list_prefixes(self, prefix: str = "") -> Iterator[str]:
         """Immediate child prefixes (``<prefix><name>/``) holding any stored data, in key order."""
         if prefix and not prefix.endswith("/"):
-            raise InvalidInput.field_error("prefix", f"prefix {prefix!r} must end with '/'")
+            raise InvalidInput.field_error("prefix", f"prefix {echo(prefix)} must end with '/'")
         for obj in self._names(self._prefix + check_prefix(prefix), recursive=False):
             name = obj.object_name[len(self._prefix) :]
             if obj.is_dir and (prefix or name not in (META_ROOT, TMP_ROOT)):
@@ -362,7 +363,7 @@ class S3ObjectStore:
     def delete(self, key: str) -> None:
         """Delete one object (sidecar first, so it vanishes from listings at once)."""
         for name in (self._meta(key), self._key(key)):
-            self._retrying(f"deleting {key!r}", partial(self._client.remove_object, self.bucket, name))
+            self._retrying(f"deleting {echo(key)}", partial(self._client.remove_object, self.bucket, name))
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix`` (and leftover uncommitted data); returns the count."""
@@ -381,12 +382,12 @@ class S3ObjectStore:
             )
             if failures:
                 raise Internal(
-                    f"could not delete {len(failures)} object(s) under {prefix!r}: "
+                    f"could not delete {len(failures)} object(s) under {echo(prefix)}: "
                     f"first: {failures[0].name} ({failures[0].code})"
                 )
 
         if names:
-            self._retrying(f"deleting objects under {prefix!r}", remove)
+            self._retrying(f"deleting objects under {echo(prefix)}", remove)
 
     def presigned_get_url(self, key: str, expires: timedelta) -> str:
         """A URL that reads the object without credentials until ``expires`` has passed.
@@ -399,7 +400,7 @@ class S3ObjectStore:
             raise InvalidInput.field_error("expires", f"{expires} is outside 1 second .. 7 days")
         self.stat(key)
         return self._retrying(
-            f"signing a URL for {key!r}",
+            f"signing a URL for {echo(key)}",
             lambda: self._client.presigned_get_object(self.bucket, self._key(key), expires=expires),
         )
 
@@ -415,7 +416,7 @@ class S3ObjectStore:
         stale = [u for u in self._incomplete_uploads() if u.initiated_time and u.initiated_time < cutoff]
         for upload in stale:
             self._retrying(
-                f"aborting the incomplete upload of {upload.object_name!r}",
+                f"aborting the incomplete upload of {echo(upload.object_name)}",
                 # The SDK has no public call for this.
                 partial(
                     self._client._abort_multipart_upload, self.bucket, upload.object_name, upload.upload_id

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage.base import ObjectStore
 from tuneforge.common.storage.file import FileObjectStore
 from tuneforge.common.storage.keys import check_prefix
@@ -53,7 +54,7 @@ def open_object_store(
     if parts.scheme == "s3":
         return _open_s3(parts, uri, field, _reveal(access_key), _reveal(secret_key), s3_options)
     raise InvalidInput.field_error(
-        field, f"{uri!r} has no supported scheme: use file:///absolute/dir or {_S3_EXAMPLE}"
+        field, f"{echo(uri)} has no supported scheme: use file:///absolute/dir or {_S3_EXAMPLE}"
     )
 
 
@@ -70,11 +71,11 @@ def _reveal(value: str | _Secret | None) -> str | None:
 def _open_file(parts: SplitResult, uri: str, field: str) -> FileObjectStore:
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise InvalidInput.field_error(
-            field, f"{uri!r} is not a local file URI: use file:///absolute/dir (three slashes)"
+            field, f"{echo(uri)} is not a local file URI: use file:///absolute/dir (three slashes)"
         )
     path = unquote(parts.path)
     if not path.startswith("/") or path == "/":
-        raise InvalidInput.field_error(field, f"{uri!r} needs an absolute folder: use file:///absolute/dir")
+        raise InvalidInput.field_error(field, f"{echo(uri)} needs an absolute folder: use file:///absolute/dir")
     return FileObjectStore(Path(path), setting=field)
 
 
@@ -112,16 +113,16 @@ def _open_s3(
 def _s3_params(parts: SplitResult, uri: str, field: str) -> dict[str, str]:
     if not _BUCKET.fullmatch(parts.netloc):
         raise InvalidInput.field_error(
-            field, f"{uri!r}: bucket {parts.netloc!r} is not a valid S3 bucket name (3-63 of a-z 0-9 . -)"
+            field, f"{echo(uri)}: bucket {echo(parts.netloc)} is not a valid S3 bucket name (3-63 of a-z 0-9 . -)"
         )
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(params) - _S3_PARAMS)
     if unknown:
         raise InvalidInput.field_error(
-            field, f"{uri!r}: unknown parameter(s) {unknown}; allowed: {sorted(_S3_PARAMS)}"
+            field, f"{echo(uri)}: unknown parameter(s) {unknown}; allowed: {sorted(_S3_PARAMS)}"
         )
     if not params.get("endpoint"):
-        raise InvalidInput.field_error(field, f"{uri!r} has no endpoint: use {_S3_EXAMPLE}")
+        raise InvalidInput.field_error(field, f"{echo(uri)} has no endpoint: use {_S3_EXAMPLE}")
     if params.get("secure", "true") not in ("true", "false"):
-        raise InvalidInput.field_error(field, f"{uri!r}: secure must be true or false")
+        raise InvalidInput.field_error(field, f"{echo(uri)}: secure must be true or false")
     return params

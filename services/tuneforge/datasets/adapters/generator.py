@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.common.errors import FailedPrecondition, InvalidInput
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage.keys import check_key
 from tuneforge.datasets.domain.steps_gen import Chat, GenerationParams, Prompt
 
@@ -37,7 +38,7 @@ def check_model_name(name: str, field: str = "model") -> str:
             anything ``check_key`` refuses.
     """
     if not name or "/" in name or ".." in name or name.startswith("."):
-        raise InvalidInput.field_error(field, f"{name!r} is not a model folder name such as 'smollm2-135m-instruct'")
+        raise InvalidInput.field_error(field, f"{echo(name)} is not a model folder name such as 'smollm2-135m-instruct'")
     return check_key(name, field=field)
 
 
@@ -125,7 +126,7 @@ class LocalTextGenerators:
         folder = self.models_dir / check_model_name(name)
         if not self._usable(folder):
             raise FailedPrecondition(
-                f"no model {name!r} with config.json and *.safetensors in the models folder: add its folder under "
+                f"no model {echo(name)} with config.json and *.safetensors in the models folder: add its folder under "
                 "TUNEFORGE_MODELS_DIR")
         return LocalGenerator(self, name)
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import sessionmaker
 
 from tuneforge.common import db
 from tuneforge.common.errors import AlreadyExists
+from tuneforge.common.public_text import echo
 from tuneforge.datasets.adapters import tables as t
 from tuneforge.datasets.domain.model import Dataset, Run, RunEvent, RunState, Version
 
@@ -82,17 +83,11 @@ class SqlCatalog:
                     row_count=version.row_count, kind=version.kind, prefix=version.prefix,
                     request_id=version.request_id, document=version.document, created_at=version.created_at))
         except SqlIntegrityError as exc:
-            raise AlreadyExists(f"request_id {version.request_id!r} was already used: use a new request_id") from exc
+            raise AlreadyExists(f"request_id {echo(version.request_id)} was already used: use a new request_id") from exc
 
     def get_version(self, tenant: str, version_id: str) -> Version | None:
         with db.session_scope(self._sessions) as s:
             row = s.execute(select(t.versions).where(t.versions.c.tenant == tenant, t.versions.c.id == version_id)).first()
-            return _version(row) if row else None
-
-    def find_version_by_request(self, tenant: str, request_id: str) -> Version | None:
-        with db.session_scope(self._sessions) as s:
-            row = s.execute(select(t.versions).where(
-                t.versions.c.tenant == tenant, t.versions.c.request_id == request_id)).first()
             return _version(row) if row else None
 
     def list_versions(self, tenant: str, dataset_id: str, offset: int, limit: int) -> list[Version]:
@@ -116,16 +111,11 @@ class SqlCatalog:
                 if cast(CursorResult[Any], done).rowcount == 0:
                     s.execute(insert(t.runs).values(id=run.id, **values))
         except SqlIntegrityError as exc:
-            raise AlreadyExists(f"request_id {run.request_id!r} was already used: use a new request_id") from exc
+            raise AlreadyExists(f"request_id {echo(run.request_id)} was already used: use a new request_id") from exc
 
     def get_run(self, tenant: str, run_id: str) -> Run | None:
         with db.session_scope(self._sessions) as s:
             row = s.execute(select(t.runs).where(t.runs.c.tenant == tenant, t.runs.c.id == run_id)).first()
-            return _run(row) if row else None
-
-    def find_run_by_request(self, tenant: str, request_id: str) -> Run | None:
-        with db.session_scope(self._sessions) as s:
-            row = s.execute(select(t.runs).where(t.runs.c.tenant == tenant, t.runs.c.request_id == request_id)).first()
             return _run(row) if row else None
 
     def add_run_event(self, tenant: str, run_id: str, event: RunEvent) -> None:

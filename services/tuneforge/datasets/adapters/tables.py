@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, Table, Text, UniqueConstraint
 
 from tuneforge.common.db import TZDateTime, new_metadata
+from tuneforge.common.db.idempotency import idempotency_table
 
 metadata = new_metadata()
 
@@ -81,3 +82,6 @@ leases = Table(
     Column("holder", String(200), primary_key=True),
     Column("created_at", TZDateTime(), nullable=False),
 )
+
+# Keys of the creating RPCs (``tuneforge.common.idempotency``).
+idempotency_keys = idempotency_table(metadata, "ds_idempotency_keys")

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import zstandard
 
 from tuneforge.common.errors import InvalidInput, ResourceExhausted
+from tuneforge.common.public_text import echo
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -95,9 +96,9 @@ def open_decompressed(path: Path, limits: ArchiveLimits, what: str) -> BinaryIO:
 def _check_member_name(name: str) -> None:
     pure = PurePosixPath(name.replace("\\", "/"))
     if name.startswith(("/", "\\")) or pure.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise InvalidInput.field_error("file", f"archive member {name!r} has an absolute path: archive relative paths only")
+        raise InvalidInput.field_error("file", f"archive member {echo(name)} has an absolute path: archive relative paths only")
     if ".." in pure.parts:
-        raise InvalidInput.field_error("file", f"archive member {name!r} contains '..': archive paths without traversal")
+        raise InvalidInput.field_error("file", f"archive member {echo(name)} contains '..': archive paths without traversal")
 
 
 def _data_member(name: str) -> bool:
@@ -152,7 +153,7 @@ def _extract_zip(path: Path, dest: Path, limits: ArchiveLimits) -> list[Path]:
             _check_member_name(info.filename)
             mode = (info.external_attr >> 16) & 0o170000
             if mode == 0o120000:
-                raise InvalidInput.field_error("file", f"archive member {info.filename!r} is a symbolic link: archive regular files only")
+                raise InvalidInput.field_error("file", f"archive member {echo(info.filename)} is a symbolic link: archive regular files only")
             if info.is_dir() or not _data_member(info.filename):
                 continue
             target = dest / f"{len(out):04d}_{PurePosixPath(info.filename).name}"
@@ -175,9 +176,9 @@ def _extract_tar(stream: BinaryIO, compressed: int, dest: Path, limits: ArchiveL
                     raise _too_many(count, limits)
                 _check_member_name(member.name)
                 if member.issym() or member.islnk():
-                    raise InvalidInput.field_error("file", f"archive member {member.name!r} is a link: archive regular files only")
+                    raise InvalidInput.field_error("file", f"archive member {echo(member.name)} is a link: archive regular files only")
                 if member.isdev() or member.isfifo():
-                    raise InvalidInput.field_error("file", f"archive member {member.name!r} is a device or FIFO: archive regular files only")
+                    raise InvalidInput.field_error("file", f"archive member {echo(member.name)} is a device or FIFO: archive regular files only")
                 if not member.isfile() or not _data_member(member.name):
                     continue
                 total += member.size

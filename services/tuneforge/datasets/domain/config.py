@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.common.errors import FieldViolation, InvalidInput
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage.keys import check_key
 from tuneforge.common.text.pii import parse_kinds
 
@@ -212,7 +213,14 @@ def _ratio(value: float, path: str, out: list[FieldViolation], *, open_low: bool
         out.append(FieldViolation(path, f"is {value}: give a number in {bound}"))
 
 
+def _seed(value: int, path: str, out: list[FieldViolation]) -> None:
+    if value < 0:
+        out.append(FieldViolation(path, f"is {value}: seeds are 0 or more"))
+
+
 def _check_step(step: StepConfig, path: str, out: list[FieldViolation]) -> None:
+    if (seed := getattr(step, "seed", None)) is not None:
+        _seed(seed, f"{path}.seed", out)
     if isinstance(step, NearDedup):
         _ratio(step.threshold, f"{path}.threshold", out, open_low=True)
         if not 1 <= step.ngram_size <= 64:
@@ -230,6 +238,8 @@ def _check_step(step: StepConfig, path: str, out: list[FieldViolation]) -> None:
     elif isinstance(step, QualityFilter):
         _ratio(step.max_repetition, f"{path}.max_repetition", out)
         _ratio(step.max_symbol_ratio, f"{path}.max_symbol_ratio", out)
+        if not 0 <= step.min_answer_words <= 10_000:
+            out.append(FieldViolation(f"{path}.min_answer_words", f"is {step.min_answer_words}: use 0-10000"))
     elif isinstance(step, Pii):
         try:
             parse_kinds(step.kinds)
@@ -241,8 +251,13 @@ def _check_step(step: StepConfig, path: str, out: list[FieldViolation]) -> None:
             out.append(FieldViolation(f"{path}.keep", "is empty: list ISO 639-1 codes to keep, e.g. ['en']"))
     elif isinstance(step, Balance):
         _check_balance(step, path, out)
-    elif isinstance(step, Decontaminate) and not step.eval_version_ids:
-        out.append(FieldViolation(f"{path}.eval_version_ids", "is empty: name the evaluation versions"))
+    elif isinstance(step, Decontaminate):
+        if not step.eval_version_ids:
+            out.append(FieldViolation(f"{path}.eval_version_ids", "is empty: name the evaluation versions"))
+        if len(step.eval_version_ids) > 100:
+            out.append(FieldViolation(f"{path}.eval_version_ids", "names more than 100 versions"))
+        if not 1 <= step.ngram_size <= 64:
+            out.append(FieldViolation(f"{path}.ngram_size", f"is {step.ngram_size}: use 1-64 (13 is typical)"))
     elif isinstance(step, Augment):
         _ratio(step.synonym_probability, f"{path}.synonym_probability", out)
         if not 0 <= step.instruction_variants <= 10:
@@ -254,6 +269,8 @@ def _check_step(step: StepConfig, path: str, out: list[FieldViolation]) -> None:
 def _check_balance(step: Balance, path: str, out: list[FieldViolation]) -> None:
     if step.cap_per_category < 0:
         out.append(FieldViolation(f"{path}.cap_per_category", "is negative: use 0 for no cap"))
+    if step.cap_per_category > 1_000_000_000:
+        out.append(FieldViolation(f"{path}.cap_per_category", "is above 10^9: use 0 for no cap"))
     if any(w < 0 for _, w in step.target_mix):
         out.append(FieldViolation(f"{path}.target_mix", "has a negative share: use shares >= 0"))
     if step.target_mix and sum(w for _, w in step.target_mix) <= 0:
@@ -266,7 +283,7 @@ def _check_generative(step: GenerativeAugment, path: str, out: list[FieldViolati
     if not step.model:
         out.append(FieldViolation(f"{path}.model", "is empty: name a model folder of the service's models folder"))
     elif "/" in step.model or ".." in step.model or step.model.startswith("."):
-        out.append(FieldViolation(f"{path}.model", f"{step.model!r} is not a folder name: give a name such as "
+        out.append(FieldViolation(f"{path}.model", f"{echo(step.model)} is not a folder name: give a name such as "
                                   "'smollm2-135m-instruct' (no '/', no '..', no leading '.')"))
     else:
         try:
@@ -279,12 +296,12 @@ def _check_generative(step: GenerativeAugment, path: str, out: list[FieldViolati
     for j, code in enumerate(codes):
         if code not in LANGUAGE_NAMES:
             out.append(FieldViolation(f"{path}.back_translation_languages[{j}]",
-                                      f"{code!r} is not supported: use one of {', '.join(sorted(LANGUAGE_NAMES))}"))
+                                      f"{echo(code)} is not supported: use one of {', '.join(sorted(LANGUAGE_NAMES))}"))
         elif code == step.source_language or code in codes[:j]:
             out.append(FieldViolation(f"{path}.back_translation_languages[{j}]",
-                                      f"{code!r} is the source language or repeated: list each pivot once"))
+                                      f"{echo(code)} is the source language or repeated: list each pivot once"))
     if step.source_language not in LANGUAGE_NAMES:
-        out.append(FieldViolation(f"{path}.source_language", f"{step.source_language!r} is not supported: use one "
+        out.append(FieldViolation(f"{path}.source_language", f"{echo(step.source_language)} is not supported: use one "
                                   f"of {', '.join(sorted(LANGUAGE_NAMES))}"))
     if step.paraphrases == 0 and not codes:
         out.append(FieldViolation(path, "sets neither paraphrases nor back_translation_languages: set one"))
@@ -314,6 +331,7 @@ def check_pipeline(config: PipelineConfig, prefix: str = "") -> None:
     if config.split:
         _ratio(config.split.validation_ratio, f"{prefix}split.validation_ratio", out)
         _ratio(config.split.test_ratio, f"{prefix}split.test_ratio", out)
+        _seed(config.split.seed, f"{prefix}split.seed", out)
         if config.split.validation_ratio + config.split.test_ratio >= 1.0:
             out.append(FieldViolation(f"{prefix}split", "validation_ratio + test_ratio must be below 1: leave rows for train"))
     if out:

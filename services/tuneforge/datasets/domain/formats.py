@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.public_text import echo
 from tuneforge.datasets.domain.records import RecordKind, new_record
 from tuneforge.datasets.domain.rejects import RowError
 
@@ -45,6 +46,56 @@ SHAREGPT_ROLES = {
     "observation": "tool",
 }
 DEFAULT_CATEGORY_FIELDS = ("category", "task")
+# Roles other platforms write: Gemini/Vertex "model", Cohere "Chatbot"/"User", OpenAI "developer".
+ROLE_ALIASES = {"model": "assistant", "chatbot": "assistant", "bot": "assistant", "human": "user",
+                "developer": "system"}
+_KNOWN_FIELDS = frozenset({"instruction", "input", "output", "context", "response", "messages", "conversations",
+                           "prompt", "chosen", "rejected", "preferred_output", "non_preferred_output", "text",
+                           *DEFAULT_CATEGORY_FIELDS})
+# Other platforms' single-turn shapes, read as Alpaca (instruction/output): OpenAI's legacy and
+# Bedrock's prompt/completion, Q&A sets' question/answer, Vertex AI's input_text/output_text.
+_INSTRUCTION_ALIASES = (("prompt", "completion"), ("question", "answer"), ("input_text", "output_text"),
+                        ("query", "response"))
+
+
+def normalize_row(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The row with spreadsheet-style column names (``" Instruction"``, a BOM) and other platforms'
+    shapes (see ``_INSTRUCTION_ALIASES``, Gemini ``contents``) renamed to the known ones; the same
+    object when there is nothing to rename (the columnar fast path relies on that)."""
+    renamed: dict[str, Any] | None = None
+    for key in row:
+        if isinstance(key, str) and key not in _KNOWN_FIELDS:
+            clean = key.strip().lstrip("\ufeff").strip().lower()
+            if clean in _KNOWN_FIELDS and clean not in row:
+                renamed = renamed if renamed is not None else dict(row)
+                renamed[clean] = renamed.pop(key)
+    current: Mapping[str, Any] = renamed if renamed is not None else row
+    keys = set(current)
+    if not keys & {"instruction", "messages", "conversations", "chosen", "text", "preferred_output"}:
+        for question, answer in _INSTRUCTION_ALIASES:
+            if question in keys and answer in keys:
+                out = {k: v for k, v in current.items() if k not in (question, answer)}
+                out.update(instruction=current[question], output=current[answer])
+                out.setdefault("input", "")
+                return out
+        if "contents" in keys:  # Gemini / Vertex chat: {"contents": [{"role", "parts": [{"text"}]}]}
+            out = {k: v for k, v in current.items() if k != "contents"}
+            out["messages"] = _gemini_messages(current["contents"])
+            return out
+    return current
+
+
+def _gemini_messages(contents: Any) -> Any:
+    if not isinstance(contents, list):
+        return contents
+    messages = []
+    for turn in contents:
+        if not isinstance(turn, Mapping):
+            return contents  # left as is: the chat converter names the bad element
+        parts = turn.get("parts")
+        text = "".join(p.get("text", "") for p in parts if isinstance(p, Mapping)) if isinstance(parts, list) else parts
+        messages.append({"role": turn.get("role"), "content": text})
+    return messages
 
 
 def detect_format(row: Mapping[str, Any]) -> DatasetFormat:
@@ -53,7 +104,7 @@ def detect_format(row: Mapping[str, Any]) -> DatasetFormat:
     Raises:
         InvalidInput: no known shape matches (the message lists the keys seen and the shapes).
     """
-    keys = set(row)
+    keys = set(normalize_row(row))
     if "messages" in keys:
         return DatasetFormat.CHAT
     if "conversations" in keys:
@@ -119,15 +170,18 @@ def _messages(value: Any, field: str, role_key: str, content_key: str, roles: Ma
         if not isinstance(item, Mapping):
             raise RowError(where, f"must be an object with '{role_key}' and '{content_key}', got {_type_name(item)}")
         role = item.get(role_key)
-        if not isinstance(role, str) or role.lower() not in roles:
+        if isinstance(role, str):
+            role = role.strip().lower()
+            role = role if role in roles else ROLE_ALIASES.get(role, role)
+        if not isinstance(role, str) or role not in roles:
             allowed = ", ".join(sorted(roles))
-            raise RowError(f"{where}.{role_key}", f"is {role!r}: use one of {allowed}")
+            raise RowError(f"{where}.{role_key}", f"is {echo(role)}: use one of {allowed}")
         content = item.get(content_key)
         if content is None:
             raise RowError(f"{where}.{content_key}", f"is missing: add the message text as '{content_key}'")
         if not isinstance(content, str):
             raise RowError(f"{where}.{content_key}", f"must be a string, got {_type_name(content)}")
-        out.append({"role": roles[role.lower()], "content": content})
+        out.append({"role": roles[role], "content": content})
     return out
 
 
@@ -282,6 +336,7 @@ def convert_row(
     """
     if not isinstance(row, Mapping):
         raise RowError("", f"must be a JSON object, got {_type_name(row)}: write one object per row")
+    row = normalize_row(row)
     kind, fields = _CONVERTERS[fmt](row)
     category = _category(row, category_fields)
     return new_record(kind, source=source, row=row_number, category=category, **fields)

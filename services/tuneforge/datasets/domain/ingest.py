@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.common.errors import FieldViolation, InvalidInput, ResourceExhausted
+from tuneforge.common.public_text import echo
 from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.archives import (
     ArchiveLimits,
@@ -26,6 +27,7 @@ from tuneforge.datasets.domain.archives import (
     iter_archive_names,
     open_decompressed,
 )
+from tuneforge.datasets.domain.encodings import utf8_stream
 from tuneforge.datasets.domain.fastjsonl import (
     FAST_FORMATS,
     Block,
@@ -40,6 +42,7 @@ from tuneforge.datasets.domain.formats import (
     DatasetFormat,
     convert_row,
     detect_format,
+    normalize_row,
 )
 from tuneforge.datasets.domain.pipeline import EvalRecords, PipelineResult
 from tuneforge.datasets.domain.readers import FileType, detect_file_type, iter_rows, jsonl_rows
@@ -68,6 +71,7 @@ class IngestLimits:
     max_row_bytes: int = 1 << 20
     max_rows: int = 50_000_000
     archive: ArchiveLimits = field(default_factory=ArchiveLimits)
+    max_mixture_rows: int = 10_000_000  # most rows one CreateMixture writes (total_rows)
 
 
 @dataclass(frozen=True)
@@ -158,8 +162,8 @@ class _Ingest:
             return False
         if self.format is None:
             rows: list[dict[str, Any]] = []
-            with open_decompressed(path, self.limits.archive, source) as stream:
-                for _, row in jsonl_rows(stream, self.limits.max_row_bytes):
+            with open_decompressed(path, self.limits.archive, source) as raw:
+                for _, row in jsonl_rows(utf8_stream(raw), self.limits.max_row_bytes):
                     if isinstance(row, dict):
                         rows.append(row)
                         if len(rows) >= DETECTION_ROWS:
@@ -168,8 +172,8 @@ class _Ingest:
                 detected = vote_format(rows)
             except InvalidInput:
                 return False  # the row path raises the same error at the same point
-            if detected not in FAST_FORMATS:
-                return False
+            if detected not in FAST_FORMATS or any(normalize_row(r) is not r for r in rows):
+                return False  # renamed or aliased columns (prompt/completion ...) take the row path
             self.format = detected
         return self.format in FAST_FORMATS
 
@@ -177,8 +181,8 @@ class _Ingest:
         """Block by block through Arrow; blocks or rows it cannot vouch for take the row path."""
         assert self.format is not None
         max_row_bytes = self.limits.max_row_bytes
-        with open_decompressed(path, self.limits.archive, source) as stream:
-            for item in iter_blocks(stream, max_row_bytes):
+        with open_decompressed(path, self.limits.archive, source) as raw:
+            for item in iter_blocks(utf8_stream(raw), max_row_bytes):
                 if isinstance(item, Rest):
                     self._run_rows(source, jsonl_rows(item.stream, max_row_bytes, item.first_line))
                     continue
@@ -318,5 +322,5 @@ def _refuse_invalid(job: _Ingest, options: IngestOptions) -> None:
             reason="INVALID_ROWS",
         )
     if job.writer.rows == 0:
-        raise InvalidInput.field_error("file", f"no valid rows in {options.file_name!r} ({job.rows_read} read): check the format")
+        raise InvalidInput.field_error("file", f"no valid rows in {echo(options.file_name)} ({job.rows_read} read): check the format")
 

@@ -113,10 +113,6 @@ class Catalog(Protocol):
         """One version."""
         ...
 
-    def find_version_by_request(self, tenant: str, request_id: str) -> Version | None:
-        """The version created by an idempotency key."""
-        ...
-
     def list_versions(self, tenant: str, dataset_id: str, offset: int, limit: int) -> list[Version]:
         """Newest first."""
         ...
@@ -131,10 +127,6 @@ class Catalog(Protocol):
 
     def get_run(self, tenant: str, run_id: str) -> Run | None:
         """One run."""
-        ...
-
-    def find_run_by_request(self, tenant: str, request_id: str) -> Run | None:
-        """The run started by an idempotency key."""
         ...
 
     def add_run_event(self, tenant: str, run_id: str, event: RunEvent) -> None:

@@ -89,6 +89,8 @@ def build_step(config: cfg.StepConfig, reject: Callable[[Record, str, str], None
         return DecontaminateStep(reject, config, lambda: eval_records(config.eval_version_ids))
     if isinstance(config, cfg.GenerativeAugment):
         return GenerativeAugmentStep(reject, config, generators)
+    if isinstance(config, cfg.LengthFilter):  # tokenizers are the service's models, by name
+        return LengthFilterStep(reject, config, generators.models_dir if generators else None)
     return simple[type(config)](reject, config)  # type: ignore[call-arg]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,7 +24,9 @@ import orjson
 import pyarrow.parquet as pq
 
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.public_text import echo
 from tuneforge.datasets.domain.archives import ArchiveLimits, open_decompressed, sniff
+from tuneforge.datasets.domain.encodings import DELIMITERS, csv_delimiter, utf8_stream
 from tuneforge.datasets.domain.rejects import RowError
 
 PARQUET_MAGIC = b"PAR1"
@@ -68,18 +71,20 @@ def detect_file_type(name: str, path: Path, limits: ArchiveLimits) -> FileType:
         return FileType.PARQUET
     with open_decompressed(path, limits, name) as stream:
         head = stream.read(4096)
-    if head.startswith(PARQUET_MAGIC):
-        return FileType.PARQUET
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head.startswith(PARQUET_MAGIC):
+            return FileType.PARQUET
+    with open_decompressed(path, limits, name) as stream:
+        head = utf8_stream(stream).read(4096)  # UTF-16 from Windows editors reads as UTF-8 here
+    text = head.lstrip(b" \t\r\n")
     if text.startswith(b"["):
         return FileType.JSON
     if text.startswith(b"{"):
         return FileType.JSONL
-    if b"," in head.split(b"\n", 1)[0]:
+    if any(d.encode() in head.split(b"\n", 1)[0] for d in DELIMITERS):
         return FileType.CSV
     raise InvalidInput.field_error(
         "file_type",
-        f"cannot tell the file type of {name!r}: name it .jsonl, .json, .csv or .parquet "
+        f"cannot tell the file type of {echo(name)}: name it .jsonl, .json, .csv or .parquet "
         "(optionally .gz/.zst) or declare file_type",
     )
 
@@ -89,7 +94,8 @@ def iter_rows(path: Path, file_type: FileType, *, max_row_bytes: int, limits: Ar
     if file_type is FileType.PARQUET:
         yield from _parquet_rows(path, limits, name)
         return
-    with open_decompressed(path, limits, name) as stream:
+    with open_decompressed(path, limits, name) as raw:
+        stream = utf8_stream(raw, legacy=file_type is FileType.CSV)  # BOMs dropped, UTF-16/32 (CSV: Windows-1252) transcoded
         if file_type is FileType.JSONL:
             yield from jsonl_rows(stream, max_row_bytes)
         elif file_type is FileType.JSON:
@@ -168,11 +174,13 @@ def _decoded_lines(stream: BinaryIO, bad_lines: set[int], max_row_bytes: int) ->
 def _csv_rows(stream: BinaryIO, max_row_bytes: int) -> Iterator[Row]:
     bad_lines: set[int] = set()
     csv.field_size_limit(max(max_row_bytes, 1 << 16))
-    reader = csv.reader(_decoded_lines(stream, bad_lines, max_row_bytes))
-    try:
-        header = next(reader)
-    except StopIteration:
+    lines = _decoded_lines(stream, bad_lines, max_row_bytes)
+    first = next(lines, None)
+    if first is None:
         return
+    # Excel writes ';' where the decimal separator is ',' (and tabs for "Unicode text").
+    reader = csv.reader(itertools.chain([first], lines), delimiter=csv_delimiter(first))
+    header = [h.strip() for h in next(reader)]
     if len(set(header)) != len(header):
         raise InvalidInput.field_error("file", f"CSV header has duplicate columns {header}: make the names unique")
     number = 0

@@ -11,15 +11,16 @@ event saying so.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.common.db import utcnow
-from tuneforge.common.errors import AlreadyExists, NotFound, TuneforgeError
+from tuneforge.common.errors import InvalidInput, NotFound, TuneforgeError, Unavailable
+from tuneforge.common.public_text import echo, public_message
+from tuneforge.common.streams import follow
 from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.model import Run, RunEvent, RunState, new_id
 from tuneforge.datasets.domain.pipeline import StepCount, run_pipeline
@@ -45,6 +46,7 @@ class CurationRuns:
         self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="curation")
         self._events: dict[str, _Events] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         message = "the service restarted during the run: start it again"
         failed = self.catalog.fail_unfinished_runs(message)
         for run in failed:
@@ -55,7 +57,12 @@ class CurationRuns:
             log.warning("marked %d interrupted curation runs as failed", len(failed))
 
     def shutdown(self) -> None:
-        """Stop accepting runs and wait for running ones."""
+        """Stop accepting runs, ask running ones to stop at their next step, and wait for them.
+
+        Queued runs are dropped (the next start-up marks them failed); a running run ends FAILED
+        ("the service stopped") at its next step boundary. When this returns, no run writes to storage.
+        """
+        self._stopping.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _emit(self, run: Run, message: str, step: dict[str, Any] | None = None) -> None:
@@ -67,16 +74,12 @@ class CurationRuns:
             events.items.append(event)
             events.cond.notify_all()
 
-    def start(self, tenant: str, version_id: str, config: cfg.PipelineConfig, request_id: str = "") -> Run:
-        """Validate, record and queue a run; a repeated request_id returns the first run."""
-        if request_id and (existing := self.catalog.find_run_by_request(tenant, request_id)):
-            if existing.input_version_id != version_id:
-                raise AlreadyExists(f"request_id {request_id!r} was used for another version: use a new request_id")
-            return existing
+    def start(self, tenant: str, version_id: str, config: cfg.PipelineConfig) -> Run:
+        """Validate, record and queue a run (request ids: ``common.idempotency``, in the servicer)."""
         cfg.check_pipeline(config)
         check_models(config, self.service.generators)
         version = self.service.get_version(tenant, version_id)
-        run = Run(new_id("run"), tenant, version.id, RunState.QUEUED, utcnow(), request_id or None,
+        run = Run(new_id("run"), tenant, version.id, RunState.QUEUED, utcnow(), None,
                   {"config": config.to_dict(), "steps": []})
         self.catalog.save_run(run)
         self._emit(run, "queued")
@@ -84,6 +87,8 @@ class CurationRuns:
         return run
 
     def _execute(self, run: Run, config: cfg.PipelineConfig) -> None:
+        if self._stopping.is_set():
+            return  # the next start-up marks it failed, with an event saying so
         run.state = RunState.RUNNING
         self.catalog.save_run(run)
         self._emit(run, "running")
@@ -93,6 +98,8 @@ class CurationRuns:
             shards, _ = self.service.local_files(version)
 
             def progress(count: StepCount) -> None:
+                if self._stopping.is_set():
+                    raise Unavailable("the service stopped during the run: start it again")
                 run.document["steps"].append(count.as_dict())
                 self.catalog.save_run(run)
                 self._emit(run, f"step {count.step}: {count.rows_in} -> {count.rows_out} rows", count.as_dict())
@@ -109,15 +116,16 @@ class CurationRuns:
             message = f"succeeded: version {output.id} with {output.row_count} rows"
         except TuneforgeError as exc:
             run.state = RunState.FAILED
-            run.document["error"] = {"code": exc.family.value, "message": exc.message, "field": exc.field or ""}
-            message = f"failed: {exc.message}"
+            public = public_message(exc.message)  # stored and shown to the caller: bounded, no server path
+            run.document["error"] = {"code": exc.family.value, "message": public, "field": exc.field or ""}
+            message = f"failed: {public}"
         except Exception:
             log.exception("curation run %s failed", run.id)
             run.state = RunState.FAILED
             run.document["error"] = {"code": "INTERNAL", "message": "internal error: see the service log", "field": ""}
             message = "failed: internal error"
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            self.service.discard(staging)
         run.ended_at = utcnow()
         self.catalog.save_run(run)
         self._emit(run, message)
@@ -126,11 +134,16 @@ class CurationRuns:
         """One run; NotFound otherwise."""
         run = self.catalog.get_run(tenant, run_id) if run_id else None
         if run is None:
-            raise NotFound(f"curation run {run_id!r} not found: check the id returned by CurateDataset")
+            raise NotFound(f"curation run {echo(run_id)} not found: check the id returned by CurateDataset")
         return run
 
-    def watch(self, tenant: str, run_id: str, after: int = 0, timeout_s: float = 3600.0) -> Iterator[RunEvent]:
-        """Yield events after ``after`` until the run ends (or ``timeout_s`` without news)."""
+    def watch(self, tenant: str, run_id: str, after: int = 0,
+              is_active: Callable[[], bool] = lambda: True) -> Iterator[RunEvent]:
+        """Yield events after ``after`` until the run's final event (``common.streams.follow``): a
+        cursor beyond the last event of a finished run ends at once, and a client that went away
+        (``is_active``) is noticed within a tick."""
+        if after < 0:
+            raise InvalidInput.field_error("after_sequence", f"is {after}: use 0 (from the start) or a sequence seen")
         run = self.get(tenant, run_id)
         with self._lock:
             events = self._events.get(run.id)
@@ -141,19 +154,23 @@ class CurationRuns:
             else:  # stored by a version of the service that kept events in memory only
                 yield RunEvent(1, run.ended_at or run.created_at, run.state, None, f"run is {run.state.value}")
             return
-        index = after
-        while True:
-            with events.cond:
-                if len(events.items) <= index:
-                    def arrived(seen: int = index) -> bool:
-                        return len(events.items) > seen
+        live = events
 
-                    events.cond.wait_for(arrived, timeout=timeout_s)
-                new = events.items[index:]
-            if not new:
-                return
-            for event in new:
-                yield event
-                index = event.sequence
-                if event.state in _TERMINAL and event.message.startswith(("succeeded", "failed")):
-                    return
+        def fetch(cursor: int) -> list[RunEvent]:
+            with live.cond:
+                return live.items[cursor:]
+
+        def ended() -> bool:
+            with live.cond:
+                return bool(live.items) and _is_final(live.items[-1])
+
+        def wait(seconds: float) -> None:
+            with live.cond:
+                live.cond.wait(seconds)
+
+        yield from follow(fetch, cursor=after, sequence=lambda e: e.sequence, is_final=_is_final,
+                          subject_ended=ended, is_active=is_active, wait=wait)
+
+
+def _is_final(event: RunEvent) -> bool:
+    return event.state in _TERMINAL and event.message.startswith(("succeeded", "failed"))

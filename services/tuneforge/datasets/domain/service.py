@@ -8,9 +8,8 @@ upload leaves nothing behind.
 
 from __future__ import annotations
 
+import math
 import random
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,8 +19,16 @@ from typing import Any, Protocol
 import pyarrow.parquet as pq
 
 from tuneforge.common.db import utcnow
-from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from tuneforge.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+)
+from tuneforge.common.public_text import echo
 from tuneforge.common.storage import tenant_prefix
+from tuneforge.common.workdirs import WorkFolders
 from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.ingest import IngestLimits, IngestOptions, IngestResult, ingest_file
 from tuneforge.datasets.domain.model import Catalog, Dataset, Version, new_id
@@ -32,6 +39,9 @@ from tuneforge.datasets.domain.tokens import WhitespaceCounter, token_counter
 
 MAX_PAGE = 1000
 MAX_PREVIEW = 500
+WORK_PREFIXES = ("upload-", "stage-", "register-")  # the temporary folders of the work folder
+MAX_MIXTURE_COMPONENTS = 100
+MAX_MIXTURE_WEIGHT = 1e6
 
 
 class VersionFiles(Protocol):
@@ -68,24 +78,27 @@ class DatasetCatalogService:
         # Without the query (endpoint options): sources are named s3://bucket/key or file:///dir/key.
         self.store_uri = store_uri.split("?", 1)[0].rstrip("/")
         self.limits = limits or IngestLimits()
-        work_dir.mkdir(parents=True, exist_ok=True)
+        # Spools, staging and downloads: tracked, so leftovers of a crash are swept (``WorkFolders``).
+        self.folders = WorkFolders(work_dir, WORK_PREFIXES)
 
     def staging(self) -> Path:
-        """A fresh local staging folder (the caller removes it)."""
-        return Path(tempfile.mkdtemp(prefix="stage-", dir=self.work_dir))
+        """A fresh local staging folder (the caller hands it back with ``discard``)."""
+        return self.folders.make("stage-")
+
+    def discard(self, folder: Path) -> None:
+        """Remove a folder made by ``staging`` (or another ``folders.make``)."""
+        self.folders.release(folder)
 
     # ---- ingest -------------------------------------------------------------------------
     def ingest(self, tenant: str, dataset_name: str, description: str, path: Path, options: IngestOptions,
-               request_id: str = "", curation: cfg.PipelineConfig | None = None) -> tuple[Dataset, Version]:
-        """Validate a local file and publish it as a new version (idempotent on request_id).
+               curation: cfg.PipelineConfig | None = None) -> tuple[Dataset, Version]:
+        """Validate a local file and publish it as a new version (request ids: ``common.idempotency``).
 
         Without ``curation`` the version holds the validated rows (a raw version); with it, the
         validated rows go through the steps in the same pass and only the curated rows are stored.
         """
         if not dataset_name.strip():
             raise InvalidInput.field_error("dataset_name", "is empty: name the dataset")
-        if request_id and (existing := self.catalog.find_version_by_request(tenant, request_id)):
-            return self._dataset_of(existing), existing
         if curation:
             cfg.check_pipeline(curation, "curation.")
             check_models(curation, self.generators, "curation.")
@@ -95,9 +108,9 @@ class DatasetCatalogService:
                                  eval_records=lambda ids: self.eval_records(tenant, ids), generators=self.generators)
             document = _ingest_document(options, result, curation)
             staged = Staged(result.shards, result.rejected_path, _rejected_total(result), document)
-            return self.publish(tenant, dataset_name, description, staged, request_id)
+            return self.publish(tenant, dataset_name, description, staged)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            self.discard(staging)
 
     def eval_records(self, tenant: str, version_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
         """The records of several versions in turn (decontamination's evaluation sets)."""
@@ -105,15 +118,15 @@ class DatasetCatalogService:
             yield from self.records(tenant, version_id)
 
     def register(self, tenant: str, dataset_name: str, source_uri: str, options: IngestOptions,
-                 request_id: str = "", curation: cfg.PipelineConfig | None = None) -> tuple[Dataset, Version]:
+                 curation: cfg.PipelineConfig | None = None) -> tuple[Dataset, Version]:
         """Ingest an object already in the service's store, under the caller's tenant prefix."""
         key = self._source_key(tenant, source_uri)
-        download = Path(tempfile.mkdtemp(prefix="register-", dir=self.work_dir))
+        download = self.folders.make("register-")
         try:
             local = self.files.open_source(key, download / "source")
-            return self.ingest(tenant, dataset_name, "", local, options, request_id, curation)
+            return self.ingest(tenant, dataset_name, "", local, options, curation)
         finally:
-            shutil.rmtree(download, ignore_errors=True)
+            self.discard(download)
 
     def _source_key(self, tenant: str, uri: str) -> str:
         if not uri.startswith(self.store_uri + "/"):
@@ -125,8 +138,7 @@ class DatasetCatalogService:
         return key
 
     # ---- publishing --------------------------------------------------------------------
-    def publish(self, tenant: str, dataset_name: str, description: str, staged: Staged,
-                request_id: str = "") -> tuple[Dataset, Version]:
+    def publish(self, tenant: str, dataset_name: str, description: str, staged: Staged) -> tuple[Dataset, Version]:
         """Upload a staged version (manifest last), then record it; undo the upload on failure."""
         stats = compute_stats(staged.shards.files, WhitespaceCounter())
         kinds = staged.shards.kinds
@@ -141,7 +153,7 @@ class DatasetCatalogService:
         try:
             dataset = self.catalog.get_or_create_dataset(dataset)
             version = Version(version_id, tenant, dataset.id, staged.shards.content_hash, staged.parent_version_id,
-                              staged.shards.rows, kind, prefix, utcnow(), request_id or None, document)
+                              staged.shards.rows, kind, prefix, utcnow(), None, document)
             self.catalog.add_version(version)
         except BaseException:
             self.files.delete(prefix, version_id)
@@ -153,14 +165,14 @@ class DatasetCatalogService:
     def _dataset_of(self, version: Version) -> Dataset:
         dataset = self.catalog.find_dataset(version.tenant, version.dataset_id)
         if dataset is None:
-            raise NotFound(f"dataset {version.dataset_id!r} not found")
+            raise NotFound(f"dataset {echo(version.dataset_id)} not found")
         return dataset
 
     def get_dataset(self, tenant: str, ref: str) -> Dataset:
         """By id or name; NotFound otherwise."""
         dataset = self.catalog.find_dataset(tenant, ref) if ref else None
         if dataset is None:
-            raise NotFound(f"dataset {ref!r} not found: check the id or name (ListDatasets shows yours)")
+            raise NotFound(f"dataset {echo(ref)} not found: check the id or name (ListDatasets shows yours)")
         return dataset
 
     def list_datasets(self, tenant: str, offset: int, limit: int) -> list[Dataset]:
@@ -171,7 +183,7 @@ class DatasetCatalogService:
         """One version; NotFound otherwise."""
         version = self.catalog.get_version(tenant, version_id) if version_id else None
         if version is None:
-            raise NotFound(f"dataset version {version_id!r} not found: check the id (ListDatasetVersions shows yours)")
+            raise NotFound(f"dataset version {echo(version_id)} not found: check the id (ListDatasetVersions shows yours)")
         return version
 
     def list_versions(self, tenant: str, ref: str, offset: int, limit: int) -> list[Version]:
@@ -189,7 +201,9 @@ class DatasetCatalogService:
 
     def preview(self, tenant: str, version_id: str, split: str, offset: int, limit: int) -> list[dict[str, Any]]:
         """Rows of a version (optionally of one split) from ``offset``."""
-        limit = min(limit or 20, MAX_PREVIEW)
+        if not 0 <= limit <= MAX_PREVIEW:
+            raise InvalidInput.field_error("limit", f"is {limit}: use 0 (20 rows) up to {MAX_PREVIEW}")
+        limit = limit or 20
         if offset < 0:
             raise InvalidInput.field_error("offset", "is negative: use 0 or more")
         out: list[dict[str, Any]] = []
@@ -210,7 +224,8 @@ class DatasetCatalogService:
         stats = dict(version.document.get("stats", {}))
         if tokenizer:
             shards, _ = self.local_files(version)
-            stats = compute_stats(shards, token_counter(tokenizer))
+            models_dir = self.generators.models_dir if self.generators else None
+            stats = compute_stats(shards, token_counter(tokenizer, models_dir=models_dir))
         steps = version.document.get("steps", [])
         stats["duplicates_removed"] = sum(s["rows_in"] - s["rows_out"] for s in steps
                                           if s["step"] in ("exact_dedup", "near_dedup"))
@@ -265,15 +280,9 @@ class DatasetCatalogService:
 
     # ---- mixtures ----------------------------------------------------------------------
     def create_mixture(self, tenant: str, dataset_name: str, components: list[tuple[str, float, str]],
-                       total_rows: int, seed: int, request_id: str = "") -> Version:
+                       total_rows: int, seed: int) -> Version:
         """Sample several versions by weight into one new version, each row labelled with its task."""
-        if request_id and (existing := self.catalog.find_version_by_request(tenant, request_id)):
-            return existing
-        if not components:
-            raise InvalidInput.field_error("components", "is empty: give at least one version and weight")
-        for i, (_, weight, _) in enumerate(components):
-            if weight <= 0:
-                raise InvalidInput.field_error(f"components[{i}].weight", f"is {weight}: give a weight > 0")
+        self._check_mixture(components, total_rows, seed)
         versions = [self.get_version(tenant, vid) for vid, _, _ in components]
         total_weight = sum(w for _, w, _ in components)
         shares = [w / total_weight for _, w, _ in components]
@@ -292,18 +301,41 @@ class DatasetCatalogService:
                                      "total_rows": total_rows, "seed": seed},
                         "steps": [{"step": "mixture", "rows_in": sum(v.row_count for v in versions),
                                    "rows_out": shards.rows, "rows_modified": 0, "details": {}}]}
-            _, version = self.publish(tenant, dataset_name, "", Staged(shards, None, 0, document), request_id)
+            _, version = self.publish(tenant, dataset_name, "", Staged(shards, None, 0, document))
             return version
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            self.discard(staging)
+
+    def _check_mixture(self, components: list[tuple[str, float, str]], total_rows: int, seed: int) -> None:
+        """Every problem of a mixture request at once (ranges documented in the proto)."""
+        out: list[FieldViolation] = []
+        if not components:
+            out.append(FieldViolation("components", "is empty: give at least one version and weight"))
+        if len(components) > MAX_MIXTURE_COMPONENTS:
+            out.append(FieldViolation("components", f"has {len(components)} entries: at most {MAX_MIXTURE_COMPONENTS}"))
+        for i, (_, weight, _) in enumerate(components[:MAX_MIXTURE_COMPONENTS]):
+            if not (math.isfinite(weight) and 0 < weight <= MAX_MIXTURE_WEIGHT):
+                out.append(FieldViolation(f"components[{i}].weight", f"is {weight}: give a weight in "
+                                          f"(0, {MAX_MIXTURE_WEIGHT:g}] (only the ratios matter)"))
+        cap = self.limits.max_mixture_rows
+        if not 0 <= total_rows <= cap:
+            out.append(FieldViolation("total_rows", f"is {total_rows}: use 0 (as many as the weights allow "
+                                      f"without repeating rows) up to {cap} (TUNEFORGE_MAX_MIXTURE_ROWS)"))
+        if seed < 0:
+            out.append(FieldViolation("seed", f"is {seed}: seeds are 0 or more"))
+        if out:
+            raise InvalidInput.of(out, "mixture")
 
     def _sample_into(self, writer: ShardWriter, version: Version, n: int, task: str, rng: random.Random) -> None:
         shards, _ = self.local_files(version)
-        chosen = sorted(rng.sample(range(version.row_count), n)) if n <= version.row_count else [
-            i % version.row_count for i in range(n)]
+        # Oversampling repeats every row n // rows times and the first n % rows once more: counted,
+        # never materialised as a list of n indices (n is capped by max_mixture_rows, not by memory).
         counts: dict[int, int] = {}
-        for i in chosen:
-            counts[i] = counts.get(i, 0) + 1
+        if n <= version.row_count:
+            counts = dict.fromkeys(rng.sample(range(version.row_count), n), 1)
+        else:
+            whole, extra = divmod(n, version.row_count)
+            counts = {i: whole + (1 if i < extra else 0) for i in range(version.row_count)}
         index = 0
         for batch in iter_batches(shards):
             for record in batch:

@@ -14,6 +14,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,11 +217,12 @@ class LengthFilterStep(Step):
 
     name = "length_filter"
 
-    def __init__(self, reject: Reject, config: cfg.LengthFilter) -> None:
+    def __init__(self, reject: Reject, config: cfg.LengthFilter, models_dir: Path | None = None) -> None:
         super().__init__(reject)
         self.config = config
         needs_tokens = config.min_tokens or config.max_tokens
-        self.counter = token_counter(config.tokenizer, field="steps.length_filter.tokenizer") if needs_tokens else None
+        self.counter = (token_counter(config.tokenizer, models_dir=models_dir, field="steps.length_filter.tokenizer")
+                        if needs_tokens else None)
 
     def process(self, batch: list[Record]) -> list[Record]:
         c = self.config

@@ -21,11 +21,13 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import xxhash
 
 from tuneforge.common.errors import FailedPrecondition, FieldViolation
+from tuneforge.common.public_text import echo
 from tuneforge.datasets.domain import config as cfg
 from tuneforge.datasets.domain.steps import Record, Reject, Step, language_identifier
 
@@ -93,6 +95,8 @@ class TextGenerator(Protocol):
 class GeneratorProvider(Protocol):
     """The models a service can generate with, by name (``adapters.generator.LocalTextGenerators``)."""
 
+    models_dir: Path  # the service's models: also where tokenizers are resolved, by model name
+
     def names(self) -> list[str]:
         """The names of the usable models, sorted."""
         ...
@@ -119,8 +123,8 @@ def check_models(config: cfg.PipelineConfig, generators: GeneratorProvider | Non
         have = f"available: {', '.join(available)}" if available else "this service has no models"
         fix = ("add one by putting its folder (config.json, *.safetensors, tokenizer) under the service's "
                "TUNEFORGE_MODELS_DIR, or name an available one")
-        raise FailedPrecondition(f"{field}: no model {step.model!r} ({have}): {fix}",
-                                 violations=[FieldViolation(field, f"no model {step.model!r}: {have}")])
+        raise FailedPrecondition(f"{field}: no model {echo(step.model)} ({have}): {fix}",
+                                 violations=[FieldViolation(field, f"no model {echo(step.model)}: {have}")])
 
 
 def paraphrase_prompt(text: str, variant: int) -> Chat:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tuneforge.common.errors import Cancelled, Unavailable
+from tuneforge.common.public_text import echo
 from tuneforge.evaluation.domain.ports import ModelTask, ProgressFn
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class RayRunner:
                 try:
                     ray.init(address=self._address or None, include_dashboard=False, log_to_driver=False)
                 except ConnectionError as exc:
-                    raise Unavailable(f"Ray at {self._address!r} is unreachable: {exc}; check TUNEFORGE_EVAL_RAY_ADDRESS") from exc
+                    raise Unavailable(f"Ray at {echo(self._address)} is unreachable: {exc}; check TUNEFORGE_EVAL_RAY_ADDRESS") from exc
         return ray
 
     def run(self, task: ModelTask, progress: ProgressFn, cancelled: Callable[[], bool]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.common.db import session_scope
 from tuneforge.common.errors import ErrorFamily, NotFound
+from tuneforge.common.public_text import echo
 from tuneforge.evaluation.adapters.tables import evaluations, events, pairs, ratings
 from tuneforge.evaluation.domain.model import (
     DatasetRef,
@@ -107,7 +108,7 @@ class SqlEvaluationRepository:
                 select(evaluations).where(evaluations.c.tenant == tenant, evaluations.c.id == evaluation_id)
             ).mappings().first()
         if row is None:
-            raise NotFound(f"evaluation {evaluation_id!r} not found: list evaluations to see the ids you can read")
+            raise NotFound(f"evaluation {echo(evaluation_id)} not found: list evaluations to see the ids you can read")
         return _from_row(row)
 
     def list(self, tenant: str, *, limit: int, offset: int) -> list[Evaluation]:
@@ -194,7 +195,7 @@ class SqlEvaluationRepository:
         found = s.execute(select(evaluations.c.id).where(
             evaluations.c.tenant == tenant, evaluations.c.id == evaluation_id)).first()
         if found is None:
-            raise NotFound(f"evaluation {evaluation_id!r} not found: list evaluations to see the ids you can read")
+            raise NotFound(f"evaluation {echo(evaluation_id)} not found: list evaluations to see the ids you can read")
 
     def events_after(self, tenant: str, evaluation_id: str, sequence: int) -> builtins.list[ProgressEvent]:
         """The tenant's evaluation's events after ``sequence``, in order (none for another tenant's)."""

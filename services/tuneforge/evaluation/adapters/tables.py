@@ -16,6 +16,7 @@ from sqlalchemy import (
 )
 
 from tuneforge.common.db import TZDateTime, new_metadata
+from tuneforge.common.db.idempotency import idempotency_table
 
 metadata = new_metadata()
 
@@ -76,3 +77,6 @@ ratings = Table(
     Column("preference", String(8), nullable=False),
     Column("created_at", TZDateTime(), nullable=False),
 )
+
+# Keys of the creating RPCs (``tuneforge.common.idempotency``).
+idempotency_keys = idempotency_table(metadata, "eval_idempotency_keys")

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tuneforge.common.errors import InvalidInput
+from tuneforge.common.public_text import echo
 
 
 def to_example(record: Mapping[str, Any], row: int) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def to_example(record: Mapping[str, Any], row: int) -> dict[str, Any]:
     if kind == "preference" and record.get("prompt") and record.get("chosen") is not None:
         return _preference_example(record, row)
     raise InvalidInput.field_error(
-        f"rows[{row}]", f"record of kind {kind!r} has no text, messages or prompt/chosen to evaluate"
+        f"rows[{row}]", f"record of kind {echo(kind)} has no text, messages or prompt/chosen to evaluate"
     )
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from tuneforge.common.errors import FieldViolation, InvalidInput
 
+MAX_STOP_STRINGS = 16  # generation stop strings per evaluation
+
 
 class Metric(enum.Enum):
     """Metric families (the API's ``Metric`` enum, by value)."""
@@ -153,6 +155,12 @@ class EvaluationSpec:
             v.append(FieldViolation("generation.batch_size", "must be in 1..256"))
         if g.do_sample and g.temperature <= 0:
             v.append(FieldViolation("generation.temperature", "must be > 0 when sampling"))
+        if not 0 <= g.temperature <= 2:
+            v.append(FieldViolation("generation.temperature", "must be in 0..2"))
+        if g.seed < 0:
+            v.append(FieldViolation("generation.seed", "must be 0 or more"))
+        if len(g.stop) > MAX_STOP_STRINGS:
+            v.append(FieldViolation("generation.stop", f"{len(g.stop)} stop strings: at most {MAX_STOP_STRINGS}"))
         if not 0 < g.top_p <= 1:
             v.append(FieldViolation("generation.top_p", "must be in (0, 1]"))
         if self.mark_best_by and not self.model.checkpoint_id:
@@ -172,8 +180,8 @@ class EvaluationSpec:
             v.append(FieldViolation("forgetting_dataset", "METRIC_FORGETTING needs a general held-out dataset"))
         else:
             v += _dataset_violations("forgetting_dataset", self.forgetting_dataset, limits)
-        if self.forgetting_threshold < 1:
-            v.append(FieldViolation("forgetting_threshold", "must be >= 1 (e.g. 1.1 = 10% worse perplexity)"))
+        if not 1 <= self.forgetting_threshold <= 100:
+            v.append(FieldViolation("forgetting_threshold", "must be in 1..100 (e.g. 1.1 = 10% worse perplexity)"))
         return v
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidInput
+from tuneforge.common.public_text import echo
 from tuneforge.evaluation.domain import metrics
 
 PREFERENCES = ("left", "right", "tie")
@@ -73,7 +74,7 @@ def check_ratings(ratings: Sequence[Mapping[str, Any]], known_pairs: set[str]) -
     v = []
     for i, r in enumerate(ratings):
         if r["pair_id"] not in known_pairs:
-            v.append(FieldViolation(f"ratings[{i}].pair_id", f"{r['pair_id']!r} is not an exported pair of this evaluation"))
+            v.append(FieldViolation(f"ratings[{i}].pair_id", f"{echo(r['pair_id'])} is not an exported pair of this evaluation"))
         if r["preference"] not in PREFERENCES:
             v.append(FieldViolation(f"ratings[{i}].preference", "must be PREFERENCE_LEFT, _RIGHT or _TIE"))
         if not r.get("rater"):

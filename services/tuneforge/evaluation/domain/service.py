@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from tuneforge.common.auth import Identity
-from tuneforge.common.errors import Cancelled, FailedPrecondition, TuneforgeError
+from tuneforge.common.errors import Cancelled, FailedPrecondition, InvalidInput, TuneforgeError
+from tuneforge.common.idempotency import Idempotency, digest_of
+from tuneforge.common.public_text import echo, public_message
+from tuneforge.common.streams import follow
 from tuneforge.evaluation.domain import examples as ex
 from tuneforge.evaluation.domain import pairs as ab
 from tuneforge.evaluation.domain import scoring
@@ -47,6 +51,7 @@ from tuneforge.evaluation.domain.ports import (
 log = logging.getLogger(__name__)
 
 BEST_ALIAS = "best"
+STOPPED_MESSAGE = "the service stopped during the evaluation: create the evaluation again"
 RESTARTED_MESSAGE = "the service restarted while the evaluation was queued or running: create the evaluation again"
 _UNFINISHED = (State.QUEUED, State.RUNNING)
 
@@ -100,6 +105,7 @@ class Dependencies:
     aliases: CheckpointAliases | None = None
     safety: SafetyScorer | None = None
     limits: Limits = field(default_factory=Limits)
+    idempotency: Idempotency | None = None  # request ids (None: every create is a new evaluation)
 
 
 class EvaluationService:
@@ -111,13 +117,28 @@ class EvaluationService:
         # The creator of each evaluation this process runs (its token releases the leases at the end).
         self._callers: dict[str, Identity] = {}
         self._changed = threading.Condition()
+        self._stopping = threading.Event()
 
     # ------------------------------------------------------------------ create / read
 
     def create(self, caller: Identity, spec: EvaluationSpec) -> Evaluation:
+        """Create an evaluation; with ``spec.request_id``, at most once per body (``common.idempotency``):
+        an identical retry gets the same evaluation (a new one if that one FAILED), another body
+        under the same id is ALREADY_EXISTS."""
+        idem = self._d.idempotency
+        if idem is None or not spec.request_id:
+            return self._create(caller, spec)
+        body = replace(spec, request_id="")
+        digest = digest_of(json.dumps(asdict(body), sort_keys=True, default=lambda v: getattr(v, "value", str(v))))
+        return idem.run(caller.tenant, "CreateEvaluation", spec.request_id, digest,
+                        create=lambda: self._create(caller, body).id,
+                        load=lambda evaluation_id: self.get(caller.tenant, evaluation_id),
+                        retry_if=lambda e: e.state is State.FAILED)
+
+    def _create(self, caller: Identity, spec: EvaluationSpec) -> Evaluation:
         """Validate, check the references, lease the dataset versions, store as QUEUED and start in the background.
 
-        Idempotent on ``request_id``. ``caller`` (tenant and bearer token) is kept in memory only,
+        ``caller`` (tenant and bearer token) is kept in memory only,
         for the run's calls to the dataset and checkpoint services on the caller's behalf. Each
         dataset version read is leased (holder ``evaluation:<id>``) until the evaluation ends, so it
         cannot be deleted under the run; a create that fails holds no lease and records nothing.
@@ -226,8 +247,26 @@ class EvaluationService:
                         len(failed), ", ".join(e.id for e in failed))
         return len(failed)
 
+    def follow_events(self, tenant: str, evaluation_id: str, after: int,
+                      is_active: Callable[[], bool]) -> Iterator[ProgressEvent]:
+        """Events after ``after`` until the evaluation's final event (``common.streams.follow``)."""
+        if after < 0:
+            raise InvalidInput.field_error("after_sequence", f"is {after}: use 0 (from the start) or a sequence seen")
+        self.get(tenant, evaluation_id)  # tenancy check, before anything is streamed
+
+        def wait(seconds: float) -> None:
+            with self._changed:
+                self._changed.wait(seconds)
+
+        return follow(lambda cursor: self._d.repository.events_after(tenant, evaluation_id, cursor),
+                      cursor=after, sequence=lambda e: e.sequence, is_final=lambda e: e.state.terminal,
+                      subject_ended=lambda: self.get(tenant, evaluation_id).state.terminal,
+                      is_active=is_active, wait=wait)
+
     def wait_events(self, tenant: str, evaluation_id: str, after: int, timeout_s: float) -> builtins.list[ProgressEvent]:
         """Progress events after ``after``, waiting up to ``timeout_s`` for a new one."""
+        if after < 0:
+            raise InvalidInput.field_error("after_sequence", f"is {after}: use 0 (from the start) or a sequence seen")
         self.get(tenant, evaluation_id)  # tenancy check
         deadline = time.monotonic() + timeout_s
         while True:
@@ -252,6 +291,8 @@ class EvaluationService:
         Idempotent: the first export is stored and every later call returns it, so ratings already
         recorded against those pairs stay valid. ``seed`` orders the first export only.
         """
+        if seed < 0:
+            raise InvalidInput.field_error("seed", f"is {seed}: seeds are 0 or more")
         evaluation = self._finished(tenant, evaluation_id, need_baseline=True)
         if stored := self._d.repository.get_pairs(tenant, evaluation_id):
             return stored  # exported before: the same pairs and blinding, whatever the seed
@@ -292,15 +333,28 @@ class EvaluationService:
 
     # ------------------------------------------------------------------ the run
 
+    def shutdown(self) -> None:
+        """Stop: queued runs are dropped (the next start-up fails them), running ones are asked to stop
+        and end FAILED saying so; returns when no run touches storage any more."""
+        self._stopping.set()
+        for flag in list(self._cancel.values()):
+            flag.set()
+        self._d.executor.shutdown(wait=True, cancel_futures=True)
+
     def _run_guarded(self, evaluation: Evaluation, caller: Identity) -> None:
         try:
             self._run(evaluation, caller)
         except Cancelled:
-            self._finish(evaluation, State.CANCELLED, "cancelled")
+            if self._stopping.is_set():
+                evaluation.error = ErrorInfo("UNAVAILABLE", STOPPED_MESSAGE)
+                self._finish(evaluation, State.FAILED, f"failed: {STOPPED_MESSAGE}")
+            else:
+                self._finish(evaluation, State.CANCELLED, "cancelled")
         except TuneforgeError as exc:
             log.warning("evaluation %s failed: %s", evaluation.id, exc)
-            evaluation.error = ErrorInfo(exc.family.value, exc.message, exc.field or "")
-            self._finish(evaluation, State.FAILED, f"failed: {exc.message}")
+            public = public_message(exc.message)  # stored and shown to the caller: bounded, no server path
+            evaluation.error = ErrorInfo(exc.family.value, public, exc.field or "")
+            self._finish(evaluation, State.FAILED, f"failed: {public}")
         except Exception:
             log.exception("evaluation %s failed unexpectedly", evaluation.id)
             evaluation.error = ErrorInfo("INTERNAL", "internal error while evaluating; see the service log")
@@ -395,7 +449,7 @@ class EvaluationService:
         wins = [c for c in scoring.compare(evaluation.results) if c.name == spec.mark_best_by]
         if spec.baseline is None or not wins:
             raise FailedPrecondition(
-                f"mark_best_by={spec.mark_best_by!r} was not computed for both models: request a metric "
+                f"mark_best_by={echo(spec.mark_best_by)} was not computed for both models: request a metric "
                 "that produces it and a baseline"
             )
         won = all(c.model_better for c in wins)
@@ -415,7 +469,7 @@ class EvaluationService:
 
     def _is_cancelled(self, evaluation_id: str) -> bool:
         flag = self._cancel.get(evaluation_id)
-        return flag is not None and flag.is_set()
+        return self._stopping.is_set() or (flag is not None and flag.is_set())
 
     def _event(self, tenant: str, evaluation_id: str, state: State, done: int, total: int, message: str) -> None:
         self._d.repository.add_event(tenant, evaluation_id, state, done, total, message)
