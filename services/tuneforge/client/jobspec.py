@@ -40,7 +40,8 @@ _HP = {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "epochs"
 _RESOURCES = {"num_workers", "use_gpu", "zero_stage", "offload_optimizer", "offload_params", "max_failures"}
 _SCHEDULE = {"eval_every_steps", "early_stopping_patience", "save_every_steps", "keep_best_n", "keep_latest_n",
              "best_metric"}
-_ENUMS = {"method": ("METHOD_", tr.Method), "objective": ("OBJECTIVE_", tr.Objective),
+# The generated enum wrappers (EnumTypeWrapper: keys(), Value()); typed loosely for mypy.
+_ENUMS: dict[str, tuple[str, Any]] = {"method": ("METHOD_", tr.Method), "objective": ("OBJECTIVE_", tr.Objective),
           "lr_scheduler": ("LR_SCHEDULER_", tr.LrScheduler), "precision": ("PRECISION_", tr.Precision)}
 
 
