@@ -77,33 +77,32 @@ def redact(text: str) -> str:
     return text
 
 
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("tuneforge_log_context", default={})
+_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("tuneforge_log_context",
+                                                                                default=None)
 
 
 @contextlib.contextmanager
 def log_context(**fields: str) -> Iterator[None]:
     """Add correlation fields (``tenant``, ``method``, ``request_id``, ``trace_id``, ``job_id``) to every
     log record written inside the block, nested blocks adding to the outer ones. Empty values are ignored."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v}})
+    token = _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v}})
     try:
         yield
     finally:
-        try:
+        with contextlib.suppress(ValueError):  # a generator closed in another context (a stream the client left)
             _context.reset(token)
-        except ValueError:  # a generator closed from another context (a stream the client left)
-            pass
 
 
 def current_log_context() -> dict[str, str]:
     """The correlation fields bound now (a copy)."""
-    return dict(_context.get())
+    return dict(_context.get() or {})
 
 
 class ContextFilter(logging.Filter):
     """Copies the bound correlation fields onto the record as ``ctx_*`` (explicit extras win)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in _context.get().items():
+        for key, value in (_context.get() or {}).items():
             if not hasattr(record, f"ctx_{key}"):
                 setattr(record, f"ctx_{key}", value)
         return True
