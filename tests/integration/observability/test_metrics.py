@@ -196,9 +196,16 @@ def test_a_tiny_job_shows_in_job_and_training_series_and_its_logs_carry_its_ids(
     assert 0 < loss < 20  # a finite cross-entropy of a tiny vocabulary
     assert value(training, "tuneforge_training_tokens_per_second", tenant="acme", job_id=job.id) > 0
     assert value(training, "grpc_server_handled_total", grpc_method="CreateJob", grpc_code="OK") == 1
-    # the peers saw the training service's calls (and counted them under their own methods)
+    # the checkpoints the job registered, and the curation that made its dataset
     checkpoints = scrape(s["checkpoints"].metrics)
-    assert value(checkpoints, "grpc_server_handled_total", grpc_code="OK") >= 1
+    registered = value(checkpoints, "tuneforge_checkpoints_registered_total", tenant="acme")
+    assert registered == value(training, "tuneforge_training_checkpoints_total", tenant="acme") >= 1
+    assert value(checkpoints, "tuneforge_checkpoints_registered_bytes_total", tenant="acme") > 1000 * registered
+    assert value(checkpoints, "grpc_server_handled_total", grpc_method="RegisterCheckpoint", grpc_code="OK") >= 1
+    datasets = scrape(s["datasets"].metrics)
+    assert value(datasets, "tuneforge_curation_runs_total", tenant="acme", state="SUCCEEDED") == 1
+    assert value(datasets, "tuneforge_curation_rows_total", tenant="acme") > 0
+    assert value(datasets, "tuneforge_curation_step_seconds_count") >= 1
 
     records = log_records.records
     run_lines = [r for r in records if getattr(r, "ctx_job_id", "") == job.id]
