@@ -18,7 +18,8 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -96,6 +97,20 @@ def log_context(**fields: str) -> Iterator[None]:
 def current_log_context() -> dict[str, str]:
     """The correlation fields bound now (a copy)."""
     return dict(_context.get() or {})
+
+
+class ContextThreadPoolExecutor(ThreadPoolExecutor):
+    """A thread pool whose tasks log with the submitter's correlation fields: background work queued
+    by a call (a curation run, an evaluation) carries that call's tenant, request id and trace id.
+    Only the log fields travel (not the caller's identity: background work keeps its own)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(_with_log_context, current_log_context(), fn, *args, **kwargs)
+
+
+def _with_log_context(fields: dict[str, str], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    with log_context(**fields):
+        return fn(*args, **kwargs)
 
 
 class ContextFilter(logging.Filter):

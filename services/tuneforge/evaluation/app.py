@@ -15,13 +15,13 @@ reads is leased from the dataset service (holder ``evaluation:<id>``) from its c
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tuneforge.common import db
 from tuneforge.common.db.idempotency import SqlIdempotencyStore
 from tuneforge.common.grpc.server import RunningServer, build_server
 from tuneforge.common.idempotency import Idempotency
+from tuneforge.common.logging import ContextThreadPoolExecutor
 from tuneforge.common.metrics import ServiceMetrics
 from tuneforge.common.peers.clients import GrpcCheckpoints, GrpcDatasetVersions
 from tuneforge.common.peers.credentials import ConfiguredTenantTokens
@@ -79,7 +79,8 @@ def build_service(settings: EvaluationSettings,
     if settings.eval_ray_address:
         addr = "" if settings.eval_ray_address == "local" else settings.eval_ray_address
         remote = RayRunner(addr, num_gpus=settings.eval_ray_num_gpus)
-    executor = ThreadPoolExecutor(max_workers=settings.eval_workers, thread_name_prefix="evaluation")
+    # evaluations log with the tenant, request and trace ids of the call that queued them
+    executor = ContextThreadPoolExecutor(max_workers=settings.eval_workers, thread_name_prefix="evaluation")
     deps = Dependencies(
         repository=ObservedRepository(SqlEvaluationRepository(sessions), metrics),
         reports=StoreReportStore(store),

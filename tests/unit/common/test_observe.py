@@ -9,7 +9,13 @@ import pytest
 
 from tuneforge.common.grpc.client import _AuthDeadlineInterceptor, _CallDetails
 from tuneforge.common.grpc.observe import correlation_ids
-from tuneforge.common.logging import ContextFilter, JsonFormatter, current_log_context, log_context
+from tuneforge.common.logging import (
+    ContextFilter,
+    ContextThreadPoolExecutor,
+    JsonFormatter,
+    current_log_context,
+    log_context,
+)
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -63,3 +69,17 @@ def test_peer_calls_carry_the_bound_trace_id_in_a_traceparent():
     sent = _CallDetails("/svc/M", None, [("traceparent", "00-keep")], None, None, None)
     with log_context(trace_id=TRACE):
         assert dict(interceptor._details(sent).metadata)["traceparent"] == "00-keep"
+
+
+def test_background_work_logs_with_the_fields_of_the_call_that_queued_it():
+    from tuneforge.common.auth import Identity, bound_identity, current_identity
+    from tuneforge.common.errors import Unauthenticated
+
+    with ContextThreadPoolExecutor(max_workers=1) as pool:
+        with log_context(tenant="acme", trace_id=TRACE), bound_identity(Identity("acme", "someone")):
+            queued = pool.submit(current_log_context)
+            unbound = pool.submit(current_identity)
+        assert queued.result(timeout=60) == {"tenant": "acme", "trace_id": TRACE}
+        with pytest.raises(Unauthenticated):  # only the log fields travel, never the caller's identity
+            unbound.result(timeout=60)
+        assert pool.submit(current_log_context).result(timeout=60) == {}
