@@ -8,6 +8,7 @@ import logging
 import secrets
 import shutil
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from tuneforge.checkpoints.v1 import checkpoints_pb2 as ck
 from tuneforge.checkpoints.v1 import checkpoints_pb2_grpc as ck_grpc
 from tuneforge.common.grpc.client import channel
 from tuneforge.common.logging import ContextFilter
+from tuneforge.common.v1 import common_pb2
 from tuneforge.datasets.app import DatasetSettings
 from tuneforge.datasets.app import build_app as build_datasets
 from tuneforge.datasets.v1 import datasets_pb2 as ds
@@ -207,6 +209,26 @@ def test_a_tiny_job_shows_in_job_and_training_series_and_its_logs_carry_its_ids(
     assert value(datasets, "tuneforge_curation_rows_total", tenant="acme") > 0
     assert value(datasets, "tuneforge_curation_step_seconds_count") >= 1
 
+    # an evaluation of the job's checkpoint
+    created = s["evaluation"].stub.CreateEvaluation(ev.CreateEvaluationRequest(
+        model=ev.ModelRef(checkpoint_id=done.result_checkpoint_id),
+        datasets=[ev.EvalDataset(version_id=version, split="test")], metrics=[ev.METRIC_PERPLEXITY])).evaluation
+    evaluated = _wait_evaluation(s["evaluation"].stub, created.id)
+    assert evaluated.state == common_pb2.OPERATION_STATE_SUCCEEDED, evaluated.error.message
+    evaluation = scrape(s["evaluation"].metrics)
+    assert value(evaluation, "tuneforge_evaluations_total", tenant="acme", state="SUCCEEDED") == 1
+    assert value(evaluation, "tuneforge_evaluation_items_total", tenant="acme") > 0
+    assert value(evaluation, "tuneforge_evaluation_seconds_count", state="SUCCEEDED") == 1
+    # the progress stream the client left counts as ended once the server noticed (within a second)
+    stream = {"grpc_method": "StreamEvaluationProgress", "grpc_type": "server_stream"}
+    deadline = time.monotonic() + 60
+    while value(evaluation, "grpc_server_open_streams", **stream) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        evaluation = scrape(s["evaluation"].metrics)
+    assert value(evaluation, "grpc_server_open_streams", **stream) == 0
+    assert value(evaluation, "grpc_server_started_total", **stream) == 1
+    assert value(evaluation, "grpc_server_handled_total", **stream) == 1
+
     records = log_records.records
     run_lines = [r for r in records if getattr(r, "ctx_job_id", "") == job.id]
     assert run_lines, "no log line of the run carries its job id"
@@ -221,6 +243,17 @@ def test_a_tiny_job_shows_in_job_and_training_series_and_its_logs_carry_its_ids(
     peer_lines = [r for r in records if r.name == "tuneforge.rpc" and getattr(r, "ctx_trace_id", "") == trace
                   and getattr(r, "ctx_method", "").startswith("/tuneforge.datasets.")]
     assert peer_lines, "the dataset service's log lines of CreateJob's peer calls lack its trace id"
+
+
+def _wait_evaluation(stub: Any, evaluation_id: str) -> ev.Evaluation:
+    """Follow the evaluation's progress stream until it ends."""
+    request = ev.StreamEvaluationProgressRequest(evaluation_id=evaluation_id)
+    ended = (common_pb2.OPERATION_STATE_SUCCEEDED, common_pb2.OPERATION_STATE_FAILED,
+             common_pb2.OPERATION_STATE_CANCELLED)
+    for event in stub.StreamEvaluationProgress(request, timeout=300):
+        if event.state in ended:
+            break
+    return stub.GetEvaluation(ev.GetEvaluationRequest(evaluation_id=evaluation_id)).evaluation
 
 
 @dataclass
