@@ -16,6 +16,7 @@ from pathlib import Path
 from tuneforge.checkpoints.adapters import tables
 from tuneforge.checkpoints.adapters.export import StoreExporter
 from tuneforge.checkpoints.adapters.hygiene import CheckpointJanitor
+from tuneforge.checkpoints.adapters.metrics import ObservedExporter, ObservedFiles, ObservedRepository
 from tuneforge.checkpoints.adapters.objects import StoreCheckpointFiles
 from tuneforge.checkpoints.adapters.sql import SqlCheckpointRepository
 from tuneforge.checkpoints.domain.service import CheckpointRegistry
@@ -26,6 +27,7 @@ from tuneforge.common import db
 from tuneforge.common.db.idempotency import SqlIdempotencyStore
 from tuneforge.common.grpc.server import RunningServer, build_server
 from tuneforge.common.idempotency import Idempotency
+from tuneforge.common.metrics import ServiceMetrics
 from tuneforge.common.storage import open_object_store
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,9 @@ def build_app(settings: CheckpointSettings) -> RunningServer:
     repo = SqlCheckpointRepository(sessions)
     exporter = StoreExporter(store, settings.models_dir, settings.data_dir / "work")
     exporter.folders.sweep(startup=True)  # what a killed process left mid-export
-    registry = CheckpointRegistry(repo, StoreCheckpointFiles(store), exporter)
+    metrics = ServiceMetrics(settings.service_name)
+    registry = CheckpointRegistry(ObservedRepository(repo, metrics),  # checkpoint metrics taken at the ports
+                                  ObservedFiles(StoreCheckpointFiles(store), metrics), ObservedExporter(exporter, metrics))
     keys = SqlIdempotencyStore(sessions, tables.idempotency_keys)
     keys.clear_pending()  # exports of a stopped process: their retries run them again
     servicer = CheckpointServicer(registry, store.uri, settings.download_chunk_bytes, Idempotency(keys))
@@ -54,7 +58,7 @@ def build_app(settings: CheckpointSettings) -> RunningServer:
                                 upload_timeout=timedelta(seconds=settings.upload_timeout_s))
     janitor.install_lifecycle_rule()
     server = build_server(settings, [(checkpoints_pb2_grpc.add_CheckpointServiceServicer_to_server, servicer)],
-                          [SERVICE_NAME])
+                          [SERVICE_NAME], metrics)
     stop = _start_hygiene(janitor, settings.hygiene_interval_s)
     stop_sweeper = exporter.folders.start_sweeper(settings.work_sweep_interval_s)
     server.on_stop.extend([engine.dispose, stop, stop_sweeper])

@@ -1,18 +1,25 @@
-"""Structured logging with secrets redacted.
+"""Structured logging with secrets redacted and request/job correlation.
 
-``configure_logging(json=True)`` emits one JSON object per line. A redaction filter scrubs bearer
+``configure_logging(json=True)`` emits one JSON object per line. ``log_context(tenant=..., job_id=...)``
+binds correlation fields (a contextvar) that every record written inside it carries as ``ctx_*``
+attributes (JSON keys): the gRPC interceptors bind ``request_id``, ``trace_id`` and ``method``
+(and ``tenant`` once the caller is known); a training run binds ``job_id`` and ``tenant``. A redaction filter scrubs bearer
 tokens, registered secrets (``register_secret``), credentials in URLs and ``key=value`` pairs whose
 key looks secret, from the message, its arguments and the exception text, before any handler sees them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -71,6 +78,51 @@ def redact(text: str) -> str:
     return text
 
 
+_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("tuneforge_log_context",
+                                                                                default=None)
+
+
+@contextlib.contextmanager
+def log_context(**fields: str) -> Iterator[None]:
+    """Add correlation fields (``tenant``, ``method``, ``request_id``, ``trace_id``, ``job_id``) to every
+    log record written inside the block, nested blocks adding to the outer ones. Empty values are ignored."""
+    token = _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v}})
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # a generator closed in another context (a stream the client left)
+            _context.reset(token)
+
+
+def current_log_context() -> dict[str, str]:
+    """The correlation fields bound now (a copy)."""
+    return dict(_context.get() or {})
+
+
+class ContextThreadPoolExecutor(ThreadPoolExecutor):
+    """A thread pool whose tasks log with the submitter's correlation fields: background work queued
+    by a call (a curation run, an evaluation) carries that call's tenant, request id and trace id.
+    Only the log fields travel (not the caller's identity: background work keeps its own)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(_with_log_context, current_log_context(), fn, *args, **kwargs)
+
+
+def _with_log_context(fields: dict[str, str], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    with log_context(**fields):
+        return fn(*args, **kwargs)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the bound correlation fields onto the record as ``ctx_*`` (explicit extras win)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_context.get() or {}).items():
+            if not hasattr(record, f"ctx_{key}"):
+                setattr(record, f"ctx_{key}", value)
+        return True
+
+
 class RedactingFilter(logging.Filter):
     """Renders the message with its args, redacts it, and drops the args."""
 
@@ -103,6 +155,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+class _TextFormatter(logging.Formatter):
+    """The plain format with the correlation fields appended as ``[key=value ...]``."""
+
+    _KEYS = ("tenant", "method", "request_id", "job_id")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        ctx = " ".join(f"{k}={getattr(record, 'ctx_' + k)}" for k in self._KEYS if hasattr(record, f"ctx_{k}"))
+        return f"{text} [{ctx}]" if ctx else text
+
+
 def configure_logging(*, json_lines: bool = False, level: str = "INFO") -> None:
     """Install one stderr handler with redaction on the root logger (idempotent)."""
     root = logging.getLogger()
@@ -111,8 +174,9 @@ def configure_logging(*, json_lines: bool = False, level: str = "INFO") -> None:
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     handler._tuneforge = True  # type: ignore[attr-defined]
+    handler.addFilter(ContextFilter())
     handler.addFilter(RedactingFilter())
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(fmt))
+    handler.setFormatter(JsonFormatter() if json_lines else _TextFormatter(fmt))
     root.addHandler(handler)
     root.setLevel(level)

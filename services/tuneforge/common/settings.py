@@ -54,6 +54,9 @@ class ServiceSettings(BaseSettings):
                              "open at once; more are answered RESOURCE_EXHAUSTED. 0: half of max_workers, so "
                              "unary calls and health checks always keep handler threads.")
 
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint, on the "
+                              "same host as the service (e.g. 9090 in containers); 0: no endpoint.")
+
     def stream_limit(self) -> int:
         """The streaming calls served at once (``max_streams``, or half the handler threads)."""
         return self.max_streams or max(1, self.max_workers // 2)

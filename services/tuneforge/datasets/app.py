@@ -13,9 +13,11 @@ from tuneforge.common.db.idempotency import SqlIdempotencyStore
 from tuneforge.common.errors import Unavailable
 from tuneforge.common.grpc.server import RunningServer, build_server
 from tuneforge.common.idempotency import Idempotency
+from tuneforge.common.metrics import ServiceMetrics
 from tuneforge.common.storage import open_object_store
 from tuneforge.datasets.adapters import tables
 from tuneforge.datasets.adapters.generator import LocalTextGenerators
+from tuneforge.datasets.adapters.metrics import ObservedCatalog
 from tuneforge.datasets.adapters.objects import StoreVersionFiles
 from tuneforge.datasets.adapters.sql import SqlCatalog
 from tuneforge.datasets.domain.archives import ArchiveLimits
@@ -55,7 +57,9 @@ def build_app(settings: DatasetSettings) -> RunningServer:
                           ArchiveLimits(settings.max_archive_bytes, settings.max_archive_entries,
                                         settings.max_expansion_ratio), settings.max_mixture_rows)
     sessions = db.make_sessionmaker(engine)
-    service = DatasetCatalogService(SqlCatalog(sessions), StoreVersionFiles(store, work / "cache"),
+    metrics = ServiceMetrics(settings.service_name)
+    catalog = ObservedCatalog(SqlCatalog(sessions), metrics)  # curation metrics from the run events
+    service = DatasetCatalogService(catalog, StoreVersionFiles(store, work / "cache"),
                                     work, store.uri, limits, LocalTextGenerators(settings.models_dir))
     service.folders.sweep(startup=True)  # what a killed process left (spools, staging, downloads)
     runs = CurationRuns(service, settings.curation_workers)
@@ -63,7 +67,7 @@ def build_app(settings: DatasetSettings) -> RunningServer:
     keys.clear_pending()  # requests of a stopped process: their retries run them again
     servicer = DatasetServicer(service, runs, settings.max_upload_bytes, Idempotency(keys))
     server = build_server(settings, [(datasets_pb2_grpc.add_DatasetServiceServicer_to_server, servicer)],
-                          [SERVICE_NAME])
+                          [SERVICE_NAME], metrics)
     stop_sweeper = service.folders.start_sweeper(settings.work_sweep_interval_s)
     server.on_stop.extend([engine.dispose, stop_sweeper, runs.shutdown])  # hooks run in reverse: runs drain first
     return server

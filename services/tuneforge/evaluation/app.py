@@ -15,18 +15,20 @@ reads is leased from the dataset service (holder ``evaluation:<id>``) from its c
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tuneforge.common import db
 from tuneforge.common.db.idempotency import SqlIdempotencyStore
 from tuneforge.common.grpc.server import RunningServer, build_server
 from tuneforge.common.idempotency import Idempotency
+from tuneforge.common.logging import ContextThreadPoolExecutor
+from tuneforge.common.metrics import ServiceMetrics
 from tuneforge.common.peers.clients import GrpcCheckpoints, GrpcDatasetVersions
 from tuneforge.common.peers.credentials import ConfiguredTenantTokens
 from tuneforge.common.peers.objects import StoreDatasetReader
 from tuneforge.common.storage import open_object_store
 from tuneforge.evaluation.adapters import tables
+from tuneforge.evaluation.adapters.metrics import ObservedRepository
 from tuneforge.evaluation.adapters.models import StoreModelResolver
 from tuneforge.evaluation.adapters.objects import StoreReportStore
 from tuneforge.evaluation.adapters.peers import PeerDatasetLeases
@@ -55,8 +57,11 @@ def _peers_configured(settings: EvaluationSettings) -> None:
                         name.upper(), name)
 
 
-def build_service(settings: EvaluationSettings) -> tuple[EvaluationService, list]:
-    """Wire the domain service; returns it with the hooks to run on stop."""
+def build_service(settings: EvaluationSettings,
+                  metrics: ServiceMetrics | None = None) -> tuple[EvaluationService, list]:
+    """Wire the domain service; returns it with the hooks to run on stop. Evaluation metrics go to
+    ``metrics`` (a new registry when None), taken where progress events are recorded."""
+    metrics = metrics or ServiceMetrics(settings.service_name)
     store = open_object_store(settings.resolved_object_store_uri(),
                               access_key=settings.s3_access_key.get_secret_value() or None,
                               secret_key=settings.s3_secret_key.get_secret_value() or None)
@@ -74,9 +79,10 @@ def build_service(settings: EvaluationSettings) -> tuple[EvaluationService, list
     if settings.eval_ray_address:
         addr = "" if settings.eval_ray_address == "local" else settings.eval_ray_address
         remote = RayRunner(addr, num_gpus=settings.eval_ray_num_gpus)
-    executor = ThreadPoolExecutor(max_workers=settings.eval_workers, thread_name_prefix="evaluation")
+    # evaluations log with the tenant, request and trace ids of the call that queued them
+    executor = ContextThreadPoolExecutor(max_workers=settings.eval_workers, thread_name_prefix="evaluation")
     deps = Dependencies(
-        repository=SqlEvaluationRepository(sessions),
+        repository=ObservedRepository(SqlEvaluationRepository(sessions), metrics),
         reports=StoreReportStore(store),
         datasets=StoreDatasetReader(store, versions, cache / "datasets"),
         models=StoreModelResolver(store, settings.models_dir, checkpoints, cache / "models"),
@@ -102,8 +108,9 @@ def build_service(settings: EvaluationSettings) -> tuple[EvaluationService, list
 
 def build_app(settings: EvaluationSettings) -> RunningServer:
     """Wire and start the evaluation service; raises a ``TuneforgeError`` when a dependency is unusable."""
-    service, hooks = build_service(settings)
+    metrics = ServiceMetrics(settings.service_name)
+    service, hooks = build_service(settings, metrics)
     server = build_server(settings, [(evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server,
-                                      EvaluationServicer(service))], [SERVICE_NAME])
+                                      EvaluationServicer(service))], [SERVICE_NAME], metrics)
     server.on_stop.extend(hooks)
     return server

@@ -22,11 +22,13 @@ from pathlib import Path
 from tuneforge.common import db
 from tuneforge.common.errors import FailedPrecondition
 from tuneforge.common.grpc.server import RunningServer, build_server
+from tuneforge.common.metrics import ServiceMetrics
 from tuneforge.common.peers.clients import GrpcCheckpoints, GrpcDatasetVersions
 from tuneforge.common.peers.credentials import ConfiguredTenantTokens
 from tuneforge.common.peers.models import StoreModelResolver
 from tuneforge.common.storage import open_object_store
 from tuneforge.training.adapters.engine import EngineRunner
+from tuneforge.training.adapters.metrics import JobCountCollector, ObservedJobRepository
 from tuneforge.training.adapters.peers import PeerDatasets, PeerModels, RegisteringPublisher
 from tuneforge.training.adapters.sql import SqlJobRepository
 from tuneforge.training.domain.service import Dependencies, TrainingService
@@ -65,8 +67,13 @@ def _work_dir(settings: TrainingSettings) -> Path:
     return work
 
 
-def build_service(settings: TrainingSettings) -> tuple[TrainingService, list]:
-    """Wire the domain service; returns it with the hooks to run on stop (in reverse order)."""
+def build_service(settings: TrainingSettings,
+                  metrics: ServiceMetrics | None = None) -> tuple[TrainingService, list]:
+    """Wire the domain service; returns it with the hooks to run on stop (in reverse order).
+
+    Job metrics are recorded where job events are appended (``ObservedJobRepository``) and counted in
+    the database at scrape time (``JobCountCollector``), into ``metrics`` (a new registry when None)."""
+    metrics = metrics or ServiceMetrics(settings.service_name)
     store_uri = settings.resolved_object_store_uri()
     store = open_object_store(store_uri, access_key=settings.s3_access_key.get_secret_value() or None,
                               secret_key=settings.s3_secret_key.get_secret_value() or None)
@@ -79,8 +86,10 @@ def build_service(settings: TrainingSettings) -> tuple[TrainingService, list]:
     resolver = StoreModelResolver(store, settings.models_dir, checkpoints, settings.data_dir / "cache" / "models",
                                   base_field="base_model", checkpoint_field="base_model")
     executor = ThreadPoolExecutor(max_workers=settings.max_running_jobs, thread_name_prefix="training-job")
+    sessions = db.make_sessionmaker(engine)
+    metrics.register(JobCountCollector(sessions))
     deps = Dependencies(
-        repository=SqlJobRepository(db.make_sessionmaker(engine)),
+        repository=ObservedJobRepository(SqlJobRepository(sessions), metrics),
         datasets=PeerDatasets(versions, store),
         models=PeerModels(resolver, store, settings.models_dir),
         checkpoints=RegisteringPublisher(store, checkpoints),
@@ -108,9 +117,10 @@ def build_service(settings: TrainingSettings) -> tuple[TrainingService, list]:
 
 def build_app(settings: TrainingSettings) -> RunningServer:
     """Wire and start the training service; raises a ``TuneforgeError`` when a dependency is unusable."""
-    service, hooks = build_service(settings)
+    metrics = ServiceMetrics(settings.service_name)
+    service, hooks = build_service(settings, metrics)
     servicer = TrainingServicer(service, poll_interval_s=settings.train_poll_interval_s)
     server = build_server(settings, [(training_pb2_grpc.add_TrainingServiceServicer_to_server, servicer)],
-                          [SERVICE_NAME])
+                          [SERVICE_NAME], metrics)
     server.on_stop.extend(hooks)
     return server

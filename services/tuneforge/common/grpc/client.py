@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 import collections
+import secrets
 from typing import Any
 
 import grpc
+
+from tuneforge.common.logging import current_log_context
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -30,6 +33,10 @@ class _AuthDeadlineInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStrea
         metadata = list(d.metadata or [])
         if self._token and not any(k == "authorization" for k, _ in metadata):
             metadata.append(("authorization", f"Bearer {self._token}"))
+        trace_id = current_log_context().get("trace_id", "")
+        if trace_id and not any(k == "traceparent" for k, _ in metadata):
+            # W3C trace context: the peer logs the same trace id (a new span id per call).
+            metadata.append(("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"))
         timeout = d.timeout if d.timeout is not None else self._timeout
         return _CallDetails(d.method, timeout, metadata, d.credentials, getattr(d, "wait_for_ready", None),
                             getattr(d, "compression", None))

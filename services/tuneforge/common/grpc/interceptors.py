@@ -33,6 +33,7 @@ from grpc_status import rpc_status
 from tuneforge.common.auth import DEFAULT_TENANT, Identity, TokenAuthenticator, bound_identity
 from tuneforge.common.errors import ErrorFamily, ResourceExhausted, TuneforgeError
 from tuneforge.common.grpc.limits import check_request
+from tuneforge.common.logging import log_context
 from tuneforge.common.public_text import (
     MAX_DESCRIPTION_CHARS,
     MAX_FIELD_CHARS,
@@ -194,7 +195,7 @@ class _Wrapper:
                 tenant = ident.tenant
                 if not self.request_streaming:
                     check_request(request)
-                with self._slot(self.request_streaming), bound_identity(ident):
+                with self._slot(self.request_streaming), bound_identity(ident), log_context(tenant=ident.tenant):
                     result = behavior(_checked(request) if self.request_streaming else request, context)
                 self._log(start, tenant, "OK")
                 return result
@@ -210,7 +211,7 @@ class _Wrapper:
                 tenant = ident.tenant
                 if not self.request_streaming:
                     check_request(request)
-                with self._slot(True), bound_identity(ident):
+                with self._slot(True), bound_identity(ident), log_context(tenant=ident.tenant):
                     yield from behavior(_checked(request) if self.request_streaming else request, context)
                 self._log(start, tenant, "OK")
             except Exception as exc:  # noqa: BLE001

@@ -1,7 +1,8 @@
 """Build, run and gracefully stop a tuneforge gRPC server.
 
-Every server gets the ``ServiceInterceptor`` (auth, errors, access logs), grpc.health.v1 and
-server reflection. ``RunningServer.stop`` first flips health to NOT_SERVING (so load balancers stop
+Every server gets the ``ObservingInterceptor`` (metrics, log correlation) then the
+``ServiceInterceptor`` (auth, errors, access logs), grpc.health.v1, server reflection and, when
+``TUNEFORGE_METRICS_PORT`` is set, a ``/metrics`` endpoint on the service's host. ``RunningServer.stop`` first flips health to NOT_SERVING (so load balancers stop
 routing), then lets in-flight calls drain for the grace period.
 """
 
@@ -23,7 +24,9 @@ from grpc_reflection.v1alpha import reflection
 from tuneforge.common.auth import TokenAuthenticator
 from tuneforge.common.errors import Unavailable
 from tuneforge.common.grpc.interceptors import Admission, ServiceInterceptor
+from tuneforge.common.grpc.observe import ObservingInterceptor
 from tuneforge.common.logging import register_secret
+from tuneforge.common.metrics import MetricsEndpoint, ServiceMetrics, start_endpoint
 from tuneforge.common.public_text import register_private_path
 from tuneforge.common.settings import ServiceSettings
 
@@ -48,6 +51,8 @@ class RunningServer:
     grace_period_s: float
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     handlers: futures.ThreadPoolExecutor | None = None
+    metrics: ServiceMetrics | None = None
+    metrics_endpoint: MetricsEndpoint | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _done: threading.Event = field(default_factory=threading.Event)
 
@@ -137,24 +142,27 @@ def make_authenticator(settings: ServiceSettings) -> TokenAuthenticator | None:
 
 
 def build_server(settings: ServiceSettings, registrations: Sequence[Registration],
-                 service_names: Sequence[str]) -> RunningServer:
+                 service_names: Sequence[str], metrics: ServiceMetrics | None = None) -> RunningServer:
     """Start a server with the given servicers on ``settings.host:settings.port``.
 
     Args:
         settings: the service's settings.
         registrations: ``(add_XServicer_to_server, servicer)`` pairs.
         service_names: full proto names of the services, for health and reflection.
+        metrics: the service's metrics (domain series already registered); a new one when None.
 
     Raises:
-        Unavailable: the port cannot be bound.
+        Unavailable: the port (or the metrics port) cannot be bound.
     """
+    metrics = metrics or ServiceMetrics(settings.service_name)
     register_private_paths(settings)
     opts = [("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0)]
     handlers = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=settings.service_name)
     server = grpc.server(handlers,
-                         interceptors=[ServiceInterceptor(make_authenticator(settings),
+                         interceptors=[ObservingInterceptor(metrics),
+                                       ServiceInterceptor(make_authenticator(settings),
                                                           Admission(settings.call_limit(), settings.stream_limit()))],
                          options=opts)
     for add, servicer in registrations:
@@ -168,10 +176,19 @@ def build_server(settings: ServiceSettings, registrations: Sequence[Registration
     except RuntimeError as exc:
         raise Unavailable(f"cannot listen on {settings.host}:{settings.port}: {exc}; "
                           "choose another TUNEFORGE_PORT") from exc
+    try:
+        endpoint = start_endpoint(metrics, settings.host, settings.metrics_port)
+    except OSError as exc:
+        server.stop(0)
+        raise Unavailable(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {exc.strerror}; "
+                          "choose another TUNEFORGE_METRICS_PORT") from exc
     server.start()
     for name in ("", *service_names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{settings.host}:{port}"
     log.info("%s serving %s on %s", settings.service_name, ", ".join(service_names), address)
-    return RunningServer(server, port, address, health_servicer, list(service_names), settings.grace_period_s,
-                         handlers=handlers)
+    running = RunningServer(server, port, address, health_servicer, list(service_names), settings.grace_period_s,
+                            handlers=handlers, metrics=metrics, metrics_endpoint=endpoint)
+    if endpoint is not None:
+        running.on_stop.insert(0, endpoint.stop)  # hooks run in reverse: the endpoint closes last
+    return running

@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.common.db import utcnow
 from tuneforge.common.errors import InvalidInput, NotFound, TuneforgeError, Unavailable
+from tuneforge.common.logging import ContextThreadPoolExecutor
 from tuneforge.common.public_text import echo, public_message
 from tuneforge.common.streams import follow
 from tuneforge.datasets.domain import config as cfg
@@ -43,7 +43,8 @@ class CurationRuns:
     def __init__(self, service: DatasetCatalogService, max_workers: int = 2) -> None:
         self.service = service
         self.catalog = service.catalog
-        self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="curation")
+        # runs log with the tenant, request and trace ids of the call that started them
+        self.pool = ContextThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="curation")
         self._events: dict[str, _Events] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()

@@ -12,6 +12,7 @@ import copy
 import logging
 import re
 import threading
+import uuid
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
+from tuneforge.common.logging import current_log_context, log_context
 from tuneforge.common.storage import tenant_prefix
 from tuneforge.engine.spec import ObjectiveKind, TrainingSpec, load_spec
 from tuneforge.training.domain.limits import JobLimits, limit_violations
@@ -256,11 +258,14 @@ class TrainingService:
         run = JobRun(self._ctx, job.tenant, job.id, caller)
         with self._lock:
             self._runs[job.id] = run
-        self._d.executor.submit(self._run_guarded, run)
+        # The run's log lines carry the trace id of the call that queued it (a re-queue at start-up: its own).
+        trace_id = current_log_context().get("trace_id") or uuid.uuid4().hex
+        self._d.executor.submit(self._run_guarded, run, trace_id)
 
-    def _run_guarded(self, run: JobRun) -> None:
+    def _run_guarded(self, run: JobRun, trace_id: str = "") -> None:
         try:
-            run.execute()
+            with log_context(tenant=run.tenant, job_id=run.job_id, trace_id=trace_id):
+                run.execute()
         except Exception:  # execute records failures itself; this guards the executor thread
             log.exception("job %s: unexpected error outside the run", run.job_id)
         finally:
