@@ -11,7 +11,8 @@ Public API:
         ``spec.resolved_dict()`` -> JSON-safe dict with defaults filled in (saved beside checkpoints);
         ``load_spec(spec.resolved_dict())`` gives an equal spec.
     Sections: ModelSection, DataSection (DataSource, MixtureComponent), MethodSection (LoraSettings,
-        QloraSettings, PrefixSettings, PromptSettings), ObjectiveSection (DpoSettings),
+        QloraSettings, PrefixSettings, PromptSettings), ObjectiveSection (DpoSettings, OrpoSettings,
+        SimpoSettings),
         Hyperparameters, ResourcesSection, ScheduleSection, OutputSection.
     Enums: ModelDType, MethodKind, QuantType, ComputeDType, ObjectiveKind, DpoLossType, DpoReference,
         LrScheduler, Precision.
@@ -58,6 +59,9 @@ from tuneforge.engine.spec._sections import (
     ModelSection,
     ObjectiveKind,
     ObjectiveSection,
+    OrpoSettings,
+    PREFERENCE_OBJECTIVES,
+    SimpoSettings,
     OutputSection,
     Precision,
     PrefixSettings,
@@ -93,6 +97,9 @@ __all__ = [
     "ModelSection",
     "ObjectiveKind",
     "ObjectiveSection",
+    "OrpoSettings",
+    "PREFERENCE_OBJECTIVES",
+    "SimpoSettings",
     "OutputSection",
     "Precision",
     "PrefixSettings",

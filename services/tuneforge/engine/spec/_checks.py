@@ -15,6 +15,7 @@ from tuneforge.engine.spec._sections import (
     MethodSection,
     ObjectiveKind,
     ObjectiveSection,
+    PREFERENCE_OBJECTIVES,
     Precision,
     ResourcesSection,
     ScheduleSection,
@@ -84,15 +85,17 @@ def _check_objective(s: _Sections) -> list[FieldViolation]:
     o: ObjectiveSection = s["objective"]
     d: DataSection = s["data"]
     out = []
-    if o.kind is ObjectiveKind.DPO:
+    if o.kind in PREFERENCE_OBJECTIVES:
+        name = o.kind.name
         if d.packing:
             out.append(
                 FieldViolation(
-                    "data.packing", "DPO needs chosen/rejected pairs side by side; set data.packing: false"
+                    "data.packing", f"{name} needs chosen/rejected pairs side by side; set data.packing: false"
                 )
             )
         if d.mixture:
-            out.append(FieldViolation("data.mixture", "DPO needs one preference dataset; use data.train"))
+            out.append(FieldViolation("data.mixture", f"{name} needs one preference dataset; use data.train"))
+    if o.kind is ObjectiveKind.DPO:
         if o.dpo.reference is DpoReference.ADAPTER_DISABLED and s["method"].kind not in ADAPTER_METHODS:
             out.append(
                 FieldViolation(

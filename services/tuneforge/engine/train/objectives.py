@@ -1,4 +1,4 @@
-"""Losses the loop can train: next-token cross-entropy (SFT, pre-training) and DPO.
+"""Losses the loop can train: next-token cross-entropy (SFT, pre-training), DPO, ORPO and SimPO.
 
 Rows are already tokenized. A causal-LM row holds ``input_ids`` and ``labels`` (``-100`` where no
 loss is taken; Hugging Face alignment, the shift happens here) and optionally ``position_ids``
@@ -124,6 +124,50 @@ def dpo_losses(
     return (ipo_delta - 1 / (2 * beta)) ** 2
 
 
+def collate_pairs(rows: Sequence[Any], pad_id: int) -> Batch:
+    """Preference rows as one batch: the chosen sequences, then the rejected ones, padded to one width."""
+    chosen = pad_rows(rows, pad_id, "chosen_")
+    rejected = pad_rows(rows, pad_id, "rejected_")
+    width = max(chosen["input_ids"].size(1), rejected["input_ids"].size(1))
+    fills = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
+
+    def cat(key: str) -> torch.Tensor:
+        parts = [F.pad(b[key], (0, width - b[key].size(1)), value=fills[key]) for b in (chosen, rejected)]
+        return torch.cat(parts)
+
+    return {key: cat(key) for key in fills}
+
+
+def pair_units(batch: Batch) -> int:
+    """Pairs in a ``collate_pairs`` batch; a pair counts only when both completions have labels."""
+    has = (batch["labels"][:, 1:] != IGNORE).any(dim=1)
+    c, r = has.chunk(2)
+    return int((c & r).sum())
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_odds_ratio(chosen_mean_logps: torch.Tensor, rejected_mean_logps: torch.Tensor) -> torch.Tensor:
+    """Per-pair log sigmoid of the log odds ratio of chosen over rejected (ORPO's L_OR, negated).
+
+    The inputs are length-normalised (mean per completion token) log-probs, as in the paper and
+    trl's ``ORPOTrainer.odds_ratio_loss``; odds(y) = p / (1 - p).
+    """
+    c, r = chosen_mean_logps.float(), rejected_mean_logps.float()
+    log_odds = (c - r) - (log1mexp(c) - log1mexp(r))
+    return F.logsigmoid(log_odds)
+
+
+def simpo_losses(chosen_mean_logps: torch.Tensor, rejected_mean_logps: torch.Tensor, *, beta: float,
+                 gamma: float) -> torch.Tensor:
+    """Per-pair SimPO loss -log sigmoid(beta * (chosen - rejected) - gamma) on length-normalised log-probs
+    (trl's ``CPOTrainer`` with ``loss_type="simpo"``, ``cpo_alpha=0``, no label smoothing)."""
+    return -F.logsigmoid(beta * (chosen_mean_logps.float() - rejected_mean_logps.float()) - gamma)
+
+
 @dataclass
 class Reference:
     """Where reference log-probs come from: the policy with its adapter disabled, or a frozen copy.
@@ -165,22 +209,10 @@ class DPOObjective:
         self.reference = reference
 
     def collate(self, rows: Sequence[Any]) -> Batch:
-        chosen = pad_rows(rows, self.pad_id, "chosen_")
-        rejected = pad_rows(rows, self.pad_id, "rejected_")
-        width = max(chosen["input_ids"].size(1), rejected["input_ids"].size(1))
-        fills = {"input_ids": self.pad_id, "attention_mask": 0, "labels": IGNORE}
-
-        def cat(key: str) -> torch.Tensor:
-            parts = [F.pad(b[key], (0, width - b[key].size(1)), value=fills[key]) for b in (chosen, rejected)]
-            return torch.cat(parts)
-
-        return {key: cat(key) for key in fills}
+        return collate_pairs(rows, self.pad_id)
 
     def units(self, batch: Batch) -> int:
-        # A pair counts only when both completions have labels.
-        has = (batch["labels"][:, 1:] != IGNORE).any(dim=1)
-        c, r = has.chunk(2)
-        return int((c & r).sum())
+        return pair_units(batch)
 
     def tokens(self, batch: Batch) -> int:
         return _num_tokens(batch)
@@ -209,4 +241,65 @@ class DPOObjective:
             "rewards_accuracy": float((chosen_reward > rejected_reward).float().sum()),
             "rewards_margin": float((chosen_reward - rejected_reward).sum()),
         }
+        return LossSum(losses.sum(), metrics)
+
+
+class ReferenceFreeObjective:
+    """ORPO or SimPO over (chosen, rejected) pairs: no reference model, length-normalised log-probs.
+
+    ORPO, per pair: the chosen completion's mean token NLL minus ``beta`` * log sigmoid(log odds
+    ratio). The NLL is over completion tokens only, as in the paper; trl's ``ORPOTrainer`` takes it
+    over prompt and completion tokens averaged over the whole batch (the odds-ratio term is the same).
+    SimPO, per pair: ``simpo_losses``.
+
+    Args:
+        pad_id: the tokenizer's pad id.
+        kind: "orpo" or "simpo".
+        beta: ORPO's weight of the odds-ratio term (lambda), or SimPO's reward scale.
+        gamma: SimPO's target margin (unused by ORPO).
+    """
+
+    has_perplexity = False
+
+    def __init__(self, pad_id: int, *, kind: str, beta: float, gamma: float = 0.0):
+        if kind not in ("orpo", "simpo"):
+            raise ValueError(f"kind must be 'orpo' or 'simpo', not {kind!r}")
+        self.name = kind
+        self.pad_id = pad_id
+        self.beta = beta
+        self.gamma = gamma
+
+    def collate(self, rows: Sequence[Any]) -> Batch:
+        return collate_pairs(rows, self.pad_id)
+
+    def units(self, batch: Batch) -> int:
+        return pair_units(batch)
+
+    def tokens(self, batch: Batch) -> int:
+        return _num_tokens(batch)
+
+    def mean_logps(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean completion-token log-prob of each sequence ([chosen; rejected])."""
+        logps, mask = token_logps(_logits(model, batch), batch["labels"])
+        return logps.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
+        chosen, rejected = self.mean_logps(model, batch).chunk(2)
+        metrics: dict[str, float] = {}
+        if self.name == "orpo":
+            ratio = orpo_odds_ratio(chosen, rejected)
+            nll = -chosen.float()
+            losses = nll - self.beta * ratio
+            metrics["nll_loss"] = float(nll.detach().sum())
+            metrics["log_odds_ratio"] = float(ratio.detach().sum())
+        else:
+            losses = simpo_losses(chosen, rejected, beta=self.beta, gamma=self.gamma)
+        chosen_reward = self.beta * chosen.detach()
+        rejected_reward = self.beta * rejected.detach()
+        metrics.update({
+            "rewards_chosen": float(chosen_reward.sum()),
+            "rewards_rejected": float(rejected_reward.sum()),
+            "rewards_accuracy": float((chosen_reward > rejected_reward).float().sum()),
+            "rewards_margin": float((chosen_reward - rejected_reward).sum()),
+        })
         return LossSum(losses.sum(), metrics)
