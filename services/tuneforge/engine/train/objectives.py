@@ -1,4 +1,4 @@
-"""Losses the loop can train: next-token cross-entropy (SFT, pre-training), DPO, ORPO and SimPO.
+"""Losses the loop can train: next-token cross-entropy (SFT, pre-training), DPO, ORPO, SimPO and KTO.
 
 Rows are already tokenized. A causal-LM row holds ``input_ids`` and ``labels`` (``-100`` where no
 loss is taken; Hugging Face alignment, the shift happens here) and optionally ``position_ids``
@@ -302,4 +302,98 @@ class ReferenceFreeObjective:
             "rewards_accuracy": float((chosen_reward > rejected_reward).float().sum()),
             "rewards_margin": float((chosen_reward - rejected_reward).sum()),
         })
+        return LossSum(losses.sum(), metrics)
+
+
+def kto_losses(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    *,
+    beta: float,
+    desirable_weight: float,
+    undesirable_weight: float,
+) -> torch.Tensor:
+    """Per-example KTO loss (Ethayarajh et al. 2024, eq. 7; trl 1.x ``KTOTrainer`` with loss_type "kto").
+
+    desirable: w_d * (1 - sigmoid(beta * (ratio - kl))); undesirable: w_u * (1 - sigmoid(beta * (kl -
+    ratio))), with ratio the policy/reference log-ratio of the completion and ``kl`` the detached,
+    clamped-at-0 estimate of KL(policy || reference) from mismatched prompt/completion pairs.
+    """
+    ratio = logps - ref_logps
+    good = desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl)))
+    bad = undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio)))
+    return torch.where(desirable, good, bad)
+
+
+class KTOObjective:
+    """Kahneman-Tversky optimisation over unpaired completions labelled desirable or undesirable.
+
+    A row holds ``prompt_ids``, ``completion_ids`` and ``desirable`` (bool). The KL reference point is
+    estimated per micro-batch as in trl: each prompt with the previous row's completion (cycled by
+    one), policy minus reference summed log-probs, averaged, clamped at 0, no gradient.
+
+    Args:
+        pad_id: the tokenizer's pad id.
+        beta: KTO temperature.
+        desirable_weight, undesirable_weight: loss weights of the two kinds of examples.
+        reference: how reference log-probs are computed.
+    """
+
+    name = "kto"
+    has_perplexity = False
+
+    def __init__(self, pad_id: int, *, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+                 reference: Reference):
+        self.pad_id = pad_id
+        self.beta = beta
+        self.desirable_weight = desirable_weight
+        self.undesirable_weight = undesirable_weight
+        self.reference = reference
+
+    def _sequences(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]) -> Batch:
+        rows = [{"input_ids": [*p, *c], "labels": [IGNORE] * len(p) + list(c)} for p, c in zip(prompts, completions,
+                                                                                              strict=True)]
+        return pad_rows(rows, self.pad_id)
+
+    def collate(self, rows: Sequence[Any]) -> Batch:
+        prompts = [r["prompt_ids"] for r in rows]
+        completions = [r["completion_ids"] for r in rows]
+        batch = self._sequences(prompts, completions)
+        kl = self._sequences(prompts, completions[-1:] + completions[:-1])
+        batch.update({f"kl_{k}": v for k, v in kl.items()})
+        batch["desirable"] = torch.tensor([bool(r["desirable"]) for r in rows])
+        return batch
+
+    def units(self, batch: Batch) -> int:
+        return int(batch["desirable"].numel())
+
+    def tokens(self, batch: Batch) -> int:
+        return _num_tokens(batch)
+
+    @staticmethod
+    def _logps(model: torch.nn.Module, batch: Batch, prefix: str = "") -> torch.Tensor:
+        part = {k: batch[prefix + k] for k in ("input_ids", "attention_mask", "labels")}
+        logps, _ = token_logps(_logits(model, part), part["labels"])
+        return logps.sum(dim=1)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
+        logps = self._logps(model, batch)
+        with torch.no_grad():
+            kl_logps = self._logps(model, batch, "kl_")
+            with self.reference.context():
+                ref_model = self.reference.model(model)
+                ref_logps = self._logps(ref_model, batch)
+                ref_kl_logps = self._logps(ref_model, batch, "kl_")
+        kl = (kl_logps - ref_kl_logps).mean().clamp(min=0)
+        desirable = batch["desirable"].to(logps.device)
+        losses = kto_losses(logps, ref_logps, desirable, kl, beta=self.beta,
+                            desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight)
+        rewards = self.beta * (logps - ref_logps).detach()
+        metrics = {
+            "kl": float(kl) * len(losses),  # the loop averages sums over units
+            "rewards_desirable": float(rewards[desirable].sum()),
+            "rewards_undesirable": float(rewards[~desirable].sum()),
+        }
         return LossSum(losses.sum(), metrics)
