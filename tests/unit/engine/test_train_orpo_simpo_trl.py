@@ -19,8 +19,8 @@ from tuneforge.engine.recipes import _common
 from tuneforge.engine.train.objectives import ReferenceFreeObjective
 
 pytest.importorskip("trl.experimental.orpo")
-from trl.experimental.cpo import CPOTrainer  # noqa: E402
-from trl.experimental.orpo import ORPOTrainer  # noqa: E402
+from trl.experimental.cpo import CPOTrainer
+from trl.experimental.orpo import ORPOTrainer
 
 
 @pytest.fixture(scope="module")

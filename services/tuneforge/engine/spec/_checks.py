@@ -9,13 +9,13 @@ from tuneforge.common.errors import FieldViolation
 from tuneforge.engine.spec._sections import (
     _SECTIONS,
     ADAPTER_METHODS,
+    PREFERENCE_OBJECTIVES,
     DataSection,
     DpoReference,
     MethodKind,
     MethodSection,
     ObjectiveKind,
     ObjectiveSection,
-    PREFERENCE_OBJECTIVES,
     Precision,
     ResourcesSection,
     ScheduleSection,
@@ -95,15 +95,15 @@ def _check_objective(s: _Sections) -> list[FieldViolation]:
             )
         if d.mixture:
             out.append(FieldViolation("data.mixture", f"{name} needs one preference dataset; use data.train"))
-    if o.kind is ObjectiveKind.DPO:
-        if o.dpo.reference is DpoReference.ADAPTER_DISABLED and s["method"].kind not in ADAPTER_METHODS:
-            out.append(
-                FieldViolation(
-                    "objective.dpo.reference",
-                    "adapter_disabled needs an adapter method "
-                    "(lora, qlora, prefix, prompt); use model_copy for full fine-tuning",
-                )
+    adapter_ref = o.dpo.reference is DpoReference.ADAPTER_DISABLED
+    if o.kind is ObjectiveKind.DPO and adapter_ref and s["method"].kind not in ADAPTER_METHODS:
+        out.append(
+            FieldViolation(
+                "objective.dpo.reference",
+                "adapter_disabled needs an adapter method "
+                "(lora, qlora, prefix, prompt); use model_copy for full fine-tuning",
             )
+        )
     return out
 
 
