@@ -26,7 +26,12 @@ def recipe_for(spec: TrainingSpec) -> Recipe:
     """The recipe module's ``run`` for the spec's objective."""
     import importlib
 
-    name = {ObjectiveKind.DPO: "dpo", ObjectiveKind.PRETRAIN: "pretrain"}.get(spec.objective.kind, "sft")
+    name = {
+        ObjectiveKind.DPO: "dpo",
+        ObjectiveKind.ORPO: "reference_free",
+        ObjectiveKind.SIMPO: "reference_free",
+        ObjectiveKind.PRETRAIN: "pretrain",
+    }.get(spec.objective.kind, "sft")
     run: Recipe = importlib.import_module(f"tuneforge.engine.recipes.{name}").run
     return run
 

@@ -1,4 +1,4 @@
-"""The other objectives through the API: DPO on preference pairs, and a weighted multi-task mixture."""
+"""The other objectives through the API: DPO and SimPO on preference pairs, and a weighted multi-task mixture."""
 
 from __future__ import annotations
 
@@ -57,6 +57,28 @@ def test_dpo_job_on_preference_pairs_succeeds(cluster):
     # DPO's loss starts at log(2) (policy == reference) and is finite.
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert losses[0] == pytest.approx(math.log(2), abs=0.05)
+    manifest = acme.checkpoints.GetManifest(ck.GetManifestRequest(checkpoint=done.result_checkpoint_id)).manifest
+    assert manifest.lineage.dataset_version_id == version_id and manifest.kind == ck.CHECKPOINT_KIND_LORA
+
+
+def test_simpo_job_on_preference_pairs_succeeds_and_learns_the_preference(cluster):
+    acme = cluster.stack("acme")
+    pairs = [{"prompt": f"What colour is the {x}?", "chosen": f"The {x} is {c}.", "rejected": f"The {x} is purple."}
+             for x, c in [("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"),
+                          ("sun", "yellow"), ("milk", "white"), ("blood", "red"), ("night", "black")]]
+    version_id = _upload(acme, "simpo-prefs", pairs)
+    req = lora_request(version_id, steps=4, every=4, objective=tr.OBJECTIVE_SIMPO)
+    req.schedule.eval_every_steps = 0  # no validation split
+    req.hyperparameters.learning_rate = 1e-2
+    req.hyperparameters.simpo_beta = 2.0
+    req.hyperparameters.simpo_gamma = 0.5
+    job = acme.training.CreateJob(req).job
+    assert job.objective == tr.OBJECTIVE_SIMPO
+    done = wait_job(acme.training, job.id, timeout=300)
+    assert done.status == tr.JOB_STATUS_SUCCEEDED, (done.error.code, done.error.message)
+    losses = _losses(acme, job.id)
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    assert min(losses[-2:]) < losses[0], losses
     manifest = acme.checkpoints.GetManifest(ck.GetManifestRequest(checkpoint=done.result_checkpoint_id)).manifest
     assert manifest.lineage.dataset_version_id == version_id and manifest.kind == ck.CHECKPOINT_KIND_LORA
 

@@ -55,7 +55,8 @@ def make_spec(model_dir: Path, tmp: Path, *, objective: str = "sft", method: str
               **overrides: Any) -> TrainingSpec:
     """A small, fast spec over a jsonl file; ``overrides`` are merged per section."""
     if rows is None:
-        rows = {"sft": chat_rows, "pretrain": text_rows, "dpo": preference_rows}[objective](16)
+        rows = {"sft": chat_rows, "pretrain": text_rows, "dpo": preference_rows, "orpo": preference_rows,
+                "simpo": preference_rows}[objective](16)
     data_file = write_jsonl(tmp / "data" / "train.jsonl", rows)
     raw: dict[str, Any] = {
         "tenant": "test",

@@ -69,6 +69,9 @@ def test_zero_values_take_the_specs_defaults_the_same_as_an_engine_yaml() -> Non
     (tr.METHOD_PREFIX, tr.OBJECTIVE_SFT, lambda s: s.method.prefix.num_virtual_tokens == 5),
     (tr.METHOD_PROMPT, tr.OBJECTIVE_PRETRAIN, lambda s: s.method.prompt.num_virtual_tokens == 5),
     (tr.METHOD_FULL, tr.OBJECTIVE_DPO, lambda s: s.objective.dpo.beta == 0.1 and s.objective.kind.value == "dpo"),
+    (tr.METHOD_LORA, tr.OBJECTIVE_ORPO, lambda s: s.objective.orpo.beta == 0.1 and s.objective.kind.value == "orpo"),
+    (tr.METHOD_FULL, tr.OBJECTIVE_SIMPO,
+     lambda s: (s.objective.simpo.beta, s.objective.simpo.gamma, s.objective.kind.value) == (2.0, 1.0, "simpo")),
 ])
 def test_every_method_and_objective_maps(method: int, objective: int, check) -> None:
     hp = tr.Hyperparameters(num_virtual_tokens=5) if method in (tr.METHOD_PREFIX, tr.METHOD_PROMPT) else None
@@ -120,6 +123,12 @@ def test_the_mapping_read_backwards_gives_the_request_back() -> None:
     ({"schedule": tr.Schedule(early_stopping_patience=2)}, "schedule.early_stopping_patience"),
     ({"schedule": tr.Schedule(eval_every_steps=2, keep_best_n=-1)}, "schedule.keep_best_n"),
     ({"hyperparameters": tr.Hyperparameters(packing=True), "objective": tr.OBJECTIVE_DPO}, "hyperparameters.packing"),
+    ({"hyperparameters": tr.Hyperparameters(packing=True), "objective": tr.OBJECTIVE_ORPO}, "hyperparameters.packing"),
+    ({"hyperparameters": tr.Hyperparameters(orpo_beta=-1), "objective": tr.OBJECTIVE_ORPO}, "hyperparameters.orpo_beta"),
+    ({"hyperparameters": tr.Hyperparameters(simpo_beta=1000), "objective": tr.OBJECTIVE_SIMPO},
+     "hyperparameters.simpo_beta"),
+    ({"hyperparameters": tr.Hyperparameters(simpo_gamma=-0.5), "objective": tr.OBJECTIVE_SIMPO},
+     "hyperparameters.simpo_gamma"),
 ])
 def test_each_bad_field_is_named_in_api_terms(change: dict, field: str) -> None:
     assert field in _api_fields(_request(**change))
@@ -171,6 +180,7 @@ def _model_of(annotation: object) -> type[BaseModel] | None:
 @pytest.mark.parametrize(("objective", "kind", "bad"), [
     ("dpo", "CHAT", True), ("dpo", "PREFERENCE", False), ("sft", "PREFERENCE", True),
     ("sft", "CHAT", False), ("pretrain", "TEXT", False), ("dpo", "", False),
+    ("orpo", "PREFERENCE", False), ("orpo", "CHAT", True), ("simpo", "PREFERENCE", False), ("simpo", "TEXT", True),
 ])
 def test_objective_must_fit_the_dataset_kind(objective: str, kind: str, bad: bool) -> None:
     spec = load_spec({"model": {"name": "tiny"}, "data": {"train": {"dataset_version": "dsv_1"}},
@@ -224,3 +234,13 @@ def test_api_terms_reraises_spec_errors_with_api_names() -> None:
     with pytest.raises(InvalidInput) as info, convert.api_terms():
         raise InvalidInput.of([FieldViolation("method.lora.r", "must be > 0; set method.lora.r: 8")])
     assert info.value.violations == (FieldViolation("hyperparameters.lora_r", "must be > 0; set hyperparameters.lora_r: 8"),)
+
+
+def test_orpo_and_simpo_hyperparameters_map_and_read_back() -> None:
+    req = _request(objective=tr.OBJECTIVE_SIMPO, hyperparameters=tr.Hyperparameters(simpo_beta=2.5, simpo_gamma=0.3))
+    spec = _spec(req)
+    assert (spec.objective.simpo.beta, spec.objective.simpo.gamma) == (2.5, 0.3)
+    again = convert.request_from_spec(spec.resolved_dict())
+    assert again.objective == tr.OBJECTIVE_SIMPO and again.hyperparameters.simpo_gamma == pytest.approx(0.3)
+    orpo = _spec(_request(objective=tr.OBJECTIVE_ORPO, hyperparameters=tr.Hyperparameters(orpo_beta=0.25)))
+    assert orpo.objective.orpo.beta == 0.25

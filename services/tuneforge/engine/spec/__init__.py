@@ -11,7 +11,8 @@ Public API:
         ``spec.resolved_dict()`` -> JSON-safe dict with defaults filled in (saved beside checkpoints);
         ``load_spec(spec.resolved_dict())`` gives an equal spec.
     Sections: ModelSection, DataSection (DataSource, MixtureComponent), MethodSection (LoraSettings,
-        QloraSettings, PrefixSettings, PromptSettings), ObjectiveSection (DpoSettings),
+        QloraSettings, PrefixSettings, PromptSettings), ObjectiveSection (DpoSettings, OrpoSettings,
+        SimpoSettings),
         Hyperparameters, ResourcesSection, ScheduleSection, OutputSection.
     Enums: ModelDType, MethodKind, QuantType, ComputeDType, ObjectiveKind, DpoLossType, DpoReference,
         LrScheduler, Precision.
@@ -42,6 +43,7 @@ from tuneforge.engine.spec._sections import (
     DEPENDENT_DEFAULTS,
     FULL_LEARNING_RATE,
     MAX_STEPS,
+    PREFERENCE_OBJECTIVES,
     ComputeDType,
     DataSection,
     DataSource,
@@ -58,6 +60,7 @@ from tuneforge.engine.spec._sections import (
     ModelSection,
     ObjectiveKind,
     ObjectiveSection,
+    OrpoSettings,
     OutputSection,
     Precision,
     PrefixSettings,
@@ -66,6 +69,7 @@ from tuneforge.engine.spec._sections import (
     QuantType,
     ResourcesSection,
     ScheduleSection,
+    SimpoSettings,
     TrainingSpec,
     _not_both,
     _TopLevelScalars,
@@ -77,6 +81,7 @@ __all__ = [
     "DEPENDENT_DEFAULTS",
     "FULL_LEARNING_RATE",
     "MAX_STEPS",
+    "PREFERENCE_OBJECTIVES",
     "ComputeDType",
     "DataSection",
     "DataSource",
@@ -93,6 +98,7 @@ __all__ = [
     "ModelSection",
     "ObjectiveKind",
     "ObjectiveSection",
+    "OrpoSettings",
     "OutputSection",
     "Precision",
     "PrefixSettings",
@@ -101,6 +107,7 @@ __all__ = [
     "QuantType",
     "ResourcesSection",
     "ScheduleSection",
+    "SimpoSettings",
     "TrainingSpec",
     "cross_field_violations",
     "load_spec",

@@ -9,6 +9,7 @@ from tuneforge.common.errors import FieldViolation
 from tuneforge.engine.spec._sections import (
     _SECTIONS,
     ADAPTER_METHODS,
+    PREFERENCE_OBJECTIVES,
     DataSection,
     DpoReference,
     MethodKind,
@@ -84,23 +85,25 @@ def _check_objective(s: _Sections) -> list[FieldViolation]:
     o: ObjectiveSection = s["objective"]
     d: DataSection = s["data"]
     out = []
-    if o.kind is ObjectiveKind.DPO:
+    if o.kind in PREFERENCE_OBJECTIVES:
+        name = o.kind.name
         if d.packing:
             out.append(
                 FieldViolation(
-                    "data.packing", "DPO needs chosen/rejected pairs side by side; set data.packing: false"
+                    "data.packing", f"{name} needs chosen/rejected pairs side by side; set data.packing: false"
                 )
             )
         if d.mixture:
-            out.append(FieldViolation("data.mixture", "DPO needs one preference dataset; use data.train"))
-        if o.dpo.reference is DpoReference.ADAPTER_DISABLED and s["method"].kind not in ADAPTER_METHODS:
-            out.append(
-                FieldViolation(
-                    "objective.dpo.reference",
-                    "adapter_disabled needs an adapter method "
-                    "(lora, qlora, prefix, prompt); use model_copy for full fine-tuning",
-                )
+            out.append(FieldViolation("data.mixture", f"{name} needs one preference dataset; use data.train"))
+    adapter_ref = o.dpo.reference is DpoReference.ADAPTER_DISABLED
+    if o.kind is ObjectiveKind.DPO and adapter_ref and s["method"].kind not in ADAPTER_METHODS:
+        out.append(
+            FieldViolation(
+                "objective.dpo.reference",
+                "adapter_disabled needs an adapter method "
+                "(lora, qlora, prefix, prompt); use model_copy for full fine-tuning",
             )
+        )
     return out
 
 

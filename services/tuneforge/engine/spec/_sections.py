@@ -59,6 +59,12 @@ class ObjectiveKind(enum.Enum):
     SFT = "sft"
     DPO = "dpo"
     PRETRAIN = "pretrain"
+    ORPO = "orpo"
+    SIMPO = "simpo"
+
+
+# Objectives trained on (prompt, chosen, rejected) pairs.
+PREFERENCE_OBJECTIVES = frozenset({ObjectiveKind.DPO, ObjectiveKind.ORPO, ObjectiveKind.SIMPO})
 
 
 class DpoLossType(enum.Enum):
@@ -267,11 +273,28 @@ class DpoSettings(_Strict):
     reference: DpoReference | None = None
 
 
+class OrpoSettings(_Strict):
+    """ORPO (Hong et al. 2024): chosen NLL minus beta * log sigmoid(log odds ratio); no reference model."""
+
+    beta: float = Field(default=0.1, gt=0, le=100, description="weight of the odds-ratio term (the paper's "
+                        "lambda; trl's ORPOConfig.beta)")
+
+
+class SimpoSettings(_Strict):
+    """SimPO (Meng et al. 2024): -log sigmoid(beta * (mean logp chosen - mean logp rejected) - gamma);
+    no reference model."""
+
+    beta: float = Field(default=2.0, gt=0, le=100, description="scale of the length-normalised reward")
+    gamma: float = Field(default=1.0, ge=0, le=100, description="target reward margin")
+
+
 class ObjectiveSection(_Strict):
     """What the loss is."""
 
     kind: ObjectiveKind = ObjectiveKind.SFT
     dpo: DpoSettings = Field(default_factory=DpoSettings)
+    orpo: OrpoSettings = Field(default_factory=OrpoSettings)
+    simpo: SimpoSettings = Field(default_factory=SimpoSettings)
 
 
 class Hyperparameters(_Strict):

@@ -1,4 +1,4 @@
-"""Losses the loop can train: next-token cross-entropy (SFT, pre-training) and DPO.
+"""Losses the loop can train: next-token cross-entropy (SFT, pre-training), DPO, ORPO, SimPO and KTO.
 
 Rows are already tokenized. A causal-LM row holds ``input_ids`` and ``labels`` (``-100`` where no
 loss is taken; Hugging Face alignment, the shift happens here) and optionally ``position_ids``
@@ -124,6 +124,50 @@ def dpo_losses(
     return (ipo_delta - 1 / (2 * beta)) ** 2
 
 
+def collate_pairs(rows: Sequence[Any], pad_id: int) -> Batch:
+    """Preference rows as one batch: the chosen sequences, then the rejected ones, padded to one width."""
+    chosen = pad_rows(rows, pad_id, "chosen_")
+    rejected = pad_rows(rows, pad_id, "rejected_")
+    width = max(chosen["input_ids"].size(1), rejected["input_ids"].size(1))
+    fills = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
+
+    def cat(key: str) -> torch.Tensor:
+        parts = [F.pad(b[key], (0, width - b[key].size(1)), value=fills[key]) for b in (chosen, rejected)]
+        return torch.cat(parts)
+
+    return {key: cat(key) for key in fills}
+
+
+def pair_units(batch: Batch) -> int:
+    """Pairs in a ``collate_pairs`` batch; a pair counts only when both completions have labels."""
+    has = (batch["labels"][:, 1:] != IGNORE).any(dim=1)
+    c, r = has.chunk(2)
+    return int((c & r).sum())
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_odds_ratio(chosen_mean_logps: torch.Tensor, rejected_mean_logps: torch.Tensor) -> torch.Tensor:
+    """Per-pair log sigmoid of the log odds ratio of chosen over rejected (ORPO's L_OR, negated).
+
+    The inputs are length-normalised (mean per completion token) log-probs, as in the paper and
+    trl's ``ORPOTrainer.odds_ratio_loss``; odds(y) = p / (1 - p).
+    """
+    c, r = chosen_mean_logps.float(), rejected_mean_logps.float()
+    log_odds = (c - r) - (log1mexp(c) - log1mexp(r))
+    return F.logsigmoid(log_odds)
+
+
+def simpo_losses(chosen_mean_logps: torch.Tensor, rejected_mean_logps: torch.Tensor, *, beta: float,
+                 gamma: float) -> torch.Tensor:
+    """Per-pair SimPO loss -log sigmoid(beta * (chosen - rejected) - gamma) on length-normalised log-probs
+    (trl's ``CPOTrainer`` with ``loss_type="simpo"``, ``cpo_alpha=0``, no label smoothing)."""
+    return -F.logsigmoid(beta * (chosen_mean_logps.float() - rejected_mean_logps.float()) - gamma)
+
+
 @dataclass
 class Reference:
     """Where reference log-probs come from: the policy with its adapter disabled, or a frozen copy.
@@ -165,22 +209,10 @@ class DPOObjective:
         self.reference = reference
 
     def collate(self, rows: Sequence[Any]) -> Batch:
-        chosen = pad_rows(rows, self.pad_id, "chosen_")
-        rejected = pad_rows(rows, self.pad_id, "rejected_")
-        width = max(chosen["input_ids"].size(1), rejected["input_ids"].size(1))
-        fills = {"input_ids": self.pad_id, "attention_mask": 0, "labels": IGNORE}
-
-        def cat(key: str) -> torch.Tensor:
-            parts = [F.pad(b[key], (0, width - b[key].size(1)), value=fills[key]) for b in (chosen, rejected)]
-            return torch.cat(parts)
-
-        return {key: cat(key) for key in fills}
+        return collate_pairs(rows, self.pad_id)
 
     def units(self, batch: Batch) -> int:
-        # A pair counts only when both completions have labels.
-        has = (batch["labels"][:, 1:] != IGNORE).any(dim=1)
-        c, r = has.chunk(2)
-        return int((c & r).sum())
+        return pair_units(batch)
 
     def tokens(self, batch: Batch) -> int:
         return _num_tokens(batch)
@@ -208,5 +240,160 @@ class DPOObjective:
             "rewards_rejected": float(rejected_reward.sum()),
             "rewards_accuracy": float((chosen_reward > rejected_reward).float().sum()),
             "rewards_margin": float((chosen_reward - rejected_reward).sum()),
+        }
+        return LossSum(losses.sum(), metrics)
+
+
+class ReferenceFreeObjective:
+    """ORPO or SimPO over (chosen, rejected) pairs: no reference model, length-normalised log-probs.
+
+    ORPO, per pair: the chosen completion's mean token NLL minus ``beta`` * log sigmoid(log odds
+    ratio). The NLL is over completion tokens only, as in the paper; trl's ``ORPOTrainer`` takes it
+    over prompt and completion tokens averaged over the whole batch (the odds-ratio term is the same).
+    SimPO, per pair: ``simpo_losses``.
+
+    Args:
+        pad_id: the tokenizer's pad id.
+        kind: "orpo" or "simpo".
+        beta: ORPO's weight of the odds-ratio term (lambda), or SimPO's reward scale.
+        gamma: SimPO's target margin (unused by ORPO).
+    """
+
+    has_perplexity = False
+
+    def __init__(self, pad_id: int, *, kind: str, beta: float, gamma: float = 0.0):
+        if kind not in ("orpo", "simpo"):
+            raise ValueError(f"kind must be 'orpo' or 'simpo', not {kind!r}")
+        self.name = kind
+        self.pad_id = pad_id
+        self.beta = beta
+        self.gamma = gamma
+
+    def collate(self, rows: Sequence[Any]) -> Batch:
+        return collate_pairs(rows, self.pad_id)
+
+    def units(self, batch: Batch) -> int:
+        return pair_units(batch)
+
+    def tokens(self, batch: Batch) -> int:
+        return _num_tokens(batch)
+
+    def mean_logps(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean completion-token log-prob of each sequence ([chosen; rejected])."""
+        logps, mask = token_logps(_logits(model, batch), batch["labels"])
+        return logps.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
+        chosen, rejected = self.mean_logps(model, batch).chunk(2)
+        metrics: dict[str, float] = {}
+        if self.name == "orpo":
+            ratio = orpo_odds_ratio(chosen, rejected)
+            nll = -chosen.float()
+            losses = nll - self.beta * ratio
+            metrics["nll_loss"] = float(nll.detach().sum())
+            metrics["log_odds_ratio"] = float(ratio.detach().sum())
+        else:
+            losses = simpo_losses(chosen, rejected, beta=self.beta, gamma=self.gamma)
+        chosen_reward = self.beta * chosen.detach()
+        rejected_reward = self.beta * rejected.detach()
+        metrics.update({
+            "rewards_chosen": float(chosen_reward.sum()),
+            "rewards_rejected": float(rejected_reward.sum()),
+            "rewards_accuracy": float((chosen_reward > rejected_reward).float().sum()),
+            "rewards_margin": float((chosen_reward - rejected_reward).sum()),
+        })
+        return LossSum(losses.sum(), metrics)
+
+
+def kto_losses(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    *,
+    beta: float,
+    desirable_weight: float,
+    undesirable_weight: float,
+) -> torch.Tensor:
+    """Per-example KTO loss (Ethayarajh et al. 2024, eq. 7; trl 1.x ``KTOTrainer`` with loss_type "kto").
+
+    desirable: w_d * (1 - sigmoid(beta * (ratio - kl))); undesirable: w_u * (1 - sigmoid(beta * (kl -
+    ratio))), with ratio the policy/reference log-ratio of the completion and ``kl`` the detached,
+    clamped-at-0 estimate of KL(policy || reference) from mismatched prompt/completion pairs.
+    """
+    ratio = logps - ref_logps
+    good = desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl)))
+    bad = undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio)))
+    return torch.where(desirable, good, bad)
+
+
+class KTOObjective:
+    """Kahneman-Tversky optimisation over unpaired completions labelled desirable or undesirable.
+
+    A row holds ``prompt_ids``, ``completion_ids`` and ``desirable`` (bool). The KL reference point is
+    estimated per micro-batch as in trl: each prompt with the previous row's completion (cycled by
+    one), policy minus reference summed log-probs, averaged, clamped at 0, no gradient.
+
+    Args:
+        pad_id: the tokenizer's pad id.
+        beta: KTO temperature.
+        desirable_weight, undesirable_weight: loss weights of the two kinds of examples.
+        reference: how reference log-probs are computed.
+    """
+
+    name = "kto"
+    has_perplexity = False
+
+    def __init__(self, pad_id: int, *, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+                 reference: Reference):
+        self.pad_id = pad_id
+        self.beta = beta
+        self.desirable_weight = desirable_weight
+        self.undesirable_weight = undesirable_weight
+        self.reference = reference
+
+    def _sequences(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]) -> Batch:
+        rows = [{"input_ids": [*p, *c], "labels": [IGNORE] * len(p) + list(c)} for p, c in zip(prompts, completions,
+                                                                                              strict=True)]
+        return pad_rows(rows, self.pad_id)
+
+    def collate(self, rows: Sequence[Any]) -> Batch:
+        prompts = [r["prompt_ids"] for r in rows]
+        completions = [r["completion_ids"] for r in rows]
+        batch = self._sequences(prompts, completions)
+        kl = self._sequences(prompts, completions[-1:] + completions[:-1])
+        batch.update({f"kl_{k}": v for k, v in kl.items()})
+        batch["desirable"] = torch.tensor([bool(r["desirable"]) for r in rows])
+        return batch
+
+    def units(self, batch: Batch) -> int:
+        return int(batch["desirable"].numel())
+
+    def tokens(self, batch: Batch) -> int:
+        return _num_tokens(batch)
+
+    @staticmethod
+    def _logps(model: torch.nn.Module, batch: Batch, prefix: str = "") -> torch.Tensor:
+        part = {k: batch[prefix + k] for k in ("input_ids", "attention_mask", "labels")}
+        logps, _ = token_logps(_logits(model, part), part["labels"])
+        return logps.sum(dim=1)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
+        logps = self._logps(model, batch)
+        with torch.no_grad():
+            kl_logps = self._logps(model, batch, "kl_")
+            with self.reference.context():
+                ref_model = self.reference.model(model)
+                ref_logps = self._logps(ref_model, batch)
+                ref_kl_logps = self._logps(ref_model, batch, "kl_")
+        kl = (kl_logps - ref_kl_logps).mean().clamp(min=0)
+        desirable = batch["desirable"].to(logps.device)
+        losses = kto_losses(logps, ref_logps, desirable, kl, beta=self.beta,
+                            desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight)
+        rewards = self.beta * (logps - ref_logps).detach()
+        metrics = {
+            "kl": float(kl) * len(losses),  # the loop averages sums over units
+            "rewards_desirable": float(rewards[desirable].sum()),
+            "rewards_undesirable": float(rewards[~desirable].sum()),
         }
         return LossSum(losses.sum(), metrics)

@@ -24,7 +24,7 @@ from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
 from tuneforge.common.logging import current_log_context, log_context
 from tuneforge.common.storage import tenant_prefix
-from tuneforge.engine.spec import ObjectiveKind, TrainingSpec, load_spec
+from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
 from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import (
     Job,
@@ -99,7 +99,7 @@ def _version_sources(data: dict[str, Any]) -> list[dict[str, Any]]:
 def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[FieldViolation]:
     """The objective against the record kind of each leased version (``kinds``: version id -> kind name).
 
-    DPO needs preference pairs; SFT and pre-training cannot use them. Versions of unknown kind are not judged.
+    DPO, ORPO and SimPO need preference pairs; SFT and pre-training cannot use them. Versions of unknown kind are not judged.
     """
     data = spec.data
     sources = [("data.train", data.train), ("data.validation", data.validation),
@@ -113,13 +113,14 @@ def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[Field
         kind = kinds.get(version_id, "")
         if not kind:
             continue
-        if spec.objective.kind is ObjectiveKind.DPO and kind != "PREFERENCE":
+        paired = spec.objective.kind in PREFERENCE_OBJECTIVES
+        if paired and kind != "PREFERENCE":
             out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, "
-                                      "but DPO needs preference pairs (prompt, chosen, rejected): use a "
-                                      "preference dataset or supervised fine-tuning"))
-        elif spec.objective.kind is not ObjectiveKind.DPO and kind == "PREFERENCE":
+                                      f"but {spec.objective.kind.name} needs preference pairs (prompt, chosen, "
+                                      "rejected): use a preference dataset or supervised fine-tuning"))
+        elif not paired and kind == "PREFERENCE":
             out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds preference pairs: train "
-                                      "them with DPO, or use a chat/text dataset"))
+                                      "them with DPO, ORPO or SimPO, or use a chat/text dataset"))
     return out
 
 
