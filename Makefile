@@ -100,5 +100,7 @@ demo: setup  ## the main job end to end on one machine
 bench: setup  ## benchmarks (see bench/README.md)
 	@for b in bench/*.py; do case $$b in */_*) ;; *) echo "== $$b"; $(PY) $$b --quick || exit 1;; esac; done
 
+include docker/images.mk
+
 clean:
 	rm -rf .run .cache/tmp services/tuneforge/*/v1
