@@ -5,6 +5,6 @@
 FROM scratch
 COPY versitygw /versitygw
 USER 10001:10001
-EXPOSE 7070
+EXPOSE 9000
 ENTRYPOINT ["/versitygw"]
-CMD ["--port", ":7070", "posix", "/data"]
+CMD ["--port", ":9000", "posix", "/data"]

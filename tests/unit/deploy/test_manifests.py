@@ -30,8 +30,11 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip ins
 pytest.importorskip("helm_python", reason="pip install helm-python-sdk (the chart tests need it)")
 
 CUSTOM_KINDS = {"RayCluster"}
-RAY_VALUES = {"rayCluster": {"enabled": True, "auth": {"token": RAY_TOKEN},
-                             "gpuWorkers": {"gpusPerWorker": 2, "replicas": 1, "minReplicas": 0, "maxReplicas": 3}}}
+GPU_GROUP = {"groupName": "gpu", "gpusPerWorker": 2, "replicas": 1, "minReplicas": 0, "maxReplicas": 3,
+             "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}},
+             "shmSizeLimit": "16Gi", "nodeSelector": {"nvidia.com/gpu.present": "true"},
+             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+RAY_VALUES = {"rayCluster": {"enabled": True, "auth": {"token": RAY_TOKEN}, "workerGroups": [GPU_GROUP]}}
 
 
 def _validate_all(docs: list[dict[str, Any]]) -> list[str]:
@@ -101,6 +104,10 @@ def test_raycluster_has_head_and_gpu_worker_group() -> None:
     worker = group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert worker["resources"]["requests"]["nvidia.com/gpu"] == 2
+    assert worker["resources"]["requests"]["memory"] == "64Gi"
+    assert worker["image"] == "tuneforge-ml-cuda:0.1.0"  # GPU groups run the CUDA flavour
+    assert group["rayStartParams"]["num-gpus"] == "2"
+    assert group["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
         group["template"]["spec"]["tolerations"]
     for template, name in ((head["template"], "head"), (group["template"], "worker")):
@@ -134,7 +141,8 @@ def test_kind_values_render_with_existing_secrets_only() -> None:
     assert cm["data"]["TUNEFORGE_OBJECT_STORE_URI"] == "s3://tuneforge?endpoint=s3:9000&secure=false"
     for svc in SERVICES:
         c = by_name(docs, "Deployment", f"tuneforge-{svc}")["spec"]["template"]["spec"]["containers"][0]
-        assert c["image"] == f"localhost/tuneforge-{svc}:dev" and c["imagePullPolicy"] == "Never"
+        role = "datasets" if svc == "datasets" else "ml"
+        assert c["image"] == f"localhost/tuneforge-{role}:dev" and c["imagePullPolicy"] == "Never"
 
 
 def test_kind_dependencies_are_valid_and_credential_free() -> None:
