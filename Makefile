@@ -101,6 +101,7 @@ bench: setup  ## benchmarks (see bench/README.md)
 	@for b in bench/*.py; do case $$b in */_*) ;; *) echo "== $$b"; $(PY) $$b --quick || exit 1;; esac; done
 
 include docker/images.mk
+include deploy/cluster/cluster.mk
 
 clean:
 	rm -rf .run .cache/tmp services/tuneforge/*/v1

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Moves images from podman or docker into the local cluster's containerd (what `kind load` does):
+#   deploy/cluster/load-image.sh IMAGE [IMAGE...]
+# CONTAINER_ENGINE picks the engine and its flags (default: podman if present, else docker), e.g.
+# CONTAINER_ENGINE="podman --root /x --runroot /y". Pods must use the same name (podman names local
+# images localhost/NAME:TAG) with imagePullPolicy IfNotPresent or Never: nothing can be pulled here.
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+[ $# -ge 1 ] || { echo "usage: $0 IMAGE [IMAGE...]" >&2; exit 2; }
+running containerd || die "the cluster's containerd is not running (make cluster-up)"
+engine=${CONTAINER_ENGINE:-}
+if [ -z "$engine" ]; then
+  if command -v podman >/dev/null; then engine=podman; elif command -v docker >/dev/null; then engine=docker
+  else die "neither podman nor docker found (set CONTAINER_ENGINE)"; fi
+fi
+read -r -a eng <<<"$engine"
+for image in "$@"; do
+  t0=$(date +%s)
+  # podman: docker-archive keeps the name in the tar; docker save does that by default.
+  if [ "$(basename "${eng[0]}")" = podman ]; then save=("${eng[@]}" save --format docker-archive "$image")
+  else save=("${eng[@]}" save "$image"); fi
+  "${save[@]}" | ctr --address "$CTR_SOCK" -n k8s.io images import - >"$RUN/logs/load-image.last" ||
+    die "could not load $image (see $RUN/logs/load-image.last)"
+  log "loaded $image into containerd in $(( $(date +%s) - t0 )) s: $(awk '/unpacking/ {print $2}' "$RUN/logs/load-image.last" | tr '\n' ' ')"
+done
