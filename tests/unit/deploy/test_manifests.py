@@ -19,8 +19,10 @@ from tests.unit.deploy._chart import (
     RAY_TOKEN,
     ROOT,
     SERVICES,
+    CHART,
     by_name,
     kind_values,
+    merge,
     of_kind,
     render,
     valid_values,
@@ -133,28 +135,16 @@ def test_training_service_is_pointed_at_the_ray_head() -> None:
     assert "RAY_ADDRESS" not in {e["name"] for e in other["env"]}
 
 
-def test_kind_values_render_with_existing_secrets_only() -> None:
-    docs = render(kind_values(), release="tuneforge", namespace="tuneforge")
+def test_kind_values_overlay_the_dev_profile() -> None:
+    values = merge(yaml.safe_load((CHART / "values-dev.yaml").read_text()), kind_values())
+    docs = render(values, release="tuneforge", namespace="tuneforge")
     _validate_all(docs)
-    assert of_kind(docs, "Secret") == []  # up.sh creates them with random values
     cm = by_name(docs, "ConfigMap", "tuneforge-settings")
-    assert cm["data"]["TUNEFORGE_OBJECT_STORE_URI"] == "s3://tuneforge?endpoint=s3:9000&secure=false"
+    assert cm["data"]["TUNEFORGE_OBJECT_STORE_URI"] == "s3://tuneforge?endpoint=tuneforge-s3.tuneforge.svc:9000&secure=false"
     for svc in SERVICES:
         c = by_name(docs, "Deployment", f"tuneforge-{svc}")["spec"]["template"]["spec"]["containers"][0]
         role = "datasets" if svc == "datasets" else "ml"
-        assert c["image"] == f"localhost/tuneforge-{role}:dev" and c["imagePullPolicy"] == "Never"
-
-
-def test_kind_dependencies_are_valid_and_credential_free() -> None:
-    deps = sorted((ROOT / "deploy" / "kind" / "deps").glob("*.yaml"))
-    docs = [d for p in deps for d in yaml.safe_load_all(p.read_text()) if d]
-    checked = _validate_all(docs)
-    assert sorted(checked) == ["Deployment/postgres", "Deployment/s3", "Service/postgres", "Service/s3"]
-    for deploy in of_kind(docs, "Deployment"):
-        pod = deploy["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True and pod["enableServiceLinks"] is False
-        for env in pod["containers"][0].get("env", []):
-            assert "PASSWORD" not in env["name"] or "valueFrom" in env or env["name"].endswith("_FILE")
+        assert c["image"] == f"localhost/tuneforge-{role}:0.1.0" and c["imagePullPolicy"] == "Never"
 
 
 def test_kind_cluster_config() -> None:
