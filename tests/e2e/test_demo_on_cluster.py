@@ -6,7 +6,9 @@ Needs the images of `make images` in the cluster's image store (`make e2e` loads
 KubeRay operator. The tests of this module run in order against one release.
 
 Environment: ``TUNEFORGE_E2E_IMAGE_TAG`` (default: the chart's appVersion),
-``TUNEFORGE_E2E_KEEP=1`` keeps the namespace after a failure for a look around.
+``TUNEFORGE_E2E_KEEP=1`` keeps the namespace after a failure for a look around,
+``TUNEFORGE_E2E_TRAINING=pod`` trains in the training pod (a local Ray of 2 workers there) instead
+of on the release's RayCluster: the same demo where the RayCluster path is not available.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ PROTO_SERVICES = {"datasets": "DatasetService", "training": "TrainingService",
                   "evaluation": "EvaluationService", "checkpoints": "CheckpointService"}
 BASE_MODEL = "tiny-llama"
 INSTALL_TIMEOUT = "20m"
+ON_RAYCLUSTER = os.environ.get("TUNEFORGE_E2E_TRAINING", "raycluster") != "pod"
+# Training in the pod: no RayCluster; room for a local Ray with 2 workers and its object store.
+POD_TRAINING_ARGS = ["--set", "rayCluster.enabled=false", "--set", "services.training.resourcesPreset=medium",
+                     "--set", "scratch.tmpSizeLimit=4Gi"]
 
 
 @dataclass
@@ -84,7 +90,7 @@ class Release:
 @pytest.fixture(scope="module")
 def release(kube: Kube) -> Iterator[Release]:
     """`helm install` with the dev profile, waited on until every Deployment and the RayCluster are ready."""
-    if not kube.has_api("ray.io/v1", "RayCluster"):
+    if ON_RAYCLUSTER and not kube.has_api("ray.io/v1", "RayCluster"):
         pytest.fail("the cluster has no RayCluster CRD: install the KubeRay operator (make cluster-up does)")
     ns = unique_namespace("tf-e2e")
     kube.kubectl("create", "namespace", ns)
@@ -94,12 +100,14 @@ def release(kube: Kube) -> Iterator[Release]:
     try:
         started = time.monotonic()
         proc = kube.helm("install", RELEASE, str(CHART), "-n", ns, "-f", str(CHART / "values-dev.yaml"),
-                         "--set", f"image.tag={tag}", "--wait", "--timeout", INSTALL_TIMEOUT, check=False, timeout=1500)
+                         "--set", f"image.tag={tag}", *([] if ON_RAYCLUSTER else POD_TRAINING_ARGS),
+                         "--wait", "--timeout", INSTALL_TIMEOUT, check=False, timeout=1500)
         assert proc.returncode == 0, f"helm install failed:\n{proc.stderr}\n{kube.diagnostics(ns)}"
         assert "Next steps:" in proc.stdout  # NOTES.txt
-        kube.wait_until("RayCluster ready with 2 workers", lambda: len(rel.ray_workers()) == 2
-                        and kube.get("-n", ns, "raycluster", f"{FULL}-ray").get("status", {}).get("state") == "ready",
-                        timeout_s=600, every_s=5)
+        if ON_RAYCLUSTER:
+            kube.wait_until("RayCluster ready with 2 workers", lambda: len(rel.ray_workers()) == 2
+                            and kube.get("-n", ns, "raycluster", f"{FULL}-ray").get("status", {}).get("state") == "ready",
+                            timeout_s=600, every_s=5)
         print(f"release {RELEASE} ready in namespace {ns} after {time.monotonic() - started:.0f}s")
         yield rel
         failed = False
@@ -173,7 +181,10 @@ def test_demo_through_the_cluster_services(release: Release, tmp_path: Path) -> 
         release.facts["version"] = version
 
         job = c.training.CreateJob(_job_request(tr, version, "e2e-demo-train", steps=6)).job
-        say("train", f"job {job.id}: 2 Ray workers, DeepSpeed ZeRO-2, on RayCluster {FULL}-ray")
+        where = f"on RayCluster {FULL}-ray" if ON_RAYCLUSTER else "on a local Ray in the training pod"
+        say("train", f"job {job.id}: 2 Ray workers, DeepSpeed ZeRO-2, {where}")
+        if ON_RAYCLUSTER:
+            assert len(release.ray_workers()) == 2
         job = c.wait_job(job.id, timeout=1800)
         assert job.status == tr.JOB_STATUS_SUCCEEDED, f"{tr.JobStatus.Name(job.status)}: {job.error.message}"
         assert job.current_step == 6 and job.result_checkpoint_id

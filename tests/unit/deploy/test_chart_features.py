@@ -51,7 +51,7 @@ def test_training_is_recreated_never_rolled() -> None:
 
 
 def test_training_replicas_above_one_are_refused() -> None:
-    with pytest.raises(Exception, match="maximum|at most 1"):
+    with pytest.raises(Exception, match=r"maximum|at most 1"):
         render(valid_values(services={"training": {"replicas": 2}}))
 
 

@@ -20,7 +20,7 @@ PG_DOCKERFILE = ROOT / "docker" / "postgres" / "Dockerfile"
 DOCKERFILES = (DOCKERFILE, S3_DOCKERFILE, PG_DOCKERFILE)
 IGNORE = ROOT / "docker" / "Dockerfile.dockerignore"
 IMAGES_SH = ROOT / "docker" / "images.sh"
-SCRIPTS = sorted((ROOT / "deploy" / "kind").glob("*.sh")) + [IMAGES_SH, ROOT / "docker" / "postgres" / "entrypoint.sh"]
+SCRIPTS = [*sorted((ROOT / "deploy" / "kind").glob("*.sh")), IMAGES_SH, ROOT / "docker" / "postgres" / "entrypoint.sh"]
 
 
 def _tool(name: str, package: str) -> str:

@@ -15,15 +15,14 @@ import pytest
 import yaml
 
 from tests.unit.deploy._chart import (
+    CHART,
     KUBE_VERSION,
     RAY_TOKEN,
     ROOT,
     SERVICES,
-    CHART,
     by_name,
     kind_values,
     merge,
-    of_kind,
     render,
     valid_values,
 )
