@@ -29,7 +29,9 @@ VALUES_FILES = {
     "values.yaml": DEFAULT_ARGS,
     "values-dev.yaml": ["-f", str(CHART / "values-dev.yaml")],
     "values-gpu.yaml": ["-f", str(CHART / "values-gpu.yaml")],
-    "deploy/kind/values-kind.yaml": ["-f", str(ROOT / "deploy" / "kind" / "values-kind.yaml")],
+    # An overlay on the dev profile (deploy/kind/up.sh installs both).
+    "deploy/kind/values-kind.yaml": ["-f", str(CHART / "values-dev.yaml"),
+                                     "-f", str(ROOT / "deploy" / "kind" / "values-kind.yaml")],
 }
 DEV = ["-f", str(CHART / "values-dev.yaml")]
 
