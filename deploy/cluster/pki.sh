@@ -31,6 +31,13 @@ openssl req -newkey rsa:2048 -nodes -keyout apiserver-kubelet-client.key -out ap
   -subj "/CN=kube-apiserver-kubelet-client/O=system:masters" 2>/dev/null
 openssl x509 -req -in apiserver-kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
   -out apiserver-kubelet-client.crt -days 3650 -extfile client.ext 2>/dev/null
+# The front proxy (aggregation layer) CA and client: controller manager and scheduler authenticate
+# delegated requests against it.
+openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 3650 \
+  -subj "/CN=tuneforge-front-proxy-ca" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout front-proxy-client.key -out front-proxy-client.csr -subj "/CN=front-proxy-client" 2>/dev/null
+openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial \
+  -out front-proxy-client.crt -days 3650 -extfile client.ext 2>/dev/null
 # Service-account token signing keys.
 openssl genrsa -out sa.key 2048 2>/dev/null
 openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
