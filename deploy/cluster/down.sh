@@ -53,6 +53,10 @@ for ns in /run/netns/cni-*; do
     ip netns delete "$(basename "$ns")" 2>/dev/null || { umount "$ns" 2>/dev/null; rm -f "$ns"; }
   fi
 done
+# The kubelet's links to container logs (/var/log/containers is fixed) that point into this cluster.
+for l in /var/log/containers/*.log; do
+  [ -L "$l" ] && [[ "$(readlink "$l")" == "$RUN/"* ]] && rm -f "$l"
+done
 # 5. The bridge (pods' veths went with their sandboxes) and the kubelet's cgroups.
 ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE" && log "network: bridge $BRIDGE deleted"
 for ctl in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do

@@ -75,3 +75,11 @@ stop() {
 
 kctl() { "$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 mkdir -p "${TMPDIR:-/tmp}"
+
+# write_file PATH: writes stdin to PATH only when the content differs, so that a second cluster-up
+# does not touch configuration files that running components watch (kube-proxy exits on a change).
+write_file() {
+  local tmp; tmp=$(mktemp)
+  cat >"$tmp"
+  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; chmod 644 "$1"; fi
+}
