@@ -76,10 +76,13 @@ stop() {
 kctl() { "$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 mkdir -p "${TMPDIR:-/tmp}"
 
-# write_file PATH: writes stdin to PATH only when the content differs, so that a second cluster-up
-# does not touch configuration files that running components watch (kube-proxy exits on a change).
-write_file() {
-  local tmp; tmp=$(mktemp)
+# write_config NAME PATH: writes stdin to PATH only when the content differs, so that a second
+# cluster-up does not touch files that running components watch (kube-proxy exits on a change);
+# when it does differ and NAME runs, NAME is stopped so that the following `start` applies it.
+write_config() {
+  local name=$1 path=$2 tmp; tmp=$(mktemp)
   cat >"$tmp"
-  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; chmod 644 "$1"; fi
+  if [ -f "$path" ] && cmp -s "$tmp" "$path"; then rm -f "$tmp"; return 0; fi
+  mv "$tmp" "$path"; chmod 644 "$path"
+  if running "$name"; then log "$name: configuration changed, restarting"; stop "$name"; fi
 }

@@ -4,6 +4,8 @@
 # CONTAINER_ENGINE picks the engine and its flags (default: podman if present, else docker), e.g.
 # CONTAINER_ENGINE="podman --root /x --runroot /y". Pods must use the same name (podman names local
 # images localhost/NAME:TAG) with imagePullPolicy IfNotPresent or Never: nothing can be pulled here.
+# An image takes its size twice on disk (layers + unpacked snapshot); CLUSTER_COMPRESS_BLOBS=1 keeps
+# the layers gzip-compressed (about half the disk for big images, slower to load).
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -15,12 +17,14 @@ if [ -z "$engine" ]; then
   else die "neither podman nor docker found (set CONTAINER_ENGINE)"; fi
 fi
 read -r -a eng <<<"$engine"
+import=(ctr --address "$CTR_SOCK" -n k8s.io images import)
+[ -n "${CLUSTER_COMPRESS_BLOBS:-}" ] && import+=(--compress-blobs)
 for image in "$@"; do
   t0=$(date +%s)
   # podman: docker-archive keeps the name in the tar; docker save does that by default.
   if [ "$(basename "${eng[0]}")" = podman ]; then save=("${eng[@]}" save --format docker-archive "$image")
   else save=("${eng[@]}" save "$image"); fi
-  "${save[@]}" | ctr --address "$CTR_SOCK" -n k8s.io images import - >"$RUN/logs/load-image.last" ||
+  "${save[@]}" | "${import[@]}" - >"$RUN/logs/load-image.last" ||
     die "could not load $image (see $RUN/logs/load-image.last)"
   log "loaded $image into containerd in $(( $(date +%s) - t0 )) s: $(awk '/unpacking/ {print $2}' "$RUN/logs/load-image.last" | tr '\n' ' ')"
 done

@@ -5,7 +5,8 @@
 #  2. another pod reaches it through a ClusterIP Service by DNS name (FQDN and short name);
 #  3. kubectl logs, exec and port-forward work against the pod;
 #  4. KubeRay reconciles a RayCluster into a head pod, a worker pod and the head Service, and, when a
-#     Ray image is loaded (RAY_IMAGE, default localhost/tuneforge-ray:dev), the cluster gets ready.
+#     Ray image is loaded (RAY_IMAGE, default: the chart's ml image localhost/tuneforge-ml:<tag> if one
+#     is in containerd), that the RayCluster gets ready.
 # Exits non-zero on the first failure. KEEP=1 leaves the tf-smoke namespace for inspection.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -13,7 +14,7 @@ set -euo pipefail
 export KUBECONFIG=${KUBECONFIG:-$KUBECONFIG_PATH}
 k() { "$KUBE_BIN/kubectl" "$@"; }
 ns=tf-smoke image=localhost/tuneforge-smoke:1
-RAY_IMAGE=${RAY_IMAGE:-localhost/tuneforge-ray:dev}
+RAY_IMAGE=${RAY_IMAGE:-$(ctr --address "$CTR_SOCK" -n k8s.io images ls -q | grep -m1 '^localhost/tuneforge-ml:' || echo localhost/tuneforge-ml:0.1.0)}
 t0=$(date +%s)
 step() { log "smoke: $*"; }
 

@@ -86,7 +86,7 @@ sed "s/NODE_IP/$NODE_IP/" "$here/manifests/kube-dns-endpoints.yaml" |
   kctl apply --server-side --force-conflicts --field-manager=tuneforge-cluster -f - >/dev/null
 
 # 8. containerd (Debian's) with its own root, state, socket and CNI configuration.
-write_file "$RUN/cni/net.d/10-tuneforge.conflist" <<EOF
+write_config containerd "$RUN/cni/net.d/10-tuneforge.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "tuneforge",
@@ -102,7 +102,7 @@ write_file "$RUN/cni/net.d/10-tuneforge.conflist" <<EOF
   ]
 }
 EOF
-write_file "$RUN/containerd/config.toml" <<EOF
+write_config containerd "$RUN/containerd/config.toml" <<EOF
 version = 2
 root = "$RUN/containerd/root"
 state = "$RUN/containerd/state"
@@ -147,7 +147,7 @@ if ! ctr --address "$CTR_SOCK" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE";
 fi
 
 # 10. kubelet (cgroupfs driver, webhook authn/authz, serving on the node's address).
-write_file "$RUN/kubelet/config.yaml" <<EOF
+write_config kubelet "$RUN/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -170,10 +170,11 @@ clusterDNS: [10.96.0.10]
 podLogsDir: $RUN/kubelet/pod-logs
 maxPods: 110
 serializeImagePulls: false
-# Images are loaded, never pulled: keep them (the disk is shared, GC only when nearly full).
-imageGCHighThresholdPercent: 95
-imageGCLowThresholdPercent: 90
-evictionHard: {memory.available: "256Mi", nodefs.available: "5%", imagefs.available: "5%"}
+# Images are loaded, never pulled: never garbage-collect them (100 turns image GC off). The disk is
+# shared with other work, so evict only when it is really full, not at a percentage of a big disk.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "256Mi", nodefs.available: "2Gi", imagefs.available: "2Gi", nodefs.inodesFree: "5%"}
 protectKernelDefaults: false
 EOF
 start kubelet "$KUBE_BIN/kubelet" --config="$RUN/kubelet/config.yaml" \
@@ -181,7 +182,7 @@ start kubelet "$KUBE_BIN/kubelet" --config="$RUN/kubelet/config.yaml" \
   --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --pod-infra-container-image="$PAUSE_IMAGE"
 
 # 11. kube-proxy (iptables mode), so ClusterIP Services route.
-write_file "$RUN/kube-proxy.yaml" <<EOF
+write_config kube-proxy "$RUN/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -198,7 +199,7 @@ EOF
 start kube-proxy "$KUBE_BIN/kube-proxy" --config="$RUN/kube-proxy.yaml"
 
 # 12. CoreDNS on the node's address, serving cluster.local from the API (kube-dns Service -> it).
-write_file "$RUN/Corefile" <<EOF
+write_config coredns "$RUN/Corefile" <<EOF
 .:53 {
     bind $NODE_IP
     errors
