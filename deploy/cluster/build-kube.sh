@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Builds the Kubernetes node/control-plane binaries (and kubectl) of KUBE_VERSION from the Go module
 # proxy into the cache, once per machine: $CLUSTER_CACHE/<version>/bin. Idempotent: binaries
 # already cached are kept. `go install k8s.io/kubernetes/cmd/...@v` refuses the module (its go.mod

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Builds the Go tools the local cluster needs (CoreDNS, the KubeRay operator, helm, crictl) with
 # `go install` at pinned versions into $CLUSTER_CACHE/tools/<name>-<version>, once per machine.
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # `make cluster-down`: stops every process cluster-up started and removes what it created on the
 # host (pod sandboxes and their network namespaces, mounts, iptables chains, the bridge, kubelet
 # cgroups, the cluster's state). Loaded images stay in containerd's root for the next cluster-up;

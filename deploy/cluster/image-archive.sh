@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Writes a single-layer image FROM scratch as a docker-archive tar that `ctr images import` (and
 # `podman load`) read, without any container engine: image-archive.sh OUT.tar NAME:TAG ROOTFS-DIR
 # ENTRYPOINT [ARG...]. Used for the pause image and the smoke test's image.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Debian packages the local cluster runs on (idempotent: installs only what is missing).
 # etcd and containerd are started by the project's own scripts, never as system services.
 set -euo pipefail

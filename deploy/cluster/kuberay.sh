@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # KubeRay on the local cluster: the CRDs and ClusterRole of the pinned operator version (from its Go
 # module, so CRDs and operator always match), applied server-side, and the operator itself as a
 # host process with its own token identity. KUBERAY_CRDS=DIR applies other CRDs (e.g. newer ones).

@@ -1,5 +1,5 @@
 # Shared settings and helpers of deploy/cluster/*.sh (sourced, not run).
-# shellcheck shell=bash
+# shellcheck shell=bash source-path=SCRIPTDIR disable=SC2034
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$here/../.." && pwd)
 # shellcheck source=versions.env

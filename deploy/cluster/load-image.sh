@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Moves images from podman or docker into the local cluster's containerd (what `kind load` does):
 #   deploy/cluster/load-image.sh IMAGE [IMAGE...]
 # CONTAINER_ENGINE picks the engine and its flags (default: podman if present, else docker), e.g.

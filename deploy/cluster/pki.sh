@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Certificates, service-account keys, tokens and kubeconfigs of the local cluster, in $RUN/pki and
 # $RUN/kubeconfigs (once per cluster; cluster-down removes them with the rest of the state).
 set -euo pipefail

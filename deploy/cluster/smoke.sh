@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Proves a running cluster (KUBECONFIG, default .run/cluster/kubeconfig) does what the chart needs:
 #  1. an image built here (podman, else a docker-archive written by image-archive.sh) is loaded into
 #     containerd and runs as a non-root pod with a read-only root;

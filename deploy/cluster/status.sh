@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Which cluster processes run, then the node and the pods.
 set -uo pipefail
 # shellcheck source=lib.sh

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # `make cluster-up`: a one-node Kubernetes on this machine from project-built, cached binaries.
 # Idempotent: what runs already is left alone; binaries come from $CLUSTER_CACHE (built once).
 # State, logs and pids live in $RUN (.run/cluster); `make cluster-down` undoes all of it.
@@ -7,13 +8,17 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, iptables, containerd); run as root or in a VM"
 t_start=$(date +%s)
+# One cluster per machine: the bridge, the node address and the ports are the machine's.
+if ! running kube-apiserver && curl -sk -m 2 -o /dev/null "https://$NODE_IP:$API_PORT/healthz"; then
+  die "another cluster already answers on $NODE_IP:$API_PORT (another checkout? run make cluster-down there)"
+fi
 
 # 1. Packages and binaries (cached; each step is a no-op when done).
 "$here/install-deps.sh"
 "$here/build-kube.sh"
 "$here/build-tools.sh"
 mkdir -p "$RUN"/{bin,logs,pids,etcd,kubelet,cni/net.d,cni/ipam,containerd,images}
-for b in kubectl; do ln -sf "$KUBE_BIN/$b" "$RUN/bin/$b"; done
+ln -sf "$KUBE_BIN/kubectl" "$RUN/bin/kubectl"
 ln -sf "$TOOLS_BIN/helm-$HELM_VERSION" "$RUN/bin/helm"
 ln -sf "$TOOLS_BIN/crictl-$CRICTL_VERSION" "$RUN/bin/crictl"
 printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 30\n' "$CTR_SOCK" "$CTR_SOCK" >"$RUN/crictl.yaml"
