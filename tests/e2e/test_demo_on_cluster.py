@@ -244,8 +244,14 @@ def test_upgrade_while_a_job_runs_finishes_the_job_exactly_once(release: Release
         pytest.fail("the demo test did not produce a dataset version (it failed first)")
     with release.client() as c:
         job = c.training.CreateJob(_job_request(tr, version, "e2e-upgrade-train", steps=40)).job
-        release.kube.wait_until(f"job {job.id} to train a step", lambda: c.training.GetJob(
-            tr.GetJobRequest(job_id=job.id)).job.current_step >= 1, timeout_s=900, every_s=2)
+
+        def stepping() -> Any:
+            now = c.training.GetJob(tr.GetJobRequest(job_id=job.id)).job
+            done = now.status in (tr.JOB_STATUS_SUCCEEDED, tr.JOB_STATUS_FAILED, tr.JOB_STATUS_CANCELLED)
+            return now if now.current_step >= 1 or done else None
+
+        running = release.kube.wait_until(f"job {job.id} to train a step", stepping, timeout_s=900, every_s=2)
+        assert running.status == tr.JOB_STATUS_RUNNING, f"{tr.JobStatus.Name(running.status)}: {running.error.message}"
     old_pods = {p["metadata"]["name"] for p in release.kube.get(
         "-n", release.namespace, "pods", "-l", "app.kubernetes.io/component=training")["items"]}
     watch = _TrainingPodWatch(release)
