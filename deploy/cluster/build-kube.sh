@@ -10,6 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
 CLUSTER_CACHE=${CLUSTER_CACHE:-$HOME/.cache/tuneforge/cluster}
+need_go() { command -v go >/dev/null || { echo "Go (1.26 for helm $HELM_VERSION, 1.24 for the rest) is needed to build the cluster's binaries once" >&2; exit 1; }; }
 out=$CLUSTER_CACHE/$KUBE_VERSION/bin
 mod=$CLUSTER_CACHE/$KUBE_VERSION/src
 cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
@@ -18,6 +19,7 @@ cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy k
 missing=()
 for c in "${cmds[@]}"; do [ -x "$out/$c" ] || missing+=("$c"); done
 if [ ${#missing[@]} -eq 0 ]; then echo "kubernetes $KUBE_VERSION: all binaries cached in $out"; exit 0; fi
+need_go
 mkdir -p "$out" "$mod"
 
 if [ ! -f "$mod/go.sum" ] || [ ! -f "$mod/.tidy" ]; then

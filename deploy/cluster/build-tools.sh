@@ -7,6 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
 CLUSTER_CACHE=${CLUSTER_CACHE:-$HOME/.cache/tuneforge/cluster}
+need_go() { command -v go >/dev/null || { echo "Go (1.26 for helm $HELM_VERSION, 1.24 for the rest) is needed to build the cluster's binaries once" >&2; exit 1; }; }
 dest=$CLUSTER_CACHE/tools
 mkdir -p "$dest"
 # name version module-path binary-name
@@ -22,6 +23,7 @@ for t in "${tools[@]}"; do
   if [ ${#only[@]} -gt 0 ] && [[ ! " ${only[*]} " == *" $name "* ]]; then continue; fi
   target=$dest/$name-$version
   [ -x "$target" ] && { echo "$name $version: cached"; continue; }
+  need_go
   t0=$(date +%s)
   echo "$name $version: building $module (once per machine)"
   tmp=$(mktemp -d "$dest/.build-XXXXXX")
