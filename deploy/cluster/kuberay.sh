@@ -10,9 +10,16 @@ mod=$(cd / && go mod download -json "github.com/ray-project/kuberay/ray-operator
   sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
 [ -d "$mod/config/crd/bases" ] || die "KubeRay module source not found ($mod)"
 crds=${KUBERAY_CRDS:-$mod/config/crd/bases}
-for f in "$crds"/ray.io_*.yaml; do
-  kctl apply --server-side --force-conflicts --field-manager=tuneforge-cluster -f "$f" >/dev/null
-done
+# The CRDs are big (3 MB): apply them only when these are not the ones applied last (a label says).
+sum=$(cat "$crds"/ray.io_*.yaml | sha256sum | cut -c1-16)
+if [ "$(kctl get crd rayclusters.ray.io -o jsonpath='{.metadata.labels.tuneforge\.local/crds}' 2>/dev/null)" != "$sum" ]; then
+  for f in "$crds"/ray.io_*.yaml; do
+    kctl apply --server-side --force-conflicts --field-manager=tuneforge-cluster -f "$f" >/dev/null
+  done
+  names=()
+  for f in "$crds"/ray.io_*.yaml; do b=$(basename "$f" .yaml); names+=("crd/${b#ray.io_}.ray.io"); done
+  kctl label --overwrite "${names[@]}" "tuneforge.local/crds=$sum" >/dev/null
+fi
 kctl wait --for=condition=Established --timeout=60s crd/rayclusters.ray.io crd/rayjobs.ray.io >/dev/null
 sed 's/^  name: kuberay-operator$/  name: "tuneforge:kuberay-operator"/' "$mod/config/rbac/role.yaml" |
   kctl apply --server-side --force-conflicts --field-manager=tuneforge-cluster -f - >/dev/null
