@@ -144,6 +144,10 @@ if [ -n "$have_ray" ]; then
   k -n "$ns" wait --for=jsonpath='{.status.state}'=ready raycluster/smoke --timeout=300s >/dev/null ||
     die "RayCluster smoke not ready: $(k -n "$ns" get pods -o wide)"
   step "RayCluster smoke ready: $(k -n "$ns" get raycluster smoke -o jsonpath='{.status.availableWorkerReplicas}') worker(s) available"
+  # The worker joined the head through the head Service's DNS name: Ray itself counts both nodes.
+  out=$(k -n "$ns" exec "$head" -- python -c "import ray; ray.init(address='auto', logging_level='ERROR'); print('alive Ray nodes:', sum(n['Alive'] for n in ray.nodes()))" 2>&1 | tail -n1)
+  [ "$out" = "alive Ray nodes: 2" ] || die "Ray on the head does not see head + worker: $out"
+  step "Ray on the head: $out (worker joined via $(k -n "$ns" get pods -l "$sel,ray.io/node-type=worker" -o jsonpath='{.items[0].spec.containers[0].args}' | grep -o 'address=[^ ]*'))"
 else
   step "no Ray image $RAY_IMAGE in containerd: checked reconciliation only (pods cannot start: $(k -n "$ns" get pod "$head" -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}'))"
 fi
