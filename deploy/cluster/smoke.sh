@@ -20,7 +20,8 @@ t0=$(date +%s)
 step() { log "smoke: $*"; }
 
 # 1. The image.
-work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+pf=""
+work=$(mktemp -d); trap 'if [ -n "$pf" ]; then kill "$pf" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 mkdir "$work/rootfs"
 (cd "$here/smoke" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$work/rootfs/smoke" main.go)
 if command -v podman >/dev/null && [ -z "${SMOKE_NO_PODMAN:-}" ] &&
@@ -84,7 +85,7 @@ out=$(k -n "$ns" exec web -- /smoke get http://127.0.0.1:8080/ 5)
 grep -q "hello from web" <<<"$out" || die "kubectl exec: $out"
 step "kubectl exec web: $out"
 port=18089
-k -n "$ns" port-forward pod/web "$port:8080" >"$work/pf.log" 2>&1 &
+"$KUBE_BIN/kubectl" -n "$ns" port-forward pod/web "$port:8080" >"$work/pf.log" 2>&1 &
 pf=$!
 ok=""
 for _ in $(seq 1 40); do
@@ -92,7 +93,7 @@ for _ in $(seq 1 40); do
   kill -0 "$pf" 2>/dev/null || break
   sleep 0.5
 done
-kill "$pf" 2>/dev/null; wait "$pf" 2>/dev/null || true
+kill "$pf" 2>/dev/null; wait "$pf" 2>/dev/null || true; pf=""
 [ -n "$ok" ] || { cat "$work/pf.log" >&2; die "kubectl port-forward did not answer"; }
 step "kubectl port-forward: $out"
 
