@@ -7,7 +7,7 @@ pkgs=(etcd-server containerd runc containernetworking-plugins iptables conntrack
       podman uidmap fuse-overlayfs gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && { echo "cluster packages: all installed"; exit 0; }
 echo "cluster packages: installing ${missing[*]}"

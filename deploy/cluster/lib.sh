@@ -73,6 +73,10 @@ stop() {
   rm -f "$f"
 }
 
+# Output is read whole before grep (with pipefail, `cmd | grep -q` fails when grep exits first).
+images() { ctr --address "$CTR_SOCK" -n k8s.io images ls -q; }
+has_image() { local l; l=$(images) || return 1; grep -qx -- "$1" <<<"$l"; }
+
 kctl() { "$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 mkdir -p "${TMPDIR:-/tmp}"
 

@@ -15,7 +15,8 @@ set -euo pipefail
 export KUBECONFIG=${KUBECONFIG:-$KUBECONFIG_PATH}
 k() { "$KUBE_BIN/kubectl" "$@"; }
 ns=tf-smoke image=localhost/tuneforge-smoke:1
-RAY_IMAGE=${RAY_IMAGE:-$(ctr --address "$CTR_SOCK" -n k8s.io images ls -q | grep -m1 '^localhost/tuneforge-ml:' || echo localhost/tuneforge-ml:0.1.0)}
+loaded=$(images)
+RAY_IMAGE=${RAY_IMAGE:-$(grep -m1 '^localhost/tuneforge-ml:' <<<"$loaded" || echo localhost/tuneforge-ml:0.1.0)}
 t0=$(date +%s)
 step() { log "smoke: $*"; }
 
@@ -79,7 +80,7 @@ for c in client client-short; do
 done
 
 # 3. logs, exec, port-forward on the server.
-k -n "$ns" logs web | grep -q "request GET /" || die "kubectl logs web shows no request"
+grep -q "request GET /" <<<"$(k -n "$ns" logs web)" || die "kubectl logs web shows no request"
 step "kubectl logs web: $(k -n "$ns" logs web | grep -c 'request GET') requests logged"
 out=$(k -n "$ns" exec web -- /smoke get http://127.0.0.1:8080/ 5)
 grep -q "hello from web" <<<"$out" || die "kubectl exec: $out"
@@ -98,7 +99,7 @@ kill "$pf" 2>/dev/null; wait "$pf" 2>/dev/null || true; pf=""
 step "kubectl port-forward: $out"
 
 # 4. KubeRay: a minimal RayCluster.
-if ctr --address "$CTR_SOCK" -n k8s.io images ls -q | grep -qx "$RAY_IMAGE"; then have_ray=1; else have_ray=""; fi
+if has_image "$RAY_IMAGE"; then have_ray=1; else have_ray=""; fi
 ray_group() {  # CONTAINER-NAME
   cat <<EOF
       spec:

@@ -32,7 +32,7 @@ if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
   ip link add "$BRIDGE" type bridge
   log "network: bridge $BRIDGE created"
 fi
-ip addr show dev "$BRIDGE" | grep -q "inet $NODE_IP/" || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
+grep -q "inet $NODE_IP/" <<<"$(ip addr show dev "$BRIDGE")" || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
 ip link set "$BRIDGE" up
 
 # 3. Certificates, tokens, kubeconfigs.
@@ -142,7 +142,7 @@ start containerd containerd --config "$RUN/containerd/config.toml"
 wait_for "containerd socket" 60 containerd ctr --address "$CTR_SOCK" version
 
 # 9. The pause image: a static C binary FROM scratch under containerd's sandbox_image name.
-if ! ctr --address "$CTR_SOCK" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE"; then
+if ! has_image "$PAUSE_IMAGE"; then
   pause_root=$(mktemp -d)
   gcc -static -Os -s -o "$pause_root/pause" "$here/pause/pause.c"
   "$here/image-archive.sh" "$RUN/images/pause.tar" "$PAUSE_IMAGE" "$pause_root" /pause
