@@ -39,8 +39,11 @@ BASE_MODEL = "tiny-llama"
 INSTALL_TIMEOUT = "20m"
 ON_RAYCLUSTER = os.environ.get("TUNEFORGE_E2E_TRAINING", "raycluster") != "pod"
 # Training in the pod: no RayCluster; room for a local Ray with 2 workers and its object store.
-POD_TRAINING_ARGS = ["--set", "rayCluster.enabled=false", "--set", "services.training.resourcesPreset=medium",
-                     "--set", "scratch.tmpSizeLimit=4Gi"]
+# Measured: 2 workers + the Ray processes + the object store (files under /tmp, memory-mapped) pass
+# 6 GiB, and Ray's memory monitor kills a worker; 12 GiB fits.
+POD_TRAINING_ARGS = ["--set", "rayCluster.enabled=false", "--set", "services.training.resources.requests.cpu=250m",
+                     "--set", "services.training.resources.requests.memory=1Gi",
+                     "--set", "services.training.resources.limits.memory=12Gi", "--set", "scratch.tmpSizeLimit=4Gi"]
 
 
 @dataclass
