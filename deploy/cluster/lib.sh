@@ -28,10 +28,15 @@ CTR_SOCK=$RUN/containerd/containerd.sock
 log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { log "ERROR: $*" >&2; exit 1; }
 
-# running NAME: true when the process recorded in $RUN/pids/NAME.pid is alive.
+# running NAME: true when the process recorded in $RUN/pids/NAME.pid is alive and is NAME (after a
+# reboot the pid may belong to something else).
 running() {
-  local f=$RUN/pids/$1.pid
-  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+  local f=$RUN/pids/$1.pid pid cmd
+  [ -f "$f" ] || return 1
+  pid=$(cat "$f")
+  kill -0 "$pid" 2>/dev/null || return 1
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ "$cmd" == *"$1"* ]]
 }
 
 # start NAME CMD...: starts CMD in its own session, output to $RUN/logs/NAME.log, unless running.
@@ -63,7 +68,7 @@ stop() {
   local name=$1 timeout=${2:-20} f=$RUN/pids/$1.pid pid
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if running "$name"; then
     kill -TERM "$pid" 2>/dev/null || true
     local deadline=$(( $(date +%s) + timeout ))
     while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
