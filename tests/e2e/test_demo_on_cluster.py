@@ -37,6 +37,7 @@ PROTO_SERVICES = {"datasets": "DatasetService", "training": "TrainingService",
                   "evaluation": "EvaluationService", "checkpoints": "CheckpointService"}
 BASE_MODEL = "tiny-llama"
 INSTALL_TIMEOUT = "20m"
+UPGRADE_STEPS = 2000
 ON_RAYCLUSTER = os.environ.get("TUNEFORGE_E2E_TRAINING", "raycluster") != "pod"
 # Training in the pod: no RayCluster; room for a local Ray with 2 workers and its object store.
 # Measured: 2 workers + the Ray processes + the object store (files under /tmp, memory-mapped) pass
@@ -251,7 +252,10 @@ def test_upgrade_while_a_job_runs_finishes_the_job_exactly_once(release: Release
         # state ("holds classes outside the allowed list ['builtins.getattr',
         # 'deepspeed.utils.tensor_fragment.fragment_address', ...]"), an engine bug reported with
         # this change; restore save_every=2 here once resuming works.
-        job = c.training.CreateJob(_job_request(tr, version, "e2e-upgrade-train", steps=40, save_every=0)).job
+        # Long enough to be running while the pods are replaced (the tiny model trains a step in
+        # tens of milliseconds: 40 steps ended before the upgrade reached the training pod).
+        job = c.training.CreateJob(_job_request(tr, version, "e2e-upgrade-train", steps=UPGRADE_STEPS,
+                                                save_every=0)).job
 
         def stepping() -> Any:
             now = c.training.GetJob(tr.GetJobRequest(job_id=job.id)).job
@@ -292,7 +296,7 @@ def test_upgrade_while_a_job_runs_finishes_the_job_exactly_once(release: Release
     logs = [e.log.message for e in events if e.WhichOneof("payload") == "log"]
     completed = [m for m in logs if m.startswith("finished") and m.endswith("completed")]
     assert len(completed) == 1, logs
-    assert final.current_step == 40
+    assert final.current_step == UPGRADE_STEPS
 
 
 def test_uninstall_leaves_nothing(release: Release) -> None:
