@@ -15,6 +15,7 @@ set -euo pipefail
 export KUBECONFIG=${KUBECONFIG:-$KUBECONFIG_PATH}
 k() { "$KUBE_BIN/kubectl" "$@"; }
 ns=tf-smoke image=localhost/tuneforge-smoke:1
+running containerd || die "the local cluster is not running (make cluster-up)"
 loaded=$(images)
 RAY_IMAGE=${RAY_IMAGE:-$(grep -m1 '^localhost/tuneforge-ml:' <<<"$loaded" || echo localhost/tuneforge-ml:0.1.0)}
 t0=$(date +%s)

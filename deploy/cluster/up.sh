@@ -8,8 +8,10 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, iptables, containerd); run as root or in a VM"
 t_start=$(date +%s)
-# One cluster per machine: the bridge, the node address and the ports are the machine's.
-if ! running kube-apiserver && curl -sk -m 2 -o /dev/null "https://$NODE_IP:$API_PORT/healthz"; then
+# One cluster per machine: the bridge, the node address and the ports are the machine's. (Probe
+# only when the node address is this machine's: otherwise the request would leave the machine.)
+if ! running kube-apiserver && grep -q "inet $NODE_IP/" <<<"$(ip -4 addr show)" &&
+   curl -sk -m 2 -o /dev/null "https://$NODE_IP:$API_PORT/healthz"; then
   die "another cluster already answers on $NODE_IP:$API_PORT (another checkout? run make cluster-down there)"
 fi
 
