@@ -24,10 +24,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PROTOS := $(wildcard protos/tuneforge/*/v1/*.proto)
 PROTO_STAMP := services/tuneforge/common/v1/.stamp
 
-.PHONY: help setup venv tools postgres browser proto lint test test-fast up demo bench clean kind-up kind-down e2e
+.PHONY: help setup venv tools postgres browser proto lint test test-fast up demo bench clean kind-up kind-down e2e kind-test
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 setup: venv tools postgres proto browser  ## venv + pinned deps, S3 server, PostgreSQL, generated code (idempotent)
 
@@ -82,14 +82,14 @@ lint: setup  ## ruff, mypy, buf lint
 	$(VENV)/bin/buf lint protos
 	$(VENV)/bin/hadolint docker/Dockerfile
 
-kind-up:  ## a kind cluster with the chart, S3 and PostgreSQL (needs docker or podman + kind)
-	deploy/kind/up.sh
+kind-up:  ## kind cluster + KubeRay + images, then the chart's dev profile (needs docker or podman + kind)
+	deploy/kind/up.sh --install
 
 kind-down:
 	deploy/kind/down.sh
 
-e2e:  ## the kind e2e tests (needs a cluster from `make kind-up`)
-	$(PY) -m pytest tests/e2e -m e2e -q -rs
+e2e: e2e-prepare  ## e2e tests on a real cluster: TUNEFORGE_E2E_KUBECONFIG (default .run/cluster/kubeconfig)
+	TUNEFORGE_E2E_KUBECONFIG=$(E2E_KUBECONFIG) $(PY) -m pytest tests/e2e -m e2e -q -rs -s --durations=0 $(PYTEST_ARGS)
 
 test: setup  ## the CI suite: unit + integration + slow (not gpu, not e2e)
 	$(PY) -m pytest -m "not gpu and not e2e" --durations=25 $(PYTEST_ARGS)
@@ -105,6 +105,9 @@ demo: setup  ## the main job end to end on one machine
 
 bench: setup  ## benchmarks (see bench/README.md)
 	@for b in bench/*.py; do case $$b in */_*) ;; *) echo "== $$b"; $(PY) $$b --quick || exit 1;; esac; done
+
+include docker/images.mk
+include deploy/cluster/cluster.mk
 
 clean:
 	rm -rf .run .cache/tmp services/tuneforge/*/v1

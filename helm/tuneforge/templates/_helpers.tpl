@@ -47,13 +47,38 @@ app.kubernetes.io/part-of: tuneforge
 
 {{/* Secret names: the existing Secret when one is named, else the one this chart creates. */}}
 {{- define "tuneforge.authSecretName" -}}
+{{- if and .Values.dev.auth.generateToken (not .Values.auth.existingSecret) (not .Values.auth.tokens) }}
+{{- printf "%s-dev-auth" (include "tuneforge.fullname" .) }}
+{{- else }}
 {{- default (printf "%s-auth" (include "tuneforge.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
+{{- end }}
 {{- define "tuneforge.s3SecretName" -}}
+{{- if .Values.dev.s3.enabled }}
+{{- printf "%s-dev-s3" (include "tuneforge.fullname" .) }}
+{{- else }}
 {{- default (printf "%s-s3" (include "tuneforge.fullname" .)) .Values.objectStore.existingSecret }}
 {{- end }}
+{{- end }}
 {{- define "tuneforge.databaseSecretName" -}}
+{{- if .Values.dev.postgres.enabled }}
+{{- printf "%s-dev-postgres" (include "tuneforge.fullname" .) }}
+{{- else }}
 {{- default (printf "%s-database" (include "tuneforge.fullname" .)) .Values.database.existingSecret }}
+{{- end }}
+{{- end }}
+{{/* Key names inside those Secrets (the dev profile's Secrets use the default keys). */}}
+{{- define "tuneforge.s3AccessKeyKey" -}}
+{{- ternary "accessKey" .Values.objectStore.accessKeyKey .Values.dev.s3.enabled }}
+{{- end }}
+{{- define "tuneforge.s3SecretKeyKey" -}}
+{{- ternary "secretKey" .Values.objectStore.secretKeyKey .Values.dev.s3.enabled }}
+{{- end }}
+{{- define "tuneforge.databaseUrlKey" -}}
+{{- ternary "url" .Values.database.existingSecretKey .Values.dev.postgres.enabled }}
+{{- end }}
+{{- define "tuneforge.authTokensKey" -}}
+{{- if and .Values.dev.auth.generateToken (not .Values.auth.existingSecret) (not .Values.auth.tokens) }}tokens{{ else }}{{ .Values.auth.existingSecretKey }}{{ end }}
 {{- end }}
 {{- define "tuneforge.raySecretName" -}}
 {{- default (printf "%s-ray" (include "tuneforge.fullname" .)) .Values.rayCluster.auth.existingSecret }}
@@ -68,19 +93,32 @@ never falls back to a default credential.
 */}}
 {{- define "tuneforge.validate" -}}
 {{- $v := .Values }}
-{{- if and (not $v.auth.disabled) (not $v.auth.existingSecret) (not $v.auth.tokens) }}
+{{- if and (not $v.auth.disabled) (not $v.auth.existingSecret) (not $v.auth.tokens) (not $v.dev.auth.generateToken) }}
 {{- fail "auth: no tokens. Set auth.existingSecret to a Secret holding tenant:token pairs under key 'tokens' (or auth.tokens), or auth.disabled=true for a throwaway local stack" }}
 {{- end }}
-{{- $_ := required "objectStore.endpoint is required: the host:port of your S3/MinIO endpoint, e.g. minio.storage.svc:9000" $v.objectStore.endpoint }}
+{{- if not $v.dev.s3.enabled }}
+{{- $_ := required "objectStore.endpoint is required: the host:port of your S3/MinIO endpoint, e.g. minio.storage.svc:9000 (or dev.s3.enabled=true for a throwaway one)" $v.objectStore.endpoint }}
 {{- $_ := required "objectStore.bucket is required: the bucket tuneforge stores datasets and checkpoints in" $v.objectStore.bucket }}
-{{- if and (not $v.objectStore.existingSecret) (or (not $v.objectStore.accessKey) (not $v.objectStore.secretKey)) }}
+{{- end }}
+{{- if and (not $v.dev.s3.enabled) (not $v.objectStore.existingSecret) (or (not $v.objectStore.accessKey) (not $v.objectStore.secretKey)) }}
 {{- fail "objectStore: no credentials. Set objectStore.existingSecret to a Secret with keys 'accessKey' and 'secretKey' (or both objectStore.accessKey and objectStore.secretKey)" }}
 {{- end }}
-{{- if and (not $v.database.existingSecret) (not $v.database.url) }}
+{{- if and (not $v.dev.postgres.enabled) (not $v.database.existingSecret) (not $v.database.url) }}
 {{- fail "database: no PostgreSQL URL. Set database.existingSecret to a Secret with key 'url' (postgresql+psycopg://user:password@host:5432/db), or database.url" }}
 {{- end }}
 {{- if and $v.models.existingClaim $v.models.persistence.enabled }}
 {{- fail "models: set models.existingClaim (a claim you manage) or models.persistence.enabled=true (a claim the chart creates), not both" }}
+{{- end }}
+{{- if and (ne (int $v.services.training.replicas) 0) (ne (int $v.services.training.replicas) 1) }}
+{{- fail "services.training.replicas: at most 1 (a starting training service re-queues RUNNING jobs; two would train them twice). Scale training with rayCluster worker groups" }}
+{{- end }}
+{{- range $g := $v.rayCluster.workerGroups }}
+{{- if or (lt (int $g.maxReplicas) (int $g.minReplicas)) (lt (int $g.replicas) (int $g.minReplicas)) (gt (int $g.replicas) (int $g.maxReplicas)) }}
+{{- fail (printf "rayCluster.workerGroups[%s]: need minReplicas <= replicas <= maxReplicas (got %v <= %v <= %v)" $g.groupName $g.minReplicas $g.replicas $g.maxReplicas) }}
+{{- end }}
+{{- end }}
+{{- if and $v.ingress.enabled $v.gateway.enabled }}
+{{- fail "ingress.enabled and gateway.enabled: expose the services one way, not both" }}
 {{- end }}
 {{- if and $v.rayCluster.enabled (not $v.rayCluster.auth.existingSecret) (not $v.rayCluster.auth.token) }}
 {{- fail "rayCluster.auth: no Ray token. Set rayCluster.auth.existingSecret to a Secret with key 'token' (or rayCluster.auth.token); Ray clusters run with token authentication" }}
@@ -91,18 +129,70 @@ never falls back to a default credential.
 {{- define "tuneforge.objectStoreUri" -}}
 {{- $o := .Values.objectStore }}
 {{- $path := trimAll "/" $o.prefix }}
+{{- if .Values.dev.s3.enabled }}
+{{- printf "s3://%s%s?endpoint=%s-s3.%s.svc:9000&secure=false" .Values.dev.s3.bucket (ternary (printf "/%s" $path) "" (ne $path "")) (include "tuneforge.fullname" .) .Release.Namespace }}
+{{- else }}
 {{- printf "s3://%s%s?endpoint=%s" $o.bucket (ternary (printf "/%s" $path) "" (ne $path "")) $o.endpoint }}
 {{- if not $o.secure }}&secure=false{{ end }}
 {{- if $o.region }}&region={{ $o.region }}{{ end }}
 {{- end }}
+{{- end }}
 
+{{/* <registry>/<repository>-<role>:<tag>, the name `make images` gives each role's image. */}}
+{{- define "tuneforge.roleImage" -}}
+{{- $root := index . 0 }}
+{{- $role := index . 1 }}
+{{- $i := $root.Values.image }}
+{{- printf "%s%s-%s:%s" (ternary (printf "%s/" (trimSuffix "/" $i.registry)) "" (ne $i.registry "")) $i.repository $role (default $root.Chart.AppVersion $i.tag) }}
+{{- end }}
+{{/* A service's image: datasets runs the datasets image, the others the ml image. */}}
 {{- define "tuneforge.image" -}}
 {{- $root := index . 0 }}
 {{- $svc := index . 1 }}
 {{- $cfg := index $root.Values.services $svc }}
-{{- $repo := default (printf "%s-%s" $root.Values.image.repository $svc) $cfg.image.repository }}
-{{- $tag := default (default $root.Chart.AppVersion $root.Values.image.tag) $cfg.image.tag }}
-{{- printf "%s:%s" $repo $tag }}
+{{- $default := include "tuneforge.roleImage" (list $root (ternary "datasets" "ml" (eq $svc "datasets"))) }}
+{{- if $cfg.image.repository }}
+{{- printf "%s:%s" $cfg.image.repository (default (default $root.Chart.AppVersion $root.Values.image.tag) $cfg.image.tag) }}
+{{- else }}
+{{- $default }}
+{{- end }}
+{{- end }}
+{{/* A Ray pod's image: (list root gpus groupImage). */}}
+{{- define "tuneforge.rayImage" -}}
+{{- $root := index . 0 }}
+{{- $gpus := int (index . 1) }}
+{{- $own := index . 2 }}
+{{- $r := $root.Values.rayCluster.image }}
+{{- $tag := default (default $root.Chart.AppVersion $root.Values.image.tag) $r.tag }}
+{{- if and $own $own.repository }}
+{{- printf "%s:%s" $own.repository (default $tag $own.tag) }}
+{{- else if $r.repository }}
+{{- printf "%s%s:%s" $r.repository (ternary "-cuda" "" (gt $gpus 0)) $tag }}
+{{- else }}
+{{- include "tuneforge.roleImage" (list $root (ternary "ml-cuda" "ml" (gt $gpus 0))) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Resource presets (README table). (list root preset resources): resources when not empty, else the
+preset's requests/limits; "none" renders {}.
+*/}}
+{{- define "tuneforge.resources" -}}
+{{- $root := index . 0 }}
+{{- $preset := default $root.Values.resourcesPreset (index . 1) }}
+{{- $own := index . 2 }}
+{{- $presets := dict
+  "nano" (dict "requests" (dict "cpu" "100m" "memory" "256Mi") "limits" (dict "memory" "512Mi"))
+  "small" (dict "requests" (dict "cpu" "250m" "memory" "512Mi") "limits" (dict "memory" "2Gi"))
+  "medium" (dict "requests" (dict "cpu" "500m" "memory" "2Gi") "limits" (dict "memory" "6Gi"))
+  "large" (dict "requests" (dict "cpu" "2" "memory" "8Gi") "limits" (dict "memory" "16Gi"))
+  "xlarge" (dict "requests" (dict "cpu" "4" "memory" "16Gi") "limits" (dict "memory" "32Gi"))
+  "none" (dict) }}
+{{- if $own }}
+{{- toYaml $own }}
+{{- else }}
+{{- toYaml (index $presets $preset) }}
+{{- end }}
 {{- end }}
 
 {{- define "tuneforge.rayHeadAddress" -}}
@@ -113,6 +203,9 @@ never falls back to a default credential.
 {{- define "tuneforge.rayPodCommon" -}}
 serviceAccountName: {{ include "tuneforge.serviceAccountName" . }}
 automountServiceAccountToken: false
+{{ include "tuneforge.rayPodRest" . }}
+{{- end }}
+{{- define "tuneforge.rayPodRest" -}}
 enableServiceLinks: false
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
@@ -140,8 +233,8 @@ never passed through Ray's runtime_env, which the dashboard shows). */}}
     secretName: {{ include "tuneforge.s3SecretName" . }}
     defaultMode: 0440
     items:
-      - {key: {{ .Values.objectStore.accessKeyKey }}, path: access-key}
-      - {key: {{ .Values.objectStore.secretKeyKey }}, path: secret-key}
+      - {key: {{ include "tuneforge.s3AccessKeyKey" . }}, path: access-key}
+      - {key: {{ include "tuneforge.s3SecretKeyKey" . }}, path: secret-key}
 {{- end }}
 
 {{/* Base models: TUNEFORGE_MODELS_DIR, one volume mounted read-only by every service. */}}
@@ -171,5 +264,14 @@ settings every service reads: evaluation calls datasets and checkpoints on the c
 {{- if (index $.Values.services $svc).enabled }}
 TUNEFORGE_{{ upper $svc }}_ADDRESS: {{ printf "%s-%s.%s.svc:%d" (include "tuneforge.fullname" $) $svc $.Release.Namespace (int $.Values.service.port) | quote }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when (list root svc) submits work to the RayCluster: training always, evaluation when asked. */}}
+{{- define "tuneforge.usesRay" -}}
+{{- $root := index . 0 }}
+{{- $svc := index . 1 }}
+{{- if $root.Values.rayCluster.enabled }}
+{{- if or (eq $svc "training") (and (eq $svc "evaluation") $root.Values.services.evaluation.useRayCluster) }}true{{ end }}
 {{- end }}
 {{- end }}

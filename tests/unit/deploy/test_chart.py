@@ -49,7 +49,8 @@ def test_each_service_has_deployment_service_and_pdb() -> None:
         deploy = by_name(docs, "Deployment", name)
         c = container(deploy)
         assert c["command"] == ["python", "-m", f"tuneforge.{svc}"]
-        assert c["image"] == f"tuneforge-{svc}:0.1.0"
+        # datasets has its own image (no torch); the other three share the ml image.
+        assert c["image"] == ("tuneforge-datasets:0.1.0" if svc == "datasets" else "tuneforge-ml:0.1.0")
         assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
         service = by_name(docs, "Service", name)
         assert service["spec"]["ports"][0]["port"] == 50051

@@ -15,13 +15,14 @@ import pytest
 import yaml
 
 from tests.unit.deploy._chart import (
+    CHART,
     KUBE_VERSION,
     RAY_TOKEN,
     ROOT,
     SERVICES,
     by_name,
     kind_values,
-    of_kind,
+    merge,
     render,
     valid_values,
 )
@@ -30,8 +31,11 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip ins
 pytest.importorskip("helm_python", reason="pip install helm-python-sdk (the chart tests need it)")
 
 CUSTOM_KINDS = {"RayCluster"}
-RAY_VALUES = {"rayCluster": {"enabled": True, "auth": {"token": RAY_TOKEN},
-                             "gpuWorkers": {"gpusPerWorker": 2, "replicas": 1, "minReplicas": 0, "maxReplicas": 3}}}
+GPU_GROUP = {"groupName": "gpu", "gpusPerWorker": 2, "replicas": 1, "minReplicas": 0, "maxReplicas": 3,
+             "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}},
+             "shmSizeLimit": "16Gi", "nodeSelector": {"nvidia.com/gpu.present": "true"},
+             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+RAY_VALUES = {"rayCluster": {"enabled": True, "auth": {"token": RAY_TOKEN}, "workerGroups": [GPU_GROUP]}}
 
 
 def _validate_all(docs: list[dict[str, Any]]) -> list[str]:
@@ -101,6 +105,10 @@ def test_raycluster_has_head_and_gpu_worker_group() -> None:
     worker = group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert worker["resources"]["requests"]["nvidia.com/gpu"] == 2
+    assert worker["resources"]["requests"]["memory"] == "64Gi"
+    assert worker["image"] == "tuneforge-ml-cuda:0.1.0"  # GPU groups run the CUDA flavour
+    assert group["rayStartParams"]["num-gpus"] == "2"
+    assert group["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
         group["template"]["spec"]["tolerations"]
     for template, name in ((head["template"], "head"), (group["template"], "worker")):
@@ -126,27 +134,16 @@ def test_training_service_is_pointed_at_the_ray_head() -> None:
     assert "RAY_ADDRESS" not in {e["name"] for e in other["env"]}
 
 
-def test_kind_values_render_with_existing_secrets_only() -> None:
-    docs = render(kind_values(), release="tuneforge", namespace="tuneforge")
+def test_kind_values_overlay_the_dev_profile() -> None:
+    values = merge(yaml.safe_load((CHART / "values-dev.yaml").read_text()), kind_values())
+    docs = render(values, release="tuneforge", namespace="tuneforge")
     _validate_all(docs)
-    assert of_kind(docs, "Secret") == []  # up.sh creates them with random values
     cm = by_name(docs, "ConfigMap", "tuneforge-settings")
-    assert cm["data"]["TUNEFORGE_OBJECT_STORE_URI"] == "s3://tuneforge?endpoint=s3:9000&secure=false"
+    assert cm["data"]["TUNEFORGE_OBJECT_STORE_URI"] == "s3://tuneforge?endpoint=tuneforge-s3.tuneforge.svc:9000&secure=false"
     for svc in SERVICES:
         c = by_name(docs, "Deployment", f"tuneforge-{svc}")["spec"]["template"]["spec"]["containers"][0]
-        assert c["image"] == f"localhost/tuneforge-{svc}:dev" and c["imagePullPolicy"] == "Never"
-
-
-def test_kind_dependencies_are_valid_and_credential_free() -> None:
-    deps = sorted((ROOT / "deploy" / "kind" / "deps").glob("*.yaml"))
-    docs = [d for p in deps for d in yaml.safe_load_all(p.read_text()) if d]
-    checked = _validate_all(docs)
-    assert sorted(checked) == ["Deployment/postgres", "Deployment/s3", "Service/postgres", "Service/s3"]
-    for deploy in of_kind(docs, "Deployment"):
-        pod = deploy["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True and pod["enableServiceLinks"] is False
-        for env in pod["containers"][0].get("env", []):
-            assert "PASSWORD" not in env["name"] or "valueFrom" in env or env["name"].endswith("_FILE")
+        role = "datasets" if svc == "datasets" else "ml"
+        assert c["image"] == f"localhost/tuneforge-{role}:0.1.0" and c["imagePullPolicy"] == "Never"
 
 
 def test_kind_cluster_config() -> None:
