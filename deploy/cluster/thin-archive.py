@@ -67,16 +67,15 @@ def main() -> None:
     image_id = info["Id"]
     config = big_data(image_id, f"sha256:{image_id}")
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-    layers_by_diff = {l["diff-digest"]: l["id"] for l in json.load(open(os.path.join(STORAGE, "overlay-layers", "layers.json")))
-                      if l.get("diff-digest")}
+    with open(os.path.join(STORAGE, "overlay-layers", "layers.json")) as f:
+        stored = [layer for layer in json.load(f) if layer.get("diff-digest")]
+    by_diff = {layer["diff-digest"]: layer for layer in stored}
     # Layers stay uncompressed: their digest is the diff_id, which is how containerd holds the
     # layers `load-image.sh` imported (docker-archive).
     present = containerd_blobs(ctr)
     layers, blobs = [], {}
     for diff_id in diff_ids:
-        layer_id = layers_by_diff[diff_id]
-        size = next(l for l in json.load(open(os.path.join(STORAGE, "overlay-layers", "layers.json")))
-                    if l["id"] == layer_id)["diff-size"]
+        layer_id, size = by_diff[diff_id]["id"], by_diff[diff_id]["diff-size"]
         layers.append({"mediaType": "application/vnd.docker.image.rootfs.diff.tar", "digest": diff_id, "size": size})
         if diff_id not in present:
             blobs[diff_id] = layer_id
@@ -91,24 +90,23 @@ def main() -> None:
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": mdigest,
         "size": len(manifest), "annotations": {"io.containerd.image.name": name,
                                                "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]}}]}).encode()
-    out = tarfile.open(fileobj=sys.stdout.buffer, mode="w|")
+    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as out:
 
-    def add(path: str, data: bytes) -> None:
-        ti = tarfile.TarInfo(path)
-        ti.size = len(data)
-        out.addfile(ti, io.BytesIO(data))
+        def add(path: str, data: bytes) -> None:
+            ti = tarfile.TarInfo(path)
+            ti.size = len(data)
+            out.addfile(ti, io.BytesIO(data))
 
-    add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-    add(f"blobs/sha256/{image_id}", config)
-    add(f"blobs/sha256/{mdigest[7:]}", manifest)
-    for diff_id, layer_id in blobs.items():
-        data = b"".join(layer_tar(layer_id))
-        got = "sha256:" + hashlib.sha256(data).hexdigest()
-        if got != diff_id:
-            raise SystemExit(f"layer {layer_id}: reassembled digest {got} != {diff_id}")
-        add(f"blobs/sha256/{diff_id[7:]}", data)
-    add("index.json", index)
-    out.close()
+        add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add(f"blobs/sha256/{image_id}", config)
+        add(f"blobs/sha256/{mdigest[7:]}", manifest)
+        for diff_id, layer_id in blobs.items():
+            data = b"".join(layer_tar(layer_id))
+            got = "sha256:" + hashlib.sha256(data).hexdigest()
+            if got != diff_id:
+                raise SystemExit(f"layer {layer_id}: reassembled digest {got} != {diff_id}")
+            add(f"blobs/sha256/{diff_id[7:]}", data)
+        add("index.json", index)
     print(f"{image}: {len(blobs)} of {len(layers)} layers written, the rest are in containerd", file=sys.stderr)
 
 
