@@ -195,6 +195,14 @@ preset's requests/limits; "none" renders {}.
 {{- end }}
 {{- end }}
 
+{{/* Ray Train's run state (TUNEFORGE_RAY_STORAGE_PATH): a prefix of the object store, which every
+Ray pod reaches with the credentials it already mounts; no shared volume. */}}
+{{- define "tuneforge.rayStorageUri" -}}
+{{- $uri := include "tuneforge.objectStoreUri" . }}
+{{- $parts := splitn "?" 2 $uri }}
+{{- printf "%s/%s?%s" (trimSuffix "/" $parts._0) .Values.rayCluster.storagePrefix $parts._1 }}
+{{- end }}
+
 {{- define "tuneforge.rayHeadAddress" -}}
 {{- printf "ray://%s-ray-head-svc.%s.svc:10001" (include "tuneforge.fullname" .) .Release.Namespace }}
 {{- end }}

@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from tuneforge.common.errors import Internal, TuneforgeError, Unavailable
+from tuneforge.common.errors import Internal, InvalidInput, TuneforgeError, Unavailable
 from tuneforge.engine.spec import TrainingSpec
 from tuneforge.engine.train.events import EngineEvent, EventCallback, TrainingResult
 from tuneforge.engine.train.faults import FAULT_ENV
@@ -108,6 +108,7 @@ def run_on_ray(
 
     ensure_ray(spec)
     res = spec.resources
+    storage_path, storage_filesystem = _storage()
     channel = _Channel.remote()  # type: ignore[attr-defined]  # @ray.remote adds .remote; ray ships no stub for it
     trainer = TorchTrainer(
         _worker,
@@ -115,7 +116,8 @@ def run_on_ray(
                            "env": {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
-        run_config=RunConfig(name=spec.output.run_name, storage_path=_storage_path(),
+        run_config=RunConfig(name=spec.output.run_name, storage_path=storage_path,
+                             storage_filesystem=storage_filesystem,
                              failure_config=FailureConfig(max_failures=res.max_failures)),
     )
     done = threading.Event()
@@ -139,6 +141,41 @@ def _storage_path() -> str:
     """Where Ray Train keeps its run state: ``TUNEFORGE_RAY_STORAGE_PATH`` (a folder every node can
     write, or a bucket), else this machine's temp folder (a one-machine Ray)."""
     return os.environ.get(STORAGE_ENV) or os.path.join(tempfile.gettempdir(), "tuneforge-ray-results")
+
+
+def _storage() -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig``.
+
+    A folder as is. An S3 URI in the object store's own form
+    (``s3://bucket/prefix?endpoint=host:port&secure=false&region=r``, as ``TUNEFORGE_OBJECT_STORE_URI``)
+    becomes a pyarrow S3 filesystem with the credentials of this process's
+    ``TUNEFORGE_S3_ACCESS_KEY``/``_SECRET_KEY`` (or ``_FILE``) settings: Ray pods on different
+    nodes share no folder, and pyarrow alone would look for ``AWS_*`` variables. Ray pickles the
+    filesystem (keys included) to its controller and workers inside the cluster, never into a
+    runtime_env or the dashboard.
+    """
+    from urllib.parse import parse_qs, urlsplit
+
+    path = _storage_path()
+    if not path.startswith("s3://"):
+        return path, None
+    from pyarrow import fs as pafs
+
+    from tuneforge.engine.train._artifacts import _env_secret
+
+    parts = urlsplit(path)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"endpoint", "secure", "region"}
+    if not parts.netloc or unknown:
+        raise InvalidInput.field_error(
+            STORAGE_ENV, f"{path.split('?')[0]}: use s3://bucket/prefix?endpoint=host:port[&secure=false][&region=r]"
+            + (f" (unknown {sorted(unknown)})" if unknown else ""))
+    secure = query.get("secure", "true").lower() not in ("false", "0", "no")
+    filesystem = pafs.S3FileSystem(
+        access_key=_env_secret("S3_ACCESS_KEY"), secret_key=_env_secret("S3_SECRET_KEY"),
+        endpoint_override=query.get("endpoint"), scheme="https" if secure else "http",
+        region=query.get("region") or "us-east-1")
+    return f"{parts.netloc}{parts.path.rstrip('/')}", filesystem
 
 
 def _fit(trainer: Any, max_failures: int) -> None:

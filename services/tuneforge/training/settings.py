@@ -40,6 +40,10 @@ class TrainingSettings(ServiceSettings):
                                    "local Ray for several; RAY_ADDRESS is used when set).")
     train_peer_timeout_s: float = Field(60.0, gt=0, description="Deadline of each call to the dataset/checkpoint "
                                         "services.")
+    ray_storage_path: str = Field("", description="Ray Train's run state for multi-worker jobs: a folder every Ray "
+                                  "node can write, or s3://bucket/prefix?endpoint=host:port[&secure=false] with "
+                                  "the TUNEFORGE_S3_* credentials ('' = the temp folder; the engine reads the "
+                                  "variable itself).")
 
     # Operator caps on what one job may ask for (the spec's own ranges are the hard limits).
     train_max_workers: int = Field(16, ge=1, le=1024, description="Largest resources.num_workers a job may ask for.")

@@ -13,8 +13,10 @@ shared ``CheckpointWriter``, so a partial upload is never mistaken for a checkpo
     metrics.json              the metrics at this step
 
 Every worker calls ``save`` and ``resume``; worker 0 uploads and decides. Workers write into one
-local staging folder, which must therefore be on a filesystem they share (one node, or a shared
-volume); restore downloads per worker.
+local staging folder; a worker on another node (no shared filesystem, e.g. Ray pods on Kubernetes)
+sends what it wrote there (its RNG stream, its ZeRO partition) to worker 0 through the store, under
+``<run>/.parts/step-<N>/rank<R>/``, which worker 0 downloads into its folder and removes before it
+uploads the checkpoint. Restore downloads per worker.
 
 A run resumes only with the batch geometry that wrote the checkpoint: the same rows per optimizer
 step (``num_workers x micro_batch_size x gradient_accumulation_steps``), else the data position
@@ -127,25 +129,50 @@ class CheckpointManager:
         """Write the checkpoint of ``state.global_step`` (all workers call this); returns its URI."""
         step = state.global_step
         local = self.staging / f"step-{step}"
+        # Worker 0's mark beside its folder: a worker that does not see it writes on another node.
+        mark = self.staging / f"step-{step}.rank0"
+        parts = f"{self.run_root}/.parts/step-{step}/"
         if runtime.rank == 0:
             shutil.rmtree(local, ignore_errors=True)
             local.mkdir(parents=True)
+            mark.touch()
+            self.store.delete_prefix(parts)
         runtime.barrier()
+        elsewhere = runtime.rank != 0 and not mark.exists()
+        if elsewhere:
+            shutil.rmtree(local, ignore_errors=True)
+            local.mkdir(parents=True)
         runtime.save_model(local / MODEL_DIR)
         runtime.save_training_state(local)
         save_rng(local, runtime.rank)
+        if elsewhere:
+            for path in sorted(p for p in local.rglob("*") if p.is_file()):
+                self.store.put_file(f"{parts}rank{runtime.rank}/{path.relative_to(local).as_posix()}", path)
+            shutil.rmtree(local, ignore_errors=True)
         if runtime.rank == 0:
             state.checkpoints = [c for c in state.checkpoints if c["step"] != step]
             state.checkpoints.append({"step": step, "metric": metric})
             self._write_metadata(local, state)
         runtime.barrier()
         if runtime.rank == 0:
+            self._gather_parts(parts, local)
+            mark.unlink(missing_ok=True)
             extra = {"step": step, "metrics": state.metrics, "run_name": self.run_name}
             _artifacts.write(self.store, local, self.prefix(step), extra)
             shutil.rmtree(local, ignore_errors=True)
             self._prune(state)
         runtime.barrier()
         return self.uri(step)
+
+    def _gather_parts(self, parts: str, local: Path) -> None:
+        """Worker 0: the files other nodes' workers sent through the store, into ``local``."""
+        for info in list(self.store.list(parts)):
+            rel = info.key[len(parts):].split("/", 1)[1]  # drop rank<R>/
+            target = local / rel
+            if not target.exists():  # worker 0's own copy of a shared file wins
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.store.get_file(info.key, target, verify=True)
+        self.store.delete_prefix(parts)
 
     def _write_metadata(self, local: Path, state: TrainerState) -> None:
         if self.save_extra is not None:
