@@ -8,7 +8,6 @@ and the database is migrated before the port opens. A background thread runs sto
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from tuneforge.common.db.idempotency import SqlIdempotencyStore
 from tuneforge.common.grpc.server import RunningServer, build_server
 from tuneforge.common.idempotency import Idempotency
 from tuneforge.common.metrics import ServiceMetrics
+from tuneforge.common.periodic import start_periodic
 from tuneforge.common.storage import open_object_store
 
 log = logging.getLogger(__name__)
@@ -66,22 +66,4 @@ def build_app(settings: CheckpointSettings) -> RunningServer:
 
 
 def _start_hygiene(janitor: CheckpointJanitor, interval_s: float) -> Callable[[], None]:
-    stopped = threading.Event()
-    if interval_s <= 0:
-        return stopped.set
-
-    def loop() -> None:
-        while not stopped.wait(interval_s):
-            try:
-                janitor.run_once()
-            except Exception:
-                log.exception("checkpoint hygiene pass failed; retrying in %.0fs", interval_s)
-
-    thread = threading.Thread(target=loop, name="checkpoint-hygiene", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        stopped.set()
-        thread.join(timeout=30)
-
-    return stop
+    return start_periodic(janitor.run_once, interval_s, name="checkpoint-hygiene", what="checkpoint hygiene pass")

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tuneforge.common.periodic import start_periodic
+
 log = logging.getLogger(__name__)
 
 
@@ -89,21 +91,4 @@ class WorkFolders:
 
     def start_sweeper(self, interval_s: float) -> Callable[[], None]:
         """Sweep every ``interval_s`` seconds in a thread; returns the function that stops it."""
-        stopped = threading.Event()
-        if interval_s <= 0:
-            return stopped.set
-
-        def loop() -> None:
-            while not stopped.wait(interval_s):
-                try:
-                    self.sweep()
-                except OSError:
-                    log.exception("sweeping %s failed; retrying in %.0fs", self.root, interval_s)
-
-        thread = threading.Thread(target=loop, name="work-sweeper", daemon=True)
-        thread.start()
-
-        def stop() -> None:
-            stopped.set()
-            thread.join(timeout=30)
-        return stop
+        return start_periodic(self.sweep, interval_s, name="work-sweeper", what=f"sweeping {self.root}")
