@@ -13,7 +13,7 @@ This module imports neither grpc nor anything heavy, so the domain and the engin
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,8 @@ class TuneforgeError(Exception):
         message: cause and remedy, safe to show to the caller (never a secret, never a trace).
         violations: field violations (INVALID_INPUT errors carry them as google.rpc.BadRequest).
         reason: a short machine-readable reason, e.g. ``CHECKSUM_MISMATCH``.
+        metadata: machine-readable facts of the error (google.rpc.ErrorInfo metadata, sent with
+            ``reason``), e.g. the bytes a job needs and the bytes a device has.
     """
 
     family: ErrorFamily = ErrorFamily.INTERNAL
@@ -65,16 +67,18 @@ class TuneforgeError(Exception):
         *,
         violations: Sequence[FieldViolation] = (),
         reason: str = "",
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.violations: tuple[FieldViolation, ...] = tuple(violations)
         self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
 
     # Exceptions with keyword-only constructor arguments do not survive pickle by default
     # (BaseException.__reduce__ replays positional args only); Ray pickles errors across workers.
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.message, self.violations, self.reason))
+        return (_rebuild, (type(self), self.message, self.violations, self.reason, self.metadata))
 
     @property
     def field(self) -> str | None:
@@ -87,10 +91,11 @@ class TuneforgeError(Exception):
 
 
 def _rebuild(
-    cls: type[TuneforgeError], message: str, violations: tuple[FieldViolation, ...], reason: str
+    cls: type[TuneforgeError], message: str, violations: tuple[FieldViolation, ...], reason: str,
+    metadata: Mapping[str, str] | None = None,
 ) -> TuneforgeError:
     err = cls.__new__(cls)
-    TuneforgeError.__init__(err, message, violations=violations, reason=reason)
+    TuneforgeError.__init__(err, message, violations=violations, reason=reason, metadata=metadata)
     return err
 
 

@@ -31,6 +31,7 @@ from tuneforge.training.adapters.engine import EngineRunner
 from tuneforge.training.adapters.metrics import JobCountCollector, ObservedJobRepository
 from tuneforge.training.adapters.peers import PeerDatasets, PeerModels, RegisteringPublisher
 from tuneforge.training.adapters.sql import SqlJobRepository
+from tuneforge.training.convert import api_field
 from tuneforge.training.domain.service import Dependencies, TrainingService
 from tuneforge.training.servicer import TrainingServicer
 from tuneforge.training.settings import TrainingSettings
@@ -102,6 +103,8 @@ def build_service(settings: TrainingSettings,
         ray_address=settings.train_ray_address or os.environ.get("RAY_ADDRESS", ""),
         peers_missing=_missing_peers(settings),
         limits=settings.limits(),
+        capacity=settings.capacity(),
+        field_name=api_field,
     )
     service = TrainingService(deps)
     requeued = service.recover()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -22,6 +23,7 @@ from tuneforge.common.errors import FieldViolation, InvalidInput
 from tuneforge.common.grpc.timestamps import timestamp
 from tuneforge.common.v1 import common_pb2
 from tuneforge.engine.spec import MethodKind, TrainingSpec
+from tuneforge.training.domain.admission import JobPlan
 from tuneforge.training.domain.model import (
     EventKind,
     Job,
@@ -346,8 +348,11 @@ def job_to_proto(job: Job) -> pb.Job:
         create_time=timestamp(job.created_at), start_time=timestamp(job.started_at),
         finish_time=timestamp(job.finished_at), trained_tokens=job.trained_tokens, current_step=job.current_step,
         total_steps=job.total_steps, result_checkpoint_id=job.result_checkpoint_id, suffix=job.suffix,
-        labels=dict(job.labels), restarts=job.restarts,
+        labels=dict(job.labels), restarts=job.restarts, steps_per_second=job.steps_per_second,
+        tokens_per_second=job.tokens_per_second,
     )
+    if job.estimated_finish and job.status is JobStatus.RUNNING:
+        msg.estimated_finish.CopyFrom(timestamp(job.estimated_finish))
     if job.error:
         msg.error.CopyFrom(common_pb2.ErrorInfo(code=job.error.code, message=api_text(job.error.message),
                                                 field=api_field(job.error.field) if job.error.field else ""))
@@ -383,3 +388,24 @@ def checkpoint_to_proto(c: JobCheckpoint) -> pb.JobCheckpoint:
     return pb.JobCheckpoint(checkpoint_id=c.checkpoint_id, step=c.step,
                             metrics=metrics_to_proto({"step": float(c.step), **c.metrics}),
                             create_time=timestamp(c.created_at))
+
+
+def plan_to_proto(plan: JobPlan) -> pb.JobPlan:
+    """EstimateJob's plan -> wire (field names in the API's terms)."""
+    a = plan.assessment
+    msg = pb.JobPlan(memory_known=a.need is not None, device=a.device, num_devices=a.num_devices,
+                     device_memory_bytes=a.device_memory, usable_memory_bytes=a.usable, fits=a.fits,
+                     reasons=a.reasons(api_field), total_steps=plan.total_steps, tokens=plan.tokens,
+                     tokens_source=plan.tokens_source, tokens_per_second=plan.tokens_per_second,
+                     throughput_jobs=plan.throughput_jobs, notes=list(a.notes + plan.notes),
+                     fixes=[pb.MemoryPlanFix(change=f.describe(api_field), fields=f.fields(api_field),
+                                             memory_per_device_bytes=f.total) for f in a.fixes])
+    if a.need is not None:
+        n = a.need
+        msg.memory_per_device.CopyFrom(pb.MemoryPlanBreakdown(
+            weights=n.weights, gradients=n.gradients, optimizer=n.optimizer, activations=n.activations,
+            reference_model=n.reference_model, zero3_buffer=n.zero3_buffer, total=n.total))
+        msg.parameters, msg.trainable_parameters = n.params, n.trainable
+    if plan.duration_s is not None:
+        msg.estimated_duration.FromTimedelta(timedelta(seconds=round(plan.duration_s, 3)))
+    return msg

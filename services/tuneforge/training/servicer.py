@@ -62,3 +62,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         page, token = paginate(items, request.page.page_size, request.page.page_token)
         return pb.ListJobCheckpointsResponse(checkpoints=[convert.checkpoint_to_proto(c) for c in page],
                                              next_page_token=token)
+
+    def EstimateJob(self, request: pb.EstimateJobRequest, context: Any) -> pb.EstimateJobResponse:
+        """Plan a job as CreateJob would take it (memory per device, fit and fixes, steps, tokens,
+        duration); nothing is created, leased or queued."""
+        with convert.api_terms():
+            plan = self._svc.estimate(current_identity(), convert.job_request(request.job))
+        return pb.EstimateJobResponse(plan=convert.plan_to_proto(plan))

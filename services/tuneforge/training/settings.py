@@ -23,7 +23,10 @@ from pydantic_settings import SettingsConfigDict
 from tuneforge.common.settings import ServiceSettings
 
 if TYPE_CHECKING:
+    from tuneforge.training.domain.admission import ClusterCapacity
     from tuneforge.training.domain.limits import JobLimits
+
+GIB = 1024**3
 
 
 class TrainingSettings(ServiceSettings):
@@ -55,6 +58,28 @@ class TrainingSettings(ServiceSettings):
                                             "micro_batch_size a job may ask for.")
     train_max_gradient_accumulation_steps: int = Field(256, ge=1, le=1024, description="Largest hyperparameters."
                                                        "gradient_accumulation_steps a job may ask for.")
+
+    # The cluster jobs are admitted against (the chart fills these from the Ray worker group's resources).
+    train_gpus: int = Field(0, ge=0, le=100_000, description="GPUs the training cluster has for one job (Ray "
+                            "workers with a GPU each); 0 = CPU-only: jobs asking resources.use_gpu are refused.")
+    train_gpu_memory_gib: float = Field(0.0, ge=0, le=4096, description="Memory of one GPU in GiB; jobs whose "
+                                        "planned peak per GPU does not fit are refused before queueing (0 = not "
+                                        "checked).")
+    train_cpu_workers: int = Field(0, ge=0, le=100_000, description="CPU workers a job may use on this cluster "
+                                   "(0 = only TUNEFORGE_TRAIN_MAX_WORKERS caps resources.num_workers).")
+    train_cpu_worker_memory_gib: float = Field(0.0, ge=0, le=65536, description="Memory one CPU worker may use in "
+                                               "GiB; CPU jobs whose planned peak per worker does not fit are refused "
+                                               "(0 = not checked).")
+    train_memory_margin: float = Field(0.1, ge=0, lt=1, description="Share of each device's memory a job may not "
+                                       "plan for (CUDA context, allocator fragmentation, the planner's error).")
+
+    def capacity(self) -> ClusterCapacity:
+        """The cluster as admission reads it."""
+        from tuneforge.training.domain.admission import ClusterCapacity  # this module stays pydantic-only
+        return ClusterCapacity(gpus=self.train_gpus, gpu_memory_bytes=int(self.train_gpu_memory_gib * GIB),
+                               cpu_workers=self.train_cpu_workers,
+                               cpu_worker_memory_bytes=int(self.train_cpu_worker_memory_gib * GIB),
+                               margin=self.train_memory_margin)
 
     def limits(self) -> JobLimits:
         """The operator's caps as the domain reads them."""

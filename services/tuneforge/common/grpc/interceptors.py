@@ -69,7 +69,8 @@ def to_status(err: TuneforgeError) -> status_pb2.Status:
         status.details.append(detail)
     if err.reason:
         info = any_pb2.Any()
-        info.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain="tuneforge"))
+        info.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain="tuneforge",
+                                              metadata={clip(k, 64): clip(v, 256) for k, v in err.metadata.items()}))
         status.details.append(info)
     return status
 

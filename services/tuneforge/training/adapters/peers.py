@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tuneforge.common.auth import Identity
@@ -65,6 +65,23 @@ class PeerDatasets:
         raw = self._store.get_bytes(key)
         return StoreRef(self._store.uri, key, hashlib.sha256(raw).hexdigest())
 
+    def describe(self, caller: Identity, version_id: str) -> VersionFacts:
+        """The version's kind, split sizes and manifest, without a lease."""
+        info = self._versions.get(caller, version_id)
+        return VersionFacts(info.version_id, info.kind, dict(info.split_counts), info.manifest_uri)
+
+    def token_stats(self, facts: VersionFacts) -> Mapping[str, float]:
+        """``extra.stats`` of the version's manifest: token-length percentiles per row and the row count."""
+        try:
+            key = key_in_store(self._store, facts.manifest_uri, f"dataset version {facts.version_id!r}")
+            stats = json.loads(self._store.get_bytes(key)).get("extra", {}).get("stats", {})
+            out = {k: float(v) for k, v in stats.get("token_length_percentiles", {}).items()}
+            if isinstance(stats.get("row_count"), int):
+                out["row_count"] = float(stats["row_count"])
+            return out
+        except (TuneforgeError, ValueError, AttributeError, TypeError):
+            return {}
+
 
 @dataclass(frozen=True)
 class _Ref:
@@ -97,6 +114,22 @@ class PeerModels:
             import_model(self._store, caller.tenant, base_model, local)
         ref = reference(self._store, prefix)
         return StoreRef(ref.store_uri, ref.manifest_key, ref.manifest_sha256)
+
+    def config(self, caller: Identity, base_model: str) -> Mapping[str, Any] | None:
+        """``config.json`` of a registered base model (read from the store, not downloaded with its
+        weights) or of a full-weight checkpoint's local folder; None when unreadable."""
+        try:
+            if base_model.startswith("ckpt_"):
+                return json.loads((self.locate(caller, base_model) / "config.json").read_text())
+            ref = self.reference(caller, base_model)
+            if ref is None:
+                return None
+            prefix = ref.manifest_key.removesuffix(MANIFEST_NAME)
+            names = sorted((f.path for f in read_manifest(self._store, prefix).files
+                            if PurePosixPath(f.path).name == "config.json"), key=len)
+            return json.loads(self._store.get_bytes(prefix + names[0])) if names else None
+        except (OSError, ValueError):
+            return None
 
     def locate(self, caller: Identity, base_model: str) -> Path:
         """A registered base model's folder, or a full-weight checkpoint's model folder."""

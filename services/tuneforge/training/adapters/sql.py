@@ -47,7 +47,6 @@ class SqlJobRepository:
                                               idempotency_key=job.idempotency_key or None,
                                               request_digest=job.request_digest, method=job.spec.method.kind.name,
                                               spec=job.spec.resolved_dict(), run_name=job.run_name,
-                                              resolved={"suffix": job.suffix, "labels": dict(job.labels)},
                                               created_at=job.created_at))
                 if job.labels:
                     s.execute(insert(labels), [{"job_id": job.id, "key": k, "value": v}
@@ -161,7 +160,15 @@ def _row(job: Job) -> dict[str, Any]:
         "finished_at": job.finished_at, "trained_tokens": job.trained_tokens, "current_step": job.current_step,
         "total_steps": job.total_steps, "result_checkpoint_id": job.result_checkpoint_id,
         "error": asdict(job.error) if job.error else None, "restarts": job.restarts,
+        # The job's description and its measured pace (JSON: no migration for what only GetJob reads).
+        "resolved": {"suffix": job.suffix, "labels": dict(job.labels), "pace": _pace(job)},
     }
+
+
+def _pace(job: Job) -> dict[str, Any]:
+    finish = job.estimated_finish.isoformat() if job.estimated_finish else None
+    return {"steps_per_second": job.steps_per_second, "tokens_per_second": job.tokens_per_second,
+            "estimated_finish": finish}
 
 
 def _from_row(row: RowMapping) -> Job:
@@ -174,4 +181,12 @@ def _from_row(row: RowMapping) -> Job:
         finished_at=row["finished_at"], trained_tokens=row["trained_tokens"], current_step=row["current_step"],
         total_steps=row["total_steps"], result_checkpoint_id=row["result_checkpoint_id"],
         error=ErrorInfo(**err) if err else None, restarts=row["restarts"],
+        **_pace_of(row["resolved"].get("pace") or {}),
     )
+
+
+def _pace_of(pace: Mapping[str, Any]) -> dict[str, Any]:
+    finish = pace.get("estimated_finish")
+    return {"steps_per_second": float(pace.get("steps_per_second") or 0.0),
+            "tokens_per_second": float(pace.get("tokens_per_second") or 0.0),
+            "estimated_finish": datetime.fromisoformat(finish) if finish else None}

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from tuneforge.common.errors import FailedPrecondition, FieldViolation
@@ -131,11 +131,51 @@ class Job:
     result_checkpoint_id: str = ""
     error: ErrorInfo | None = None
     restarts: int = 0
+    # Measured pace of a running job (see ``Pace``): wall-clock rates and the finish they predict.
+    steps_per_second: float = 0.0
+    tokens_per_second: float = 0.0
+    estimated_finish: datetime | None = None
 
     def move_to(self, new: JobStatus) -> None:
-        """Change status through the state machine (``FailedPrecondition`` on an illegal move)."""
+        """Change status through the state machine (``FailedPrecondition`` on an illegal move).
+
+        Leaving RUNNING clears the estimated finish (a re-queued job measures its pace anew)."""
         check_transition(self.status, new)
         self.status = new
+        if new is not JobStatus.RUNNING:
+            self.estimated_finish = None
+
+
+class Pace:
+    """A running job's pace from its own step events: wall-clock steps and tokens per second over a
+    window of recent steps (evaluations and checkpoints included, so the finish it predicts holds),
+    and the estimated finish, ``now + remaining steps / steps per second``.
+
+    Needs two step events to measure; a resumed run starts a new window (restarts skew nothing).
+    """
+
+    WINDOW = 32
+
+    def __init__(self) -> None:
+        self._points: list[tuple[float, int, int]] = []  # (monotonic time, step, trained tokens)
+
+    def reset(self) -> None:
+        """Forget the window (workers restarted, the run resumed)."""
+        self._points.clear()
+
+    def observe(self, job: Job, now: datetime, clock: float) -> None:
+        """Record the job's step and tokens at ``clock`` (monotonic seconds); update its rates and finish."""
+        if self._points and job.current_step <= self._points[-1][1]:
+            self._points.clear()  # the step went back: a resume from a checkpoint
+        self._points.append((clock, job.current_step, job.trained_tokens))
+        del self._points[:-self.WINDOW]
+        (t0, s0, k0), (t1, s1, k1) = self._points[0], self._points[-1]
+        if len(self._points) < 2 or t1 <= t0 or s1 <= s0:
+            return
+        job.steps_per_second = (s1 - s0) / (t1 - t0)
+        job.tokens_per_second = max(0.0, (k1 - k0) / (t1 - t0))
+        remaining = max(0, job.total_steps - job.current_step)
+        job.estimated_finish = now + timedelta(seconds=remaining / job.steps_per_second) if job.total_steps else None
 
 
 class EventKind(enum.Enum):

@@ -95,6 +95,15 @@ class DatasetAccess(Protocol):
         another store; ``NotFound`` when its manifest is missing)."""
         ...
 
+    def describe(self, caller: Identity, version_id: str) -> VersionFacts:
+        """The version's facts without leasing it (EstimateJob); ``NotFound`` for unknown or foreign ids."""
+        ...
+
+    def token_stats(self, facts: VersionFacts) -> Mapping[str, float]:
+        """Token-length statistics the dataset service recorded in the version's manifest (``mean``,
+        ``p50``, ``max``... per row, and ``row_count``); empty when it has none."""
+        ...
+
 
 class ModelLocator(Protocol):
     """Base models by name (or full-weight checkpoints by id) as local folders."""
@@ -106,6 +115,11 @@ class ModelLocator(Protocol):
     def reference(self, caller: Identity, base_model: str) -> StoreRef | None:
         """A registered base model in the shared store (one found only in the models folder is registered
         first); None for a checkpoint id, which ``locate`` resolves. ``NotFound`` for unknown names."""
+        ...
+
+    def config(self, caller: Identity, base_model: str) -> Mapping[str, Any] | None:
+        """The base model's ``config.json`` (what the memory planner sizes it from); None when it cannot
+        be read."""
         ...
 
 

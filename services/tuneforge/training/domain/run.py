@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from tuneforge.training.domain.model import (
     Job,
     JobCheckpoint,
     JobStatus,
+    Pace,
     dataset_versions,
 )
 from tuneforge.training.domain.ports import (
@@ -124,6 +126,7 @@ class JobRun:
         self._user_cancelled = False
         self._starts = 0
         self._registered: dict[str, JobCheckpoint] = {}
+        self._pace = Pace()
         self.job: Job | None = None
 
     def cancel(self) -> None:
@@ -198,6 +201,7 @@ class JobRun:
             self._starts += 1
             job.total_steps = int(p.metrics.get("total_steps", job.total_steps))
             if self._starts > 1:  # Ray restarted the worker group; the recipe resumed
+                self._pace.reset()
                 job.restarts += 1
                 self.ctx.log(job, "WARNING", f"workers restarted (restart {job.restarts}); resuming at step {p.step}")
             repo.save(job, expected=(JobStatus.RUNNING,))
@@ -218,6 +222,7 @@ class JobRun:
             job.current_step = p.step
             tokens = p.metrics.get("tokens_per_s", 0.0) * p.metrics.get("step_time_s", 0.0)
             job.trained_tokens += round(tokens) if math.isfinite(tokens) else 0
+            self._pace.observe(job, datetime.now(UTC), time.monotonic())
             self.ctx.repository.save(job, expected=(JobStatus.RUNNING,))
         self.ctx.repository.add_event(job.tenant, job.id, EventKind.METRICS, data)
 

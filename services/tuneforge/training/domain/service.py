@@ -11,9 +11,10 @@ import builtins
 import copy
 import logging
 import re
+import statistics
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,13 @@ from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViol
 from tuneforge.common.logging import current_log_context, log_context
 from tuneforge.common.storage import tenant_prefix
 from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
+from tuneforge.training.domain.admission import (
+    Assessment,
+    ClusterCapacity,
+    JobPlan,
+    assess,
+    planned_steps_and_tokens,
+)
 from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import (
     Job,
@@ -50,6 +58,9 @@ from tuneforge.training.domain.run import JobRun, RunContext, lease_holder, rele
 
 log = logging.getLogger(__name__)
 
+# Earlier jobs whose measured throughput an estimate uses (the latest ones).
+THROUGHPUT_JOBS = 5
+
 @dataclass
 class Dependencies:
     """The ports the service is wired with (see ``app.py``)."""
@@ -66,6 +77,9 @@ class Dependencies:
     ray_address: str = ""
     peers_missing: tuple[str, ...] = field(default_factory=tuple)
     limits: JobLimits = field(default_factory=JobLimits)
+    capacity: ClusterCapacity = field(default_factory=ClusterCapacity)
+    # Spec field path -> the API's name for it (errors and plans speak the caller's language).
+    field_name: Callable[[str], str] = field(default=lambda path: path)
 
 
 def checkpoint_prefix(tenant: str) -> str:
@@ -165,6 +179,10 @@ class TrainingService:
         model = self._d.models.reference(caller, spec.model.name or "")  # unknown models fail here
         if model is None:  # a checkpoint: checked now, made local by the run
             self._d.models.locate(caller, spec.model.name or "")
+        assessment = self._assess(caller, spec)
+        if not assessment.fits:  # refused before anything is leased, stored or queued
+            log.info("CreateJob refused: %s", "; ".join(assessment.reasons()))
+            raise assessment.refusal(self._d.field_name)
         job = Job(job_id, caller.tenant, spec, JobStatus.VALIDATING, datetime.now(UTC), job_id, request.suffix,
                   dict(request.labels), idempotency_key, digest)
         facts = self._lease_all(caller, job)
@@ -180,6 +198,45 @@ class TrainingService:
         status_event(self._d.repository, stored)
         self._queue(stored, caller)
         return self._d.repository.get(caller.tenant, stored.id)
+
+    def _assess(self, caller: Identity, spec: TrainingSpec) -> Assessment:
+        """The job against the cluster, planned from the base model's config."""
+        return assess(spec, self._d.models.config(caller, spec.model.name or ""), self._d.capacity)
+
+    # ------------------------------------------------------------------ estimate
+
+    def estimate(self, caller: Identity, request: JobRequest) -> JobPlan:
+        """Plan a job as CreateJob would admit it, creating, leasing and queueing nothing.
+
+        Raises:
+            The errors CreateJob raises before admission (InvalidInput, NotFound, FailedPrecondition);
+            a job that does not fit is not an error here: the plan says so, with the fixes.
+        """
+        if request.problems:
+            raise InvalidInput.of(request.problems, what="EstimateJob request")
+        spec = self._spec(request, caller.tenant, "estimate")
+        if self._d.peers_missing:
+            raise FailedPrecondition("the training service cannot reach its peers: set "
+                                     + " and ".join(self._d.peers_missing) + " on the training service")
+        if self._d.models.reference(caller, spec.model.name or "") is None:
+            self._d.models.locate(caller, spec.model.name or "")
+        assessment = self._assess(caller, spec)
+        facts = {v: self._d.datasets.describe(caller, v) for v in dataset_versions(spec)}
+        if problems := _kind_violations(spec, {v: f.kind for v, f in facts.items()}):
+            raise InvalidInput.of(problems, what="EstimateJob request")
+        train = spec.data.train.dataset_version if spec.data.train else None
+        stats = self._d.datasets.token_stats(facts[train]) if train else {}
+        steps, tokens, source = planned_steps_and_tokens(spec, facts, stats)
+        rate, measured = self._measured_rate(caller.tenant, spec)
+        return JobPlan(assessment, steps, tokens, source, rate, measured)
+
+    def _measured_rate(self, tenant: str, spec: TrainingSpec) -> tuple[float, int]:
+        """Median wall-clock tokens/s of the tenant's latest jobs of the same base model, method and device."""
+        recent = self._d.repository.list(tenant, JobFilter(method=spec.method.kind), limit=200, offset=0)
+        rates = [j.tokens_per_second for j in recent if j.tokens_per_second > 0
+                 and j.spec.model.name == spec.model.name and j.spec.resources.use_gpu == spec.resources.use_gpu
+                 and j.spec.precision == spec.precision][:THROUGHPUT_JOBS]
+        return (statistics.median(rates), len(rates)) if rates else (0.0, 0)
 
     def _spec(self, request: JobRequest, tenant: str, run_name: str,
               facts: Mapping[str, VersionFacts] | None = None, model: StoreRef | None = None) -> TrainingSpec:
