@@ -149,3 +149,31 @@ def report(ctx: typer.Context, job_id: str,
     path = job_report(st.client, job_id, output_file or Path(f"{job_id}.html"), png)
     emit(st.output, {"html": str(path), "png": str(png or "")}) if st.output.value != "table" else \
         out.print(f"wrote {path}" + (f" and {png}" if png else ""), highlight=False)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.2f} GiB"
+
+
+@app.command()
+def estimate(ctx: typer.Context,
+             file: Path = typer.Option(..., "--file", "-f", exists=True, help="job YAML (as for `jobs create`)")) -> None:
+    """Plan a job without creating it: memory per GPU, whether it fits and how to make it fit, steps, duration."""
+    st = state(ctx)
+    p = st.client.estimate_job(jobspec.load(file))
+    m = p.memory_per_device
+    memory = (f"{_gib(m.total)} per {p.device.upper()} (weights {_gib(m.weights)}, gradients {_gib(m.gradients)}, "
+              f"optimizer {_gib(m.optimizer)}, activations {_gib(m.activations)}"
+              + (f", reference model {_gib(m.reference_model)}" if m.reference_model else "") + ")"
+              if p.memory_known else "not planned")
+    duration = str(p.estimated_duration.ToTimedelta()) if p.HasField("estimated_duration") else "unknown"
+    kv(st.output, p, [("fits", "yes" if p.fits else "no"), ("memory", memory),
+                      ("device memory", f"{_gib(p.device_memory_bytes)} ({_gib(p.usable_memory_bytes)} usable)"
+                       if p.device_memory_bytes else "not declared"),
+                      ("why not", "; ".join(p.reasons)),
+                      ("fixes", "; ".join(f"{f.change}: {_gib(f.memory_per_device_bytes)}" for f in p.fixes)),
+                      ("steps", p.total_steps or "unknown"), ("tokens", p.tokens or "unknown"),
+                      ("throughput", f"{p.tokens_per_second:.0f} tokens/s ({p.throughput_jobs} earlier jobs)"
+                       if p.throughput_jobs else "not measured yet"), ("duration", duration)])
+    if not p.fits:
+        raise typer.Exit(1)

@@ -136,6 +136,13 @@ class AsyncClient:
         """See ``Client.create_evaluation``."""
         return (await self.evaluation.CreateEvaluation(request)).evaluation
 
+    async def estimate_job(self, spec: Mapping[str, Any] | tr.CreateJobRequest, **overrides: Any) -> tr.JobPlan:
+        """See ``Client.estimate_job``."""
+        req = spec if isinstance(spec, tr.CreateJobRequest) else jobspec.to_request(spec)
+        for name, value in overrides.items():
+            setattr(req, name, value)
+        return (await self.training.EstimateJob(tr.EstimateJobRequest(job=req))).plan
+
     async def wait(self, subject: Any, *, on_event: Callable[[Any], None] | None = None,
                    timeout: float = 24 * 3600, kind: str | None = None,
                    on_reattach: Callable[[int], None] | None = None) -> Any:

@@ -169,6 +169,14 @@ class Client:
         """Start an evaluation; returns at once (follow it with :meth:`wait`)."""
         return self.evaluation.CreateEvaluation(request).evaluation
 
+    def estimate_job(self, spec: Mapping[str, Any] | tr.CreateJobRequest, **overrides: Any) -> tr.JobPlan:
+        """Plan a job without creating it (EstimateJob): memory per device, whether it fits the cluster
+        and the fixes that would, steps, tokens and the estimated duration. Takes what ``create_job`` takes."""
+        req = spec if isinstance(spec, tr.CreateJobRequest) else jobspec.to_request(spec)
+        for name, value in overrides.items():
+            setattr(req, name, value)
+        return self.training.EstimateJob(tr.EstimateJobRequest(job=req)).plan
+
     def wait(self, subject: Any, *, on_event: Callable[[Any], None] | None = None, timeout: float = 24 * 3600,
              kind: str | None = None, on_reattach: Callable[[int], None] | None = None) -> Any:
         """Follow a job, evaluation or curation run until it ends; return its final state.
