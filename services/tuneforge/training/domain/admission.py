@@ -393,10 +393,7 @@ def planned_steps_and_tokens(spec: TrainingSpec, facts: Mapping[str, Any],
     sequences = rows
     if data.packing and rows and per_row:
         sequences = max(1, math.ceil(rows * per_row / data.max_seq_length))
-    if hp.max_steps:
-        steps = hp.max_steps
-    else:
-        steps = (hp.epochs or 1) * (sequences // per_step) if sequences else 0
+    steps = hp.max_steps or (hp.epochs or 1) * (sequences // per_step)
     if not per_row or not steps:
         return steps, 0, ""
     per_sequence = float(data.max_seq_length) if data.packing else per_row
