@@ -126,6 +126,9 @@ def test_a_running_job_has_an_estimated_finish_from_its_measured_pace(cluster):
     acme.training.CancelJob(tr.CancelJobRequest(job_id=job.id))
     done = wait_job(acme.training, job.id)
     assert done.status == tr.JOB_STATUS_CANCELLED and not done.HasField("estimated_finish")
+    events = list(acme.training.StreamJobEvents(tr.StreamJobEventsRequest(job_id=job.id)))
+    logs = [e.log.message for e in events if e.WhichOneof("payload") == "log"]
+    assert any(m.startswith("admitted on 1 CPU worker(s): planned peak") for m in logs), logs
 
     # The measured throughput now times the next estimate of the same base model and method.
     after = acme.training.EstimateJob(tr.EstimateJobRequest(job=req)).plan

@@ -202,3 +202,9 @@ def test_pace_measures_the_rate_and_predicts_the_finish() -> None:
     assert job.estimated_finish == now + timedelta(seconds=89 / 2.0)  # unchanged until measured again
     job.move_to(JobStatus.CANCELLED)
     assert job.estimated_finish is None
+
+
+def test_the_summary_for_the_jobs_log_names_the_planned_peak() -> None:
+    a = assess(_spec(), TINY, ClusterCapacity(cpu_worker_memory_bytes=GIB))
+    assert a.need is not None and f"{a.need.total / GIB:.2f} GiB per CPU of 0.90 GiB usable" in a.summary()
+    assert "not declared" in assess(_spec(), TINY, ClusterCapacity()).summary()

@@ -139,6 +139,15 @@ class Assessment:
                        f"{self.device.upper()} has {_gib(self.device_memory)} ({_gib(self.usable)} usable)")
         return out
 
+    def summary(self) -> str:
+        """One line for the job's log: the planned peak against the device (or why it was not checked)."""
+        unit = f"{self.num_devices} {self.device.upper()} worker(s)"
+        if self.need is None:
+            return f"admitted on {unit}; " + "; ".join(self.notes)
+        of = f" of {_gib(self.usable)} usable" if self.device_memory else " (device memory not declared)"
+        return (f"admitted on {unit}: planned peak {_gib(self.need.total)} per {self.device.upper()}{of} "
+                f"({_breakdown(self.need)} GiB)")
+
     def refusal(self, namer: Namer = str) -> FailedPrecondition:
         """The error CreateJob raises for a job that does not fit (call only when ``not fits``)."""
         reasons = self.reasons(namer)
@@ -241,7 +250,7 @@ def _candidates(spec: TrainingSpec, s: Setup, devices: int) -> list[tuple[Setup,
             out.append((replace(s, zero_stage=3, offload_optimizer=True, offload_params=True),
                         (("resources.zero_stage", "3"), ("resources.offload_optimizer", "true"),
                          ("resources.offload_params", "true")), SLOWER))
-    if devices > s.workers and s.method is MethodKind.FULL:
+    if devices > s.workers and s.method is not MethodKind.QLORA:  # bitsandbytes weights do not partition
         more = replace(s, workers=devices, zero_stage=3)
         out.append((more, (("resources.num_workers", str(devices)), ("resources.zero_stage", "3")), SLOWER))
     mb = s.micro_batch // 2

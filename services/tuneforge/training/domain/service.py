@@ -196,6 +196,7 @@ class TrainingService:
             release_leases(self._d.datasets, caller, job)
             return self._same_request(caller.tenant, idempotency_key, digest) or stored
         status_event(self._d.repository, stored)
+        self._ctx.log(stored, "INFO", assessment.summary())
         self._queue(stored, caller)
         return self._d.repository.get(caller.tenant, stored.id)
 
