@@ -208,3 +208,20 @@ def test_the_summary_for_the_jobs_log_names_the_planned_peak() -> None:
     a = assess(_spec(), TINY, ClusterCapacity(cpu_worker_memory_bytes=GIB))
     assert a.need is not None and f"{a.need.total / GIB:.2f} GiB per CPU of 0.90 GiB usable" in a.summary()
     assert "not declared" in assess(_spec(), TINY, ClusterCapacity()).summary()
+
+
+def test_fixes_stay_within_the_operators_caps() -> None:
+    from tuneforge.training.domain.limits import JobLimits
+
+    doc = _doc(method={"kind": "full"}, resources={"use_gpu": True}, hyperparameters={
+        "micro_batch_size": 16, "gradient_accumulation_steps": 8}, data={"max_seq_length": 2048})
+    capacity = ClusterCapacity(gpus=8, gpu_memory_bytes=80 * GIB)
+    free = assess(load_spec(doc), LLAMA_7B, capacity)
+    capped = assess(load_spec(doc), LLAMA_7B, capacity, JobLimits(num_workers=4, gradient_accumulation_steps=32))
+    changed = [dict(f.changes) for f in free.fixes]
+    assert any(c.get("resources.num_workers") == "8" for c in changed)
+    assert capped.fixes
+    for fix in capped.fixes:
+        c = dict(fix.changes)
+        assert int(c.get("resources.num_workers", 1)) <= 4
+        assert int(c.get("hyperparameters.gradient_accumulation_steps", 8)) <= 32

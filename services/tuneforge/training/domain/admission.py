@@ -32,6 +32,7 @@ from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidI
 from tuneforge.engine.planner import GIB, LINEAR_MODULES, plan_memory
 from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec
 from tuneforge.engine.spec._sections import DpoReference, MethodKind, ObjectiveKind
+from tuneforge.training.domain.limits import JobLimits
 
 Namer = Callable[[str], str]
 
@@ -234,8 +235,10 @@ def plan(spec: TrainingSpec, config: Mapping[str, Any], s: Setup) -> MemoryNeed:
     return MemoryNeed(weights, grads, opt, p.activations, reference, p.zero3_buffer, total, p.params, trainable)
 
 
-def _candidates(spec: TrainingSpec, s: Setup, devices: int) -> list[tuple[Setup, tuple[tuple[str, str], ...], int]]:
-    """Single changes that lower memory, with the request fields they set and their rank."""
+def _candidates(spec: TrainingSpec, s: Setup, devices: int,
+                max_accum: int) -> list[tuple[Setup, tuple[tuple[str, str], ...], int]]:
+    """Single changes that lower memory, with the request fields they set and their rank (``devices``:
+    workers a fix may ask for; ``max_accum``: the largest accumulation a job may ask for)."""
     out: list[tuple[Setup, tuple[tuple[str, str], ...], int]] = []
     if not s.checkpointing:
         out.append((replace(s, checkpointing=True), (("gradient_checkpointing", "true"),), SAME_RESULT))
@@ -254,8 +257,7 @@ def _candidates(spec: TrainingSpec, s: Setup, devices: int) -> list[tuple[Setup,
         more = replace(s, workers=devices, zero_stage=3)
         out.append((more, (("resources.num_workers", str(devices)), ("resources.zero_stage", "3")), SLOWER))
     mb = s.micro_batch // 2
-    while mb >= 1:
-        accum = s.grad_accum * s.micro_batch // mb
+    while mb >= 1 and (accum := s.grad_accum * s.micro_batch // mb) <= max_accum:
         out.append((replace(s, micro_batch=mb, grad_accum=accum),
                     (("hyperparameters.micro_batch_size", str(mb)),
                      ("hyperparameters.gradient_accumulation_steps", str(accum))), SAME_RESULT))
@@ -271,10 +273,11 @@ def _candidates(spec: TrainingSpec, s: Setup, devices: int) -> list[tuple[Setup,
     return out
 
 
-def _fixes(spec: TrainingSpec, config: Mapping[str, Any], s: Setup, devices: int, usable: int) -> list[Fix]:
+def _fixes(spec: TrainingSpec, config: Mapping[str, Any], s: Setup, devices: int, usable: int,
+           max_accum: int) -> list[Fix]:
     """Fixes that fit, best first; when no single change fits, the fewest changes that do together."""
     fits: dict[tuple[str, ...], Fix] = {}
-    for setup, changes, rank in _candidates(spec, s, devices):
+    for setup, changes, rank in _candidates(spec, s, devices, max_accum):
         # Candidates of the same fields come largest first (micro-batch, sequence length): keep the
         # first that fits, the one that gives up least.
         key = tuple(p if p != "method.kind" else f"{p}={v}" for p, v in changes)
@@ -285,16 +288,17 @@ def _fixes(spec: TrainingSpec, config: Mapping[str, Any], s: Setup, devices: int
             fits[key] = Fix(changes, need, rank)
     if fits:
         return sorted(fits.values(), key=lambda f: (f.rank, f.total))[:MAX_FIXES]
-    return _combined(spec, config, s, devices, usable)
+    return _combined(spec, config, s, devices, usable, max_accum)
 
 
-def _combined(spec: TrainingSpec, config: Mapping[str, Any], s: Setup, devices: int, usable: int) -> list[Fix]:
+def _combined(spec: TrainingSpec, config: Mapping[str, Any], s: Setup, devices: int, usable: int,
+              max_accum: int) -> list[Fix]:
     """When no single change fits: changes applied one after another, each time the least disruptive
     one that lowers memory (the lowest need among those), until the job fits (at most six)."""
     changes: dict[str, str] = {}
     current, need, rank = s, plan(spec, config, s).total, SAME_RESULT
     for _ in range(6):
-        options = [(r, n, setup, delta) for setup, delta, r in _candidates(spec, current, devices)
+        options = [(r, n, setup, delta) for setup, delta, r in _candidates(spec, current, devices, max_accum)
                    if (n := plan(spec, config, setup).total) < need]
         if not options:
             return []
@@ -310,8 +314,11 @@ def _combined(spec: TrainingSpec, config: Mapping[str, Any], s: Setup, devices: 
     return []
 
 
-def assess(spec: TrainingSpec, config: Mapping[str, Any] | None, capacity: ClusterCapacity) -> Assessment:
+def assess(spec: TrainingSpec, config: Mapping[str, Any] | None, capacity: ClusterCapacity,
+           limits: JobLimits | None = None) -> Assessment:
     """Plan ``spec`` on the cluster (``config``: the base model's ``config.json``; None when unknown).
+
+    Fixes stay within the operator's caps (``limits``) and the workers the cluster declares.
 
     Never raises for a job that does not fit: the assessment says so (``fits``, ``refusal``).
     """
@@ -335,7 +342,10 @@ def assess(spec: TrainingSpec, config: Mapping[str, Any] | None, capacity: Clust
     if memory == 0:
         notes.append(f"{device.upper()} memory is not declared by the operator: not checked")
     over = bool(need is not None and memory and need.total > usable)
-    fixes = _fixes(spec, config or {}, Setup.of(spec), devices, usable) if over else []
+    limits = limits or JobLimits()
+    fix_devices = min(devices, limits.num_workers)  # 0 when the cluster declares none: no "more workers"
+    fixes = _fixes(spec, config or {}, Setup.of(spec), fix_devices, usable, limits.gradient_accumulation_steps) \
+        if over else []
     return Assessment(device, r.num_workers, memory, usable, need, tuple(problems), tuple(fixes), tuple(notes), over)
 
 

@@ -202,7 +202,7 @@ class TrainingService:
 
     def _assess(self, caller: Identity, spec: TrainingSpec) -> Assessment:
         """The job against the cluster, planned from the base model's config."""
-        return assess(spec, self._d.models.config(caller, spec.model.name or ""), self._d.capacity)
+        return assess(spec, self._d.models.config(caller, spec.model.name or ""), self._d.capacity, self._d.limits)
 
     # ------------------------------------------------------------------ estimate
 
