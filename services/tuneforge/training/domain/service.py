@@ -160,7 +160,9 @@ class TrainingService:
             InvalidInput: every bad field at once, named as in the training spec.
             AlreadyExists: the key was used for a different request.
             NotFound: a base model or dataset version the caller cannot see.
-            FailedPrecondition: the dataset or checkpoint service is not configured.
+            FailedPrecondition: the dataset or checkpoint service is not configured; the job cannot fit
+                the cluster (its devices' memory per the memory planner, or their number): the message
+                and details name the need, what is usable and the fixes that would fit.
         """
         digest = request.digest()
         if idempotency_key and (found := self._same_request(caller.tenant, idempotency_key, digest)):
@@ -213,9 +215,13 @@ class TrainingService:
             The errors CreateJob raises before admission (InvalidInput, NotFound, FailedPrecondition);
             a job that does not fit is not an error here: the plan says so, with the fixes.
         """
-        if request.problems:
-            raise InvalidInput.of(request.problems, what="EstimateJob request")
-        spec = self._spec(request, caller.tenant, "estimate")
+        problems = list(request.problems)
+        try:
+            spec = self._spec(request, caller.tenant, "estimate")
+        except InvalidInput as exc:
+            problems += [v for v in exc.violations if v not in problems]
+        if problems:  # every problem at once, as CreateJob reports them
+            raise InvalidInput.of(problems, what="EstimateJob request")
         if self._d.peers_missing:
             raise FailedPrecondition("the training service cannot reach its peers: set "
                                      + " and ".join(self._d.peers_missing) + " on the training service")
