@@ -225,3 +225,13 @@ def test_fixes_stay_within_the_operators_caps() -> None:
         c = dict(fix.changes)
         assert int(c.get("resources.num_workers", 1)) <= 4
         assert int(c.get("hyperparameters.gradient_accumulation_steps", 8)) <= 32
+
+
+def test_the_status_message_says_each_fix_once() -> None:
+    doc = _doc(method={"kind": "full"}, resources={"use_gpu": True, "num_workers": 8},
+               hyperparameters={"micro_batch_size": 4}, data={"max_seq_length": 1024})
+    err = assess(load_spec(doc), LLAMA_7B, ClusterCapacity(gpus=8, gpu_memory_bytes=40 * GIB)).refusal()
+    assert len(err.violations) > 3 and str(err).startswith(err.message)
+    shown = err.violations[:3]
+    assert all(err.message.count(v.description) == 1 for v in shown)  # the message says the best few once
+    assert f"({len(err.violations) - 3} more in the details)" in err.message and len(str(err)) < 2048

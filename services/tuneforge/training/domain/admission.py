@@ -39,6 +39,7 @@ Namer = Callable[[str], str]
 # How disruptive a fix is: the order fixes are offered in (then by memory).
 SAME_RESULT, SLOWER, OTHER_METHOD, SHORTER_DATA = 0, 1, 2, 3
 MAX_FIXES = 6
+MESSAGE_FIXES = 3
 
 
 @dataclass(frozen=True)
@@ -153,19 +154,19 @@ class Assessment:
         """The error CreateJob raises for a job that does not fit (call only when ``not fits``)."""
         reasons = self.reasons(namer)
         violations = list(self.problems)
+        tail = ""
         if self.over_memory:
-            if self.fixes:
-                tail = "; fixes that fit, best first: " + "; ".join(
-                    f"{f.describe(namer)}: {_gib(f.total)}" for f in self.fixes)
-                violations += [FieldViolation(f.changes[0][0], f"set {f.describe(namer)}: needs "
-                                              f"{_gib(f.total)} per {self.device.upper()}") for f in self.fixes]
+            # The details repeat the message's sentences exactly, so the status message does not.
+            unit = self.device.upper()
+            texts = [f"set {f.describe(namer)}: needs {_gib(f.total)} per {unit}" for f in self.fixes]
+            violations += [FieldViolation(f.changes[0][0], text) for f, text in zip(self.fixes, texts, strict=True)]
+            if texts:  # the best few in the message (it is bounded), all of them in the details
+                more = f" ({len(texts) - MESSAGE_FIXES} more in the details)" if len(texts) > MESSAGE_FIXES else ""
+                tail = "; fixes that fit, best first: " + "; ".join(texts[:MESSAGE_FIXES]) + more
             else:
-                tail = "; no change of method, ZeRO stage, offload, micro-batch or sequence length fits: use " \
-                       "larger devices"
-                violations.append(FieldViolation("resources.num_workers", "nothing fits this cluster: use larger "
-                                                 "devices"))
-        else:
-            tail = ""
+                nothing = "nothing fits this cluster: use larger devices"
+                violations.append(FieldViolation("resources.num_workers", nothing))
+                tail = f"; {nothing} (no change of method, ZeRO stage, offload, micro-batch or sequence length fits)"
         violations = [FieldViolation(namer(v.field), v.description) for v in violations]
         metadata = {"device": self.device, "num_devices": str(self.num_devices),
                     "device_memory_bytes": str(self.device_memory), "usable_memory_bytes": str(self.usable)}
@@ -275,20 +276,38 @@ def _candidates(spec: TrainingSpec, s: Setup, devices: int,
 
 def _fixes(spec: TrainingSpec, config: Mapping[str, Any], s: Setup, devices: int, usable: int,
            max_accum: int) -> list[Fix]:
-    """Fixes that fit, best first; when no single change fits, the fewest changes that do together."""
-    fits: dict[tuple[str, ...], Fix] = {}
+    """Fixes that fit, best first: single changes, and pairs of changes neither of which fits alone
+    (checkpointing with ZeRO-3 may beat offload); when none does, the fewest changes that fit together."""
+    fits: dict[frozenset[str], Fix] = {}
+    misses: list[tuple[Setup, tuple[tuple[str, str], ...], int]] = []
     for setup, changes, rank in _candidates(spec, s, devices, max_accum):
         # Candidates of the same fields come largest first (micro-batch, sequence length): keep the
         # first that fits, the one that gives up least.
-        key = tuple(p if p != "method.kind" else f"{p}={v}" for p, v in changes)
+        key = _key(changes)
         if key in fits:
             continue
         need = plan(spec, config, setup).total
         if need <= usable:
             fits[key] = Fix(changes, need, rank)
+        else:
+            misses.append((setup, changes, rank))
+    singles = set(fits)
+    for first, changes, rank in misses:
+        for setup, more, more_rank in _candidates(spec, first, devices, max_accum):
+            key = _key(changes + more)
+            if {p for p, _ in more} & {p for p, _ in changes} or key in fits or any(k <= key for k in singles):
+                continue
+            need = plan(spec, config, setup).total
+            if need <= usable:
+                fits[key] = Fix(changes + more, need, max(rank, more_rank))
     if fits:
         return sorted(fits.values(), key=lambda f: (f.rank, f.total))[:MAX_FIXES]
     return _combined(spec, config, s, devices, usable, max_accum)
+
+
+def _key(changes: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    """What a fix changes (a method change by its value: LoRA and QLoRA are different fixes)."""
+    return frozenset(p if p != "method.kind" else f"{p}={v}" for p, v in changes)
 
 
 def _combined(spec: TrainingSpec, config: Mapping[str, Any], s: Setup, devices: int, usable: int,
