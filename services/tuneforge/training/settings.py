@@ -60,8 +60,9 @@ class TrainingSettings(ServiceSettings):
                                                        "gradient_accumulation_steps a job may ask for.")
 
     # The cluster jobs are admitted against (the chart fills these from the Ray worker group's resources).
-    train_gpus: int = Field(0, ge=0, le=100_000, description="GPUs the training cluster has for one job (Ray "
-                            "workers with a GPU each); 0 = CPU-only: jobs asking resources.use_gpu are refused.")
+    train_gpus: int | None = Field(None, ge=0, le=100_000, description="GPUs the training cluster has for one job "
+                                   "(Ray workers with a GPU each); 0 = CPU-only: jobs asking resources.use_gpu are "
+                                   "refused; unset = not declared: not checked.")
     train_gpu_memory_gib: float = Field(0.0, ge=0, le=4096, description="Memory of one GPU in GiB; jobs whose "
                                         "planned peak per GPU does not fit are refused before queueing (0 = not "
                                         "checked).")

@@ -125,7 +125,7 @@ def test_small_cpu_capacities_make_the_check_meaningful_for_the_tiny_model() -> 
 
 
 @pytest.mark.parametrize(("resources", "capacity", "field", "words"), [
-    ({"use_gpu": True}, ClusterCapacity(), "resources.use_gpu", "TUNEFORGE_TRAIN_GPUS is 0"),
+    ({"use_gpu": True}, ClusterCapacity(gpus=0), "resources.use_gpu", "TUNEFORGE_TRAIN_GPUS=0"),
     ({"use_gpu": True, "num_workers": 4}, ClusterCapacity(gpus=2, gpu_memory_bytes=80 * GIB),
      "resources.num_workers", "has 2 GPU worker(s)"),
     ({"num_workers": 3}, ClusterCapacity(cpu_workers=2), "resources.num_workers", "TUNEFORGE_TRAIN_CPU_WORKERS"),
@@ -235,3 +235,7 @@ def test_the_status_message_says_each_fix_once() -> None:
     shown = err.violations[:3]
     assert all(err.message.count(v.description) == 1 for v in shown)  # the message says the best few once
     assert f"({len(err.violations) - 3} more in the details)" in err.message and len(str(err)) < 2048
+
+
+def test_gpus_not_declared_are_not_counted() -> None:
+    assert assess(_spec(resources={"use_gpu": True, "num_workers": 4}), TINY, ClusterCapacity()).fits

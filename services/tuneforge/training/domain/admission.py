@@ -46,7 +46,7 @@ MESSAGE_FIXES = 3
 class ClusterCapacity:
     """What one job may use: devices and memory per device (0 = not declared: not checked)."""
 
-    gpus: int = 0
+    gpus: int | None = None  # None: not declared; 0: a CPU-only cluster
     gpu_memory_bytes: int = 0
     cpu_workers: int = 0
     cpu_worker_memory_bytes: int = 0
@@ -55,7 +55,7 @@ class ClusterCapacity:
     def device(self, use_gpu: bool) -> tuple[str, int, int]:
         """(kind, devices available (0: no limit declared), memory of one device (0: unchecked))."""
         if use_gpu:
-            return "gpu", self.gpus, self.gpu_memory_bytes
+            return "gpu", self.gpus or 0, self.gpu_memory_bytes
         return "cpu", self.cpu_workers, self.cpu_worker_memory_bytes
 
 
@@ -371,7 +371,7 @@ def assess(spec: TrainingSpec, config: Mapping[str, Any] | None, capacity: Clust
 def _device_problems(spec: TrainingSpec, capacity: ClusterCapacity, device: str, devices: int) -> list[FieldViolation]:
     r = spec.resources
     if r.use_gpu and capacity.gpus == 0:
-        return [FieldViolation("resources.use_gpu", "this cluster has no GPUs (TUNEFORGE_TRAIN_GPUS is 0): train "
+        return [FieldViolation("resources.use_gpu", "this cluster has no GPUs (TUNEFORGE_TRAIN_GPUS=0): train "
                                "on CPU workers (use_gpu false), or ask the operator to declare the GPUs")]
     if devices and r.num_workers > devices:
         setting = "TUNEFORGE_TRAIN_GPUS" if device == "gpu" else "TUNEFORGE_TRAIN_CPU_WORKERS"
