@@ -30,8 +30,7 @@ from typing import Any
 
 from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidInput
 from tuneforge.engine.planner import GIB, LINEAR_MODULES, plan_memory
-from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec
-from tuneforge.engine.spec._sections import DpoReference, MethodKind, ObjectiveKind
+from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, DpoReference, MethodKind, ObjectiveKind, TrainingSpec
 from tuneforge.training.domain.limits import JobLimits
 
 Namer = Callable[[str], str]
