@@ -8,7 +8,8 @@ the DPO reference model) and compares it with the memory of one device of the cl
 would make it fit, each planned too, best first: changes that keep the training result (gradient
 checkpointing, ZeRO partitioning, a smaller micro-batch with more accumulation), then slower ones
 (offload, more workers), then ones that change what is trained (LoRA, QLoRA), then a shorter
-sequence; within a rank, the smallest need first. ``Assessment.refusal`` is the
+sequence; within a rank, the smallest need first. Single changes and pairs of changes are
+planned; when none fits, the fewest changes that fit together. ``Assessment.refusal`` is the
 ``FailedPrecondition`` CreateJob raises, naming the numbers and those fixes.
 
 The plan mirrors the engine: ZeRO and offload take effect only with several workers (one worker
