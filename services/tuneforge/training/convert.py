@@ -62,7 +62,7 @@ RENAMED: tuple[tuple[str, str], ...] = (
     ("hyperparameters.gradient_checkpointing", "gradient_checkpointing"),
 )
 # Request fields that describe the job, not its training.
-NOT_SPEC = frozenset({"idempotency_key", "suffix", "labels"})
+NOT_SPEC = frozenset({"idempotency_key", "suffix", "labels", "priority"})
 # Set by every request (an UNSPECIFIED value is refused, as the API documents).
 REQUIRED = ("base_model", "method", "objective")
 # Zero is a value here, not "the default" (a weight of 0 is refused, not replaced).
@@ -275,7 +275,7 @@ def job_request(req: pb.CreateJobRequest) -> JobRequest:
             problems.append(problem or FieldViolation(where, "does not apply to this method: leave it 0"))
             continue
         _put(doc, where, converted)
-    return JobRequest(doc, tuple(problems), req.suffix, dict(req.labels))
+    return JobRequest(doc, tuple(problems), req.suffix, dict(req.labels), req.priority)
 
 
 def _required(api: str, f: FieldDescriptor) -> str:
@@ -346,8 +346,11 @@ def job_to_proto(job: Job) -> pb.Job:
         create_time=timestamp(job.created_at), start_time=timestamp(job.started_at),
         finish_time=timestamp(job.finished_at), trained_tokens=job.trained_tokens, current_step=job.current_step,
         total_steps=job.total_steps, result_checkpoint_id=job.result_checkpoint_id, suffix=job.suffix,
-        labels=dict(job.labels), restarts=job.restarts,
+        labels=dict(job.labels), restarts=job.restarts, priority=job.priority, queue_reason=job.queue_reason,
     )
+    if job.lease is not None and job.status is JobStatus.RUNNING:
+        msg.replica = job.lease.owner
+        msg.lease_expire_time.CopyFrom(timestamp(job.lease.expires_at))
     if job.error:
         msg.error.CopyFrom(common_pb2.ErrorInfo(code=job.error.code, message=api_text(job.error.message),
                                                 field=api_field(job.error.field) if job.error.field else ""))
