@@ -180,6 +180,8 @@ class Dispatcher:
                     log.warning("job %s: lease renewal failed (%s); retrying", run.job_id, exc)
                     continue
                 renewed = None
+            if renewed is None and run.ending:
+                continue  # the run ended its job (or handed it back) and is leaving
             if renewed is None:
                 log.warning("job %s: lease epoch %d is no longer this replica's (%s): stopping the run now",
                             run.job_id, run.lease.epoch, self._s.replica_id)

@@ -154,6 +154,7 @@ class JobRun:
         self._cancel = threading.Event()
         self._user_cancelled = False
         self._lost = False
+        self.ending = False  # recording its end: a lease that is gone then is the run's own doing
         self._starts = 0
         self._registered: dict[str, JobCheckpoint] = {}
         self.job: Job | None = None
@@ -309,6 +310,7 @@ class JobRun:
     def _end_or_requeue(self, job: Job, status: JobStatus, error: ErrorInfo | None) -> None:
         """End the job, unless its lease is gone (write nothing) or the service is stopping under it:
         then it goes back QUEUED, its lease released, for another replica (or the next process)."""
+        self.ending = True
         if self._lost:
             log.warning("job %s: lease epoch %d lost to another claim; this run stopped without writing its end",
                         job.id, self.lease.epoch)
