@@ -346,7 +346,8 @@ def job_to_proto(job: Job) -> pb.Job:
         create_time=timestamp(job.created_at), start_time=timestamp(job.started_at),
         finish_time=timestamp(job.finished_at), trained_tokens=job.trained_tokens, current_step=job.current_step,
         total_steps=job.total_steps, result_checkpoint_id=job.result_checkpoint_id, suffix=job.suffix,
-        labels=dict(job.labels), restarts=job.restarts, priority=job.priority, queue_reason=job.queue_reason,
+        labels=dict(job.labels), restarts=job.restarts, priority=job.priority,
+        queue_reason=job.queue_reason if job.status is JobStatus.QUEUED else "",
     )
     if job.lease is not None and job.status is JobStatus.RUNNING:
         msg.replica = job.lease.owner

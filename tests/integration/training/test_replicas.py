@@ -40,6 +40,7 @@ from tuneforge.training.v1 import training_pb2_grpc as tr_grpc
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 _ROOT = Path(__file__).resolve().parents[3]
+STEPS = 12  # checkpoints every 3 steps: the takeover happens after the first, with steps still to train
 
 
 @dataclass
@@ -162,7 +163,7 @@ def _check_one_live_run_at_a_time(fleet: Fleet, job_id: str, first: str, second:
     assert resumed, later
     step = int(resumed[0].split("step ")[1].split(" ")[0])
     steps = [int(d["step"]) for d in later if "loss" in d]
-    assert step >= 3 and steps[0] == step + 1 and steps == sorted(steps) and steps[-1] == 30
+    assert step >= 3 and steps[0] == step + 1 and steps == sorted(steps) and steps[-1] == STEPS
 
 
 def _run_a_job(fleet: Fleet) -> tuple[Any, str, str, dict[str, Replica]]:
@@ -171,7 +172,7 @@ def _run_a_job(fleet: Fleet) -> tuple[Any, str, str, dict[str, Replica]]:
     fleet.ready(a), fleet.ready(b)
     acme = fleet.stack(a)
     version_id = upload_and_split(acme)
-    job = acme.training.CreateJob(lora_request(version_id, steps=30, every=3)).job
+    job = acme.training.CreateJob(lora_request(version_id, steps=STEPS, every=3)).job
     _first_checkpoint(acme.training, job.id)
     running = acme.training.GetJob(tr.GetJobRequest(job_id=job.id)).job
     assert running.status == tr.JOB_STATUS_RUNNING and running.replica in ("replica-a", "replica-b")
@@ -189,7 +190,7 @@ def test_a_killed_replica_loses_its_job_to_the_other_which_resumes_it_from_its_c
     stub = survivor.stub(fleet.token)
     done = wait_job(stub, job.id, timeout=300)
     assert done.status == tr.JOB_STATUS_SUCCEEDED, (done.error.message, survivor.output())
-    assert done.current_step == 30 and done.result_checkpoint_id and done.replica == ""
+    assert done.current_step == STEPS and done.result_checkpoint_id and done.replica == ""
     _check_one_live_run_at_a_time(fleet, job.id, owner, survivor.name)
     statuses = [e.status for e in stub.StreamJobEvents(tr.StreamJobEventsRequest(job_id=job.id))
                 if e.WhichOneof("payload") == "status"]

@@ -310,8 +310,9 @@ class TrainingService:
 
         One replica (SQLite) ends every lease now, since they all belong to a process that is gone;
         with several replicas a RUNNING job is claimed again only once its lease expires."""
-        if self._d.single_replica:
-            self._d.repository.expire_leases()
+        if self._d.single_replica and (ended := self._d.repository.expire_leases()):
+            log.warning("ended the leases of %d running job(s) left by an earlier process; they resume here. On "
+                        "SQLite only one training process may use the database: run several on PostgreSQL", ended)
         pending = []
         cutoff = datetime.now(UTC) - _ABANDONED_VALIDATION
         for job in self._d.repository.unfinished():
