@@ -1,5 +1,5 @@
-"""Quotas and fair share through the real dispatcher: two replicas (two ``TrainingService``s, each with its
-own dispatcher, heartbeat and executor) on one real PostgreSQL, 3 tenants submitting 10 jobs each.
+"""Quotas, fair share and lease loss through the real dispatcher: two replicas (two ``TrainingService``s,
+each with its own dispatcher, heartbeat and executor) on one real PostgreSQL.
 
 The engine is the one stand-in: each job "trains" until the test lets it finish, so the test decides
 when slots free up and can look at what runs at every moment. Everything else (CreateJob's
@@ -100,12 +100,13 @@ class GatedEngine:
             return dict(self.running)
 
 
-def _replica(name: str, repo: SqlJobRepository, engine: GatedEngine, tmp_path: Path) -> TrainingService:
+def _replica(name: str, repo: SqlJobRepository, engine: GatedEngine, tmp_path: Path,
+             dispatch: DispatchSettings | None = None) -> TrainingService:
     peers = Peers()
     quotas = parse_quotas(f'{{"*": {{"max_running_jobs": {QUOTA}}}}}', CAP)
     deps = Dependencies(repository=repo, datasets=peers, models=peers, checkpoints=peers, engine=engine,
                         credentials=peers, executor=ThreadPoolExecutor(3), store_uri="file:///store",
-                        work_dir=tmp_path, dispatch=DispatchSettings(name, 3, 6.0, 0.5, 0.05, quotas),
+                        work_dir=tmp_path, dispatch=dispatch or DispatchSettings(name, 3, 6.0, 0.5, 0.05, quotas),
                         single_replica=False)
     service = TrainingService(deps)
     service.start()
@@ -188,3 +189,69 @@ def _status(repo: SqlJobRepository, tenant: str, job_id: str) -> JobStatus:
 
 def _ended(repo: SqlJobRepository, jobs: dict[str, list[str]]) -> int:
     return sum(1 for t, ids in jobs.items() for j in ids if _status(repo, t, j).terminal)
+
+
+def test_a_replica_that_lost_its_lease_stops_its_run_and_writes_nothing_more(postgres_url: str, tmp_path: Path) -> None:
+    """A stalled replica (say a long GC pause or a network partition) whose lease expired while its run
+    still trains: the other replica claims the job; the stale run's next write is refused by the fence
+    and its next heartbeat stops it. The job ends once, from the new run."""
+    engine_db = db.create_db_engine(postgres_url)
+    db.run_migrations(engine_db, MIGRATIONS_DIR, VERSION_TABLE)
+    repo = SqlJobRepository(db.make_sessionmaker(engine_db))
+    # Heartbeats and polls far apart: the test drives them (dispatch_once, heartbeat_once).
+    engines = {name: GatedEngine() for name in ("stale", "fresh")}
+    replicas = {name: _replica(name, repo, engines[name], tmp_path, DispatchSettings(name, 1, 600, 200, 300))
+                for name in engines}
+    try:
+        job = replicas["stale"].create(Identity("t1", "u", "tok"), _request(1))
+        _wait(lambda: engines["stale"].snapshot(), "the first run")
+        assert repo.expire_leases() == 1  # the stale replica missed its heartbeats
+        assert replicas["fresh"].dispatcher.dispatch_once() == 1
+        _wait(lambda: engines["fresh"].snapshot(), "the second run")
+        assert engines["stale"].snapshot()  # two engines train the job for a moment; only one may write
+        engines["stale"].finish_oldest()  # the stale run reports its step: refused, the run stops silently
+        _wait(lambda: not engines["stale"].snapshot(), "the stale run to stop")
+        replicas["stale"].dispatcher.heartbeat_once()  # finds the lease gone (the run is already leaving)
+        assert repo.get("t1", job.id).status is JobStatus.RUNNING and repo.get("t1", job.id).lease.owner == "fresh"
+        engines["fresh"].finish_oldest()
+        _wait(lambda: repo.get("t1", job.id).status.terminal, "the job to end")
+        assert repo.get("t1", job.id).status is JobStatus.SUCCEEDED
+        written = [(e.kind, e.data) for e in repo.events_after("t1", job.id, 0)]
+        steps = [d for k, d in written if k is EventKind.METRICS]
+        assert len(steps) == 1  # the fresh run's step only
+        statuses = [d["status"] for k, d in written if k is EventKind.STATUS]
+        assert statuses == ["VALIDATING", "QUEUED", "RUNNING", "RUNNING", "SUCCEEDED"]
+    finally:
+        for service in replicas.values():
+            service.shutdown()
+        for service in replicas.values():
+            service._d.executor.shutdown(wait=True)
+            service.close()
+        engine_db.dispose()
+
+
+def test_a_run_whose_lease_is_taken_is_stopped_by_the_heartbeat(postgres_url: str, tmp_path: Path) -> None:
+    """The heartbeat alone stops a run whose lease another replica took, before the run writes anything."""
+    engine_db = db.create_db_engine(postgres_url)
+    db.run_migrations(engine_db, MIGRATIONS_DIR, VERSION_TABLE)
+    repo = SqlJobRepository(db.make_sessionmaker(engine_db))
+    engines = {name: GatedEngine() for name in ("stale", "fresh")}
+    replicas = {name: _replica(name, repo, engines[name], tmp_path, DispatchSettings(name, 1, 600, 200, 300))
+                for name in engines}
+    try:
+        job = replicas["stale"].create(Identity("t1", "u", "tok"), _request(1))
+        _wait(lambda: engines["stale"].snapshot(), "the first run")
+        repo.expire_leases()
+        assert replicas["fresh"].dispatcher.dispatch_once() == 1
+        replicas["stale"].dispatcher.heartbeat_once()  # lease gone: the run is cancelled at once
+        _wait(lambda: not engines["stale"].snapshot(), "the stale run to stop")
+        engines["fresh"].finish_oldest()
+        _wait(lambda: repo.get("t1", job.id).status.terminal, "the job to end")
+        assert repo.get("t1", job.id).status is JobStatus.SUCCEEDED
+    finally:
+        for service in replicas.values():
+            service.shutdown()
+        for service in replicas.values():
+            service._d.executor.shutdown(wait=True)
+            service.close()
+        engine_db.dispose()

@@ -14,6 +14,7 @@ import copy
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import Executor
@@ -78,6 +79,7 @@ class Dependencies:
 
 # A VALIDATING job this old was left by a replica that died during CreateJob (which takes seconds).
 _ABANDONED_VALIDATION = timedelta(minutes=15)
+_CALLER_KEPT_S = 3600.0
 
 
 def checkpoint_prefix(tenant: str) -> str:
@@ -144,8 +146,9 @@ class TrainingService:
 
     def __init__(self, deps: Dependencies) -> None:
         self._d = deps
-        # Callers of jobs created here, until this replica claims them (job id -> identity, trace id).
-        self._callers: dict[str, tuple[Identity, str]] = {}
+        # Callers of jobs created here, until this replica claims them (job id -> identity, trace id, when);
+        # a job another replica claims leaves its entry behind until it is an hour old.
+        self._callers: dict[str, tuple[Identity, str, float]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._ctx = RunContext(deps.repository, deps.datasets, deps.models, deps.checkpoints, deps.engine,
@@ -272,8 +275,11 @@ class TrainingService:
         job.move_to(JobStatus.QUEUED)
         # The run's log lines carry the trace id of the call that queued it.
         trace_id = current_log_context().get("trace_id") or uuid.uuid4().hex
+        now = time.monotonic()
         with self._lock:
-            self._callers[job.id] = (caller, trace_id)
+            for job_id in [k for k, (_, _, at) in self._callers.items() if now - at > _CALLER_KEPT_S]:
+                del self._callers[job_id]
+            self._callers[job.id] = (caller, trace_id, now)
         if not self._d.repository.save(job, expected=(JobStatus.VALIDATING,)):
             with self._lock:
                 self._callers.pop(job.id, None)
@@ -285,7 +291,7 @@ class TrainingService:
         """A run for a job this replica claimed: as its caller when it was created here, else as its tenant."""
         assert job.lease is not None
         with self._lock:
-            caller, trace_id = self._callers.pop(job.id, (None, uuid.uuid4().hex))
+            caller, trace_id, _ = self._callers.pop(job.id, (None, uuid.uuid4().hex, 0.0))
         caller = caller or self._d.credentials.identity_for(job.tenant)
         if caller is None:
             self._ctx.fail(job, "FAILED_PRECONDITION", f"no token of tenant {job.tenant!r} is configured to run "
