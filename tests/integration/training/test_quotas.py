@@ -245,6 +245,7 @@ def test_a_run_whose_lease_is_taken_is_stopped_by_the_heartbeat(postgres_url: st
         assert replicas["fresh"].dispatcher.dispatch_once() == 1
         replicas["stale"].dispatcher.heartbeat_once()  # lease gone: the run is cancelled at once
         _wait(lambda: not engines["stale"].snapshot(), "the stale run to stop")
+        _wait(lambda: engines["fresh"].snapshot(), "the second run")
         engines["fresh"].finish_oldest()
         _wait(lambda: repo.get("t1", job.id).status.terminal, "the job to end")
         assert repo.get("t1", job.id).status is JobStatus.SUCCEEDED
