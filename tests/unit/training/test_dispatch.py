@@ -118,3 +118,36 @@ def test_quotas_parse_from_json_or_a_file(tmp_path: Path) -> None:
         assert quotas.of("acme") == TenantQuota(None, 8, 4, 2.0)
         assert quotas.of("other") == TenantQuota(max_running_jobs=2) and quotas.max_running_jobs == 10
     assert parse_quotas("") == Quotas()
+
+
+def test_a_heartbeat_that_cannot_reach_the_database_for_a_whole_ttl_stops_the_run() -> None:
+    """Renewals failing (database unreachable) keep the run while the lease may still hold; once a
+    full TTL passed without a renewal, another replica may have the job: the run is stopped."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tuneforge.common.errors import Unavailable
+    from tuneforge.training.domain.dispatcher import Dispatcher, DispatchSettings
+    from tuneforge.training.domain.model import Lease
+
+    class Unreachable:
+        def renew(self, lease: Lease, ttl_s: float) -> Lease | None:
+            raise Unavailable("database unreachable")
+
+    class Run:
+        job_id, ending, lost = "job_1", False, False
+        lease = Lease("job_1", "acme", "r1", 1, T0)
+
+        def lose(self) -> None:
+            self.lost = True
+
+    dispatcher = Dispatcher(Unreachable(), ThreadPoolExecutor(1), DispatchSettings("r1", lease_ttl_s=30),  # type: ignore[arg-type]
+                            launch=lambda job: None, on_reason=lambda *a: None)
+    run = Run()
+    dispatcher._runs["job_1"] = run  # type: ignore[assignment]
+    dispatcher._renewed["job_1"] = time.monotonic()
+    dispatcher.heartbeat_once()
+    assert not run.lost  # renewed a moment ago: the lease still holds
+    dispatcher._renewed["job_1"] = time.monotonic() - 31
+    dispatcher.heartbeat_once()
+    assert run.lost
