@@ -83,6 +83,11 @@ class TrainingSettings(ServiceSettings):
             raise ValueError(f"TUNEFORGE_TRAIN_HEARTBEAT_INTERVAL_S ({self.train_heartbeat_interval_s}) must be at "
                              f"most a third of TUNEFORGE_TRAIN_LEASE_TTL_S ({self.train_lease_ttl_s}), so one "
                              "late heartbeat does not lose a lease: lower the interval or raise the TTL")
+        from tuneforge.common.errors import InvalidInput  # this module stays pydantic-only
+        try:
+            self.quotas()
+        except InvalidInput as exc:  # reported with the other settings, at start-up
+            raise ValueError("; ".join(f"{v.field}: {v.description}" for v in exc.violations)) from None
         return self
 
     def replica_id(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -151,3 +152,18 @@ def test_a_heartbeat_that_cannot_reach_the_database_for_a_whole_ttl_stops_the_ru
     dispatcher._renewed["job_1"] = time.monotonic() - 31
     dispatcher.heartbeat_once()
     assert run.lost
+
+
+def test_training_settings_refuse_bad_quotas_and_a_heartbeat_too_slow_for_the_lease() -> None:
+    from tuneforge.common.settings import load_settings
+    from tuneforge.training.settings import TrainingSettings
+
+    base = {"TUNEFORGE_AUTH_DISABLED": "true"}
+    for extra, says in [({"TUNEFORGE_TRAIN_TENANT_QUOTAS": '{"acme": {"max_gpu": 1}}'},
+                         "TUNEFORGE_TRAIN_TENANT_QUOTAS[acme].max_gpu"),
+                        ({"TUNEFORGE_TRAIN_HEARTBEAT_INTERVAL_S": "20"}, "at most a third of TUNEFORGE_TRAIN_LEASE_TTL_S")]:
+        with pytest.raises(InvalidInput, match=re.escape(says)):
+            load_settings(TrainingSettings, environ={**base, **extra})
+    settings = load_settings(TrainingSettings, environ={**base, "TUNEFORGE_TRAIN_TENANT_QUOTAS": '{"*": {"max_gpus": 2}}',
+                                                        "TUNEFORGE_TRAIN_MAX_RUNNING_JOBS_TOTAL": "6"})
+    assert settings.quotas() == Quotas(TenantQuota(max_gpus=2), {}, 6) and settings.replica_id()
