@@ -109,9 +109,6 @@ never falls back to a default credential.
 {{- if and $v.models.existingClaim $v.models.persistence.enabled }}
 {{- fail "models: set models.existingClaim (a claim you manage) or models.persistence.enabled=true (a claim the chart creates), not both" }}
 {{- end }}
-{{- if and (ne (int $v.services.training.replicas) 0) (ne (int $v.services.training.replicas) 1) }}
-{{- fail "services.training.replicas: at most 1 (a starting training service re-queues RUNNING jobs; two would train them twice). Scale training with rayCluster worker groups" }}
-{{- end }}
 {{- range $g := $v.rayCluster.workerGroups }}
 {{- if or (lt (int $g.maxReplicas) (int $g.minReplicas)) (lt (int $g.replicas) (int $g.minReplicas)) (gt (int $g.replicas) (int $g.maxReplicas)) }}
 {{- fail (printf "rayCluster.workerGroups[%s]: need minReplicas <= replicas <= maxReplicas (got %v <= %v <= %v)" $g.groupName $g.minReplicas $g.replicas $g.maxReplicas) }}

@@ -7,9 +7,12 @@ to start: without them the service serves health, GetJob/ListJobs/StreamJobEvent
 answers FAILED_PRECONDITION naming the missing setting (so a half-configured stack says what is
 missing at the call that needs it, and health probes still pass).
 
-Jobs an earlier process left QUEUED or RUNNING are re-queued at start-up; they resume from their
-latest complete checkpoint. On stop, running jobs are interrupted after their current step and
-left QUEUED for the next process.
+Jobs wait QUEUED in the database and every replica's dispatcher claims them under leases (see
+``domain/dispatcher.py``): on PostgreSQL several replicas share the work, and a replica that dies
+loses its jobs to the others once their leases expire (they resume from their latest complete
+checkpoint). SQLite is the one-replica embedded default: at start-up every lease left belongs to a
+dead process and ends at once. On stop, running jobs are interrupted after their current step and
+handed back QUEUED (lease released) for another replica or the next process.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tuneforge.training.adapters.metrics import JobCountCollector, ObservedJobRe
 from tuneforge.training.adapters.peers import PeerDatasets, PeerModels, RegisteringPublisher
 from tuneforge.training.adapters.sql import SqlJobRepository
 from tuneforge.training.convert import api_field
+from tuneforge.training.domain.dispatcher import DispatchSettings
 from tuneforge.training.domain.service import Dependencies, TrainingService
 from tuneforge.training.servicer import TrainingServicer
 from tuneforge.training.settings import TrainingSettings
@@ -78,7 +82,12 @@ def build_service(settings: TrainingSettings,
     store_uri = settings.resolved_object_store_uri()
     store = open_object_store(store_uri, access_key=settings.s3_access_key.get_secret_value() or None,
                               secret_key=settings.s3_secret_key.get_secret_value() or None)
+    quotas = settings.quotas()  # a malformed TUNEFORGE_TRAIN_TENANT_QUOTAS stops the start-up, named
     engine = db.create_db_engine(settings.resolved_database_url())
+    single = engine.dialect.name == "sqlite"
+    if single:
+        log.info("SQLite metadata store: this training service runs as the only replica (use PostgreSQL, "
+                 "TUNEFORGE_DATABASE_URL=postgresql+psycopg://..., to run several)")
     db.run_migrations(engine, MIGRATIONS_DIR, VERSION_TABLE)
     work = _work_dir(settings)
     timeout = settings.train_peer_timeout_s
@@ -105,15 +114,19 @@ def build_service(settings: TrainingSettings,
         limits=settings.limits(),
         capacity=settings.capacity(),
         field_name=api_field,
+        dispatch=DispatchSettings(settings.replica_id(), settings.max_running_jobs, settings.train_lease_ttl_s,
+                                  settings.train_heartbeat_interval_s, settings.train_dispatch_poll_s, quotas),
+        single_replica=single,
     )
     service = TrainingService(deps)
-    requeued = service.recover()
-    if requeued:
-        log.info("re-queued %d job(s) left unfinished by an earlier process", len(requeued))
+    pending = service.start()
+    log.info("training replica %s dispatching (lease TTL %.0fs); %d job(s) queued or running", settings.replica_id(),
+             settings.train_lease_ttl_s, len(pending))
 
     def stop_jobs() -> None:
         service.shutdown()
         executor.shutdown(wait=True, cancel_futures=True)
+        service.close()
 
     return service, [versions.close, checkpoints.close, engine.dispose, stop_jobs]
 

@@ -64,7 +64,7 @@ RENAMED: tuple[tuple[str, str], ...] = (
     ("hyperparameters.gradient_checkpointing", "gradient_checkpointing"),
 )
 # Request fields that describe the job, not its training.
-NOT_SPEC = frozenset({"idempotency_key", "suffix", "labels"})
+NOT_SPEC = frozenset({"idempotency_key", "suffix", "labels", "priority"})
 # Set by every request (an UNSPECIFIED value is refused, as the API documents).
 REQUIRED = ("base_model", "method", "objective")
 # Zero is a value here, not "the default" (a weight of 0 is refused, not replaced).
@@ -277,7 +277,7 @@ def job_request(req: pb.CreateJobRequest) -> JobRequest:
             problems.append(problem or FieldViolation(where, "does not apply to this method: leave it 0"))
             continue
         _put(doc, where, converted)
-    return JobRequest(doc, tuple(problems), req.suffix, dict(req.labels))
+    return JobRequest(doc, tuple(problems), req.suffix, dict(req.labels), req.priority)
 
 
 def _required(api: str, f: FieldDescriptor) -> str:
@@ -349,10 +349,14 @@ def job_to_proto(job: Job) -> pb.Job:
         finish_time=timestamp(job.finished_at), trained_tokens=job.trained_tokens, current_step=job.current_step,
         total_steps=job.total_steps, result_checkpoint_id=job.result_checkpoint_id, suffix=job.suffix,
         labels=dict(job.labels), restarts=job.restarts, steps_per_second=job.steps_per_second,
-        tokens_per_second=job.tokens_per_second,
+        tokens_per_second=job.tokens_per_second, priority=job.priority,
+        queue_reason=job.queue_reason if job.status is JobStatus.QUEUED else "",
     )
     if job.estimated_finish and job.status is JobStatus.RUNNING:
         msg.estimated_finish.CopyFrom(timestamp(job.estimated_finish))
+    if job.lease is not None and job.status is JobStatus.RUNNING:
+        msg.replica = job.lease.owner
+        msg.lease_expire_time.CopyFrom(timestamp(job.lease.expires_at))
     if job.error:
         msg.error.CopyFrom(common_pb2.ErrorInfo(code=job.error.code, message=api_text(job.error.message),
                                                 field=api_field(job.error.field) if job.error.field else ""))

@@ -14,16 +14,19 @@ variables in an environment shared by every service. The shared settings this se
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from tuneforge.common.settings import ServiceSettings
 
 if TYPE_CHECKING:
     from tuneforge.training.domain.admission import ClusterCapacity
+    from tuneforge.training.domain.dispatch import Quotas
     from tuneforge.training.domain.limits import JobLimits
 
 GIB = 1024**3
@@ -34,8 +37,26 @@ class TrainingSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="forbid", validate_default=True)
     service_name: str = "training"
-    max_running_jobs: int = Field(1, ge=1, le=64, description="Jobs trained at the same time by this process; "
-                                  "the others wait QUEUED.")
+    max_running_jobs: int = Field(1, ge=1, le=64, description="Jobs trained at the same time by this replica "
+                                  "(process); the others wait QUEUED for a free slot on any replica.")
+    train_max_running_jobs_total: int = Field(0, ge=0, le=100_000, description="Jobs trained at the same time by "
+                                              "all replicas together (0 = no cap beyond each replica's "
+                                              "max_running_jobs).")
+    train_tenant_quotas: str = Field("", description="Per-tenant quotas and fair-share weights: JSON or the path "
+                                     "of a JSON file, e.g. {\"*\": {\"max_running_jobs\": 2, \"max_workers\": 8}, "
+                                     "\"acme\": {\"max_gpus\": 4, \"share\": 2}} ('*' = every other tenant; "
+                                     "keys max_running_jobs, max_workers, max_gpus, share; '' = no limits, equal "
+                                     "shares).")
+    train_lease_ttl_s: float = Field(30.0, ge=1, le=3600, description="How long a replica's claim on a running "
+                                     "job lasts without a heartbeat; a replica that dies loses its jobs to the "
+                                     "others this long after its last heartbeat.")
+    train_heartbeat_interval_s: float = Field(10.0, gt=0, le=1200, description="How often a replica renews its "
+                                              "leases (at most a third of TUNEFORGE_TRAIN_LEASE_TTL_S).")
+    train_dispatch_poll_s: float = Field(2.0, gt=0, le=300, description="How often a replica looks for queued "
+                                         "jobs created elsewhere and expired leases (its own CreateJob wakes it "
+                                         "at once).")
+    train_replica_id: str = Field("", max_length=200, description="This replica's name as lease owner ('' = "
+                                  "<hostname>-<pid>; unique per process).")
     train_work_dir: Path | None = Field(None, description="Scratch folder for job inputs (default <data_dir>/work).")
     train_poll_interval_s: float = Field(0.5, gt=0, le=60, description="How often StreamJobEvents looks for new "
                                          "events.")
@@ -81,6 +102,27 @@ class TrainingSettings(ServiceSettings):
                                cpu_workers=self.train_cpu_workers,
                                cpu_worker_memory_bytes=int(self.train_cpu_worker_memory_gib * GIB),
                                margin=self.train_memory_margin)
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> TrainingSettings:
+        if self.train_heartbeat_interval_s * 3 > self.train_lease_ttl_s:
+            raise ValueError(f"TUNEFORGE_TRAIN_HEARTBEAT_INTERVAL_S ({self.train_heartbeat_interval_s}) must be at "
+                             f"most a third of TUNEFORGE_TRAIN_LEASE_TTL_S ({self.train_lease_ttl_s}), so one "
+                             "late heartbeat does not lose a lease: lower the interval or raise the TTL")
+        from tuneforge.common.errors import InvalidInput  # this module stays pydantic-only
+        try:
+            self.quotas()
+        except InvalidInput as exc:  # reported with the other settings, at start-up
+            raise ValueError("; ".join(f"{v.field}: {v.description}" for v in exc.violations)) from None
+        return self
+
+    def replica_id(self) -> str:
+        """This replica's lease-owner name."""
+        return self.train_replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    def quotas(self) -> Quotas:
+        """The tenant quotas and the cluster cap (``InvalidInput`` naming the setting when malformed)."""
+        from tuneforge.training.domain.dispatch import parse_quotas  # this module stays pydantic-only
+        return parse_quotas(self.train_tenant_quotas, self.train_max_running_jobs_total)
 
     def limits(self) -> JobLimits:
         """The operator's caps as the domain reads them."""

@@ -144,7 +144,7 @@ def test_missing_credentials_fail_rendering_with_the_value_to_set(drop: dict[str
     [
         ({"replicas": 3}, "at '': additional properties 'replicas' not allowed"),
         ({"services": {"training": {"replica": 2}}}, "at '/services/training': additional properties 'replica'"),
-        ({"services": {"training": {"enabled": True, "replicas": 2}}}, "/services/training/replicas"),
+        ({"services": {"training": {"enabled": True, "replicas": 65}}}, "/services/training/replicas"),
         ({"objectStore": {"password": "x"}}, "at '/objectStore': additional properties 'password'"),
         ({"settings": {"logLevel": "verbose"}}, "/settings/logLevel"),
         ({"objectStore": {"bucket": "Not_A_Bucket"}}, "/objectStore/bucket"),

@@ -40,19 +40,23 @@ def _env(c: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in c.get("env", [])}
 
 
-def test_training_is_recreated_never_rolled() -> None:
+def test_training_is_recreated_by_default_the_others_rolled() -> None:
     docs = render(valid_values())
     for svc in SERVICES:
         strategy = by_name(docs, "Deployment", f"tf-tuneforge-{svc}")["spec"]["strategy"]
         if svc == "training":
-            assert strategy == {"type": "Recreate"}  # never two training pods: no job runs twice
+            assert strategy == {"type": "Recreate"}
         else:
             assert strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0
 
 
-def test_training_replicas_above_one_are_refused() -> None:
-    with pytest.raises(Exception, match=r"maximum|at most 1"):
-        render(valid_values(services={"training": {"replicas": 2}}))
+def test_training_scales_out_on_postgresql_leases_and_may_roll() -> None:
+    docs = render(valid_values(services={"training": {"replicas": 3, "strategy": "RollingUpdate"}}))
+    spec = by_name(docs, "Deployment", "tf-tuneforge-training")["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    with pytest.raises(Exception, match=r"strategy"):
+        render(valid_values(services={"training": {"strategy": "BlueGreen"}}))
 
 
 def test_training_and_evaluation_submit_to_the_ray_cluster() -> None:

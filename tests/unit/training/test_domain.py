@@ -244,3 +244,25 @@ def test_orpo_and_simpo_hyperparameters_map_and_read_back() -> None:
     assert again.objective == tr.OBJECTIVE_SIMPO and again.hyperparameters.simpo_gamma == pytest.approx(0.3)
     orpo = _spec(_request(objective=tr.OBJECTIVE_ORPO, hyperparameters=tr.Hyperparameters(orpo_beta=0.25)))
     assert orpo.objective.orpo.beta == 0.25
+
+
+def test_priority_travels_beside_the_spec_and_shows_on_the_job() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tuneforge.training.domain.model import Lease
+
+    request = convert.job_request(_request(priority=7))
+    assert request.priority == 7 and "priority" not in request.spec
+    assert request.digest() != convert.job_request(_request()).digest()
+    # A job created before priorities existed keeps its digest (the same idempotency key still matches).
+    assert convert.job_request(_request(priority=0)).digest() == convert.job_request(_request()).digest()
+    spec = _spec(_request())
+    expires = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=30)
+    job = Job("job_1", "acme", spec, JobStatus.RUNNING, datetime(2026, 1, 1, tzinfo=UTC), "job_1", priority=7,
+              lease=Lease("job_1", "acme", "replica-a", 3, expires), queue_reason="stale")
+    msg = convert.job_to_proto(job)
+    assert (msg.priority, msg.replica, msg.lease_expire_time.ToDatetime(UTC), msg.queue_reason) == (
+        7, "replica-a", expires, "")
+    job.status, job.lease, job.queue_reason = JobStatus.QUEUED, None, "waiting for tenant quota"
+    msg = convert.job_to_proto(job)
+    assert (msg.replica, msg.HasField("lease_expire_time"), msg.queue_reason) == ("", False, "waiting for tenant quota")

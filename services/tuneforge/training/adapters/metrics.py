@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tuneforge.common.db import session_scope
 from tuneforge.common.metrics import ServiceMetrics
 from tuneforge.training.adapters.tables import jobs
-from tuneforge.training.domain.model import EventKind, JobEvent, JobStatus
+from tuneforge.training.domain.model import EventKind, JobEvent, JobStatus, Lease
 from tuneforge.training.domain.ports import JobRepository
 
 # Seconds a job waits in the queue, and per optimizer step (tiny CPU models to large GPU runs).
@@ -62,9 +62,10 @@ class ObservedJobRepository:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def add_event(self, tenant: str, job_id: str, kind: EventKind, data: Mapping[str, Any]) -> JobEvent:
+    def add_event(self, tenant: str, job_id: str, kind: EventKind, data: Mapping[str, Any],
+                  lease: Lease | None = None) -> JobEvent:
         """Append through the wrapped repository, then record the event's metrics."""
-        event = self._inner.add_event(tenant, job_id, kind, data)
+        event = self._inner.add_event(tenant, job_id, kind, data, lease)
         if kind is EventKind.STATUS:
             self._status(tenant, job_id, str(data.get("status", "")))
         elif kind is EventKind.METRICS:

@@ -42,6 +42,16 @@ jobs = Table(
     Column("result_checkpoint_id", String(64), nullable=False, default=""),
     Column("error", JSON, nullable=True),
     Column("restarts", Integer, nullable=False, default=0),
+    # Dispatch: the claim order (priority, size against the tenant's quota) and the lease of the replica
+    # running the job (lease_epoch grows at every claim: writes fenced by owner and epoch fail once
+    # another claim took the job). queue_reason: why a QUEUED job waits.
+    Column("priority", Integer, nullable=False, default=0, server_default="0"),
+    Column("workers", Integer, nullable=False, default=1, server_default="1"),
+    Column("gpus", Integer, nullable=False, default=0, server_default="0"),
+    Column("lease_owner", String(255), nullable=True),
+    Column("lease_epoch", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("lease_expires_at", TZDateTime(), nullable=True),
+    Column("queue_reason", Text, nullable=False, default="", server_default=""),
     UniqueConstraint("tenant", "idempotency_key"),
     Index("ix_train_jobs_tenant_created", "tenant", "created_at"),
     Index("ix_train_jobs_status", "status"),
@@ -64,6 +74,9 @@ events = Table(
     Column("kind", String(16), nullable=False),
     Column("data", JSON, nullable=False),
     Column("time", TZDateTime(), nullable=False),
+    # The replica and lease epoch an event was written under (NULL: written outside a run, e.g. CreateJob).
+    Column("replica", String(255), nullable=True),
+    Column("lease_epoch", BigInteger, nullable=True),
 )
 
 checkpoints = Table(

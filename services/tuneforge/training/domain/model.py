@@ -78,11 +78,14 @@ class JobRequest:
     problems: tuple[FieldViolation, ...] = ()
     suffix: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    priority: int = 0
 
     def digest(self) -> str:
         """A fingerprint of the body (idempotency: the same key with another body is a conflict)."""
-        doc = json.dumps({"spec": self.spec, "suffix": self.suffix, "labels": dict(self.labels)},
-                         sort_keys=True, default=str)
+        body: dict[str, Any] = {"spec": self.spec, "suffix": self.suffix, "labels": dict(self.labels)}
+        if self.priority:  # only when set, so the digests of jobs created before priorities stay the same
+            body["priority"] = self.priority
+        doc = json.dumps(body, sort_keys=True, default=str)
         return hashlib.sha256(doc.encode()).hexdigest()
 
 
@@ -135,6 +138,10 @@ class Job:
     steps_per_second: float = 0.0
     tokens_per_second: float = 0.0
     estimated_finish: datetime | None = None
+    priority: int = 0
+    # Set by the dispatcher (see ``Lease``): who runs the job, until when, and why a queued job waits.
+    lease: Lease | None = None
+    queue_reason: str = ""
 
     def move_to(self, new: JobStatus) -> None:
         """Change status through the state machine (``FailedPrecondition`` on an illegal move).
@@ -176,6 +183,22 @@ class Pace:
         job.tokens_per_second = max(0.0, (k1 - k0) / (t1 - t0))
         remaining = max(0, job.total_steps - job.current_step)
         job.estimated_finish = now + timedelta(seconds=remaining / job.steps_per_second) if job.total_steps else None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A replica's claim on a job: it may run the job (and write its status and events) while it holds it.
+
+    ``epoch`` grows by one at every claim of the job, so a write fenced by (owner, epoch) fails once
+    another claim took the job, even a claim by the same replica. ``expires_at`` moves forward with
+    each heartbeat; a lease not renewed by then may be claimed by any replica.
+    """
+
+    job_id: str
+    tenant: str
+    owner: str
+    epoch: int
+    expires_at: datetime
 
 
 class EventKind(enum.Enum):

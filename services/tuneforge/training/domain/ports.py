@@ -10,8 +10,31 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tuneforge.common.auth import Identity
+from tuneforge.common.errors import Aborted
 from tuneforge.engine.spec import TrainingSpec
-from tuneforge.training.domain.model import EventKind, Job, JobCheckpoint, JobEvent, JobFilter, JobStatus
+from tuneforge.training.domain.dispatch import Candidate, Decision, Running
+from tuneforge.training.domain.model import (
+    EventKind,
+    Job,
+    JobCheckpoint,
+    JobEvent,
+    JobFilter,
+    JobStatus,
+    Lease,
+)
+
+
+class LeaseLost(Aborted):
+    """A fenced write found that the run's lease no longer holds the job: the run must stop at once."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one dispatch round did: the job claimed (RUNNING, ``job.lease`` set; None when none may start)
+    and the queued jobs whose wait reason changed (job id -> (tenant, reason))."""
+
+    job: Job | None
+    reasons: Mapping[str, tuple[str, str]]
 
 
 class JobRepository(Protocol):
@@ -33,17 +56,37 @@ class JobRepository(Protocol):
         """The tenant's jobs matching ``filters``, newest first."""
         ...
 
-    def save(self, job: Job, *, expected: Collection[JobStatus] = ()) -> bool:
+    def save(self, job: Job, *, expected: Collection[JobStatus] = (), lease: Lease | None = None) -> bool:
         """Update the job's mutable fields; with ``expected``, only while its stored status is one of
-        them (compare-and-set). Returns whether it was updated."""
+        them (compare-and-set); with ``lease``, only while that lease holds the job (fenced). Returns
+        whether it was updated."""
+        ...
+
+    def claim_next(self, owner: str, ttl_s: float,
+                   choose: Callable[[builtins.list[Candidate], builtins.list[Running]], Decision]) -> Claim:
+        """Claim for ``owner`` the job ``choose`` picks among those that may start, atomically across
+        replicas; store the changed wait reasons."""
+        ...
+
+    def renew(self, lease: Lease, ttl_s: float) -> Lease | None:
+        """Extend a lease that still holds its RUNNING job; None when it was lost."""
+        ...
+
+    def release(self, lease: Lease) -> bool:
+        """Give a held job back: RUNNING -> QUEUED without a lease. Returns whether it was still held."""
+        ...
+
+    def expire_leases(self) -> int:
+        """End every lease now (a one-replica start-up). Returns how many were ended."""
         ...
 
     def unfinished(self) -> builtins.list[Job]:
         """Every tenant's VALIDATING, QUEUED and RUNNING jobs, oldest first (start-up recovery)."""
         ...
 
-    def add_event(self, tenant: str, job_id: str, kind: EventKind, data: Mapping[str, Any]) -> JobEvent:
-        """Append an event with the job's next sequence number."""
+    def add_event(self, tenant: str, job_id: str, kind: EventKind, data: Mapping[str, Any],
+                  lease: Lease | None = None) -> JobEvent:
+        """Append an event with the job's next sequence number; with ``lease``, fenced (``LeaseLost``)."""
         ...
 
     def events_after(self, tenant: str, job_id: str, sequence: int, limit: int = 500) -> builtins.list[JobEvent]:

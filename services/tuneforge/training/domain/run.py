@@ -1,11 +1,13 @@
 """One job's run: inputs to local files, the engine, events, checkpoint registration, final status.
 
-Reads top to bottom in ``JobRun.execute``: claim the job (QUEUED -> RUNNING), make the stored
+Reads top to bottom in ``JobRun.execute``: take the job the dispatcher claimed for this replica
+(RUNNING under the run's lease; every write of the run is fenced by that lease), make the stored
 spec's references local (the leased dataset versions' rows, the base model's folder; the run name is
 the job id, so a re-run resumes from the job's latest complete checkpoint), train while turning engine
 progress into job events, then finish: SUCCEEDED with the best (else final) checkpoint, CANCELLED,
-or FAILED with an ``ErrorInfo`` that names cause and fix. Leases are released once the job ends;
-a run interrupted by a service stop leaves its job QUEUED for the next process.
+or FAILED with an ``ErrorInfo`` that names cause and fix. Dataset leases are released once the job
+ends; a run interrupted by a service stop hands its job back QUEUED (another replica claims it at
+once); a run whose lease was lost (``lose``) stops and writes nothing more.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import TuneforgeError
@@ -26,7 +29,9 @@ from tuneforge.training.domain.model import (
     EventKind,
     Job,
     JobCheckpoint,
+    JobEvent,
     JobStatus,
+    Lease,
     Pace,
     dataset_versions,
 )
@@ -34,6 +39,7 @@ from tuneforge.training.domain.ports import (
     CheckpointPublisher,
     DatasetAccess,
     JobRepository,
+    LeaseLost,
     ModelLocator,
     Outcome,
     Progress,
@@ -74,6 +80,29 @@ def error_info(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(exc.family.value, exc.message, exc.field or "")
     return ErrorInfo("INTERNAL", f"training stopped on an unexpected {type(exc).__name__}: the service log has "
                                  "the details; retry, or report it with the job id")
+
+
+class LeasedRepository:
+    """The job repository as one run sees it: every write to its job is fenced by the run's lease, so a
+    replica that lost the job (another claimed it after the lease expired) cannot write to it."""
+
+    def __init__(self, inner: JobRepository, lease: Lease) -> None:
+        self._inner, self.lease = inner, lease
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def save(self, job: Job, *, expected: Collection[JobStatus] = (), lease: Lease | None = None) -> bool:
+        """Save, fenced by the run's lease when ``job`` is the run's job."""
+        return self._inner.save(job, expected=expected, lease=lease or self._mine(job.id))
+
+    def add_event(self, tenant: str, job_id: str, kind: EventKind, data: Mapping[str, Any],
+                  lease: Lease | None = None) -> JobEvent:
+        """Append, fenced by the run's lease when ``job_id`` is the run's job (``LeaseLost`` otherwise)."""
+        return self._inner.add_event(tenant, job_id, kind, data, lease or self._mine(job_id))
+
+    def _mine(self, job_id: str) -> Lease | None:
+        return self.lease if job_id == self.lease.job_id else None
 
 
 @dataclass
@@ -118,16 +147,26 @@ class RunContext:
 
 
 class JobRun:
-    """Trains one job; ``cancel`` (a user) and ``interrupt`` (a service stop) stop it after the current step."""
+    """Trains one job under its lease; ``cancel`` (a user), ``interrupt`` (a service stop) and ``lose``
+    (the lease went to another replica) stop it after the current step."""
 
-    def __init__(self, ctx: RunContext, tenant: str, job_id: str, caller: Identity) -> None:
-        self.ctx, self.tenant, self.job_id, self.caller = ctx, tenant, job_id, caller
+    def __init__(self, ctx: RunContext, tenant: str, job_id: str, caller: Identity, lease: Lease) -> None:
+        self.ctx = replace(ctx, repository=LeasedRepository(ctx.repository, lease))
+        self.tenant, self.job_id, self.caller, self.lease = tenant, job_id, caller, lease
         self._cancel = threading.Event()
         self._user_cancelled = False
+        self._lost = False
+        self.ending = False  # recording its end: a lease that is gone then is the run's own doing
         self._starts = 0
         self._registered: dict[str, JobCheckpoint] = {}
         self._pace = Pace()
         self.job: Job | None = None
+
+    def lose(self) -> None:
+        """The lease is gone (renewal found another claim, or none succeeded within its TTL): stop now;
+        fenced writes already fail, so nothing more of this run reaches the job."""
+        self._lost = True
+        self._cancel.set()
 
     def cancel(self) -> None:
         """A user cancelled the job: it ends CANCELLED."""
@@ -147,19 +186,26 @@ class JobRun:
             outcome = self.ctx.engine.run(self._engine_spec(job), self._on_progress, self._cancel)
             self._conclude(job, outcome)
         except Exception as exc:  # every failure becomes FAILED with an ErrorInfo
-            if not isinstance(exc, TuneforgeError):
+            if isinstance(exc, LeaseLost):
+                self._lost = True
+            elif not isinstance(exc, TuneforgeError):
                 log.exception("job %s failed", job.id)
             self._end_or_requeue(job, JobStatus.FAILED, error_info(exc))
 
     def _claim(self) -> Job | None:
+        """The job as the dispatcher claimed it (RUNNING under this run's lease), announced in its events."""
         job = self.ctx.repository.get(self.tenant, self.job_id)
-        if job.status is not JobStatus.QUEUED or self._cancel.is_set():
+        if job.status is not JobStatus.RUNNING:
+            return None  # cancelled since the claim
+        if self._cancel.is_set():  # stopped before it started: hand back, or end it cancelled
+            self._end_or_requeue(job, JobStatus.CANCELLED, None)
             return None
-        job.move_to(JobStatus.RUNNING)
-        job.started_at = job.started_at or datetime.now(UTC)
-        if not self.ctx.repository.save(job, expected=(JobStatus.QUEUED,)):
-            return None  # cancelled meanwhile
-        status_event(self.ctx.repository, job)
+        try:
+            status_event(self.ctx.repository, job)
+            self.ctx.log(job, "INFO", f"replica {self.lease.owner} runs the job (lease epoch {self.lease.epoch}"
+                         + (", resuming it after another replica's run" if self.lease.epoch > 1 else "") + ")")
+        except LeaseLost:
+            return None  # cancelled (or claimed again) in between
         self.job = job
         self._registered = {c.uri: c for c in self.ctx.repository.checkpoints(job.tenant, job.id) if c.uri}
         return job
@@ -267,12 +313,27 @@ class JobRun:
         self._end_or_requeue(job, JobStatus.SUCCEEDED, None)
 
     def _end_or_requeue(self, job: Job, status: JobStatus, error: ErrorInfo | None) -> None:
-        """End the job, unless the service is stopping under it: then it waits, QUEUED, for the next process."""
-        if self.ctx.stopping.is_set() and not self._user_cancelled:
-            job.move_to(JobStatus.QUEUED)
-            if self.ctx.repository.save(job, expected=(JobStatus.RUNNING,)):
-                self.ctx.log(job, "WARNING", "the training service is stopping: job re-queued; it resumes from its "
-                             "latest complete checkpoint when the service starts again")
-                status_event(self.ctx.repository, job)
+        """End the job, unless its lease is gone (write nothing) or the service is stopping under it:
+        then it goes back QUEUED, its lease released, for another replica (or the next process)."""
+        self.ending = True
+        if self._lost:
+            log.warning("job %s: lease epoch %d lost to another claim; this run stopped without writing its end",
+                        job.id, self.lease.epoch)
             return
-        self.ctx.finish(job, status, self.caller, error)
+        try:
+            if self.ctx.stopping.is_set() and not self._user_cancelled:
+                self._hand_back(job)
+                return
+            self.ctx.finish(job, status, self.caller, error)
+        except LeaseLost:
+            log.warning("job %s: lease epoch %d lost before the run could record its end", job.id, self.lease.epoch)
+
+    def _hand_back(self, job: Job) -> None:
+        """Graceful stop: progress saved, events say so (under the lease), then the lease is released."""
+        self.ctx.repository.save(job, expected=(JobStatus.RUNNING,))  # the counters; the release moves the status
+        job.move_to(JobStatus.QUEUED)
+        self.ctx.log(job, "WARNING", f"replica {self.lease.owner} is stopping: job re-queued; another replica (or "
+                     "the next process) resumes it from its latest complete checkpoint")
+        status_event(self.ctx.repository, job)
+        if not self.ctx.repository.release(self.lease):
+            log.warning("job %s: its lease was lost while it was handed back", job.id)

@@ -1,8 +1,10 @@
 """Training use cases: create (validate, lease, queue), get/list, cancel, events, checkpoints, recovery.
 
-Jobs run on a bounded executor (``Dependencies.executor``: at most N at a time) through
-``JobRun``. The caller's identity (tenant and bearer token) is kept in memory for the run's peer
-calls; a job re-queued after a restart acts through ``TenantCredentials`` instead.
+Jobs wait QUEUED in the database; every replica's ``Dispatcher`` claims them under leases (quotas,
+fair share, priority) and runs them on a bounded executor (``Dependencies.executor``) through
+``JobRun``. A job created on this replica and claimed here acts with its caller's identity (tenant
+and bearer token, kept in memory); a job claimed elsewhere or after a restart acts through
+``TenantCredentials`` instead.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import logging
 import re
 import statistics
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
-from tuneforge.common.logging import current_log_context, log_context
+from tuneforge.common.logging import current_log_context
 from tuneforge.common.storage import tenant_prefix
 from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
 from tuneforge.training.domain.admission import (
@@ -33,8 +36,11 @@ from tuneforge.training.domain.admission import (
     assess,
     planned_steps_and_tokens,
 )
+from tuneforge.training.domain.dispatch import PRIORITY_MAX, PRIORITY_MIN
+from tuneforge.training.domain.dispatcher import Dispatcher, DispatchSettings
 from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import (
+    EventKind,
     Job,
     JobCheckpoint,
     JobEvent,
@@ -80,6 +86,14 @@ class Dependencies:
     capacity: ClusterCapacity = field(default_factory=ClusterCapacity)
     # Spec field path -> the API's name for it (errors and plans speak the caller's language).
     field_name: Callable[[str], str] = field(default=lambda path: path)
+    dispatch: DispatchSettings = field(default_factory=lambda: DispatchSettings("replica"))
+    # One replica on an embedded database (SQLite): at start-up every lease left is a dead process's.
+    single_replica: bool = True
+
+
+# A VALIDATING job this old was left by a replica that died during CreateJob (which takes seconds).
+_ABANDONED_VALIDATION = timedelta(minutes=15)
+_CALLER_KEPT_S = 3600.0
 
 
 def checkpoint_prefix(tenant: str) -> str:
@@ -93,6 +107,9 @@ _LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 def _metadata_violations(request: JobRequest) -> list[FieldViolation]:
     """The job's own description (not its training): suffix and labels."""
     out = []
+    if not PRIORITY_MIN <= request.priority <= PRIORITY_MAX:
+        out.append(FieldViolation("priority", f"is {request.priority}: use {PRIORITY_MIN}..{PRIORITY_MAX} (higher "
+                                  "runs first among your queued jobs; default 0)"))
     if len(request.suffix) > 64:
         out.append(FieldViolation("suffix", f"is {len(request.suffix)} characters long: use at most 64"))
     for key, value in request.labels.items():
@@ -143,11 +160,14 @@ class TrainingService:
 
     def __init__(self, deps: Dependencies) -> None:
         self._d = deps
-        self._runs: dict[str, JobRun] = {}
+        # Callers of jobs created here, until this replica claims them (job id -> identity, trace id, when);
+        # a job another replica claims leaves its entry behind until it is an hour old.
+        self._callers: dict[str, tuple[Identity, str, float]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._ctx = RunContext(deps.repository, deps.datasets, deps.models, deps.checkpoints, deps.engine,
                                deps.ray_address, self._stopping)
+        self._dispatcher = Dispatcher(deps.repository, deps.executor, deps.dispatch, self._launch, self._waiting)
 
     # ------------------------------------------------------------------ create
 
@@ -186,7 +206,7 @@ class TrainingService:
             log.info("CreateJob refused: %s", "; ".join(assessment.reasons()))
             raise assessment.refusal(self._d.field_name)
         job = Job(job_id, caller.tenant, spec, JobStatus.VALIDATING, datetime.now(UTC), job_id, request.suffix,
-                  dict(request.labels), idempotency_key, digest)
+                  dict(request.labels), idempotency_key, digest, priority=request.priority)
         facts = self._lease_all(caller, job)
         try:
             job.spec = self._check_inputs(request, job, facts, model)
@@ -315,61 +335,79 @@ class TrainingService:
     # ------------------------------------------------------------------ run
 
     def _queue(self, job: Job, caller: Identity) -> None:
-        """Move VALIDATING -> QUEUED (if needed) and hand the job to the bounded executor."""
-        if job.status is JobStatus.VALIDATING:
-            job.move_to(JobStatus.QUEUED)
-            self._d.repository.save(job, expected=(JobStatus.VALIDATING,))
-            status_event(self._d.repository, job)
-        run = JobRun(self._ctx, job.tenant, job.id, caller)
-        with self._lock:
-            self._runs[job.id] = run
-        # The run's log lines carry the trace id of the call that queued it (a re-queue at start-up: its own).
+        """Move VALIDATING -> QUEUED and wake the dispatcher; the caller's identity waits for the claim."""
+        job.move_to(JobStatus.QUEUED)
+        # The run's log lines carry the trace id of the call that queued it.
         trace_id = current_log_context().get("trace_id") or uuid.uuid4().hex
-        self._d.executor.submit(self._run_guarded, run, trace_id)
-
-    def _run_guarded(self, run: JobRun, trace_id: str = "") -> None:
-        try:
-            with log_context(tenant=run.tenant, job_id=run.job_id, trace_id=trace_id):
-                run.execute()
-        except Exception:  # execute records failures itself; this guards the executor thread
-            log.exception("job %s: unexpected error outside the run", run.job_id)
-        finally:
+        now = time.monotonic()
+        with self._lock:
+            for job_id in [k for k, (_, _, at) in self._callers.items() if now - at > _CALLER_KEPT_S]:
+                del self._callers[job_id]
+            self._callers[job.id] = (caller, trace_id, now)
+        if not self._d.repository.save(job, expected=(JobStatus.VALIDATING,)):
             with self._lock:
-                self._runs.pop(run.job_id, None)
+                self._callers.pop(job.id, None)
+            return
+        status_event(self._d.repository, job)
+        self._dispatcher.wake()
+
+    def _launch(self, job: Job) -> tuple[JobRun, str] | None:
+        """A run for a job this replica claimed: as its caller when it was created here, else as its tenant."""
+        assert job.lease is not None
+        with self._lock:
+            caller, trace_id, _ = self._callers.pop(job.id, (None, uuid.uuid4().hex, 0.0))
+        caller = caller or self._d.credentials.identity_for(job.tenant)
+        if caller is None:
+            self._ctx.fail(job, "FAILED_PRECONDITION", f"no token of tenant {job.tenant!r} is configured to run "
+                           "this job on a replica other than the one it was created on (or after a restart): add "
+                           "one to TUNEFORGE_AUTH_TOKENS", None)
+            return None
+        return JobRun(self._ctx, job.tenant, job.id, caller, job.lease), trace_id
+
+    def _waiting(self, tenant: str, job_id: str, reason: str) -> None:
+        """A queued job's wait reason changed: say why in its log (once per change, not per poll)."""
+        self._ctx.repository.add_event(tenant, job_id, EventKind.LOG, {"level": "INFO", "message": reason})
+
+    def start(self) -> builtins.list[Job]:
+        """Recover what an earlier process left (see ``recover``), then start dispatching."""
+        found = self.recover()
+        self._dispatcher.start()
+        return found
 
     def recover(self) -> builtins.list[Job]:
-        """At start-up: re-queue jobs an earlier process left QUEUED or RUNNING (they resume from their
-        latest complete checkpoint: same run name); fail those it left VALIDATING. Returns the re-queued."""
-        requeued = []
+        """At start-up: fail jobs left VALIDATING by a process that died in CreateJob; return the QUEUED
+        and RUNNING jobs the dispatchers will (re)claim (they resume from their latest complete checkpoint).
+
+        One replica (SQLite) ends every lease now, since they all belong to a process that is gone;
+        with several replicas a RUNNING job is claimed again only once its lease expires."""
+        if self._d.single_replica and (ended := self._d.repository.expire_leases()):
+            log.warning("ended the leases of %d running job(s) left by an earlier process; they resume here. On "
+                        "SQLite only one training process may use the database: run several on PostgreSQL", ended)
+        pending = []
+        cutoff = datetime.now(UTC) - _ABANDONED_VALIDATION
         for job in self._d.repository.unfinished():
-            caller = self._d.credentials.identity_for(job.tenant)
-            if caller is None:
-                self._ctx.fail(job, "FAILED_PRECONDITION", f"no token of tenant {job.tenant!r} is configured to "
-                               "resume this job after a restart: add one to TUNEFORGE_AUTH_TOKENS", None)
-                continue
-            if job.status is JobStatus.VALIDATING:
+            if job.status is not JobStatus.VALIDATING:
+                pending.append(job)
+            elif self._d.single_replica or job.created_at < cutoff:
                 self._ctx.fail(job, "ABORTED", "the service stopped while the job was being validated: create it "
-                               "again", caller)
-                continue
-            if job.status is JobStatus.RUNNING:
-                job.move_to(JobStatus.QUEUED)
-                if not self._d.repository.save(job, expected=(JobStatus.RUNNING,)):
-                    continue
-                self._ctx.log(job, "WARNING", "the training service restarted: job re-queued; it resumes from its "
-                              "latest complete checkpoint")
-                status_event(self._d.repository, job)
-            self._queue(job, caller)
-            requeued.append(job)
-        return requeued
+                               "again", self._d.credentials.identity_for(job.tenant))
+        return pending
 
     def shutdown(self) -> None:
-        """Stop the runs of this process after their current step and leave their jobs to the next
-        process (they stay QUEUED and resume from their latest checkpoint)."""
+        """Claim nothing more, stop the runs of this process after their current step and hand their jobs
+        back (QUEUED, lease released: another replica resumes them from their latest checkpoint)."""
         self._stopping.set()
-        with self._lock:
-            runs = list(self._runs.values())
-        for run in runs:
+        for run in self._dispatcher.stop_claiming():
             run.interrupt()
+
+    def close(self) -> None:
+        """Stop dispatching and heartbeats (after the runs ended: ``shutdown`` then the executor)."""
+        self._dispatcher.close()
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """This replica's dispatcher (its replica id; ``dispatch_once``/``heartbeat_once`` for tests)."""
+        return self._dispatcher
 
     # ------------------------------------------------------------------ read / cancel
 
@@ -390,8 +428,7 @@ class TrainingService:
         job = self.get(tenant, job_id)
         if job.status.terminal:
             return job
-        with self._lock:
-            run = self._runs.get(job_id)
+        run = self._dispatcher.run_of(job_id)
         if run is not None:
             run.cancel()
         if run is None or job.status is not JobStatus.RUNNING:
