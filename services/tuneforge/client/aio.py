@@ -168,6 +168,18 @@ class AsyncClient:
 
     # -- checkpoints ----------------------------------------------------------------------------
 
+    async def download_metrics(self, job_id: str, dest: Path | str | None = None) -> bytes:
+        """See ``Client.download_metrics``."""
+        stream = self.training.DownloadJobMetrics(tr.DownloadJobMetricsRequest(job_id=job_id))
+        data = b"".join([c.data async for c in stream])
+        if dest is not None:
+            _shared.write_whole(Path(dest), data)
+        return data
+
+    async def job_metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """See ``Client.job_metrics``."""
+        return _shared.metrics_records(await self.download_metrics(job_id))
+
     async def download(self, checkpoint: str | ck.Manifest, dest: Path | str, *,
                        on_progress: _shared.Progress | None = None) -> Path:
         """See ``Client.download`` (sha256-verified, resumable)."""

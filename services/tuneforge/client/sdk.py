@@ -223,6 +223,22 @@ class Client:
         """``wait(run_id, kind="curation")``."""
         return self.wait(run_id, timeout=timeout, kind="curation")
 
+    def download_metrics(self, job_id: str, dest: Path | str | None = None) -> bytes:
+        """The job's metrics file (``Job.metrics_file``: JSON lines, one record per logged step or
+        evaluation) as it is now; also written to ``dest`` when given (replaced whole).
+
+        Raises:
+            FailedPrecondition: the job has logged no metrics yet.
+        """
+        data = b"".join(c.data for c in self.training.DownloadJobMetrics(tr.DownloadJobMetricsRequest(job_id=job_id)))
+        if dest is not None:
+            _shared.write_whole(Path(dest), data)
+        return data
+
+    def job_metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's metrics file as records (``download_metrics`` parsed)."""
+        return _shared.metrics_records(self.download_metrics(job_id))
+
     # -- checkpoints ----------------------------------------------------------------------------
 
     def download(self, checkpoint: str | ck.Manifest, dest: Path | str, *,

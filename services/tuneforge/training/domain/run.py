@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.engine.spec import TrainingSpec, load_spec
+from tuneforge.training.domain.files import JobFiles, MetricsRecorder
 from tuneforge.training.domain.model import (
     ErrorInfo,
     EventKind,
@@ -85,6 +86,7 @@ class RunContext:
     engine: TrainingEngine
     ray_address: str
     stopping: threading.Event
+    files: JobFiles | None = None  # where the job's metrics file goes (none: no file)
 
     def log(self, job: Job, level: str, message: str) -> None:
         """Append a log event."""
@@ -124,6 +126,7 @@ class JobRun:
         self._user_cancelled = False
         self._starts = 0
         self._registered: dict[str, JobCheckpoint] = {}
+        self._metrics_file: MetricsRecorder | None = None
         self.job: Job | None = None
 
     def cancel(self) -> None:
@@ -140,6 +143,8 @@ class JobRun:
         job = self._claim()
         if job is None:
             return
+        if self.ctx.files is not None:
+            self._metrics_file = MetricsRecorder(self.ctx.files, self.ctx.repository, job.tenant, job.id)
         try:
             outcome = self.ctx.engine.run(self._engine_spec(job), self._on_progress, self._cancel)
             self._conclude(job, outcome)
@@ -147,6 +152,9 @@ class JobRun:
             if not isinstance(exc, TuneforgeError):
                 log.exception("job %s failed", job.id)
             self._end_or_requeue(job, JobStatus.FAILED, error_info(exc))
+        finally:
+            if self._metrics_file is not None:
+                self._metrics_file.flush()
 
     def _claim(self) -> Job | None:
         job = self.ctx.repository.get(self.tenant, self.job_id)
@@ -219,7 +227,9 @@ class JobRun:
             tokens = p.metrics.get("tokens_per_s", 0.0) * p.metrics.get("step_time_s", 0.0)
             job.trained_tokens += round(tokens) if math.isfinite(tokens) else 0
             self.ctx.repository.save(job, expected=(JobStatus.RUNNING,))
-        self.ctx.repository.add_event(job.tenant, job.id, EventKind.METRICS, data)
+        event = self.ctx.repository.add_event(job.tenant, job.id, EventKind.METRICS, data)
+        if self._metrics_file is not None:
+            self._metrics_file.add(event, now=p.kind == "eval")
 
     def _publish(self, job: Job, uri: str, step: int, metrics: Mapping[str, float]) -> JobCheckpoint | None:
         if uri in self._registered:

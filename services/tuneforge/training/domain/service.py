@@ -25,6 +25,8 @@ from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViol
 from tuneforge.common.logging import current_log_context, log_context
 from tuneforge.common.storage import tenant_prefix
 from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
+from tuneforge.training.domain.files import JobFiles, metrics_key
+from tuneforge.training.domain.integrations import IntegrationSecrets, integration_violations
 from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import (
     Job,
@@ -66,6 +68,8 @@ class Dependencies:
     ray_address: str = ""
     peers_missing: tuple[str, ...] = field(default_factory=tuple)
     limits: JobLimits = field(default_factory=JobLimits)
+    files: JobFiles | None = None  # the jobs' metrics files (none: jobs keep no metrics file)
+    integrations: IntegrationSecrets | None = None  # none: jobs cannot name integrations
 
 
 def checkpoint_prefix(tenant: str) -> str:
@@ -133,7 +137,7 @@ class TrainingService:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._ctx = RunContext(deps.repository, deps.datasets, deps.models, deps.checkpoints, deps.engine,
-                               deps.ray_address, self._stopping)
+                               deps.ray_address, self._stopping, files=deps.files)
 
     # ------------------------------------------------------------------ create
 
@@ -155,6 +159,7 @@ class TrainingService:
         problems = [*request.problems, *_metadata_violations(request)]
         try:
             spec = self._spec(request, caller.tenant, job_id)
+            problems += self._integration_violations(spec)
         except InvalidInput as exc:
             problems += [v for v in exc.violations if v not in problems]
         if problems:
@@ -180,6 +185,14 @@ class TrainingService:
         status_event(self._d.repository, stored)
         self._queue(stored, caller)
         return self._d.repository.get(caller.tenant, stored.id)
+
+    def _integration_violations(self, spec: TrainingSpec) -> list[FieldViolation]:
+        if not spec.reporting.integrations:
+            return []
+        if self._d.integrations is None:
+            return [FieldViolation("reporting.integrations", "this training service reports to no tracking tools: "
+                                   "leave integrations empty")]
+        return integration_violations(spec, self._d.integrations)
 
     def _spec(self, request: JobRequest, tenant: str, run_name: str,
               facts: Mapping[str, VersionFacts] | None = None, model: StoreRef | None = None) -> TrainingSpec:
@@ -312,6 +325,20 @@ class TrainingService:
     def get(self, tenant: str, job_id: str) -> Job:
         """One job of the tenant (``NotFound`` for another tenant's)."""
         return self._d.repository.get(tenant, job_id)
+
+    def metrics_file(self, tenant: str, job_id: str) -> bytes:
+        """The job's metrics file (JSON lines) as it is now.
+
+        Raises:
+            NotFound: no such job for the tenant.
+            FailedPrecondition: the job has logged no metrics yet, or this service keeps no files.
+        """
+        job = self._d.repository.get(tenant, job_id)
+        data = self._d.files.read(metrics_key(tenant, job.id)) if self._d.files is not None else None
+        if data is None:
+            raise FailedPrecondition(f"job {job.id} has no metrics file yet ({job.status.name}): it is written "
+                                     "from the first logged step on; try again once the job is running")
+        return data
 
     def list(self, tenant: str, filters: JobFilter, *, limit: int, offset: int) -> builtins.list[Job]:
         """The tenant's jobs, newest first."""
