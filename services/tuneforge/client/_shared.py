@@ -40,6 +40,7 @@ LISTERS: dict[str, Lister] = {
     "rejected_rows": Lister("datasets", "GetRejectedRows", ds.GetRejectedRowsRequest, "rows"),
     "jobs": Lister("training", "ListJobs", tr.ListJobsRequest, "jobs"),
     "job_checkpoints": Lister("training", "ListJobCheckpoints", tr.ListJobCheckpointsRequest, "checkpoints"),
+    "evaluation_samples": Lister("evaluation", "ListEvaluationSamples", ev.ListEvaluationSamplesRequest, "samples"),
     "checkpoints": Lister("checkpoints", "ListCheckpoints", ck.ListCheckpointsRequest, "checkpoints"),
     "evaluations": Lister("evaluation", "ListEvaluations", ev.ListEvaluationsRequest, "evaluations"),
 }

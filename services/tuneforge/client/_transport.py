@@ -29,7 +29,7 @@ _RETRIED: dict[str, tuple[str, ...]] = {
         "DownloadJobMetrics"),
     "tuneforge.evaluation.v1.EvaluationService": (
         "CreateEvaluation", "GetEvaluation", "ListEvaluations", "StreamEvaluationProgress", "CancelEvaluation",
-        "CompareModels", "ExportPairs", "GetWinRates"),
+        "CompareModels", "ExportPairs", "GetWinRates", "ListEvaluationSamples"),
     "tuneforge.checkpoints.v1.CheckpointService": (
         "RegisterCheckpoint", "ListCheckpoints", "GetManifest", "SetAlias", "ListAliases", "DownloadFile",
         "GetDownloadUrl", "ExportCheckpoint", "PinCheckpoint", "UnpinCheckpoint", "GetLatestCompleteCheckpoint"),

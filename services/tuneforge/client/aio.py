@@ -119,6 +119,11 @@ class AsyncClient:
         return self._iterate("checkpoints", page_size, job_id=job_id, order=order, metric=metric,
                              greater_is_better=greater_is_better)
 
+    def list_evaluation_samples(self, evaluation_id: str, *,
+                                page_size: int = 100) -> AsyncIterator[ev.EvaluationSample]:
+        """See ``Client.list_evaluation_samples``."""
+        return self._iterate("evaluation_samples", page_size, evaluation_id=evaluation_id)
+
     def list_evaluations(self, *, page_size: int = 100) -> AsyncIterator[ev.Evaluation]:
         """See ``Client.list_evaluations``."""
         return self._iterate("evaluations", page_size)

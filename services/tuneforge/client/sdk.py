@@ -155,6 +155,10 @@ class Client:
         """Every evaluation, newest first."""
         return self._iterate("evaluations", page_size)
 
+    def list_evaluation_samples(self, evaluation_id: str, *, page_size: int = 100) -> Iterator[ev.EvaluationSample]:
+        """A finished evaluation's generations side by side (model, baseline, reference), in dataset order."""
+        return self._iterate("evaluation_samples", page_size, evaluation_id=evaluation_id)
+
     # -- jobs and evaluations -------------------------------------------------------------------
 
     def create_job(self, spec: Mapping[str, Any] | tr.CreateJobRequest, **overrides: Any) -> tr.Job:

@@ -7,6 +7,7 @@ so the CLI tests can read its results.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -37,6 +38,7 @@ class Platform:
     root: Path
     servers: dict[str, Any]
     restart: Any = None
+    store: dict[str, Any] | None = None  # the store settings every service got
 
     def restart_training(self) -> None:
         """Stop the training service (its streams drop) and start it again on the same port,
@@ -127,7 +129,8 @@ def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
                          integration_secrets_dir=_integration_secrets(root), **peers)
         evaluation = start(EvaluationSettings, build_evaluation, "evaluation", **peers)
         yield Platform({"datasets": datasets, "training": training, "evaluation": evaluation,
-                        "checkpoints": checkpoints}, token, other, root, servers, restart)
+                        "checkpoints": checkpoints}, token, other, root, servers, restart,
+                       {k: v for k, v in shared.items() if k.startswith(("object_store", "s3_"))})
     finally:
         for server in reversed(list(servers.values())):
             server.stop(0.5)
@@ -194,3 +197,30 @@ def trained(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Tra
             generation=ev.GenerationConfig(max_new_tokens=8, batch_size=6))), timeout=600)
         assert evaluation.state == common_pb2.OPERATION_STATE_SUCCEEDED, evaluation.error.message
     return Trained(up.version.id, run.output_version_id, run.id, job, evaluation, events)
+
+
+@pytest.fixture
+def cli(platform: Platform, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``cli(*argv, stdin=None) -> (exit code, stdout, stderr)`` as acme."""
+    for key, value in platform.env().items():
+        if key.startswith("TUNEFORGE_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+        if stdin is not None:
+            monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        from tuneforge.cli.__main__ import main
+
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def ok_json(cli: Any, *argv: str) -> Any:
+    """The JSON document a command prints with ``-o json`` (which must exit 0)."""
+    code, out, err = cli("-o", "json", *argv)
+    assert code == 0, out + err
+    return json.loads(out)

@@ -18,8 +18,8 @@ from tuneforge.common.errors import NotFound
 from tuneforge.common.storage import ObjectStore, check_tenant
 from tuneforge.engine.spec import IntegrationKind
 from tuneforge.training import convert
-from tuneforge.training.domain.model import JobEvent
 from tuneforge.training.domain.integrations import PACKAGES
+from tuneforge.training.domain.model import JobEvent
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
