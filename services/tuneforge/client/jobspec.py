@@ -91,7 +91,13 @@ def to_request(spec: Mapping[str, Any]) -> tr.CreateJobRequest:
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         raise InvalidArgument(f"the job spec has {len(problems)} {noun}", violations=problems)
-    req = convert.request_from_spec(_typed(training, resolved))
+    doc = _typed(training, resolved)
+    for api in convert.REQUIRED:  # the API wants these said; a YAML may leave them to the spec's defaults
+        path = next(spec for a, spec in convert.TABLE if a == api)
+        section, _, name = path.rpartition(".")
+        target = doc.setdefault(section, {}) if section else doc
+        target.setdefault(name, resolved[section][name] if section else resolved[name])
+    req = convert.request_from_spec(doc)
     req.suffix, req.idempotency_key = str(spec.get("suffix") or ""), str(spec.get("idempotency_key") or "")
     req.labels.update({str(k): str(v) for k, v in labels.items()})
     return req

@@ -69,6 +69,8 @@ def test_jobspec_maps_every_section_and_reports_all_problems():
     assert req.hyperparameters.lr_scheduler == jobspec.tr.LR_SCHEDULER_COSINE and req.resources.zero_stage == 2
     assert req.hyperparameters.precision == jobspec.tr.PRECISION_BF16 and req.labels["team"] == "x"
     assert req.integrations[0].kind == jobspec.tr.INTEGRATION_KIND_WANDB and req.integrations[0].secret == "wandb-team"
+    minimal = jobspec.to_request({"model": {"name": "m"}, "data": {"train": {"dataset_version": "dsv_a"}}})
+    assert (minimal.method, minimal.objective) == (jobspec.tr.METHOD_LORA, jobspec.tr.OBJECTIVE_SFT)  # spec defaults
     with pytest.raises(errors.InvalidArgument) as info:
         jobspec.to_request({"method": {"kind": "lorax"}, "hyperparameters": {"lr": 1, "max_steps": "many"},
                             "data": {"assistant_only_loss": False, "train": {"path": "rows.jsonl"}},
