@@ -69,7 +69,14 @@ def get(ctx: typer.Context, job_id: str) -> None:
                       ("tokens", j.trained_tokens), ("learning rate", hp.learning_rate),
                       ("result checkpoint", j.result_checkpoint_id),
                       ("error", f"{j.error.code}: {j.error.message}" if j.error.code else ""),
+                      ("integrations", ", ".join(_integration(i) for i in j.integrations)),
+                      ("metrics file", j.metrics_file), ("tensorboard logdir", j.tensorboard_logdir),
                       ("created", when(j.create_time)), ("finished", when(j.finish_time))])
+
+
+def _integration(i: tr.Integration) -> str:
+    kind = enum_name(tr.IntegrationKind.Name(i.kind), "INTEGRATION_KIND_")
+    return kind + (f" (secret {i.secret})" if i.secret else "")
 
 
 @app.command()

@@ -178,6 +178,7 @@ def test_the_example_files_parse():
     root = Path(__file__).resolve().parents[3] / "examples"
     req = jobspec.load(root / "job.yaml")
     assert req.base_model == "smollm2-135m" and req.hyperparameters.max_steps == 200 and req.labels["team"] == "support"
+    assert [i.kind for i in req.integrations] == [jobspec.tr.INTEGRATION_KIND_TENSORBOARD]
     pipeline = load_pipeline(root / "pipeline.yaml", ds.IngestCuration)
     assert [s.WhichOneof("step") for s in pipeline.steps] == ["normalize", "exact_dedup", "near_dedup", "pii",
                                                               "quality_filter"]
