@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -391,7 +391,9 @@ def metrics_record(ev: JobEvent) -> dict[str, Any]:
     with the proto field names, every field present (the shape of ``tuneforge jobs metrics``)."""
     fields = json_format.MessageToDict(metrics_to_proto(ev.data), always_print_fields_with_no_presence=True,
                                        preserving_proto_field_name=True, unquote_int64_if_possible=True)
-    return {"sequence": ev.sequence, "time": timestamp(ev.time).ToJsonString(), **fields}
+    when = timestamp_pb2.Timestamp()
+    when.FromDatetime(ev.time)
+    return {"sequence": ev.sequence, "time": when.ToJsonString(), **fields}
 
 
 def event_to_proto(ev: JobEvent) -> pb.JobEvent:
