@@ -101,6 +101,9 @@ def test_the_evaluation_report_shows_samples_read_from_the_bucket(platform, trai
         samples = list(c.list_evaluation_samples(trained.evaluation.id))
         assert len(samples) >= 2 and all(s.prompt and s.reference for s in samples)
         assert list(c.list_evaluation_samples(trained.evaluation.id, page_size=1)) == samples  # page by page
+    with platform.client(platform.other_token) as other, pytest.raises(errors.NotFound):
+        list(other.list_evaluation_samples(trained.evaluation.id))
+    with platform.client() as c:
         assert all(s.dataset_version_id == trained.version for s in samples)
         html = eval_report(c, trained.evaluation.id, tmp_path / "eval.html").read_text()
     table = html.split("<h2>Samples</h2>", 1)[1]
