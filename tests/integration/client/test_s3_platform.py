@@ -94,7 +94,7 @@ def test_tensorboard_event_files_are_in_the_bucket_with_the_jobs_curves(platform
     assert [s for s, _ in scalars["eval/eval_loss"]] == [3, 6]
 
 
-def test_the_evaluation_report_shows_samples_read_from_the_bucket(platform, trained, tmp_path):
+def test_the_evaluation_report_shows_samples_read_from_the_bucket(platform, trained, tmp_path, cli):
     from tuneforge.cli.report import eval_report
 
     with platform.client() as c:
@@ -106,6 +106,11 @@ def test_the_evaluation_report_shows_samples_read_from_the_bucket(platform, trai
     with platform.client() as c:
         assert all(s.dataset_version_id == trained.version for s in samples)
         html = eval_report(c, trained.evaluation.id, tmp_path / "eval.html").read_text()
+    assert ok_json(cli, "eval", "samples", trained.evaluation.id, "--limit", "2") == [
+        {"dataset_version_id": s.dataset_version_id, "index": s.index, "prompt": s.prompt, "model_output": s.model_output,
+         "baseline_output": s.baseline_output, "reference": s.reference} for s in samples[:2]]
+    code, out, _ = cli("eval", "samples", trained.evaluation.id)
+    assert code == 0 and "fine-tuned" in out and samples[0].reference in out
     table = html.split("<h2>Samples</h2>", 1)[1]
     assert "class='sample'" in table and "cannot read" not in table
     import html as html_lib
