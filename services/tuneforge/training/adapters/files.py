@@ -74,7 +74,8 @@ class DirIntegrationSecrets:
     def read(self, tenant: str, name: str) -> Mapping[str, str]:
         """The secret's keys (file names in upper case) and values (stripped of a trailing newline)."""
         if name not in self.names(tenant):
-            raise NotFound(f"no integration secret named {name!r} for this tenant")
+            raise NotFound(f"no integration secret named {name!r} is configured for this tenant (any more): ask "
+                           "the operator to restore it, or create the job again without this integration")
         folder = self._tenant_dir(tenant)
         assert folder is not None
         return {p.name: p.read_text().rstrip("\n") for p in (folder / name).iterdir()
