@@ -31,6 +31,8 @@ async def main(job_id: str, data: Path, out: Path) -> None:
         print("statuses:", statuses)
         print("jobs:", [j.id async for j in c.list_jobs(page_size=1)])
         folder = await c.download(job.result_checkpoint_id, out)
+        metrics = await c.download_metrics(job.id, out / "metrics.jsonl")  # the job's metrics file, from the store
+        print(f"metrics file: {len(metrics.splitlines())} records")
         print("downloaded:", sorted(p.name for p in folder.iterdir()))
         try:
             await c.training.GetJob(tr.GetJobRequest(job_id="job_doesnotexist"))

@@ -55,6 +55,8 @@ def main() -> None:
 
         job = c.wait(job, on_event=on_event)
         print(f"job {job.id} {tr.JobStatus.Name(job.status)} after {job.current_step} steps; losses {losses}")
+        stored = c.job_metrics(job.id)  # the job's metrics file, kept in the object store by the run
+        print(f"metrics file {job.metrics_file}: steps {[r['step'] for r in stored if r['loss']]}")
 
         print("datasets:", [d.name for d in c.list_datasets(page_size=1)])  # one per page: every page is read
         print("jobs:", [j.id for j in c.list_jobs(page_size=1)])

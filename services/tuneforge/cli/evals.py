@@ -116,6 +116,18 @@ def compare(ctx: typer.Context, evaluation_id: str) -> None:
     out.print(cmp.summary + (" [red](forgetting flagged)[/]" if cmp.forgetting_flagged else ""), highlight=False)
 
 
+@app.command()
+def samples(ctx: typer.Context, evaluation_id: str,
+            limit: int = typer.Option(20, "--limit", min=1, help="at most this many examples")) -> None:
+    """Generations side by side: prompt, fine-tuned, base and reference, in dataset order."""
+    from itertools import islice
+
+    st = state(ctx)
+    rows = list(islice(st.client.list_evaluation_samples(evaluation_id, page_size=min(limit, 1000)), limit))
+    emit(st.output, rows, [Column("prompt", lambda s: s.prompt), Column("fine-tuned", lambda s: s.model_output),
+                           Column("base", lambda s: s.baseline_output), Column("reference", lambda s: s.reference)])
+
+
 @pairs_app.command("export")
 def pairs_export(ctx: typer.Context, evaluation_id: str, seed: int = typer.Option(0),
                  output_file: Path = typer.Option(None, "--out", help="write JSON lines here (default: stdout)")) -> None:

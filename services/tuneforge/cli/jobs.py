@@ -69,7 +69,14 @@ def get(ctx: typer.Context, job_id: str) -> None:
                       ("tokens", j.trained_tokens), ("learning rate", hp.learning_rate),
                       ("result checkpoint", j.result_checkpoint_id),
                       ("error", f"{j.error.code}: {j.error.message}" if j.error.code else ""),
+                      ("integrations", ", ".join(_integration(i) for i in j.integrations)),
+                      ("metrics file", j.metrics_file), ("tensorboard logdir", j.tensorboard_logdir),
                       ("created", when(j.create_time)), ("finished", when(j.finish_time))])
+
+
+def _integration(i: tr.Integration) -> str:
+    kind = enum_name(tr.IntegrationKind.Name(i.kind), "INTEGRATION_KIND_")
+    return kind + (f" (secret {i.secret})" if i.secret else "")
 
 
 @app.command()
@@ -106,36 +113,31 @@ def _watch(ctx: typer.Context, job_id: str) -> None:
 
 @app.command()
 def metrics(ctx: typer.Context, job_id: str,
-            output_file: Path = typer.Option(None, "--out", help="write here (.jsonl or .csv); default: stdout")) -> None:
-    """Every step and evaluation metric of a job, from its event log (JSON lines or CSV)."""
+            output_file: Path = typer.Option(None, "--out", help="write here (.jsonl as stored, or .csv); "
+                                             "default: stdout")) -> None:
+    """Download the job's metrics file (Job.metrics_file): one record per logged step or evaluation."""
     import csv
     import io
-    import json
 
-    from tuneforge.cli._output import to_data
-    from tuneforge.cli.report import job_events
+    from tuneforge.client._shared import metrics_records, write_whole
 
     st = state(ctx)
-    rows = []
-    for e in job_events(st.client, job_id):
-        if e.WhichOneof("payload") == "metrics":
-            rows.append({"sequence": e.sequence, "time": e.time.ToJsonString(), **to_data(e.metrics)})
+    data = st.client.download_metrics(job_id)
+    rows = metrics_records(data)
     if output_file and output_file.suffix == ".csv":
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["sequence"])
         writer.writeheader()
         writer.writerows(rows)
-        text = buf.getvalue()
+        data = buf.getvalue().encode()
     elif st.output.value != "table" and not output_file:
         emit(st.output, rows)
         return
-    else:
-        text = "".join(json.dumps(r) + "\n" for r in rows)
     if output_file:
-        output_file.write_text(text)
+        write_whole(output_file, data)
         err.print(f"wrote {len(rows)} metric records to {output_file}", highlight=False)
     else:
-        out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+        out.print(data.decode(), end="", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

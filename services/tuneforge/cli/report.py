@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import html
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import matplotlib
 
@@ -193,28 +190,22 @@ def eval_report(client: Client, evaluation_id: str, out: Path, png: Path | None 
     body = (_table(["", ""], [["model", html.escape(_ref(e.model))], ["baseline", html.escape(_ref(e.baseline))],
                               ["datasets", ", ".join(d.version_id for d in e.datasets)]])
             + "<h2>Metrics</h2>" + _svg(fig) + _table(["metric", "fine-tuned", "base", "delta"], rows)
-            + (f"<p>{html.escape(cmp.summary)}</p>" if cmp else "") + "<h2>Samples</h2>" + _samples(e))
+            + (f"<p>{html.escape(cmp.summary)}</p>" if cmp else "") + "<h2>Samples</h2>" + _samples(client, e))
     return _write(fig, _page(f"Evaluation {e.id}", body), out, png)
 
 
-def _samples(e: ev.Evaluation, limit: int = 12) -> str:
-    """Generations side by side, from the full report when this client can read it (a file:// store)."""
-    parsed = urlparse(e.report_uri)
-    path = Path(url2pathname(parsed.path)) if parsed.scheme == "file" else None
-    if path is None or not path.exists():
-        return (f"<p>The generations are in the full report at <code>{html.escape(e.report_uri or '-')}</code>, "
-                "which this client cannot read.</p>")
-    gens = json.loads(path.read_text()).get("generations", [])
-    by_role: dict[str, list[dict[str, Any]]] = {}
-    for g in gens:
-        by_role.setdefault(g.get("role", "model"), []).append(g)
-    model, base = by_role.get("model", []), by_role.get("baseline", [])
-    rows = []
-    for i, g in enumerate(model[:limit]):
-        b = base[i] if i < len(base) else {}
-        rows.append([html.escape(str(g.get("prompt", ""))), html.escape(str(g.get("text", ""))),
-                     html.escape(str(b.get("text", ""))),
-                     html.escape(str(g.get("reference", "")))])
+def _samples(client: Client, e: ev.Evaluation, limit: int = 12) -> str:
+    """Generations side by side, through the evaluation service (wherever its report is stored)."""
+    from itertools import islice
+
+    from tuneforge.client.errors import FailedPrecondition
+
+    try:
+        samples = list(islice(client.list_evaluation_samples(e.id, page_size=limit), limit))
+    except FailedPrecondition as exc:
+        return f"<p>No samples: {html.escape(exc.message)}</p>"
+    rows = [[html.escape(s.prompt), html.escape(s.model_output), html.escape(s.baseline_output or "-"),
+             html.escape(s.reference)] for s in samples if s.model_output or s.baseline_output]
     return _table(["prompt", "fine-tuned", "base", "reference"], rows, cls="sample") if rows else \
         "<p>No generations (no generation metric was requested).</p>"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ LISTERS: dict[str, Lister] = {
     "rejected_rows": Lister("datasets", "GetRejectedRows", ds.GetRejectedRowsRequest, "rows"),
     "jobs": Lister("training", "ListJobs", tr.ListJobsRequest, "jobs"),
     "job_checkpoints": Lister("training", "ListJobCheckpoints", tr.ListJobCheckpointsRequest, "checkpoints"),
+    "evaluation_samples": Lister("evaluation", "ListEvaluationSamples", ev.ListEvaluationSamplesRequest, "samples"),
     "checkpoints": Lister("checkpoints", "ListCheckpoints", ck.ListCheckpointsRequest, "checkpoints"),
     "evaluations": Lister("evaluation", "ListEvaluations", ev.ListEvaluationsRequest, "evaluations"),
 }
@@ -136,3 +139,16 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_whole(dest: Path, data: bytes) -> None:
+    """Write ``data`` to ``dest`` through a temporary file and a rename (never half a file)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    part.write_bytes(data)
+    os.replace(part, dest)
+
+
+def metrics_records(data: bytes) -> list[dict[str, Any]]:
+    """A metrics file's JSON lines as records."""
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]

@@ -25,10 +25,11 @@ _RETRIED: dict[str, tuple[str, ...]] = {
         "ListDatasets", "GetDatasetVersion", "ListDatasetVersions", "PreviewRows", "GetDatasetStats",
         "GetRejectedRows", "CreateMixture", "AcquireVersionLease", "ReleaseVersionLease"),
     "tuneforge.training.v1.TrainingService": (
-        "CreateJob", "GetJob", "ListJobs", "CancelJob", "StreamJobEvents", "ListJobCheckpoints"),
+        "CreateJob", "GetJob", "ListJobs", "CancelJob", "StreamJobEvents", "ListJobCheckpoints",
+        "DownloadJobMetrics"),
     "tuneforge.evaluation.v1.EvaluationService": (
         "CreateEvaluation", "GetEvaluation", "ListEvaluations", "StreamEvaluationProgress", "CancelEvaluation",
-        "CompareModels", "ExportPairs", "GetWinRates"),
+        "CompareModels", "ExportPairs", "GetWinRates", "ListEvaluationSamples"),
     "tuneforge.checkpoints.v1.CheckpointService": (
         "RegisterCheckpoint", "ListCheckpoints", "GetManifest", "SetAlias", "ListAliases", "DownloadFile",
         "GetDownloadUrl", "ExportCheckpoint", "PinCheckpoint", "UnpinCheckpoint", "GetLatestCompleteCheckpoint"),

@@ -119,6 +119,11 @@ class AsyncClient:
         return self._iterate("checkpoints", page_size, job_id=job_id, order=order, metric=metric,
                              greater_is_better=greater_is_better)
 
+    def list_evaluation_samples(self, evaluation_id: str, *,
+                                page_size: int = 100) -> AsyncIterator[ev.EvaluationSample]:
+        """See ``Client.list_evaluation_samples``."""
+        return self._iterate("evaluation_samples", page_size, evaluation_id=evaluation_id)
+
     def list_evaluations(self, *, page_size: int = 100) -> AsyncIterator[ev.Evaluation]:
         """See ``Client.list_evaluations``."""
         return self._iterate("evaluations", page_size)
@@ -174,6 +179,18 @@ class AsyncClient:
                 on_reattach(after)
 
     # -- checkpoints ----------------------------------------------------------------------------
+
+    async def download_metrics(self, job_id: str, dest: Path | str | None = None) -> bytes:
+        """See ``Client.download_metrics``."""
+        stream = self.training.DownloadJobMetrics(tr.DownloadJobMetricsRequest(job_id=job_id))
+        data = b"".join([c.data async for c in stream])
+        if dest is not None:
+            _shared.write_whole(Path(dest), data)
+        return data
+
+    async def job_metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """See ``Client.job_metrics``."""
+        return _shared.metrics_records(await self.download_metrics(job_id))
 
     async def download(self, checkpoint: str | ck.Manifest, dest: Path | str, *,
                        on_progress: _shared.Progress | None = None) -> Path:

@@ -1,166 +1,142 @@
-"""The job YAML (the engine's spec shape, ``python -m tuneforge.engine --config``) -> ``CreateJobRequest``.
+"""The job YAML -> ``CreateJobRequest``: the engine's spec shape, read by the engine's own validator
+(``tuneforge.engine.spec.load_spec``) and mapped by the training service's one mapping
+(``tuneforge.training.convert``, fields by name plus its ``RENAMED`` table). No second mapping lives here.
 
-One file format for both doors. The API decides what the engine decides locally, so a few engine
-keys differ: ``model`` names a registered base model (``name``) or a checkpoint (``checkpoint``)
-instead of a folder; ``data.*`` points at dataset versions (``dataset_version: dsv_...``) instead
-of files; ``tenant`` and ``output`` are set by the service and ignored here. API-only keys:
-``suffix``, ``labels``, ``idempotency_key``. Every problem is reported at once, by field.
-
-This module is the one place that knows the mapping (the contract may move to the engine's
-``TrainingSpec``; then this becomes a thin adapter).
+One file format for both doors (``python -m tuneforge.engine --config job.yaml`` and
+``tuneforge jobs create -f job.yaml``), with what the service decides itself: ``model.name`` names a
+registered base model or a checkpoint, ``data.*.dataset_version`` names uploaded data, and
+``tenant``/``output``/``resources.ray_address`` are the service's (ignored here). API-only keys:
+``suffix``, ``labels``, ``idempotency_key``. A spec field the API cannot carry (a local path, an
+engine-only setting) and every unknown key are refused, each named by its YAML path, all at once.
 
     >>> req = to_request({"model": {"name": "tiny-base"}, "data": {"train": {"dataset_version": "dsv_1"},
     ...                   "max_seq_length": 96}, "method": {"kind": "lora", "lora": {"r": 8}},
-    ...                   "hyperparameters": {"learning_rate": 2e-3, "max_steps": 6}})
-    >>> req.base_model, req.hyperparameters.lora_r, req.hyperparameters.max_seq_length, req.method == tr.METHOD_LORA
-    ('tiny-base', 8, 96, True)
+    ...                   "objective": {"kind": "orpo", "orpo": {"beta": 0.2}},
+    ...                   "hyperparameters": {"learning_rate": "2e-3", "max_steps": 6}})
+    >>> req.base_model, req.hyperparameters.lora_r, req.hyperparameters.orpo_beta, req.objective == tr.OBJECTIVE_ORPO
+    ('tiny-base', 8, 0.2, True)
+    >>> req.hyperparameters.learning_rate, req.hyperparameters.max_seq_length
+    (0.002, 96)
     >>> to_request({"model": {"name": "m"}, "data": {"train": {"path": "x.jsonl"}}, "hyperparmeters": {}})
     Traceback (most recent call last):
     ...
     tuneforge.client.errors.InvalidArgument: INVALID_ARGUMENT: the job spec has 2 problems
-      - hyperparmeters: unknown key; known: data, gradient_checkpointing, hyperparameters, idempotency_key, labels, method, model, objective, output, precision, resources, schedule, suffix, tenant
-      - data.train.path: local files cannot be sent to the service; upload it first (`tuneforge datasets upload FILE`) and use dataset_version: <the version id>
+      - hyperparmeters: unknown key; did you mean 'hyperparameters'?
+      - data.train.path: local files cannot be sent to the service: upload it first (`tuneforge datasets upload FILE`) and use dataset_version: <the version id>
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tuneforge.client.errors import FieldViolation, InvalidArgument
+from tuneforge.common.errors import InvalidInput
+from tuneforge.engine.spec import load_spec
+from tuneforge.training import convert
 from tuneforge.training.v1 import training_pb2 as tr
 
-_TOP = {"model", "data", "method", "objective", "hyperparameters", "resources", "schedule", "precision",
-        "gradient_checkpointing", "tenant", "output", "suffix", "labels", "idempotency_key"}
-_HP = {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "epochs", "max_steps", "micro_batch_size",
-       "gradient_accumulation_steps", "weight_decay", "max_grad_norm", "seed"}
-_RESOURCES = {"num_workers", "use_gpu", "zero_stage", "offload_optimizer", "offload_params", "max_failures"}
-_SCHEDULE = {"eval_every_steps", "early_stopping_patience", "save_every_steps", "keep_best_n", "keep_latest_n",
-             "best_metric"}
-# The generated enum wrappers (EnumTypeWrapper: keys(), Value()); typed loosely for mypy.
-_ENUMS: dict[str, tuple[str, Any]] = {"method": ("METHOD_", tr.Method), "objective": ("OBJECTIVE_", tr.Objective),
-          "lr_scheduler": ("LR_SCHEDULER_", tr.LrScheduler), "precision": ("PRECISION_", tr.Precision)}
+# Keys of the request that are not training settings.
+API_ONLY = ("suffix", "labels", "idempotency_key")
+# Spec fields the training service sets itself: a YAML written for the engine may carry them.
+SERVICE_OWNED = ("tenant", "output", "resources.ray_address")
+_PLACEHOLDERS = {"tenant": "client-side-check", "output": {"checkpoint_uri": "file:///client-side-check",
+                                                           "run_name": "client-side-check"}}
+_SETTABLE = frozenset(spec for _, spec in convert.TABLE)
+_INDEX = re.compile(r"\[\d+\]")
+_REMEDIES = {
+    "data": "local files cannot be sent to the service: upload it first (`tuneforge datasets upload FILE`) and "
+            "use dataset_version: <the version id>",
+    "model": "the service trains registered models: name one with model.name (a base model or a ckpt_... id)",
+}
 
 
-def load(path: Path) -> tr.CreateJobRequest:
+def load(path: Path | str) -> tr.CreateJobRequest:
     """Read a job YAML file into a request (raises InvalidArgument naming every bad field)."""
-    doc = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(doc, Mapping):
-        raise InvalidArgument(f"{path}: a job spec is a YAML mapping", violations=[FieldViolation("", "not a mapping")])
-    return to_request(doc)
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InvalidArgument(f"{path} is not valid YAML{where}: fix the syntax",
+                              violations=[FieldViolation("", f"not valid YAML{where}")]) from None
+    return to_request(doc or {})
 
 
 def to_request(spec: Mapping[str, Any]) -> tr.CreateJobRequest:
-    """Map the spec mapping onto a ``CreateJobRequest``; every problem is reported at once."""
+    """Map a job spec mapping onto a ``CreateJobRequest``; every problem is reported at once."""
+    if not isinstance(spec, Mapping):
+        raise InvalidArgument("a job spec is a YAML mapping of sections (model:, data:, method:, ...)",
+                              violations=[FieldViolation("", "not a mapping")])
+    training = {k: v for k, v in spec.items() if k not in API_ONLY}
     problems: list[FieldViolation] = []
-    req = tr.CreateJobRequest()
-    _unknown(spec, _TOP, "", problems)
-    _model(spec.get("model") or {}, req, problems)
-    _data(spec.get("data") or {}, req, problems)
-    _method(spec.get("method") or {}, req, problems)
-    objective = spec.get("objective") or {}
-    _unknown(objective, {"kind", "dpo"}, "objective.", problems)
-    _enum(req, "objective", objective.get("kind", "sft"), "objective.kind", problems)
-    if "beta" in (objective.get("dpo") or {}):
-        req.hyperparameters.dpo_beta = objective["dpo"]["beta"]
-    _copy(spec.get("hyperparameters") or {}, _HP, req.hyperparameters, "hyperparameters.", problems)
-    _copy(spec.get("resources") or {}, _RESOURCES, req.resources, "resources.", problems)
-    _copy(spec.get("schedule") or {}, _SCHEDULE, req.schedule, "schedule.", problems)
-    if "precision" in spec:
-        _enum(req.hyperparameters, "precision", spec["precision"], "precision", problems)
-    req.hyperparameters.gradient_checkpointing = bool(spec.get("gradient_checkpointing", False))
-    req.suffix, req.idempotency_key = str(spec.get("suffix", "")), str(spec.get("idempotency_key", ""))
-    req.labels.update({str(k): str(v) for k, v in (spec.get("labels") or {}).items()})
+    resolved: dict[str, Any] = {}
+    try:
+        resolved = load_spec(_as_the_service_sees_it(training)).resolved_dict()
+    except InvalidInput as exc:
+        problems += [FieldViolation(v.field, v.description) for v in exc.violations]
+    for path in _leaves(training):
+        if not _settable(path) and not any(path == p.field or path.startswith(p.field + ".") for p in problems):
+            problems.append(FieldViolation(path, _REMEDIES.get(path.split(".")[0], "")
+                                           if path.endswith(".path") else
+                                           "is an engine-only setting the training service does not take: "
+                                           "remove it, or run the engine directly (python -m tuneforge.engine)"))
+    labels = spec.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        problems.append(FieldViolation("labels", "is a mapping of label keys to values"))
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         raise InvalidArgument(f"the job spec has {len(problems)} {noun}", violations=problems)
+    doc = _typed(training, resolved)
+    for api in convert.REQUIRED:  # the API wants these said; a YAML may leave them to the spec's defaults
+        path = next(spec for a, spec in convert.TABLE if a == api)
+        section, _, name = path.rpartition(".")
+        target = doc.setdefault(section, {}) if section else doc
+        target.setdefault(name, resolved[section][name] if section else resolved[name])
+    req = convert.request_from_spec(doc)
+    req.suffix, req.idempotency_key = str(spec.get("suffix") or ""), str(spec.get("idempotency_key") or "")
+    req.labels.update({str(k): str(v) for k, v in labels.items()})
     return req
 
 
-def _unknown(section: Mapping[str, Any], known: set[str], prefix: str, problems: list[FieldViolation]) -> None:
-    for key in sorted(set(section) - known):
-        problems.append(FieldViolation(f"{prefix}{key}", f"unknown key; known: {', '.join(sorted(known))}"))
+def _as_the_service_sees_it(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec as the service will check it: its own tenant and output, and (like the service) the
+    training version's validation split as validation data when none is named."""
+    doc = {**_PLACEHOLDERS, **training}
+    data = doc.get("data")
+    if isinstance(data, Mapping) and isinstance(data.get("train"), Mapping) and data["train"].get("dataset_version") \
+            and data.get("validation") is None and data.get("validation_split_ratio") is None:
+        doc["data"] = {**data, "validation": {"dataset_version": data["train"]["dataset_version"], "split": "validation"}}
+    return doc
 
 
-def _model(model: Mapping[str, Any], req: tr.CreateJobRequest, problems: list[FieldViolation]) -> None:
-    _unknown(model, {"name", "path", "checkpoint"}, "model.", problems)
-    ref = model.get("name") or model.get("checkpoint") or model.get("path")
-    if not ref:
-        problems.append(FieldViolation("model.name", "required: a registered base model name (or model.checkpoint)"))
-    req.base_model = str(ref or "")
-
-
-def _source(src: Mapping[str, Any], where: str, problems: list[FieldViolation]) -> str:
-    _unknown(src, {"dataset_version", "path", "split"}, f"{where}.", problems)
-    if src.get("path"):
-        problems.append(FieldViolation(f"{where}.path", "local files cannot be sent to the service; upload it first "
-                                       "(`tuneforge datasets upload FILE`) and use dataset_version: <the version id>"))
-    elif not src.get("dataset_version"):
-        problems.append(FieldViolation(f"{where}.dataset_version", "required: a dataset version id (dsv_...)"))
-    return str(src.get("dataset_version") or "")
-
-
-def _data(data: Mapping[str, Any], req: tr.CreateJobRequest, problems: list[FieldViolation]) -> None:
-    _unknown(data, {"train", "validation", "mixture", "max_seq_length", "packing"}, "data.", problems)
-    if data.get("train"):
-        req.dataset_version_id = _source(data["train"], "data.train", problems)
-    if data.get("validation"):
-        req.validation_dataset_version_id = _source(data["validation"], "data.validation", problems)
-    for i, comp in enumerate(data.get("mixture") or []):
-        _unknown(comp, {"source", "weight", "task"}, f"data.mixture[{i}].", problems)
-        version = _source(comp.get("source") or {}, f"data.mixture[{i}].source", problems)
-        req.mixture.add(dataset_version_id=version, weight=float(comp.get("weight", 1.0)),
-                        task=str(comp.get("task") or ""))
-    if not data.get("train") and not data.get("mixture"):
-        problems.append(FieldViolation("data.train", "required: data.train.dataset_version (or data.mixture)"))
-    if "max_seq_length" in data:
-        req.hyperparameters.max_seq_length = int(data["max_seq_length"])
-    req.hyperparameters.packing = bool(data.get("packing", False))
-
-
-def _method(method: Mapping[str, Any], req: tr.CreateJobRequest, problems: list[FieldViolation]) -> None:
-    _unknown(method, {"kind", "lora", "qlora", "prefix", "prompt"}, "method.", problems)
-    _enum(req, "method", method.get("kind", "lora"), "method.kind", problems)
-    lora = method.get("lora") or {}
-    _unknown(lora, {"r", "alpha", "dropout", "target_modules"}, "method.lora.", problems)
-    hp = req.hyperparameters
-    hp.lora_r, hp.lora_alpha = int(lora.get("r", 0)), float(lora.get("alpha", 0))
-    hp.lora_dropout = float(lora.get("dropout", 0))
-    hp.lora_target_modules.extend(lora.get("target_modules") or [])
-    qlora = method.get("qlora") or {}
-    _unknown(qlora, {"quant_type"}, "method.qlora.", problems)
-    hp.qlora_quant_type = str(qlora.get("quant_type", ""))
-    for kind in ("prefix", "prompt"):
-        section = method.get(kind) or {}
-        _unknown(section, {"num_virtual_tokens"}, f"method.{kind}.", problems)
-        if "num_virtual_tokens" in section and method.get("kind") == kind:
-            hp.num_virtual_tokens = int(section["num_virtual_tokens"])
-
-
-def _enum(target: Any, field: str, value: Any, where: str, problems: list[FieldViolation]) -> None:
-    prefix, enum = _ENUMS[field]
-    name = f"{prefix}{str(value).upper()}"
-    if name not in enum.keys():  # noqa: SIM118 - an EnumTypeWrapper, not a dict
-        choices = sorted(k[len(prefix):].lower() for k in enum.keys() if not k.endswith("UNSPECIFIED"))  # noqa: SIM118
-        problems.append(FieldViolation(where, f"{value!r} is not one of {', '.join(choices)}"))
-        return
-    setattr(target, field, enum.Value(name))
-
-
-def _copy(section: Mapping[str, Any], known: set[str], target: Any, prefix: str,
-          problems: list[FieldViolation]) -> None:
-    _unknown(section, known, prefix, problems)
-    for key in sorted(set(section) & known):
-        value = section[key]
-        if value is None:
+def _leaves(doc: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    """Dotted paths (``data.mixture[0].weight``) of every value the mapping sets, service-owned ones left out."""
+    for key, value in doc.items():
+        path = f"{prefix}{key}"
+        if path in SERVICE_OWNED:
             continue
-        if key in _ENUMS:
-            _enum(target, key, value, f"{prefix}{key}", problems)
-            continue
-        try:
-            setattr(target, key, value)
-        except (TypeError, ValueError) as exc:
-            problems.append(FieldViolation(f"{prefix}{key}", f"{value!r}: {exc}"))
+        if isinstance(value, Mapping):
+            yield from _leaves(value, path + ".")
+        elif isinstance(value, list) and any(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                yield from _leaves(item, f"{path}[{i}].") if isinstance(item, Mapping) else iter((f"{path}[{i}]",))
+        else:
+            yield path
+
+
+def _settable(path: str) -> bool:
+    return _INDEX.sub("[]", path) in _SETTABLE
+
+
+def _typed(raw: Any, resolved: Any) -> Any:
+    """The keys the YAML sets, with the validated values (``"2e-3"`` -> 0.002, ``LoRA`` casing...)."""
+    if isinstance(raw, Mapping) and isinstance(resolved, Mapping):
+        return {k: _typed(v, resolved.get(k)) for k, v in raw.items() if k in resolved and k not in ("tenant", "output")}
+    if isinstance(raw, list) and isinstance(resolved, list) and any(isinstance(v, Mapping) for v in raw):
+        return [_typed(r, s) for r, s in zip(raw, resolved, strict=False)]
+    return resolved

@@ -155,6 +155,10 @@ class Client:
         """Every evaluation, newest first."""
         return self._iterate("evaluations", page_size)
 
+    def list_evaluation_samples(self, evaluation_id: str, *, page_size: int = 100) -> Iterator[ev.EvaluationSample]:
+        """A finished evaluation's generations side by side (model, baseline, reference), in dataset order."""
+        return self._iterate("evaluation_samples", page_size, evaluation_id=evaluation_id)
+
     # -- jobs and evaluations -------------------------------------------------------------------
 
     def create_job(self, spec: Mapping[str, Any] | tr.CreateJobRequest, **overrides: Any) -> tr.Job:
@@ -230,6 +234,22 @@ class Client:
     def wait_curation(self, run_id: str, timeout: float = 3600) -> ds.CurationRun:
         """``wait(run_id, kind="curation")``."""
         return self.wait(run_id, timeout=timeout, kind="curation")
+
+    def download_metrics(self, job_id: str, dest: Path | str | None = None) -> bytes:
+        """The job's metrics file (``Job.metrics_file``: JSON lines, one record per logged step or
+        evaluation) as it is now; also written to ``dest`` when given (replaced whole).
+
+        Raises:
+            FailedPrecondition: the job has logged no metrics yet.
+        """
+        data = b"".join(c.data for c in self.training.DownloadJobMetrics(tr.DownloadJobMetricsRequest(job_id=job_id)))
+        if dest is not None:
+            _shared.write_whole(Path(dest), data)
+        return data
+
+    def job_metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's metrics file as records (``download_metrics`` parsed)."""
+        return _shared.metrics_records(self.download_metrics(job_id))
 
     # -- checkpoints ----------------------------------------------------------------------------
 

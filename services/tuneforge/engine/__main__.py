@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.engine.api import ReporterConfig, ReporterKind, WandbMode, run_training
-from tuneforge.engine.spec import load_spec
+from tuneforge.engine.spec import TrainingSpec, load_spec
 from tuneforge.engine.train.events import EngineEvent, RunStatus
 
 
@@ -27,13 +28,21 @@ def _print_event(event: EngineEvent) -> None:
     print(event.to_json(), flush=True)
 
 
-def _reporters(args: argparse.Namespace, run_name: str) -> list[ReporterConfig]:
+def _reporters(args: argparse.Namespace, spec: TrainingSpec) -> list[ReporterConfig]:
+    """``--report-to`` plus the spec's ``reporting.integrations`` (one format for both doors). Here, on
+    one machine, an integration's ``secret`` is the service's business: each tool reads its credentials
+    from this environment (WANDB_API_KEY, MLFLOW_TRACKING_URI) as it always does."""
+    run_name = spec.output.run_name
     kinds = [ReporterKind(k) for k in args.report_to]
-    return [
-        ReporterConfig(kind, run_name, log_dir=args.report_dir, tracking_uri=args.mlflow_tracking_uri,
-                       wandb_mode=WandbMode(args.wandb_mode))
-        for kind in kinds
-    ]
+    out = [ReporterConfig(kind, run_name, log_dir=args.report_dir, tracking_uri=args.mlflow_tracking_uri,
+                          wandb_mode=WandbMode(args.wandb_mode)) for kind in kinds]
+    for integ in spec.reporting.integrations:
+        kind = ReporterKind(integ.kind.value)
+        if kind not in kinds:
+            out.append(ReporterConfig(kind, integ.run_name or run_name, log_dir=args.report_dir or Path("runs"),
+                                      tracking_uri=args.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""),
+                                      project=integ.project, wandb_mode=WandbMode(args.wandb_mode)))
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="WARNING", help="python logging level for stderr")
     parser.add_argument("--report-to", action="append", default=[], choices=[k.value for k in ReporterKind],
                         help="also report metrics to this tool (repeatable; none by default)")
-    parser.add_argument("--report-dir", type=Path, help="folder for TensorBoard / W&B / MLflow files")
+    parser.add_argument("--report-dir", type=Path, help="folder for TensorBoard / W&B / MLflow files (the spec's "
+                        "reporting.integrations default to ./runs)")
     parser.add_argument("--mlflow-tracking-uri", default="", help="MLflow tracking URI (default: report dir)")
     parser.add_argument("--wandb-mode", default=WandbMode.OFFLINE.value, choices=[m.value for m in WandbMode])
     return parser
@@ -62,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(spec.resolved_dict(), sort_keys=True), flush=True)
             return 0
         result = run_training(spec, on_event=_print_event, cancel=cancel,
-                              reporters=_reporters(args, spec.output.run_name))
+                              reporters=_reporters(args, spec))
     except TuneforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

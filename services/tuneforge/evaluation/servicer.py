@@ -8,7 +8,7 @@ from typing import Any
 from tuneforge.common.auth import current_identity
 from tuneforge.common.errors import InvalidInput
 from tuneforge.common.grpc.timestamps import timestamp
-from tuneforge.common.paging import next_page_token, page_bounds
+from tuneforge.common.paging import next_page_token, page_bounds, paginate
 from tuneforge.common.v1 import common_pb2
 from tuneforge.evaluation.domain.model import (
     DatasetRef,
@@ -146,6 +146,14 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
         ratings = [{"pair_id": r.pair_id, "preference": _PREFERENCES.get(r.preference, ""), "rater": r.rater}
                    for r in request.ratings]
         return pb.RecordRatingsResponse(recorded=self._svc.record_ratings(current_identity().tenant, request.evaluation_id, ratings))
+
+    def ListEvaluationSamples(self, request: pb.ListEvaluationSamplesRequest,
+                              context: Any) -> pb.ListEvaluationSamplesResponse:
+        """A page of the evaluation's generations side by side."""
+        page_bounds(request.page.page_size, request.page.page_token)  # a bad page is INVALID_ARGUMENT first
+        rows = self._svc.samples(current_identity().tenant, request.evaluation_id)
+        page, token = paginate(rows, request.page.page_size, request.page.page_token)
+        return pb.ListEvaluationSamplesResponse(samples=[pb.EvaluationSample(**r) for r in page], next_page_token=token)
 
     def GetWinRates(self, request: pb.GetWinRatesRequest, context: Any) -> pb.GetWinRatesResponse:
         """Win rate with a Wilson 95% interval."""

@@ -31,6 +31,7 @@ from tuneforge.common.peers.credentials import ConfiguredTenantTokens
 from tuneforge.common.peers.models import StoreModelResolver
 from tuneforge.common.storage import open_object_store
 from tuneforge.training.adapters.engine import EngineRunner
+from tuneforge.training.adapters.files import DirIntegrationSecrets, StoreJobFiles
 from tuneforge.training.adapters.metrics import JobCountCollector, ObservedJobRepository
 from tuneforge.training.adapters.peers import PeerDatasets, PeerModels, RegisteringPublisher
 from tuneforge.training.adapters.sql import SqlJobRepository
@@ -97,13 +98,14 @@ def build_service(settings: TrainingSettings,
                                   base_field="base_model", checkpoint_field="base_model")
     executor = ThreadPoolExecutor(max_workers=settings.max_running_jobs, thread_name_prefix="training-job")
     sessions = db.make_sessionmaker(engine)
+    files, secrets = StoreJobFiles(store), DirIntegrationSecrets(settings.integration_secrets_dir)
     metrics.register(JobCountCollector(sessions))
     deps = Dependencies(
         repository=ObservedJobRepository(SqlJobRepository(sessions), metrics),
         datasets=PeerDatasets(versions, store),
         models=PeerModels(resolver, store, settings.models_dir),
         checkpoints=RegisteringPublisher(store, checkpoints),
-        engine=EngineRunner(),
+        engine=EngineRunner(files, secrets, work),
         credentials=ConfiguredTenantTokens(settings.auth_tokens.get_secret_value(),
                                            auth_disabled=settings.auth_disabled, service_name="training"),
         executor=executor,
@@ -117,6 +119,8 @@ def build_service(settings: TrainingSettings,
         dispatch=DispatchSettings(settings.replica_id(), settings.max_running_jobs, settings.train_lease_ttl_s,
                                   settings.train_heartbeat_interval_s, settings.train_dispatch_poll_s, quotas),
         single_replica=single,
+        files=files,
+        integrations=secrets,
     )
     service = TrainingService(deps)
     pending = service.start()

@@ -16,14 +16,16 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, cast
 
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from tuneforge.common.errors import FieldViolation, InvalidInput
 from tuneforge.common.grpc.timestamps import timestamp
 from tuneforge.common.v1 import common_pb2
-from tuneforge.engine.spec import MethodKind, TrainingSpec
+from tuneforge.engine.spec import IntegrationKind, MethodKind, TrainingSpec
 from tuneforge.training.domain.admission import JobPlan
+from tuneforge.training.domain.files import metrics_key, tensorboard_prefix
 from tuneforge.training.domain.model import (
     EventKind,
     Job,
@@ -62,13 +64,17 @@ RENAMED: tuple[tuple[str, str], ...] = (
     ("hyperparameters.packing", "data.packing"),
     ("hyperparameters.precision", "precision"),
     ("hyperparameters.gradient_checkpointing", "gradient_checkpointing"),
+    ("integrations[].kind", "reporting.integrations[].kind"),
+    ("integrations[].project", "reporting.integrations[].project"),
+    ("integrations[].run_name", "reporting.integrations[].run_name"),
+    ("integrations[].secret", "reporting.integrations[].secret"),
 )
 # Request fields that describe the job, not its training.
 NOT_SPEC = frozenset({"idempotency_key", "suffix", "labels", "priority"})
 # Set by every request (an UNSPECIFIED value is refused, as the API documents).
 REQUIRED = ("base_model", "method", "objective")
 # Zero is a value here, not "the default" (a weight of 0 is refused, not replaced).
-KEEP_ZERO = frozenset({"mixture[].weight", "mixture[].dataset_version_id"})
+KEEP_ZERO = frozenset({"mixture[].weight", "mixture[].dataset_version_id", "integrations[].kind"})
 
 _INDEX = re.compile(r"\[(\d+)\]")
 
@@ -320,7 +326,21 @@ def request_from_spec(doc: Mapping[str, Any]) -> pb.CreateJobRequest:
     mixture = _get(doc, "data.mixture") or []
     kwargs["mixture"] = [pb.TaskMixture(dataset_version_id=_get(m, "source.dataset_version") or "",
                                         weight=m.get("weight", 1.0), task=m.get("task") or "") for m in mixture]
+    kwargs["integrations"] = [pb.Integration(**_item_fields(item, "integrations[].", "reporting.integrations[]."))
+                              for item in _get(doc, "reporting.integrations") or []]
     return pb.CreateJobRequest(**kwargs)
+
+
+def _item_fields(item: Mapping[str, Any], api_prefix: str, spec_prefix: str) -> dict[str, Any]:
+    """Request kwargs of one element of a repeated message (API path ``api_prefix``) read from the spec
+    list element ``item`` (spec path ``spec_prefix``), through the table."""
+    out: dict[str, Any] = {}
+    for api, f in API_FIELDS.items():
+        target = _spec_target(api, None) if api.startswith(api_prefix) else None
+        value = _get(item, target.removeprefix(spec_prefix)) if target else None
+        if value is not None:
+            out[api.removeprefix(api_prefix)] = _enum_from_spec(f, value) if f.enum_type is not None else value
+    return out
 
 
 def filter_from_request(req: pb.ListJobsRequest) -> JobFilter:
@@ -350,7 +370,10 @@ def job_to_proto(job: Job) -> pb.Job:
         total_steps=job.total_steps, result_checkpoint_id=job.result_checkpoint_id, suffix=job.suffix,
         labels=dict(job.labels), restarts=job.restarts, steps_per_second=job.steps_per_second,
         tokens_per_second=job.tokens_per_second, priority=job.priority,
-        queue_reason=job.queue_reason if job.status is JobStatus.QUEUED else "",
+        queue_reason=job.queue_reason if job.status is JobStatus.QUEUED else "", integrations=asked.integrations,
+        metrics_file=metrics_key(job.tenant, job.id),
+        tensorboard_logdir=tensorboard_prefix(job.tenant, job.id) if job.spec.reporting.integrations and any(
+            i.kind is IntegrationKind.TENSORBOARD for i in job.spec.reporting.integrations) else "",
     )
     if job.estimated_finish and job.status is JobStatus.RUNNING:
         msg.estimated_finish.CopyFrom(timestamp(job.estimated_finish))
@@ -370,6 +393,16 @@ def metrics_to_proto(data: Mapping[str, float]) -> pb.Metrics:
                       grad_norm=g("grad_norm", 0.0), tokens_per_second=g("tokens_per_s", 0.0),
                       samples_per_second=g("samples_per_s", 0.0), peak_memory_bytes=int(g("peak_memory_bytes", 0)),
                       eval_loss=g("eval_loss", 0.0), eval_perplexity=g("eval_perplexity", 0.0), epoch=g("epoch", 0.0))
+
+
+def metrics_record(ev: JobEvent) -> dict[str, Any]:
+    """A METRICS event as a record of the job's metrics file: ``{"sequence", "time", ...Metrics fields}``
+    with the proto field names, every field present (the shape of ``tuneforge jobs metrics``)."""
+    fields = json_format.MessageToDict(metrics_to_proto(ev.data), always_print_fields_with_no_presence=True,
+                                       preserving_proto_field_name=True, unquote_int64_if_possible=True)
+    when = timestamp_pb2.Timestamp()
+    when.FromDatetime(ev.time)
+    return {"sequence": ev.sequence, "time": when.ToJsonString(), **fields}
 
 
 def event_to_proto(ev: JobEvent) -> pb.JobEvent:

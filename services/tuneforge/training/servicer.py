@@ -14,6 +14,8 @@ from tuneforge.training.domain.service import TrainingService
 from tuneforge.training.v1 import training_pb2 as pb
 from tuneforge.training.v1 import training_pb2_grpc
 
+METRICS_CHUNK = 1 << 20  # bytes per DownloadJobMetrics message (well under gRPC's 4 MiB default)
+
 
 class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     """Thin transport over ``TrainingService``."""
@@ -54,6 +56,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
                         is_active=context.is_active, tick_s=min(self._poll, TICK_S))
         for ev in events:
             yield convert.event_to_proto(ev)
+
+    def DownloadJobMetrics(self, request: pb.DownloadJobMetricsRequest, context: Any) -> Iterator[pb.JobMetricsChunk]:
+        """The job's metrics file (JSON lines) as it is now, in chunks."""
+        data = self._svc.metrics_file(current_identity().tenant, request.job_id)
+        for start in range(0, len(data), METRICS_CHUNK):
+            yield pb.JobMetricsChunk(data=data[start:start + METRICS_CHUNK])
 
     def ListJobCheckpoints(self, request: pb.ListJobCheckpointsRequest, context: Any) -> pb.ListJobCheckpointsResponse:
         """The checkpoints the job registered, by step."""

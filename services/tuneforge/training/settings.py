@@ -68,6 +68,10 @@ class TrainingSettings(ServiceSettings):
                                   "node can write, or s3://bucket/prefix?endpoint=host:port[&secure=false] with "
                                   "the TUNEFORGE_S3_* credentials ('' = the temp folder; the engine reads the "
                                   "variable itself).")
+    integration_secrets_dir: Path | None = Field(None, description="Integration secrets jobs may name (W&B, "
+                                                 "MLflow credentials): <dir>/<tenant>/<name>/<KEY> files, e.g. "
+                                                 "Kubernetes Secrets mounted per tenant (unset: none; TensorBoard "
+                                                 "needs none).")
 
     # Operator caps on what one job may ask for (the spec's own ranges are the hard limits).
     train_max_workers: int = Field(16, ge=1, le=1024, description="Largest resources.num_workers a job may ask for.")

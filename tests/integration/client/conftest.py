@@ -7,6 +7,7 @@ so the CLI tests can read its results.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tuneforge.common.v1 import common_pb2
 
 from tuneforge.common.settings import load_settings
-from tuneforge.common.v1 import common_pb2
 
 BASE = "tiny-base"
 FACTS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red", "sun": "yellow",
@@ -37,6 +38,7 @@ class Platform:
     root: Path
     servers: dict[str, Any]
     restart: Any = None
+    store: dict[str, Any] | None = None  # the store settings every service got
 
     def restart_training(self) -> None:
         """Stop the training service (its streams drop) and start it again on the same port,
@@ -58,8 +60,36 @@ class Platform:
         return Client.connect(self.addresses, token or self.token, config_file=None)
 
 
+def _store(request: pytest.FixtureRequest, root: Path, mp: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The platform's store: a ``file://`` folder, or a fresh bucket on the real S3 server when the test
+    module sets ``PLATFORM_STORE = "s3"`` (credentials also in the environment, as deployments set them
+    for the training workers)."""
+    if getattr(request.module, "PLATFORM_STORE", "file") != "s3":
+        return {"object_store_uri": (root / "objects").as_uri()}
+    from tests.fixtures.s3 import new_bucket_name
+
+    server = request.getfixturevalue("s3_server")
+    bucket = new_bucket_name()
+    server.client().make_bucket(bucket)
+    mp.setenv("TUNEFORGE_S3_ACCESS_KEY", server.access_key)
+    mp.setenv("TUNEFORGE_S3_SECRET_KEY", server.secret_key)
+    return {"object_store_uri": server.uri(bucket), "s3_access_key": server.access_key,
+            "s3_secret_key": server.secret_key}
+
+
+def _integration_secrets(root: Path) -> Path:
+    """Integration secrets as Kubernetes mounts them: ``<dir>/<tenant>/<name>/<KEY>`` files."""
+    folder = root / "integration-secrets"
+    for tenant, name, key in (("acme", "mlflow-team", "MLFLOW_TRACKING_URI"), ("acme", "wandb-team", "WANDB_API_KEY"),
+                              ("acme2", "wandb-other", "WANDB_API_KEY"), ("acme", "wandb-empty", "WANDB_BASE_URL")):
+        (folder / tenant / name).mkdir(parents=True, exist_ok=True)
+        (folder / tenant / name / key).write_text("value-never-shown\n")
+    return folder
+
+
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Platform]:
+def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             tiny_model_dir: Path) -> Iterator[Platform]:
     """Datasets, checkpoints, training and evaluation on one store and one models folder."""
     from tuneforge.checkpoints.app import build_app as build_checkpoints
     from tuneforge.checkpoints.settings import CheckpointSettings
@@ -73,7 +103,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     root = tmp_path_factory.mktemp("platform")
     token, other = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     shutil.copytree(tiny_model_dir, root / "models" / BASE)
-    shared: dict[str, Any] = {"port": 0, "object_store_uri": (root / "objects").as_uri(),
+    mp = pytest.MonkeyPatch()
+    shared: dict[str, Any] = {"port": 0, **_store(request, root, mp),
                               "models_dir": root / "models", "auth_tokens": f"acme:{token},acme2:{other}",
                               "grace_period_s": 1.0}
     servers: dict[str, Any] = {}
@@ -94,13 +125,16 @@ def platform(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
         datasets = start(DatasetSettings, build_datasets, "datasets")
         checkpoints = start(CheckpointSettings, build_checkpoints, "checkpoints", hygiene_interval_s=0)
         peers = {"datasets_address": datasets, "checkpoints_address": checkpoints}
-        training = start(TrainingSettings, build_training, "training", train_poll_interval_s=0.1, **peers)
+        training = start(TrainingSettings, build_training, "training", train_poll_interval_s=0.1,
+                         integration_secrets_dir=_integration_secrets(root), **peers)
         evaluation = start(EvaluationSettings, build_evaluation, "evaluation", **peers)
         yield Platform({"datasets": datasets, "training": training, "evaluation": evaluation,
-                        "checkpoints": checkpoints}, token, other, root, servers, restart)
+                        "checkpoints": checkpoints}, token, other, root, servers, restart,
+                       {k: v for k, v in shared.items() if k.startswith(("object_store", "s3_"))})
     finally:
         for server in reversed(list(servers.values())):
             server.stop(0.5)
+        mp.undo()
 
 
 def write_rows(path: Path, *, bad_rows: bool = True) -> Path:
@@ -139,7 +173,8 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """Upload -> curate (split) -> LoRA job -> base-vs-fine-tuned evaluation, through the SDK."""
+    """Upload -> curate (split) -> LoRA job (reporting to TensorBoard) -> base-vs-fine-tuned evaluation,
+    through the SDK."""
     from tuneforge.datasets.v1 import datasets_pb2 as ds
     from tuneforge.evaluation.v1 import evaluation_pb2 as ev
     from tuneforge.training.v1 import training_pb2 as tr
@@ -152,7 +187,8 @@ def trained(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Tra
                               split=ds.SplitConfig(validation_ratio=0.2, test_ratio=0.15, seed=3)), timeout=300)
         assert run.state == common_pb2.OPERATION_STATE_SUCCEEDED, run.error.message
         events: list[Any] = []
-        job = c.wait(c.create_job(job_spec(run.output_version_id)), on_event=events.append, timeout=600)
+        spec = {**job_spec(run.output_version_id), "reporting": {"integrations": [{"kind": "tensorboard"}]}}
+        job = c.wait(c.create_job(spec), on_event=events.append, timeout=600)
         assert job.status == tr.JOB_STATUS_SUCCEEDED, job.error.message
         evaluation = c.wait(c.create_evaluation(ev.CreateEvaluationRequest(
             model=ev.ModelRef(checkpoint_id=job.result_checkpoint_id), baseline=ev.ModelRef(base_model=BASE),
@@ -161,3 +197,30 @@ def trained(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Tra
             generation=ev.GenerationConfig(max_new_tokens=8, batch_size=6))), timeout=600)
         assert evaluation.state == common_pb2.OPERATION_STATE_SUCCEEDED, evaluation.error.message
     return Trained(up.version.id, run.output_version_id, run.id, job, evaluation, events)
+
+
+@pytest.fixture
+def cli(platform: Platform, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``cli(*argv, stdin=None) -> (exit code, stdout, stderr)`` as acme."""
+    for key, value in platform.env().items():
+        if key.startswith("TUNEFORGE_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+        if stdin is not None:
+            monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        from tuneforge.cli.__main__ import main
+
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def ok_json(cli: Any, *argv: str) -> Any:
+    """The JSON document a command prints with ``-o json`` (which must exit 0)."""
+    code, out, err = cli("-o", "json", *argv)
+    assert code == 0, out + err
+    return json.loads(out)

@@ -3,7 +3,6 @@ as a user's shell would run it: environment for the address and token, argv, std
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
@@ -12,35 +11,11 @@ import yaml
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tests.integration.client.conftest import job_spec, write_rows
-from tuneforge.cli.__main__ import main
 from tuneforge.training.v1 import training_pb2 as tr
 
+from tests.integration.client.conftest import job_spec, ok_json, write_rows
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def cli(platform, monkeypatch, capsys):
-    """``cli(*argv, stdin=None) -> (exit code, stdout, stderr)`` as acme."""
-    for key, value in platform.env().items():
-        if key.startswith("TUNEFORGE_"):
-            monkeypatch.setenv(key, value)
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def run(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
-        if stdin is not None:
-            monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
-
-
-def ok_json(cli, *argv: str):
-    code, out, err = cli("-o", "json", *argv)
-    assert code == 0, out + err
-    return json.loads(out)
 
 
 def test_datasets_commands(cli, tmp_path):

@@ -17,12 +17,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tests.integration.client.conftest import job_spec, write_rows
-from tuneforge.client import Client, ClientConfig, errors
 from tuneforge.datasets.v1 import datasets_pb2 as ds
 from tuneforge.datasets.v1 import datasets_pb2_grpc
 from tuneforge.training.v1 import training_pb2 as tr
 from tuneforge.training.v1 import training_pb2_grpc
+
+from tests.integration.client.conftest import job_spec, write_rows
+from tuneforge.client import Client, ClientConfig, errors
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[3]
@@ -46,6 +47,7 @@ def test_sdk_tour_example_runs_against_the_services(platform, tmp_path):
     assert any(line.startswith("  curation event") for line in lines)
     job_line = next(line for line in lines if line.startswith("job "))
     assert "JOB_STATUS_SUCCEEDED after 4 steps" in job_line
+    assert next(line for line in lines if line.startswith("metrics file")).endswith("metrics.jsonl: steps [1, 2, 3, 4]")
     assert "tour" in next(line for line in lines if line.startswith("datasets:"))
     assert len(json.loads(next(line for line in lines if line.startswith("checkpoints:")).split(":", 1)[1]
                           .replace("'", '"'))) == 2  # steps 2 and 4, read one page at a time
@@ -63,6 +65,9 @@ def test_async_example_follows_lists_downloads_and_maps_errors(platform, trained
     assert "'JOB_STATUS_RUNNING', 'JOB_STATUS_SUCCEEDED'" in out
     assert trained.job.id in out and "not found: NOT_FOUND" in out
     assert (tmp_path / "ckpt" / "model" / "adapter_model.safetensors").exists()
+    streamed = sum(e.WhichOneof("payload") == "metrics" for e in trained.events)
+    assert f"metrics file: {streamed} records" in out
+    assert len((tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()) == streamed
 
 
 def test_errors_are_typed_and_carry_field_violations(platform, trained):

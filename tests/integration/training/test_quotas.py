@@ -50,6 +50,9 @@ class Peers:
     def locate(self, caller, base_model):
         raise AssertionError("registered models are references, never made local")
 
+    def config(self, caller, base_model):
+        return None  # an unknown architecture: admitted without a memory plan
+
     def publish(self, caller, job, uri, step, metrics, dataset_version_id):
         return JobCheckpoint(f"ckpt_{job.id}", step, dict(metrics), datetime.now(UTC), uri)
 

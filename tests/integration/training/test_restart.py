@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tests.integration.training.conftest import lora_request, upload_and_split, wait_job
 from tuneforge.datasets.v1 import datasets_pb2 as ds
 from tuneforge.training.v1 import training_pb2 as tr
+
+from tests.integration.training.conftest import lora_request, upload_and_split, wait_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,6 +61,10 @@ def test_a_job_resumes_from_its_checkpoint_after_a_service_restart(cluster):
     assert after[0] == step + 1 and after[-1] == 30
     assert after == sorted(after)
     assert done.status == tr.JOB_STATUS_SUCCEEDED and done.current_step == 30
+    # The job's metrics file holds every metrics event, those of the first process too.
+    stored = b"".join(c.data for c in acme.training.DownloadJobMetrics(tr.DownloadJobMetricsRequest(job_id=job.id)))
+    assert [json.loads(line)["sequence"] for line in stored.splitlines()] == [
+        e.sequence for e in events if e.WhichOneof("payload") == "metrics"]
     registered = [c.checkpoint_id for c in acme.training.ListJobCheckpoints(
         tr.ListJobCheckpointsRequest(job_id=job.id)).checkpoints]
     assert registered[0] == first and done.result_checkpoint_id in registered

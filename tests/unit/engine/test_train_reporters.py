@@ -61,6 +61,20 @@ def test_no_reporter_by_default(tiny_model_dir: Path, tmp_path: Path, monkeypatc
     assert not (tmp_path / "wandb").exists()
 
 
+def test_the_specs_integrations_report_from_the_engine_door(tiny_model_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reporting.integrations`` in a YAML run with ``python -m tuneforge.engine`` (./runs by default)."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    spec = make_spec(tiny_model_dir, tmp_path, hyperparameters={"max_steps": 2},
+                     reporting={"integrations": [{"kind": "tensorboard", "run_name": "board"}]})
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.resolved_dict()))
+    assert main(["--config", str(spec_file)]) == 0
+    assert [s for s, _ in _scalars(tmp_path / "runs" / "board")["train/loss"]] == [1, 2]
+
+
 @pytest.mark.parametrize(("kind", "module"), [(ReporterKind.MLFLOW, "mlflow"), (ReporterKind.WANDB, "wandb")])
 def test_missing_library_is_named(tmp_path: Path, kind: ReporterKind, module: str) -> None:
     if importlib.util.find_spec(module) is not None:

@@ -184,3 +184,18 @@ def test_a_rating_of_another_tenant_or_evaluation_is_never_replaced(env: Env) ->
         env.repo.save_ratings("globex", other.id, forged)
     assert env.repo.get_ratings("acme", evaluation.id) == [
         {"pair_id": pair["pair_id"], "rater": "ann", "preference": "left"}]
+
+
+def test_samples_put_each_examples_generations_side_by_side():
+    from tuneforge.evaluation.domain.pairs import side_by_side
+
+    gens = [{"role": "baseline", "dataset_version_id": "dsv_b", "index": 0, "prompt": "p0", "text": "base b0"},
+            {"role": "model", "dataset_version_id": "dsv_a", "index": 1, "prompt": [{"role": "user", "content": "hi"}],
+             "text": "model a1", "reference": "ref a1"},
+            {"role": "model", "dataset_version_id": "dsv_b", "index": 0, "prompt": "p0", "text": "model b0"},
+            {"role": "baseline", "dataset_version_id": "dsv_a", "index": 1, "prompt": "x", "text": "base a1"}]
+    assert side_by_side(gens) == [
+        {"dataset_version_id": "dsv_a", "index": 1, "prompt": "user: hi", "model_output": "model a1",
+         "baseline_output": "base a1", "reference": "ref a1"},
+        {"dataset_version_id": "dsv_b", "index": 0, "prompt": "p0", "model_output": "model b0",
+         "baseline_output": "base b0", "reference": ""}]

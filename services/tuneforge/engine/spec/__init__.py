@@ -13,9 +13,9 @@ Public API:
     Sections: ModelSection, DataSection (DataSource, MixtureComponent), MethodSection (LoraSettings,
         QloraSettings, PrefixSettings, PromptSettings), ObjectiveSection (DpoSettings, OrpoSettings,
         SimpoSettings),
-        Hyperparameters, ResourcesSection, ScheduleSection, OutputSection.
+        Hyperparameters, ResourcesSection, ScheduleSection, OutputSection, ReportingSection (Integration).
     Enums: ModelDType, MethodKind, QuantType, ComputeDType, ObjectiveKind, DpoLossType, DpoReference,
-        LrScheduler, Precision.
+        LrScheduler, Precision, IntegrationKind.
 
 ``trust_remote_code`` is deliberately not a field: model code from a folder is never run. LoRA
 ``target_modules=None`` means the per-architecture default (``models.targets``), resolved at load.
@@ -51,6 +51,8 @@ from tuneforge.engine.spec._sections import (
     DpoReference,
     DpoSettings,
     Hyperparameters,
+    Integration,
+    IntegrationKind,
     LoraSettings,
     LrScheduler,
     MethodKind,
@@ -67,6 +69,7 @@ from tuneforge.engine.spec._sections import (
     PromptSettings,
     QloraSettings,
     QuantType,
+    ReportingSection,
     ResourcesSection,
     ScheduleSection,
     SimpoSettings,
@@ -89,6 +92,8 @@ __all__ = [
     "DpoReference",
     "DpoSettings",
     "Hyperparameters",
+    "Integration",
+    "IntegrationKind",
     "LoraSettings",
     "LrScheduler",
     "MethodKind",
@@ -105,6 +110,7 @@ __all__ = [
     "PromptSettings",
     "QloraSettings",
     "QuantType",
+    "ReportingSection",
     "ResourcesSection",
     "ScheduleSection",
     "SimpoSettings",

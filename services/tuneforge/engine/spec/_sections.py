@@ -368,6 +368,45 @@ class OutputSection(_Strict):
     run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+class IntegrationKind(enum.Enum):
+    """A tracking tool a job reports its metrics to (besides its own event log and metrics file)."""
+
+    TENSORBOARD = "tensorboard"
+    MLFLOW = "mlflow"
+    WANDB = "wandb"
+
+
+_SECRET_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class Integration(_Strict):
+    """One tracking tool (OpenAI's ``integrations``). Credentials are never part of a spec: ``secret``
+    names a secret the operator configured for the tenant, which holds them."""
+
+    kind: IntegrationKind
+    project: str = Field(default="tuneforge", pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$",
+                         description="MLflow experiment / W&B project")
+    run_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                                 description="the run's name in the tool (default: the job id)")
+    secret: str | None = Field(default=None, pattern=_SECRET_NAME, description="name of an integration "
+                               "secret the operator configured for the tenant (W&B: WANDB_API_KEY; MLflow: "
+                               "MLFLOW_TRACKING_URI); never a key itself")
+
+
+class ReportingSection(_Strict):
+    """Where metrics are reported besides the job's own event log."""
+
+    integrations: list[Integration] = Field(default_factory=list, max_length=8,
+                                            description="tracking tools, at most one of each kind")
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> ReportingSection:
+        kinds = [i.kind for i in self.integrations]
+        if len(kinds) != len(set(kinds)):
+            raise ValueError("integrations: name each kind at most once (tensorboard, mlflow, wandb)")
+        return self
+
+
 _TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
@@ -388,6 +427,7 @@ class TrainingSpec(_TopLevelScalars):
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     output: OutputSection
+    reporting: ReportingSection = Field(default_factory=ReportingSection)
 
     @model_validator(mode="after")
     def _cross_fields(self) -> TrainingSpec:

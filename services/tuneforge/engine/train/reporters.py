@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +57,8 @@ class ReporterConfig:
         tracking_uri: MLflow tracking URI (overrides the ``log_dir`` default).
         project: MLflow experiment / W&B project.
         wandb_mode: offline (default), disabled, or online.
+        credentials: W&B's WANDB_API_KEY, WANDB_BASE_URL, WANDB_ENTITY (from the job's integration
+            secret); a given API key makes the run ``online``.
     """
 
     kind: ReporterKind
@@ -65,6 +67,8 @@ class ReporterConfig:
     tracking_uri: str = ""
     project: str = "tuneforge"
     wandb_mode: WandbMode = WandbMode.OFFLINE
+    # W&B's WANDB_API_KEY / WANDB_BASE_URL / WANDB_ENTITY, from a secret: never printed (repr=False).
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 class Reporter(Protocol):
@@ -142,8 +146,12 @@ class WandbReporter:
     def __init__(self, config: ReporterConfig) -> None:
         wandb = _import("wandb", "wandb", config.kind)
         folder = str(_need_dir(config)) if config.log_dir is not None else None
-        self._run = wandb.init(project=config.project, name=config.run_name, mode=config.wandb_mode.value,
-                               dir=folder, reinit="create_new")
+        creds = config.credentials
+        mode = WandbMode.ONLINE if creds.get("WANDB_API_KEY") else config.wandb_mode
+        settings = wandb.Settings(**{k: v for k, v in (("api_key", creds.get("WANDB_API_KEY")),
+                                                        ("base_url", creds.get("WANDB_BASE_URL"))) if v})
+        self._run = wandb.init(project=config.project, name=config.run_name, mode=mode.value, dir=folder,
+                               entity=creds.get("WANDB_ENTITY") or None, settings=settings, reinit="create_new")
 
     def __call__(self, event: EngineEvent) -> None:
         values = _scalars(event)

@@ -63,6 +63,18 @@ def build_pairs(
     return pairs
 
 
+def side_by_side(generations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A report's generations as one row per example (model, baseline and reference together)."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for g in generations:
+        key = (str(g.get("dataset_version_id", "")), int(g.get("index", 0)))
+        row = rows.setdefault(key, {"dataset_version_id": key[0], "index": key[1], "prompt": _prompt_text(g["prompt"]),
+                                    "model_output": "", "baseline_output": "", "reference": ""})
+        row["model_output" if g.get("role") == "model" else "baseline_output"] = str(g.get("text", ""))
+        row["reference"] = row["reference"] or _prompt_text(g.get("reference") or "")
+    return [rows[k] for k in sorted(rows)]
+
+
 def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt

@@ -304,6 +304,17 @@ class EvaluationService:
         # Exported once: a repeated call returns the stored pairs (same blinding, ratings kept).
         return self._d.repository.save_pairs(tenant, evaluation_id, pairs)
 
+    def samples(self, tenant: str, evaluation_id: str) -> builtins.list[dict[str, Any]]:
+        """The evaluation's generations side by side, in dataset order: ``dataset_version_id``, ``index``,
+        ``prompt``, ``model_output``, ``baseline_output`` (empty without a baseline), ``reference``.
+
+        Raises:
+            FailedPrecondition: the evaluation has not SUCCEEDED.
+        """
+        evaluation = self._finished(tenant, evaluation_id, need_baseline=False)
+        gens = self._d.reports.get_report(tenant, evaluation.report_key).get("generations", [])
+        return ab.side_by_side(gens)
+
     def record_ratings(self, tenant: str, evaluation_id: str, ratings: Sequence[Mapping[str, Any]]) -> int:
         """Validate and store human ratings of exported pairs."""
         self.get(tenant, evaluation_id)

@@ -24,6 +24,7 @@ from typing import Any
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.engine.spec import TrainingSpec, load_spec
+from tuneforge.training.domain.files import JobFiles, MetricsRecorder
 from tuneforge.training.domain.model import (
     ErrorInfo,
     EventKind,
@@ -116,6 +117,7 @@ class RunContext:
     engine: TrainingEngine
     ray_address: str
     stopping: threading.Event
+    files: JobFiles | None = None  # where the job's metrics file goes (none: no file)
 
     def log(self, job: Job, level: str, message: str) -> None:
         """Append a log event."""
@@ -160,6 +162,7 @@ class JobRun:
         self._starts = 0
         self._registered: dict[str, JobCheckpoint] = {}
         self._pace = Pace()
+        self._metrics_file: MetricsRecorder | None = None
         self.job: Job | None = None
 
     def lose(self) -> None:
@@ -182,6 +185,8 @@ class JobRun:
         job = self._claim()
         if job is None:
             return
+        if self.ctx.files is not None:
+            self._metrics_file = MetricsRecorder(self.ctx.files, self.ctx.repository, job.tenant, job.id)
         try:
             outcome = self.ctx.engine.run(self._engine_spec(job), self._on_progress, self._cancel)
             self._conclude(job, outcome)
@@ -191,6 +196,9 @@ class JobRun:
             elif not isinstance(exc, TuneforgeError):
                 log.exception("job %s failed", job.id)
             self._end_or_requeue(job, JobStatus.FAILED, error_info(exc))
+        finally:
+            if self._metrics_file is not None:
+                self._metrics_file.flush()
 
     def _claim(self) -> Job | None:
         """The job as the dispatcher claimed it (RUNNING under this run's lease), announced in its events."""
@@ -270,7 +278,9 @@ class JobRun:
             job.trained_tokens += round(tokens) if math.isfinite(tokens) else 0
             self._pace.observe(job, datetime.now(UTC), time.monotonic())
             self.ctx.repository.save(job, expected=(JobStatus.RUNNING,))
-        self.ctx.repository.add_event(job.tenant, job.id, EventKind.METRICS, data)
+        event = self.ctx.repository.add_event(job.tenant, job.id, EventKind.METRICS, data)
+        if self._metrics_file is not None:
+            self._metrics_file.add(event, now=p.kind == "eval")
 
     def _publish(self, job: Job, uri: str, step: int, metrics: Mapping[str, float]) -> JobCheckpoint | None:
         if uri in self._registered:

@@ -38,6 +38,8 @@ from tuneforge.training.domain.admission import (
 )
 from tuneforge.training.domain.dispatch import PRIORITY_MAX, PRIORITY_MIN
 from tuneforge.training.domain.dispatcher import Dispatcher, DispatchSettings
+from tuneforge.training.domain.files import JobFiles, metrics_key
+from tuneforge.training.domain.integrations import IntegrationSecrets, integration_violations
 from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import (
     EventKind,
@@ -89,6 +91,8 @@ class Dependencies:
     dispatch: DispatchSettings = field(default_factory=lambda: DispatchSettings("replica"))
     # One replica on an embedded database (SQLite): at start-up every lease left is a dead process's.
     single_replica: bool = True
+    files: JobFiles | None = None  # the jobs' metrics files (none: jobs keep no metrics file)
+    integrations: IntegrationSecrets | None = None  # none: jobs cannot name integrations
 
 
 # A VALIDATING job this old was left by a replica that died during CreateJob (which takes seconds).
@@ -166,7 +170,7 @@ class TrainingService:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._ctx = RunContext(deps.repository, deps.datasets, deps.models, deps.checkpoints, deps.engine,
-                               deps.ray_address, self._stopping)
+                               deps.ray_address, self._stopping, files=deps.files)
         self._dispatcher = Dispatcher(deps.repository, deps.executor, deps.dispatch, self._launch, self._waiting)
 
     # ------------------------------------------------------------------ create
@@ -191,6 +195,7 @@ class TrainingService:
         problems = [*request.problems, *_metadata_violations(request)]
         try:
             spec = self._spec(request, caller.tenant, job_id)
+            problems += self._integration_violations(spec)
         except InvalidInput as exc:
             problems += [v for v in exc.violations if v not in problems]
         if problems:
@@ -264,6 +269,13 @@ class TrainingService:
                  and j.spec.model.name == spec.model.name and j.spec.resources.use_gpu == spec.resources.use_gpu
                  and j.spec.precision == spec.precision][:THROUGHPUT_JOBS]
         return (statistics.median(rates), len(rates)) if rates else (0.0, 0)
+    def _integration_violations(self, spec: TrainingSpec) -> list[FieldViolation]:
+        if not spec.reporting.integrations:
+            return []
+        if self._d.integrations is None:
+            return [FieldViolation("reporting.integrations", "this training service reports to no tracking tools: "
+                                   "leave integrations empty")]
+        return integration_violations(spec, self._d.integrations)
 
     def _spec(self, request: JobRequest, tenant: str, run_name: str,
               facts: Mapping[str, VersionFacts] | None = None, model: StoreRef | None = None) -> TrainingSpec:
@@ -414,6 +426,20 @@ class TrainingService:
     def get(self, tenant: str, job_id: str) -> Job:
         """One job of the tenant (``NotFound`` for another tenant's)."""
         return self._d.repository.get(tenant, job_id)
+
+    def metrics_file(self, tenant: str, job_id: str) -> bytes:
+        """The job's metrics file (JSON lines) as it is now.
+
+        Raises:
+            NotFound: no such job for the tenant.
+            FailedPrecondition: the job has logged no metrics yet, or this service keeps no files.
+        """
+        job = self._d.repository.get(tenant, job_id)
+        data = self._d.files.read(metrics_key(tenant, job.id)) if self._d.files is not None else None
+        if data is None:
+            raise FailedPrecondition(f"job {job.id} has no metrics file yet ({job.status.name}): it is written "
+                                     "from the first logged step on; try again once the job is running")
+        return data
 
     def list(self, tenant: str, filters: JobFilter, *, limit: int, offset: int) -> builtins.list[Job]:
         """The tenant's jobs, newest first."""
