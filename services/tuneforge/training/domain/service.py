@@ -12,7 +12,6 @@ import copy
 import logging
 import re
 import threading
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
@@ -20,9 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tuneforge.common import tracing
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
-from tuneforge.common.logging import current_log_context, log_context
+from tuneforge.common.logging import log_context
 from tuneforge.common.storage import tenant_prefix
 from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
 from tuneforge.training.domain.limits import JobLimits, limit_violations
@@ -259,13 +259,14 @@ class TrainingService:
         run = JobRun(self._ctx, job.tenant, job.id, caller)
         with self._lock:
             self._runs[job.id] = run
-        # The run's log lines carry the trace id of the call that queued it (a re-queue at start-up: its own).
-        trace_id = current_log_context().get("trace_id") or uuid.uuid4().hex
-        self._d.executor.submit(self._run_guarded, run, trace_id)
+        # The run's span and log lines continue the trace of the call that queued it (a re-queue at start-up: a new one).
+        self._d.executor.submit(self._run_guarded, run, tracing.carry())
 
-    def _run_guarded(self, run: JobRun, trace_id: str = "") -> None:
+    def _run_guarded(self, run: JobRun, trace: Any = None) -> None:
         try:
-            with log_context(tenant=run.tenant, job_id=run.job_id, trace_id=trace_id):
+            with tracing.continued(trace, "training.job.run", {"tuneforge.tenant": run.tenant,
+                                                               "tuneforge.job_id": run.job_id}), \
+                    log_context(tenant=run.tenant, job_id=run.job_id):
                 run.execute()
         except Exception:  # execute records failures itself; this guards the executor thread
             log.exception("job %s: unexpected error outside the run", run.job_id)
