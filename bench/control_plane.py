@@ -279,7 +279,7 @@ def serve_baseline(port: int, max_workers: int) -> None:
 
 # ------------------------------------------------------------------------------------------- load
 
-def _pct(values: list[float], q: float) -> float | None:
+def _pct(values: list[float], q: int) -> float | None:
     if not values:
         return None
     if len(values) == 1:
