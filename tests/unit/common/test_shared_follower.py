@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -82,16 +83,26 @@ def test_every_stream_gets_every_event_and_reads_the_store_once_itself():
 def test_a_stream_behind_the_kept_events_reads_the_store_again():
     log = Log()
     follower = _follower(log, keep=2)
-    got, threads, joined = _collect(follower, 1)  # keeps the subject followed
-    assert joined.wait(30)
-    for value in range(1, 8):
+    stream = follower.follow("job", cursor=0, is_final=lambda e: e[1] == FINAL, is_active=lambda: True)
+    first: list[tuple[int, int]] = []
+    reader = threading.Thread(target=lambda: first.append(next(stream)))
+    reader.start()  # no history: the stream joins the poller and waits
+    deadline = time.monotonic() + 30
+    while "job" not in follower._subjects and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log.append(1)
+    reader.join(30)
+    assert first == [(1, 1)]  # a slow client: it reads one event, then nothing for a while
+    for value in range(2, 8):
         log.append(value)
-    # a second stream from cursor 1 while the poller keeps only the last two events
-    late, late_threads, late_joined = _collect(follower, 1, cursor=1)
+    deadline = time.monotonic() + 30
+    while follower._subjects["job"].last < 7 and time.monotonic() < deadline:  # the poller has read them all
+        time.sleep(0.01)
+    assert follower._subjects["job"].base > 1  # and kept only the last two
+    reads = log.reads.get("stream", 0)
     log.append(FINAL)
-    _join(threads + late_threads)
-    assert got == [[1, 2, 3, 4, 5, 6, 7, FINAL]]
-    assert late == [[2, 3, 4, 5, 6, 7, FINAL]]
+    assert [v for _, v in stream] == [2, 3, 4, 5, 6, 7, FINAL]
+    assert log.reads["stream"] > reads  # the events it missed came from the store
 
 
 def test_streams_end_when_the_subject_has_ended_with_nothing_left():
