@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 E = TypeVar("E")
 K = TypeVar("K", bound=Hashable)
 TICK_S = 0.25
+LEAVE_CHECK_S = 1.0  # SharedFollower: how often an idle stream looks whether its client is still there
 
 
 def follow(fetch_after: Callable[[int], Sequence[E]], *, cursor: int, sequence: Callable[[E], int],
@@ -72,8 +73,9 @@ class SharedFollower(Generic[K, E]):
     stream reads its history from the store itself (``fetch_after`` from its cursor: the subject's
     tenancy is checked there), then is served the events the poller keeps for the subject (the last
     ``keep``; a stream further behind reads the store again). The ends are ``follow``'s: after the
-    final event; one tick after the subject is seen ended with nothing left; within a tick of the
-    client leaving. The poller thread runs while a subject is followed.
+    final event; one tick after the subject is seen ended with nothing left; within a second of the
+    client leaving (at once when ``wake`` is called then). The poller thread runs while a subject
+    is followed; streams wake only when there is news.
     """
 
     def __init__(self, fetch_after: Callable[[K, int], Sequence[E]], *, sequence: Callable[[E], int],
@@ -97,7 +99,9 @@ class SharedFollower(Generic[K, E]):
             while is_active():
                 with self._cond:
                     if subject.last <= cursor and not subject.drained:
-                        self._cond.wait(self._tick)
+                        # Woken by news or by ``wake`` (a client leaving); else once a second
+                        # checks is_active: hundreds of idle streams must not wake every tick.
+                        self._cond.wait(LEAVE_CHECK_S)
                     behind = cursor < subject.base
                     news = [] if behind else subject.events[bisect.bisect_right(subject.seqs, cursor):]
                     drained = subject.drained
@@ -139,16 +143,23 @@ class SharedFollower(Generic[K, E]):
                     self._poller = None
                     return
                 watched = list(self._subjects.items())
+            changed = False
             for key, subject in watched:
                 try:
-                    self._refresh(key, subject)
+                    changed |= self._refresh(key, subject)
                 except Exception:  # the store is down or the subject is gone: streams keep waiting
                     log.warning("could not read the events of %s; retrying", key, exc_info=True)
-            with self._cond:
-                self._cond.notify_all()
+            if changed:
+                self.wake()
             time.sleep(self._tick)
 
-    def _refresh(self, key: K, subject: _Subject[E]) -> None:
+    def wake(self) -> None:
+        """Wake every waiting stream (news, or a client left: pass it to ``grpc.RpcContext.add_callback``)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _refresh(self, key: K, subject: _Subject[E]) -> bool:
+        """Read the subject's new events; whether its streams have something to do."""
         new = self._fetch(key, subject.last)
         ended = not new and (subject.ended_seen or self._ended(key))
         with self._cond:
@@ -161,6 +172,7 @@ class SharedFollower(Generic[K, E]):
                     del subject.events[:-self._keep], subject.seqs[:-self._keep]
             elif ended:
                 subject.drained, subject.ended_seen = subject.ended_seen, True
+            return bool(new) or subject.drained
 
 
 @dataclass

@@ -51,6 +51,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     def StreamJobEvents(self, request: pb.StreamJobEventsRequest, context: Any) -> Iterator[pb.JobEvent]:
         """Events after ``after_sequence`` until the job has ended and its log is drained (or the client leaves)."""
         tenant, job_id = current_identity().tenant, request.job_id
+        context.add_callback(self._events.wake)  # a client leaving ends its stream at once
         events = self._events.follow(
             (tenant, job_id), cursor=request.after_sequence, is_active=context.is_active,
             is_final=lambda ev: ev.kind is EventKind.STATUS and JobStatus[ev.data["status"]].terminal)
