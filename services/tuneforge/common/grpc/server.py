@@ -166,7 +166,11 @@ def build_server(settings: ServiceSettings, registrations: Sequence[Registration
                          interceptors=[ObservingInterceptor(metrics, settings.service_name),
                                        ServiceInterceptor(make_authenticator(settings),
                                                           Admission(settings.call_limit(), settings.stream_limit()))],
-                         options=opts)
+                         options=opts,
+                         # Past one call per handler thread, gRPC answers RESOURCE_EXHAUSTED at once
+                         # instead of queueing calls for a thread: a saturated process (the GIL) would
+                         # otherwise hold them until their deadline, before admission even saw them.
+                         maximum_concurrent_rpcs=settings.max_workers)
     for add, servicer in registrations:
         add(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
