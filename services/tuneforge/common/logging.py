@@ -2,7 +2,8 @@
 
 ``configure_logging(json=True)`` emits one JSON object per line. ``log_context(tenant=..., job_id=...)``
 binds correlation fields (a contextvar) that every record written inside it carries as ``ctx_*``
-attributes (JSON keys): the gRPC interceptors bind ``request_id``, ``trace_id`` and ``method``
+attributes (JSON keys): the gRPC interceptors bind ``request_id``, ``trace_id`` (the current OpenTelemetry
+trace: ``common.tracing``; records also carry the current ``span_id``) and ``method``
 (and ``tenant`` once the caller is known); a training run binds ``job_id`` and ``tenant``. A redaction filter scrubs bearer
 tokens, registered secrets (``register_secret``), credentials in URLs and ``key=value`` pairs whose
 key looks secret, from the message, its arguments and the exception text, before any handler sees them.
@@ -21,6 +22,9 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
 
 REDACTED = "[REDACTED]"
 # Redaction is linear in the text, and the text is bounded: a log line longer than this keeps its
@@ -101,25 +105,38 @@ def current_log_context() -> dict[str, str]:
 
 class ContextThreadPoolExecutor(ThreadPoolExecutor):
     """A thread pool whose tasks log with the submitter's correlation fields: background work queued
-    by a call (a curation run, an evaluation) carries that call's tenant, request id and trace id.
-    Only the log fields travel (not the caller's identity: background work keeps its own)."""
+    by a call (a curation run, an evaluation) carries that call's tenant, request id and trace id,
+    and its spans are children of the call's span. Only the log fields and the trace context travel
+    (not the caller's identity: background work keeps its own)."""
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return super().submit(_with_log_context, current_log_context(), fn, *args, **kwargs)
+        return super().submit(_with_log_context, current_log_context(), otel_context.get_current(), fn,
+                              *args, **kwargs)
 
 
-def _with_log_context(fields: dict[str, str], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    with log_context(**fields):
-        return fn(*args, **kwargs)
+def _with_log_context(fields: dict[str, str], trace_ctx: otel_context.Context, fn: Callable[..., Any],
+                      *args: Any, **kwargs: Any) -> Any:
+    token = otel_context.attach(trace_ctx)
+    try:
+        with log_context(**fields):
+            return fn(*args, **kwargs)
+    finally:
+        otel_context.detach(token)
 
 
 class ContextFilter(logging.Filter):
-    """Copies the bound correlation fields onto the record as ``ctx_*`` (explicit extras win)."""
+    """Copies the bound correlation fields onto the record as ``ctx_*`` (explicit extras win), and the
+    current span's id as ``ctx_span_id`` (with its trace id where none is bound)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in (_context.get() or {}).items():
             if not hasattr(record, f"ctx_{key}"):
                 setattr(record, f"ctx_{key}", value)
+        span = otel_trace.get_current_span().get_span_context()
+        if span.is_valid and not hasattr(record, "ctx_span_id"):
+            record.ctx_span_id = format(span.span_id, "016x")
+            if not hasattr(record, "ctx_trace_id"):
+                record.ctx_trace_id = format(span.trace_id, "032x")
         return True
 
 
@@ -158,7 +175,7 @@ class JsonFormatter(logging.Formatter):
 class _TextFormatter(logging.Formatter):
     """The plain format with the correlation fields appended as ``[key=value ...]``."""
 
-    _KEYS = ("tenant", "method", "request_id", "job_id")
+    _KEYS = ("tenant", "method", "request_id", "job_id", "trace_id")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

@@ -56,6 +56,9 @@ class ServiceSettings(BaseSettings):
 
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint, on the "
                               "same host as the service (e.g. 9090 in containers); 0: no endpoint.")
+    otlp_endpoint: str = Field("", description="OpenTelemetry collector (OTLP/gRPC, e.g. http://otel-collector:4317) "
+                               "that receives this service's traces; empty: the standard OTEL_EXPORTER_OTLP_ENDPOINT, "
+                               "else traces are not exported (nothing connects).")
 
     def stream_limit(self) -> int:
         """The streaming calls served at once (``max_streams``, or half the handler threads)."""

@@ -8,6 +8,7 @@ actor; cancellation travels back the same way. A failed worker group is restarte
 
 from __future__ import annotations
 
+import contextvars
 import os
 import tempfile
 import threading
@@ -16,13 +17,15 @@ from typing import Any
 
 import ray
 
+from tuneforge.common import tracing
 from tuneforge.common.errors import Internal, InvalidInput, TuneforgeError, Unavailable
+from tuneforge.common.logging import configure_logging, current_log_context, log_context
 from tuneforge.engine.spec import TrainingSpec
 from tuneforge.engine.train.events import EngineEvent, EventCallback, TrainingResult
 from tuneforge.engine.train.faults import FAULT_ENV
 
 # Driver environment variables the workers need (Ray workers do not inherit the driver's).
-_FORWARDED_ENV = (FAULT_ENV,)
+_FORWARDED_ENV = (FAULT_ENV, "TUNEFORGE_LOG_JSON", "TUNEFORGE_LOG_LEVEL")
 STORAGE_ENV = "TUNEFORGE_RAY_STORAGE_PATH"
 
 
@@ -75,9 +78,14 @@ def _worker(config: dict[str, Any]) -> None:
     spec = load_spec(config["spec"])
     channel = config["channel"]
     rank = ray.train.get_context().get_world_rank()
-    result = recipe_for(spec)(
-        spec, on_event=lambda e: channel.put.remote(e), cancel=_RemoteCancel(channel)
-    )
+    # The worker's log lines carry the job's correlation fields (tenant, job id, the run's trace id) too.
+    configure_logging(json_lines=os.environ.get("TUNEFORGE_LOG_JSON", "").lower() in ("1", "true"),
+                      level=os.environ.get("TUNEFORGE_LOG_LEVEL", "INFO").upper())
+    with log_context(**config.get("log", {})), tracing.continued(
+            tracing.extract(config.get("trace", {})), "training.worker", {"tuneforge.rank": rank}):
+        result = recipe_for(spec)(
+            spec, on_event=lambda e: channel.put.remote(e), cancel=_RemoteCancel(channel)
+        )
     if rank == 0:
         ray.get(channel.set_result.remote(result))
 
@@ -110,10 +118,13 @@ def run_on_ray(
     res = spec.resources
     storage_path, storage_filesystem = _storage()
     channel = _Channel.remote()  # type: ignore[attr-defined]  # @ray.remote adds .remote; ray ships no stub for it
+    trace: dict[str, str] = {}
+    tracing.inject(trace)
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"spec": spec.resolved_dict(), "channel": channel,
-                           "env": {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}},
+                           "env": {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ},
+                           "log": current_log_context(), "trace": trace},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         run_config=RunConfig(name=spec.output.run_name, storage_path=storage_path,
@@ -121,7 +132,9 @@ def run_on_ray(
                              failure_config=FailureConfig(max_failures=res.max_failures)),
     )
     done = threading.Event()
-    pump = threading.Thread(target=_pump, args=(channel, on_event, cancel, done), daemon=True)
+    # The pump hands events to the caller in the caller's context: its log fields and current span.
+    pump = threading.Thread(target=contextvars.copy_context().run, args=(_pump, channel, on_event, cancel, done),
+                            daemon=True)
     pump.start()
     try:
         _fit(trainer, res.max_failures)

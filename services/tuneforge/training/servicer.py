@@ -7,7 +7,7 @@ from typing import Any
 
 from tuneforge.common.auth import current_identity
 from tuneforge.common.paging import next_page_token, page_bounds, paginate
-from tuneforge.common.streams import TICK_S, follow
+from tuneforge.common.streams import TICK_S, SharedFollower
 from tuneforge.training import convert
 from tuneforge.training.domain.model import EventKind, JobStatus
 from tuneforge.training.domain.service import TrainingService
@@ -22,6 +22,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     def __init__(self, service: TrainingService, *, poll_interval_s: float = 0.5) -> None:
         self._svc, self._poll = service, poll_interval_s
+        # One poller per followed job, however many clients watch it (watch streams cost no queries each).
+        self._events: SharedFollower[tuple[str, str], Any] = SharedFollower(
+            lambda key, cursor: self._svc.events_after(key[0], key[1], cursor), sequence=lambda ev: ev.sequence,
+            subject_ended=lambda key: self._svc.get(*key).status.terminal, tick_s=min(poll_interval_s, TICK_S))
 
     def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.CreateJobResponse:
         """Validate, lease the data, queue the job (idempotent on idempotency_key)."""
@@ -49,11 +53,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     def StreamJobEvents(self, request: pb.StreamJobEventsRequest, context: Any) -> Iterator[pb.JobEvent]:
         """Events after ``after_sequence`` until the job has ended and its log is drained (or the client leaves)."""
         tenant, job_id = current_identity().tenant, request.job_id
-        events = follow(lambda cursor: self._svc.events_after(tenant, job_id, cursor), cursor=request.after_sequence,
-                        sequence=lambda ev: ev.sequence,
-                        is_final=lambda ev: ev.kind is EventKind.STATUS and JobStatus[ev.data["status"]].terminal,
-                        subject_ended=lambda: self._svc.get(tenant, job_id).status.terminal,
-                        is_active=context.is_active, tick_s=min(self._poll, TICK_S))
+        context.add_callback(self._events.wake)  # a client leaving ends its stream at once
+        events = self._events.follow(
+            (tenant, job_id), cursor=request.after_sequence, is_active=context.is_active,
+            is_final=lambda ev: ev.kind is EventKind.STATUS and JobStatus[ev.data["status"]].terminal)
         for ev in events:
             yield convert.event_to_proto(ev)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuneforge.common.v1 import common_pb2
 
 from tuneforge.common.settings import load_settings
+from tuneforge.common.v1 import common_pb2
 
 BASE = "tiny-base"
 FACTS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red", "sun": "yellow",

@@ -11,9 +11,8 @@ import yaml
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tuneforge.training.v1 import training_pb2 as tr
-
 from tests.integration.client.conftest import job_spec, ok_json, write_rows
+from tuneforge.training.v1 import training_pb2 as tr
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,10 +12,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tuneforge.training.v1 import training_pb2 as tr
-
 from tests.integration.client.conftest import BASE, job_spec, ok_json
 from tuneforge.client import errors
+from tuneforge.training.v1 import training_pb2 as tr
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

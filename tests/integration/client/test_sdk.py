@@ -17,13 +17,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from tests.integration.client.conftest import job_spec, write_rows
+from tuneforge.client import Client, ClientConfig, errors
 from tuneforge.datasets.v1 import datasets_pb2 as ds
 from tuneforge.datasets.v1 import datasets_pb2_grpc
 from tuneforge.training.v1 import training_pb2 as tr
 from tuneforge.training.v1 import training_pb2_grpc
-
-from tests.integration.client.conftest import job_spec, write_rows
-from tuneforge.client import Client, ClientConfig, errors
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[3]

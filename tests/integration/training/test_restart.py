@@ -10,10 +10,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from tests.integration.training.conftest import lora_request, upload_and_split, wait_job
 from tuneforge.datasets.v1 import datasets_pb2 as ds
 from tuneforge.training.v1 import training_pb2 as tr
-
-from tests.integration.training.conftest import lora_request, upload_and_split, wait_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

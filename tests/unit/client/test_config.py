@@ -172,9 +172,8 @@ def test_every_documented_field_is_settable_from_yaml_and_round_trips(spec_field
 def test_the_example_files_parse():
     from pathlib import Path
 
-    from tuneforge.datasets.v1 import datasets_pb2 as ds
-
     from tuneforge.cli.datasets import load_pipeline
+    from tuneforge.datasets.v1 import datasets_pb2 as ds
 
     root = Path(__file__).resolve().parents[3] / "examples"
     req = jobspec.load(root / "job.yaml")

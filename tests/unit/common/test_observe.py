@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+from opentelemetry import trace
 
 from tuneforge.common.grpc.client import _AuthDeadlineInterceptor, _CallDetails
 from tuneforge.common.grpc.observe import correlation_ids
@@ -59,16 +60,17 @@ def test_explicit_extras_win_over_bound_fields():
         assert _record(ctx_tenant="other").ctx_tenant == "other"
 
 
-def test_peer_calls_carry_the_bound_trace_id_in_a_traceparent():
+def test_without_a_tracer_peer_calls_carry_the_bound_trace_id_in_a_traceparent():
     interceptor = _AuthDeadlineInterceptor("tok", 5.0)
     plain = _CallDetails("/svc/M", None, None, None, None, None)
-    assert "traceparent" not in dict(interceptor._details(plain).metadata)
+    no_span = trace.INVALID_SPAN  # what a process without a tracer provider gets
+    assert "traceparent" not in dict(interceptor._details(plain, no_span).metadata)
     with log_context(trace_id=TRACE):
-        header = dict(interceptor._details(plain).metadata)["traceparent"]
+        header = dict(interceptor._details(plain, no_span).metadata)["traceparent"]
     assert correlation_ids({"traceparent": header})[1] == TRACE
     sent = _CallDetails("/svc/M", None, [("traceparent", "00-keep")], None, None, None)
     with log_context(trace_id=TRACE):
-        assert dict(interceptor._details(sent).metadata)["traceparent"] == "00-keep"
+        assert dict(interceptor._details(sent, no_span).metadata)["traceparent"] == "00-keep"
 
 
 def test_background_work_logs_with_the_fields_of_the_call_that_queued_it():

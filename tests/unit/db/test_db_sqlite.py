@@ -130,6 +130,40 @@ def test_concurrent_read_then_write_transactions_wait_their_turn(tmp_path: Path)
         engine.dispose()
 
 
+def test_read_only_units_of_work_read_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
+    """A read-only unit of work (deferred BEGIN) reads the last committed state while another
+    transaction holds the write lock; a plain one (BEGIN IMMEDIATE) would wait for the writer."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'reads.db'}"
+    engine = create_db_engine(url)
+    metadata = new_metadata()
+    counter = sa.Table("counter", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                       sa.Column("n", sa.Integer, nullable=False))
+    metadata.create_all(engine)
+    with session_scope(engine) as session:
+        session.execute(counter.insert().values(id=1, n=1))
+    holding, read_done = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with session_scope(engine) as session:  # BEGIN IMMEDIATE: the write lock, held until read_done
+            session.execute(counter.update().where(counter.c.id == 1).values(n=2))
+            holding.set()
+            read_done.wait(60)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert holding.wait(60)
+    with session_scope(engine, read_only=True) as session:
+        seen = session.execute(sa.select(counter.c.n)).scalar_one()
+    read_done.set()
+    thread.join(60)
+    assert seen == 1  # read beside the writer, its uncommitted update unseen
+    with session_scope(engine, read_only=True) as session:
+        assert session.execute(sa.select(counter.c.n)).scalar_one() == 2
+    engine.dispose()
+
+
 def test_a_locked_database_answers_without_its_path(tmp_path: Path) -> None:
     from sqlalchemy.exc import OperationalError
 

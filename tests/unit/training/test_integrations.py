@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from tuneforge.training.v1 import training_pb2 as tr
 
 from tuneforge.engine.spec import IntegrationKind, load_spec
 from tuneforge.training import convert
 from tuneforge.training.adapters.files import DirIntegrationSecrets
 from tuneforge.training.domain.integrations import integration_violations
 from tuneforge.training.domain.model import EventKind, Job, JobEvent, JobStatus
+from tuneforge.training.v1 import training_pb2 as tr
 
 OWNED = {"tenant": "acme", "output": {"checkpoint_uri": "file:///x", "run_name": "job_1"}}
 

@@ -66,7 +66,7 @@ class SqlCheckpointRepository:
 
     def get(self, tenant: str, checkpoint_id: str) -> Manifest | None:
         """A committed checkpoint with its aliases, or None (absent, deleting, other tenant)."""
-        with session_scope(self._sessions) as session:
+        with session_scope(self._sessions, read_only=True) as session:
             doc = session.execute(select(checkpoints.c.manifest).where(
                 checkpoints.c.tenant == tenant,
                 checkpoints.c.id == checkpoint_id,
@@ -80,7 +80,7 @@ class SqlCheckpointRepository:
 
     def list_job(self, tenant: str, job_id: str) -> list[Manifest]:
         """Committed checkpoints of a job by step, with aliases."""
-        with session_scope(self._sessions) as session:
+        with session_scope(self._sessions, read_only=True) as session:
             docs = session.execute(select(checkpoints.c.manifest).where(
                 checkpoints.c.tenant == tenant,
                 checkpoints.c.job_id == job_id,
@@ -139,14 +139,14 @@ class SqlCheckpointRepository:
 
     def list_prefixes(self, tenant: str) -> list[tuple[str, str]]:
         """(prefix, state) of every checkpoint row of a tenant, deleting ones included (for GC)."""
-        with session_scope(self._sessions) as session:
+        with session_scope(self._sessions, read_only=True) as session:
             rows = session.execute(select(checkpoints.c.prefix, checkpoints.c.state).where(
                 checkpoints.c.tenant == tenant)).all()
         return [(p, s) for p, s in rows]
 
     def list_deleting(self, tenant: str) -> list[Manifest]:
         """Checkpoints whose deletion was interrupted (hidden rows), to be finished by GC."""
-        with session_scope(self._sessions) as session:
+        with session_scope(self._sessions, read_only=True) as session:
             docs = session.execute(select(checkpoints.c.manifest).where(
                 checkpoints.c.tenant == tenant, checkpoints.c.state == STATE_DELETING)).scalars().all()
         return [Manifest.from_document(d) for d in docs]
@@ -180,7 +180,7 @@ class SqlCheckpointRepository:
 
     def list_aliases(self, tenant: str, job_id: str) -> list[Alias]:
         """The current aliases of a job, by name, each with its history newest first."""
-        with session_scope(self._sessions) as session:
+        with session_scope(self._sessions, read_only=True) as session:
             current = session.execute(select(aliases.c.name, aliases.c.checkpoint_id).where(
                 aliases.c.tenant == tenant, aliases.c.job_id == job_id).order_by(aliases.c.name)).all()
             moves = session.execute(select(
@@ -196,7 +196,7 @@ class SqlCheckpointRepository:
 
     def get_policy(self, tenant: str, job_id: str) -> RetentionPolicy | None:
         """The job's policy, or None."""
-        with session_scope(self._sessions) as session:
+        with session_scope(self._sessions, read_only=True) as session:
             row = session.execute(select(policies).where(
                 policies.c.tenant == tenant, policies.c.job_id == job_id)).mappings().one_or_none()
         if row is None:
@@ -239,7 +239,7 @@ class SqlCheckpointRepository:
         """Pins on any of ``checkpoint_ids``."""
         if not checkpoint_ids:
             return []
-        with session_scope(self._sessions) as session:
+        with session_scope(self._sessions, read_only=True) as session:
             rows = session.execute(select(pins.c.checkpoint_id, pins.c.holder, pins.c.created_at).where(
                 pins.c.tenant == tenant, pins.c.checkpoint_id.in_(list(checkpoint_ids)))).all()
         return [Pin(checkpoint_id=c, holder=h, create_time=t) for c, h, t in rows]

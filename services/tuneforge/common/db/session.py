@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneforge.common.db.engine import unavailable
+from tuneforge.common.db.engine import SQLITE_BEGIN_IMMEDIATE, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,14 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(bind: Engine | sessionmaker[Session]) -> Iterator[Session]:
+def session_scope(bind: Engine | sessionmaker[Session], *, read_only: bool = False) -> Iterator[Session]:
     """Run a unit of work in one transaction.
+
+    On a SQLite file every unit of work takes the write lock up front (``BEGIN IMMEDIATE``: see
+    ``common.db.engine``), so units of work run one at a time. ``read_only=True`` opens a plain
+    deferred transaction instead: reads run side by side (WAL), never waiting behind each other or
+    a writer. Use it only for units of work that never write (a write in it may fail at once with
+    "database is locked" when another writer got in first). PostgreSQL is the same either way.
 
     Example::
 
@@ -48,6 +54,8 @@ def session_scope(bind: Engine | sessionmaker[Session]) -> Iterator[Session]:
     factory = bind if isinstance(bind, sessionmaker) else make_sessionmaker(bind)
     session = factory()
     try:
+        if read_only:
+            session.connection(execution_options={SQLITE_BEGIN_IMMEDIATE: False})
         yield session
         session.commit()
     except OperationalError as exc:

@@ -29,6 +29,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
 from tuneforge.common.auth import DEFAULT_TENANT, Identity, TokenAuthenticator, bound_identity
 from tuneforge.common.errors import ErrorFamily, ResourceExhausted, TuneforgeError
@@ -196,6 +197,7 @@ class _Wrapper:
                 tenant = ident.tenant
                 if not self.request_streaming:
                     check_request(request)
+                trace.get_current_span().set_attribute("tuneforge.tenant", ident.tenant)
                 with self._slot(self.request_streaming), bound_identity(ident), log_context(tenant=ident.tenant):
                     result = behavior(_checked(request) if self.request_streaming else request, context)
                 self._log(start, tenant, "OK")
@@ -212,6 +214,7 @@ class _Wrapper:
                 tenant = ident.tenant
                 if not self.request_streaming:
                     check_request(request)
+                trace.get_current_span().set_attribute("tuneforge.tenant", ident.tenant)
                 with self._slot(True), bound_identity(ident), log_context(tenant=ident.tenant):
                     yield from behavior(_checked(request) if self.request_streaming else request, context)
                 self._log(start, tenant, "OK")

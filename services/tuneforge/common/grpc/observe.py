@@ -1,4 +1,4 @@
-"""The observing server interceptor: gRPC metrics and log correlation for every call.
+"""The observing server interceptor: gRPC metrics, a trace span and log correlation for every call.
 
 Outermost in the chain (before ``ServiceInterceptor``), so it counts every call, refused ones
 included (unauthenticated, over the stream cap, invalid), and sees the status code the inner
@@ -6,14 +6,17 @@ interceptor set. For each call it:
 - counts ``grpc_server_started_total`` and ``grpc_server_handled_total`` (by code), observes
   ``grpc_server_handling_seconds`` and keeps ``grpc_server_in_flight`` / ``grpc_server_open_streams``
   (the names of go-grpc-prometheus, so common dashboards and alerts apply);
-- binds the log correlation fields ``method``, ``request_id`` and ``trace_id`` for the handler's
-  duration (``ServiceInterceptor`` adds ``tenant``). The trace id comes from a W3C ``traceparent``
-  header when the caller sent one (peer calls do: ``common.grpc.client``), so one request is
-  followed across services in the logs; ``x-request-id`` is honoured when well formed.
+- starts an OpenTelemetry SERVER span (``common.tracing``), a child of the caller's span when a W3C
+  ``traceparent`` header came with the call (peer calls send one: ``common.grpc.client``), current
+  for the handler's duration, ended with the call's status code (health and reflection calls get none);
+- binds the log correlation fields ``method``, ``request_id`` and ``trace_id`` (the span's trace id)
+  for the handler's duration (``ServiceInterceptor`` adds ``tenant``), so one request is followed
+  across services in the logs and the traces; ``x-request-id`` is honoured when well formed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -21,7 +24,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from opentelemetry.trace import SpanKind
 
+from tuneforge.common import tracing
 from tuneforge.common.logging import log_context
 from tuneforge.common.metrics import ServiceMetrics
 
@@ -39,11 +44,16 @@ def correlation_ids(metadata: dict[str, str]) -> tuple[str, str]:
     return request_id, trace_id
 
 
-class ObservingInterceptor(grpc.ServerInterceptor):
-    """Records the gRPC server metrics of every call and binds its log correlation fields."""
+# Calls that get no span: load balancers' health checks and tools' reflection would drown the traces.
+_UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+
+class ObservingInterceptor(grpc.ServerInterceptor):
+    """Records the gRPC server metrics of every call, traces it and binds its log correlation fields."""
+
+    def __init__(self, metrics: ServiceMetrics, service_name: str = "") -> None:
         self._m = metrics
+        self._service = service_name or metrics.service
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -54,7 +64,8 @@ class ObservingInterceptor(grpc.ServerInterceptor):
             "stream" if handler.response_streaming else "unary")
         call = _Call(self._m, details.method, (service, method, _GRPC_TYPE[kind]),
                      dict(details.invocation_metadata or ()),
-                     handler.request_streaming or handler.response_streaming)
+                     handler.request_streaming or handler.response_streaming,
+                     "" if details.method.startswith(_UNTRACED) else self._service)
         behavior = getattr(handler, kind)
         new = call.streaming(behavior) if handler.response_streaming else call.unary(behavior)
         factory = getattr(grpc, f"{kind}_rpc_method_handler")
@@ -62,21 +73,36 @@ class ObservingInterceptor(grpc.ServerInterceptor):
                        response_serializer=handler.response_serializer)
 
 
+# Codes that say the caller asked for something wrong or absent, not that the server failed (the
+# OpenTelemetry gRPC conventions mark only these server-side codes as unset; the rest are errors).
+_NOT_SERVER_ERRORS = {"OK", "CANCELLED", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+                      "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED"}
+
 _GRPC_TYPE = {"unary_unary": "unary", "unary_stream": "server_stream", "stream_unary": "client_stream",
               "stream_stream": "bidi_stream"}
 
 
 class _Call:
     def __init__(self, metrics: ServiceMetrics, full_method: str, labels: tuple[str, str, str],
-                 metadata: dict[str, Any], streaming: bool) -> None:
+                 metadata: dict[str, Any], streaming: bool, traced_as: str) -> None:
         self.m, self.full_method, self.labels, self.is_stream = metrics, full_method, labels, streaming
-        self.request_id, self.trace_id = correlation_ids({k: v for k, v in metadata.items() if isinstance(v, str)})
+        self.headers = {k: v for k, v in metadata.items() if isinstance(v, str)}
+        self.request_id, self.trace_id = correlation_ids(self.headers)
+        self.traced_as = traced_as  # the service named on the span; '' for no span
+        self.span: Any = None
 
     def _begin(self) -> float:
         self.m.started.labels(*self.labels).inc()
         self.m.in_flight.labels(*self.labels).inc()
         if self.is_stream:
             self.m.open_streams.labels(*self.labels).inc()
+        if self.traced_as:
+            service, method, _ = self.labels
+            self.span = tracing.tracer().start_span(
+                self.full_method.lstrip("/"), context=tracing.extract(self.headers), kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
+                            "tuneforge.service": self.traced_as, "tuneforge.request_id": self.request_id})
+            self.trace_id = tracing.trace_id_hex(self.span) or self.trace_id
         return time.monotonic()
 
     def _end(self, start: float, context: grpc.ServicerContext, failed: bool) -> None:
@@ -84,10 +110,20 @@ class _Call:
         if self.is_stream:
             self.m.open_streams.labels(*self.labels).dec()
         self.m.latency.labels(*self.labels).observe(time.monotonic() - start)
-        self.m.handled.labels(*self.labels, _code(context, failed)).inc()
+        code = _code(context, failed)
+        self.m.handled.labels(*self.labels, code).inc()
+        if self.span is not None:
+            self.span.set_attribute("rpc.grpc.status_code_name", code)
+            if code not in _NOT_SERVER_ERRORS:
+                tracing.set_error(self.span, code)
+            self.span.end()
 
+    @contextlib.contextmanager
     def _bound(self) -> Any:
-        return log_context(method=self.full_method, request_id=self.request_id, trace_id=self.trace_id)
+        parent = tracing.server_context(tracing.extract({}), self.span) if self.span is not None else None
+        with tracing.attached(parent), log_context(method=self.full_method, request_id=self.request_id,
+                                                   trace_id=self.trace_id):
+            yield
 
     def unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:

@@ -1,6 +1,6 @@
 """Build, run and gracefully stop a tuneforge gRPC server.
 
-Every server gets the ``ObservingInterceptor`` (metrics, log correlation) then the
+Every server gets the ``ObservingInterceptor`` (metrics, a trace span, log correlation) then the
 ``ServiceInterceptor`` (auth, errors, access logs), grpc.health.v1, server reflection and, when
 ``TUNEFORGE_METRICS_PORT`` is set, a ``/metrics`` endpoint on the service's host. ``RunningServer.stop`` first flips health to NOT_SERVING (so load balancers stop
 routing), then lets in-flight calls drain for the grace period.
@@ -29,6 +29,7 @@ from tuneforge.common.logging import register_secret
 from tuneforge.common.metrics import MetricsEndpoint, ServiceMetrics, start_endpoint
 from tuneforge.common.public_text import register_private_path
 from tuneforge.common.settings import ServiceSettings
+from tuneforge.common.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +157,20 @@ def build_server(settings: ServiceSettings, registrations: Sequence[Registration
     """
     metrics = metrics or ServiceMetrics(settings.service_name)
     register_private_paths(settings)
+    configure_tracing(settings.service_name, settings.otlp_endpoint)
     opts = [("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0)]
     handlers = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=settings.service_name)
     server = grpc.server(handlers,
-                         interceptors=[ObservingInterceptor(metrics),
+                         interceptors=[ObservingInterceptor(metrics, settings.service_name),
                                        ServiceInterceptor(make_authenticator(settings),
                                                           Admission(settings.call_limit(), settings.stream_limit()))],
-                         options=opts)
+                         options=opts,
+                         # Past one call per handler thread, gRPC answers RESOURCE_EXHAUSTED at once
+                         # instead of queueing calls for a thread: a saturated process (the GIL) would
+                         # otherwise hold them until their deadline, before admission even saw them.
+                         maximum_concurrent_rpcs=settings.max_workers)
     for add, servicer in registrations:
         add(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tuneforge.common import tracing
 from tuneforge.common.errors import Aborted, AlreadyExists, InvalidInput, NotFound, Unavailable
 from tuneforge.common.public_text import echo
 from tuneforge.common.storage.artifacts import (
@@ -74,7 +75,12 @@ class CheckpointWriter:
             Aborted: a local file changed while it was being uploaded.
             Unavailable: the store stayed unreachable through every retry.
         """
-        prefix = artifact_prefix(prefix)
+        with tracing.span("checkpoint.write", {"tuneforge.checkpoint.prefix": prefix}) as current:
+            manifest = self._write(local_dir, artifact_prefix(prefix), manifest_extra)
+            current.set_attribute("tuneforge.checkpoint.bytes", manifest.total_size)
+            return manifest
+
+    def _write(self, local_dir: Path, prefix: str, manifest_extra: Mapping[str, Any] | None) -> Manifest:
         local = _scan(local_dir)
         existing = self._retrying(f"reading the manifest of {prefix}", lambda: self._existing(prefix))
         if existing is not None:

@@ -43,7 +43,7 @@ class SqlCatalog:
         return row.id if row else ""
 
     def find_dataset(self, tenant: str, ref: str) -> Dataset | None:
-        with db.session_scope(self._sessions) as s:
+        with db.session_scope(self._sessions, read_only=True) as s:
             row = s.execute(select(t.datasets).where(
                 t.datasets.c.tenant == tenant, (t.datasets.c.id == ref) | (t.datasets.c.name == ref))).first()
             return _dataset(row, self._latest(s, tenant, row.id)) if row else None
@@ -64,7 +64,7 @@ class SqlCatalog:
         return found
 
     def list_datasets(self, tenant: str, offset: int, limit: int) -> list[Dataset]:
-        with db.session_scope(self._sessions) as s:
+        with db.session_scope(self._sessions, read_only=True) as s:
             rows = s.execute(select(t.datasets).where(t.datasets.c.tenant == tenant)
                              .order_by(t.datasets.c.name).offset(offset).limit(limit)).all()
             return [_dataset(r, self._latest(s, tenant, r.id)) for r in rows]
@@ -86,12 +86,12 @@ class SqlCatalog:
             raise AlreadyExists(f"request_id {echo(version.request_id)} was already used: use a new request_id") from exc
 
     def get_version(self, tenant: str, version_id: str) -> Version | None:
-        with db.session_scope(self._sessions) as s:
+        with db.session_scope(self._sessions, read_only=True) as s:
             row = s.execute(select(t.versions).where(t.versions.c.tenant == tenant, t.versions.c.id == version_id)).first()
             return _version(row) if row else None
 
     def list_versions(self, tenant: str, dataset_id: str, offset: int, limit: int) -> list[Version]:
-        with db.session_scope(self._sessions) as s:
+        with db.session_scope(self._sessions, read_only=True) as s:
             rows = s.execute(select(t.versions).where(t.versions.c.tenant == tenant, t.versions.c.dataset_id == dataset_id)
                              .order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc())
                              .offset(offset).limit(limit)).all()

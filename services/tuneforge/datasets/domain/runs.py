@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneforge.common import tracing
 from tuneforge.common.db import utcnow
 from tuneforge.common.errors import InvalidInput, NotFound, TuneforgeError, Unavailable
 from tuneforge.common.logging import ContextThreadPoolExecutor
@@ -84,7 +85,8 @@ class CurationRuns:
                   {"config": config.to_dict(), "steps": []})
         self.catalog.save_run(run)
         self._emit(run, "queued")
-        self.pool.submit(self._execute, run, config)
+        self.pool.submit(tracing.in_span(self._execute, "datasets.curation.run", {
+            "tuneforge.tenant": tenant, "tuneforge.run_id": run.id, "tuneforge.version_id": version.id}), run, config)
         return run
 
     def _execute(self, run: Run, config: cfg.PipelineConfig) -> None:
@@ -130,6 +132,7 @@ class CurationRuns:
         run.ended_at = utcnow()
         self.catalog.save_run(run)
         self._emit(run, message)
+        tracing.outcome(run.state.name, failed=run.state is RunState.FAILED, message=message)
 
     def get(self, tenant: str, run_id: str) -> Run:
         """One run; NotFound otherwise."""

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from tuneforge.common import tracing
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import Cancelled, FailedPrecondition, InvalidInput, TuneforgeError
 from tuneforge.common.idempotency import Idempotency, digest_of
@@ -354,7 +355,9 @@ class EvaluationService:
 
     def _run_guarded(self, evaluation: Evaluation, caller: Identity) -> None:
         try:
-            self._run(evaluation, caller)
+            with tracing.span("evaluation.run", {"tuneforge.tenant": evaluation.tenant,
+                                                 "tuneforge.evaluation_id": evaluation.id}):
+                self._run(evaluation, caller)
         except Cancelled:
             if self._stopping.is_set():
                 evaluation.error = ErrorInfo("UNAVAILABLE", STOPPED_MESSAGE)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from tuneforge.common import tracing
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import InvalidInput, NotFound, TuneforgeError
 from tuneforge.common.peers.clients import (
@@ -158,6 +159,12 @@ class RegisteringPublisher:
     def publish(self, caller: Identity, job: Job, uri: str, step: int, metrics: Mapping[str, float],
                 dataset_version_id: str) -> JobCheckpoint:
         """Register the committed checkpoint at ``uri`` (idempotent for the same job, step and files)."""
+        with tracing.span("training.checkpoint.publish", {"tuneforge.tenant": job.tenant, "tuneforge.job_id": job.id,
+                                                          "tuneforge.step": step}):
+            return self._publish(caller, job, uri, step, metrics, dataset_version_id)
+
+    def _publish(self, caller: Identity, job: Job, uri: str, step: int, metrics: Mapping[str, float],
+                 dataset_version_id: str) -> JobCheckpoint:
         folder = key_in_store(self._store, uri, f"checkpoint of job {job.id}").rstrip("/") + "/"
         root = f"{tenant_prefix(job.tenant)}checkpoints/"
         if not folder.startswith(root):

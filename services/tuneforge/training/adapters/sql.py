@@ -83,7 +83,7 @@ class SqlJobRepository:
 
     def get(self, tenant: str, job_id: str) -> Job:
         """One job; ``NotFound`` for another tenant's."""
-        with session_scope(self._sessions) as s:
+        with session_scope(self._sessions, read_only=True) as s:
             row = s.execute(select(jobs).where(jobs.c.tenant == tenant, jobs.c.id == job_id)).mappings().first()
         if row is None:
             raise NotFound(f"job {job_id!r} not found: list jobs to see the ids you can read")
@@ -92,7 +92,7 @@ class SqlJobRepository:
     def find_by_key(self, tenant: str, idempotency_key: str) -> Job | None:
         """The tenant's job created with ``idempotency_key``."""
         q = select(jobs).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == idempotency_key)
-        with session_scope(self._sessions) as s:
+        with session_scope(self._sessions, read_only=True) as s:
             row = s.execute(q).mappings().first()
         return _from_row(row) if row else None
 
@@ -106,7 +106,7 @@ class SqlJobRepository:
         for key, value in filters.labels.items():
             q = q.where(exists().where(and_(labels.c.job_id == jobs.c.id, labels.c.key == key, labels.c.value == value)))
         q = q.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit).offset(offset)
-        with session_scope(self._sessions) as s:
+        with session_scope(self._sessions, read_only=True) as s:
             return [_from_row(r) for r in s.execute(q).mappings()]
 
     def save(self, job: Job, *, expected: Collection[JobStatus] = (), lease: Lease | None = None) -> bool:
@@ -202,7 +202,7 @@ class SqlJobRepository:
     def unfinished(self) -> builtins.list[Job]:
         """Every tenant's live jobs, oldest first."""
         q = select(jobs).where(jobs.c.status.in_(_LIVE)).order_by(jobs.c.created_at, jobs.c.id)
-        with session_scope(self._sessions) as s:
+        with session_scope(self._sessions, read_only=True) as s:
             return [_from_row(r) for r in s.execute(q).mappings()]
 
     def add_event(self, tenant: str, job_id: str, kind: EventKind, data: Mapping[str, Any],
@@ -242,7 +242,7 @@ class SqlJobRepository:
         q = (select(events).join(jobs, jobs.c.id == events.c.job_id)
              .where(jobs.c.tenant == tenant, events.c.job_id == job_id, events.c.sequence > sequence)
              .order_by(events.c.sequence).limit(limit))
-        with session_scope(self._sessions) as s:
+        with session_scope(self._sessions, read_only=True) as s:
             return [JobEvent(r["sequence"], r["time"], EventKind(r["kind"]), r["data"]) for r in s.execute(q).mappings()]
 
     def add_checkpoint(self, tenant: str, job_id: str, checkpoint: JobCheckpoint) -> None:

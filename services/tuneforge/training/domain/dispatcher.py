@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
+from tuneforge.common import tracing
 from tuneforge.common.logging import log_context
 from tuneforge.training.domain.dispatch import Candidate, Decision, Quotas, Running, decide
 from tuneforge.training.domain.model import Job
@@ -44,9 +46,10 @@ class DispatchSettings:
     quotas: Quotas = field(default_factory=Quotas)
 
 
-# What the service does with a claimed job: a run to start and the trace id for its log lines, or None
+# What the service does with a claimed job: a run to start and the trace context it continues (from
+# ``tracing.carry`` at CreateJob; None: a new trace), or None
 # when it ended the job itself (e.g. no identity of the tenant to act as).
-Launch = Callable[[Job], tuple[JobRun, str] | None]
+Launch = Callable[[Job], tuple[JobRun, Any] | None]
 # Told once per change of a waiting job's reason: (tenant, job id, reason).
 OnReason = Callable[[str, str, str], None]
 
@@ -136,20 +139,22 @@ class Dispatcher:
         made = self._launch(job)
         if made is None:
             return 0
-        run, trace_id = made
+        run, trace = made
         with self._lock:
             if not self._claiming:  # the service began stopping during the claim: give the job back untouched
                 self._repo.release(job.lease)
                 return 0
             self._runs[job.id] = run
             self._renewed[job.id] = claimed_at
-        self._executor.submit(self._guarded, run, trace_id)
+        self._executor.submit(self._guarded, run, trace)
         return 1
 
-    def _guarded(self, run: JobRun, trace_id: str) -> None:
+    def _guarded(self, run: JobRun, trace: Any) -> None:
         try:
-            with log_context(tenant=run.tenant, job_id=run.job_id, trace_id=trace_id,
-                             replica=self._s.replica_id, lease_epoch=str(run.lease.epoch)):
+            with tracing.continued(trace, "training.job.run", {"tuneforge.tenant": run.tenant,
+                                                               "tuneforge.job_id": run.job_id}), \
+                    log_context(tenant=run.tenant, job_id=run.job_id, replica=self._s.replica_id,
+                                lease_epoch=str(run.lease.epoch)):
                 run.execute()
         except Exception:  # execute records failures itself; this guards the executor thread
             log.exception("job %s: unexpected error outside the run", run.job_id)

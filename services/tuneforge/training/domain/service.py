@@ -16,7 +16,6 @@ import re
 import statistics
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
@@ -24,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tuneforge.common import tracing
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
-from tuneforge.common.logging import current_log_context
 from tuneforge.common.storage import tenant_prefix
 from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
 from tuneforge.training.domain.admission import (
@@ -166,7 +165,7 @@ class TrainingService:
         self._d = deps
         # Callers of jobs created here, until this replica claims them (job id -> identity, trace id, when);
         # a job another replica claims leaves its entry behind until it is an hour old.
-        self._callers: dict[str, tuple[Identity, str, float]] = {}
+        self._callers: dict[str, tuple[Identity, Any, float]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._ctx = RunContext(deps.repository, deps.datasets, deps.models, deps.checkpoints, deps.engine,
@@ -349,13 +348,13 @@ class TrainingService:
     def _queue(self, job: Job, caller: Identity) -> None:
         """Move VALIDATING -> QUEUED and wake the dispatcher; the caller's identity waits for the claim."""
         job.move_to(JobStatus.QUEUED)
-        # The run's log lines carry the trace id of the call that queued it.
-        trace_id = current_log_context().get("trace_id") or uuid.uuid4().hex
+        # The run's span and log lines continue the trace of the call that queued it.
+        trace = tracing.carry()
         now = time.monotonic()
         with self._lock:
             for job_id in [k for k, (_, _, at) in self._callers.items() if now - at > _CALLER_KEPT_S]:
                 del self._callers[job_id]
-            self._callers[job.id] = (caller, trace_id, now)
+            self._callers[job.id] = (caller, trace, now)
         if not self._d.repository.save(job, expected=(JobStatus.VALIDATING,)):
             with self._lock:
                 self._callers.pop(job.id, None)
@@ -363,18 +362,18 @@ class TrainingService:
         status_event(self._d.repository, job)
         self._dispatcher.wake()
 
-    def _launch(self, job: Job) -> tuple[JobRun, str] | None:
+    def _launch(self, job: Job) -> tuple[JobRun, Any] | None:
         """A run for a job this replica claimed: as its caller when it was created here, else as its tenant."""
         assert job.lease is not None
         with self._lock:
-            caller, trace_id, _ = self._callers.pop(job.id, (None, uuid.uuid4().hex, 0.0))
+            caller, trace, _ = self._callers.pop(job.id, (None, None, 0.0))
         caller = caller or self._d.credentials.identity_for(job.tenant)
         if caller is None:
             self._ctx.fail(job, "FAILED_PRECONDITION", f"no token of tenant {job.tenant!r} is configured to run "
                            "this job on a replica other than the one it was created on (or after a restart): add "
                            "one to TUNEFORGE_AUTH_TOKENS", None)
             return None
-        return JobRun(self._ctx, job.tenant, job.id, caller, job.lease), trace_id
+        return JobRun(self._ctx, job.tenant, job.id, caller, job.lease), trace
 
     def _waiting(self, tenant: str, job_id: str, reason: str) -> None:
         """A queued job's wait reason changed: say why in its log (once per change, not per poll)."""
