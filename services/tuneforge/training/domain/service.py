@@ -24,7 +24,7 @@ from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
 from tuneforge.common.logging import current_log_context, log_context
 from tuneforge.common.storage import tenant_prefix
-from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
+from tuneforge.engine.spec import LABELLED_OBJECTIVES, PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
 from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import (
     Job,
@@ -114,14 +114,29 @@ def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[Field
         if not kind:
             continue
         paired = spec.objective.kind in PREFERENCE_OBJECTIVES
-        if paired and kind != "PREFERENCE":
+        labelled = spec.objective.kind in LABELLED_OBJECTIVES
+        if labelled != (kind == "LABELLED"):
+            out.append(_labelled_violation(spec, version_id, kind, field_path))
+        elif labelled:
+            continue
+        elif paired and kind != "PREFERENCE":
             out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, "
                                       f"but {spec.objective.kind.name} needs preference pairs (prompt, chosen, "
                                       "rejected): use a preference dataset or supervised fine-tuning"))
         elif not paired and kind == "PREFERENCE":
             out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds preference pairs: train "
-                                      "them with DPO, ORPO or SimPO, or use a chat/text dataset"))
+                                      "them with DPO, ORPO, SimPO or a reward model, or use a chat/text dataset"))
     return out
+
+
+def _labelled_violation(spec: TrainingSpec, version_id: str, kind: str, field_path: str) -> FieldViolation:
+    """KTO needs labelled completions, and labelled completions need KTO."""
+    if kind == "LABELLED":
+        return FieldViolation(field_path, f"dataset version {version_id!r} holds labelled completions (prompt, "
+                              "completion, label): train them with KTO, or use a dataset of the objective's kind")
+    return FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, but "
+                          f"{spec.objective.kind.name} needs labelled completions (prompt, completion, label): "
+                          "upload a KTO-format dataset (DATASET_FORMAT_KTO)")
 
 
 class TrainingService:
