@@ -148,13 +148,18 @@ def test_kto_job_on_a_labelled_completion_dataset(cluster):
     req.schedule.save_every_steps = 4
     req.hyperparameters.learning_rate = 1e-2
     req.hyperparameters.kto_beta = 0.2
-    req.hyperparameters.kto_undesirable_weight = 1.5
+    # Equal weights: every batch's loss starts at 1.2 * (1 - sigmoid(0)) = 0.6, whatever its mix of labels.
+    req.hyperparameters.kto_desirable_weight = 1.2
+    req.hyperparameters.kto_undesirable_weight = 1.2
     job = acme.training.CreateJob(req).job
     assert job.objective == tr.OBJECTIVE_KTO and job.hyperparameters.kto_beta == pytest.approx(0.2)
+    assert job.hyperparameters.kto_undesirable_weight == pytest.approx(1.2)
     done = wait_job(acme.training, job.id, timeout=300)
     assert done.status == tr.JOB_STATUS_SUCCEEDED, (done.error.code, done.error.message)
     metrics = [m for m in _metrics(acme, job.id) if m.loss]
     assert len(metrics) == 4 and all(math.isfinite(m.loss) for m in metrics)
-    assert min(m.loss for m in metrics[-2:]) < metrics[0].loss
+    assert metrics[0].loss == pytest.approx(0.6, abs=1e-4)
+    assert min(m.loss for m in metrics[-2:]) < metrics[0].loss, [m.loss for m in metrics]
+    assert all(m.kto_kl >= 0 for m in metrics) and any(m.kto_kl > 0 for m in metrics[1:])
     manifest = acme.checkpoints.GetManifest(ck.GetManifestRequest(checkpoint=done.result_checkpoint_id)).manifest
     assert manifest.head == ck.MODEL_HEAD_CAUSAL_LM and manifest.lineage.dataset_version_id == version_id
