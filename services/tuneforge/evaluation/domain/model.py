@@ -24,6 +24,7 @@ class Metric(enum.Enum):
     CLASSIFICATION = 7
     SAFETY = 8
     FORGETTING = 9
+    REWARD_ACCURACY = 10
 
     @property
     def needs_generation(self) -> bool:
@@ -148,6 +149,10 @@ class EvaluationSpec:
         if not self.metrics:
             v.append(FieldViolation("metrics", "give at least one metric (e.g. METRIC_PERPLEXITY)"))
         v += self._forgetting_violations(limits)
+        if Metric.REWARD_ACCURACY in self.metrics and len(self.metrics) > 1:
+            others = ", ".join(f"METRIC_{m.name}" for m in self.metrics if m is not Metric.REWARD_ACCURACY)
+            v.append(FieldViolation("metrics", f"METRIC_REWARD_ACCURACY scores a reward model, which cannot compute "
+                                    f"{others}: request it in an evaluation of its own"))
         g = self.generation
         if not 1 <= g.max_new_tokens <= limits.max_new_tokens:
             v.append(FieldViolation("generation.max_new_tokens", f"must be in 1..{limits.max_new_tokens}"))

@@ -37,6 +37,8 @@ def score(
     if Metric.MULTIPLE_CHOICE in wanted and raw.get("multiple_choice", {}).get("gold"):
         mc = raw["multiple_choice"]
         scores += m.multiple_choice(mc["loglikelihoods"], mc["choices"], mc["gold"])
+    if Metric.REWARD_ACCURACY in wanted and raw.get("reward_pairs", {}).get("chosen"):
+        scores += _reward_scores(raw["reward_pairs"])
     gens = raw.get("generations") or []
     if gens:
         scores += _generation_scores(gens, wanted, flagged)
@@ -50,6 +52,16 @@ def _perplexity_scores(ppl: Mapping[str, Any]) -> list[m.Score]:
     mean = float(ppl["nll_sum"]) / tokens
     n = int(ppl["examples"])
     return [m.Score("mean_loss", mean, n), m.Score("perplexity", math.exp(mean), n), m.Score("scored_tokens", tokens, n)]
+
+
+def _reward_scores(pairs: Mapping[str, Sequence[float]]) -> list[m.Score]:
+    """A reward model's pairwise accuracy (ties count as wrong, as in trl's RewardTrainer) and mean margin."""
+    chosen, rejected = pairs["chosen"], pairs["rejected"]
+    n = len(chosen)
+    right = sum(c > r for c, r in zip(chosen, rejected, strict=True))
+    low, high = m.wilson_interval(right, n)
+    margin = sum(c - r for c, r in zip(chosen, rejected, strict=True)) / n
+    return [m.Score("reward_accuracy", right / n, n, low, high), m.Score("reward_margin_mean", margin, n)]
 
 
 def _generation_scores(
