@@ -82,7 +82,42 @@ def _score(model, tokenizer, prompt: str, answer: str) -> float:
         return float(model(**ids).logits[0, 0])
 
 
-def test_reward_model_job_reaches_high_accuracy_and_exports_a_sequence_classifier(cluster, tmp_path: Path):
+def _evaluate_reward_accuracy(cluster, make_service, tmp_path: Path, checkpoint_id: str, version_id: str):
+    """METRIC_REWARD_ACCURACY through a real evaluation service on the cluster's store and peers."""
+    from tuneforge.common.grpc.client import channel
+    from tuneforge.evaluation.app import build_app as build_evaluation
+    from tuneforge.evaluation.settings import EvaluationSettings
+    from tuneforge.evaluation.v1 import evaluation_pb2 as ev
+    from tuneforge.evaluation.v1 import evaluation_pb2_grpc as ev_grpc
+
+    service = make_service(EvaluationSettings, build_evaluation, object_store_uri=(tmp_path / "objects").as_uri(),
+                           models_dir=tmp_path / "models", datasets_address=cluster.addresses["datasets"],
+                           checkpoints_address=cluster.addresses["checkpoints"],
+                           auth_tokens=",".join(f"{t}:{tok}" for t, tok in cluster.tokens.items()))
+    stub = ev_grpc.EvaluationServiceStub(channel(service.address, cluster.tokens["acme"], default_timeout=60))
+    # A reward model computes its own metric only: asking for more is refused, naming the field.
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateEvaluation(ev.CreateEvaluationRequest(
+            model=ev.ModelRef(checkpoint_id=checkpoint_id), datasets=[ev.EvalDataset(version_id=version_id)],
+            metrics=[ev.METRIC_REWARD_ACCURACY, ev.METRIC_PERPLEXITY]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in bad_request_violations(info.value)] == ["metrics"]
+    created = stub.CreateEvaluation(ev.CreateEvaluationRequest(
+        model=ev.ModelRef(checkpoint_id=checkpoint_id),
+        datasets=[ev.EvalDataset(version_id=version_id, split="validation")],
+        metrics=[ev.METRIC_REWARD_ACCURACY])).evaluation
+    deadline = time.monotonic() + 300
+    evaluation = created
+    while evaluation.state not in (common_pb2.OPERATION_STATE_SUCCEEDED, common_pb2.OPERATION_STATE_FAILED,
+                                   common_pb2.OPERATION_STATE_CANCELLED) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        evaluation = stub.GetEvaluation(ev.GetEvaluationRequest(evaluation_id=created.id)).evaluation
+    assert evaluation.state == common_pb2.OPERATION_STATE_SUCCEEDED, evaluation.error.message
+    return {m.name: m for r in evaluation.results for m in r.metrics}
+
+
+def test_reward_model_job_reaches_high_accuracy_and_exports_a_sequence_classifier(cluster, make_service,
+                                                                                   tmp_path: Path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     acme = cluster.stack("acme")
@@ -123,6 +158,13 @@ def test_reward_model_job_reaches_high_accuracy_and_exports_a_sequence_classifie
     right = [_score(model, tokenizer, r["prompt"][0]["content"], r["chosen"])
              > _score(model, tokenizer, r["prompt"][0]["content"], r["rejected"]) for r in held_out]
     assert sum(right) / len(right) >= 0.9
+
+    # The evaluation service reports the same pairwise accuracy on the held-out split, by checkpoint id.
+    metrics = _evaluate_reward_accuracy(cluster, make_service, tmp_path, done.result_checkpoint_id, version_id)
+    accuracy = metrics["reward_accuracy"]
+    assert accuracy.count == len(held_out) and accuracy.value == pytest.approx(sum(right) / len(right))
+    assert accuracy.value >= 0.9 and accuracy.ci_low <= accuracy.value <= accuracy.ci_high
+    assert metrics["reward_margin_mean"].value > 0
 
 
 def test_kto_job_on_a_labelled_completion_dataset(cluster):
