@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import json
 import logging
 import re
 import threading
@@ -24,7 +25,7 @@ from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
 from tuneforge.common.logging import current_log_context, log_context
 from tuneforge.common.storage import tenant_prefix
-from tuneforge.engine.spec import LABELLED_OBJECTIVES, PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
+from tuneforge.engine.spec import LABELLED_OBJECTIVES, PREFERENCE_OBJECTIVES, ObjectiveKind, TrainingSpec, load_spec
 from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import (
     Job,
@@ -129,6 +130,21 @@ def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[Field
     return out
 
 
+def _head_violation(spec: TrainingSpec, folder: Path) -> FieldViolation | None:
+    """A reward model (a sequence classifier) cannot be the base of a language-model objective: it has
+    no LM head to fine-tune or generate with (a reward model may start from one, or from a causal LM)."""
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or ()
+    except (OSError, ValueError):
+        return None  # the engine reports an unreadable folder with its own message
+    reward = any(str(a).endswith("ForSequenceClassification") for a in architectures)
+    if reward and spec.objective.kind is not ObjectiveKind.REWARD_MODEL:
+        return FieldViolation("model.name", f"checkpoint {spec.model.name} is a reward model (a sequence "
+                              f"classifier), which {spec.objective.kind.name} cannot fine-tune: name a causal "
+                              "language model, or train OBJECTIVE_REWARD_MODEL from it")
+    return None
+
+
 def _labelled_violation(spec: TrainingSpec, version_id: str, kind: str, field_path: str) -> FieldViolation:
     """KTO needs labelled completions, and labelled completions need KTO."""
     if kind == "LABELLED":
@@ -179,7 +195,9 @@ class TrainingService:
                                      + " and ".join(self._d.peers_missing) + " on the training service")
         model = self._d.models.reference(caller, spec.model.name or "")  # unknown models fail here
         if model is None:  # a checkpoint: checked now, made local by the run
-            self._d.models.locate(caller, spec.model.name or "")
+            folder = self._d.models.locate(caller, spec.model.name or "")
+            if (v := _head_violation(spec, folder)) is not None:
+                raise InvalidInput.of([v], what="CreateJob request")
         job = Job(job_id, caller.tenant, spec, JobStatus.VALIDATING, datetime.now(UTC), job_id, request.suffix,
                   dict(request.labels), idempotency_key, digest)
         facts = self._lease_all(caller, job)
