@@ -129,3 +129,38 @@ def test_reward_model_trains_and_reports_eval_accuracy(tiny_model_dir: Path, tmp
 
         adapter = load_file(str(saved / "adapter_model.safetensors"))
         assert any("score" in k for k in adapter), sorted(adapter)[:5]  # the head trains and is saved
+
+
+def test_killed_and_resumed_reward_model_matches_uninterrupted(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The LoRA adapter AND the trained score head come back from the checkpoint (peft modules_to_save)."""
+    import threading
+
+    def spec_for(run: str):
+        return make_spec(tiny_model_dir, tmp_path, objective="reward_model", method="lora",
+                         rows=separable_pairs(16), hyperparameters={"learning_rate": 1e-2, "max_steps": 6},
+                         schedule={"save_every_steps": 2, "keep_latest_n": 2},
+                         output={"checkpoint_uri": f"file://{tmp_path}/ckpt", "run_name": run})
+
+    full_events: list[EngineEvent] = []
+    full = run_training(spec_for("full"), on_event=full_events.append)
+    cancel = threading.Event()
+    first: list[EngineEvent] = []
+
+    def stop_after_2(e: EngineEvent) -> None:
+        first.append(e)
+        if e.kind is EventKind.CHECKPOINT and e.step == 2:
+            cancel.set()
+
+    spec = spec_for("killed")
+    assert run_training(spec, on_event=stop_after_2, cancel=cancel).status is RunStatus.CANCELLED
+    second: list[EngineEvent] = []
+    resumed = run_training(spec, on_event=second.append)
+
+    assert resumed.resumed_from_uri.endswith("/killed/step-2/")
+    steps = lambda events: {e.step: e.metrics for e in events if e.kind is EventKind.STEP}  # noqa: E731
+    a, b = steps(full_events), {**steps(first), **steps(second)}
+    assert sorted(b) == list(range(1, 7))
+    for s in range(1, 7):
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], abs=1e-4), s
+        assert b[s]["reward_accuracy"] == pytest.approx(a[s]["reward_accuracy"]), s
+    assert resumed.metrics["loss"] == pytest.approx(full.metrics["loss"], abs=1e-4)
