@@ -113,7 +113,32 @@ def _evaluate_reward_accuracy(cluster, make_service, tmp_path: Path, checkpoint_
         time.sleep(0.2)
         evaluation = stub.GetEvaluation(ev.GetEvaluationRequest(evaluation_id=created.id)).evaluation
     assert evaluation.state == common_pb2.OPERATION_STATE_SUCCEEDED, evaluation.error.message
-    return {m.name: m for r in evaluation.results for m in r.metrics}
+    metrics = {m.name: m for r in evaluation.results for m in r.metrics}
+
+    # Win rate judged by the reward model, by checkpoint id: the base against itself with greedy
+    # decoding gives the same answers, so every prompt is a tie (1/2) and both mean rewards agree.
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateEvaluation(ev.CreateEvaluationRequest(
+            model=ev.ModelRef(base_model="tiny-base"), baseline=ev.ModelRef(base_model="tiny-base"),
+            datasets=[ev.EvalDataset(version_id=version_id)], metrics=[ev.METRIC_REWARD_WIN_RATE]))
+    assert [f for f, _ in bad_request_violations(info.value)] == ["reward_model"]
+    created = stub.CreateEvaluation(ev.CreateEvaluationRequest(
+        model=ev.ModelRef(base_model="tiny-base"), baseline=ev.ModelRef(base_model="tiny-base"),
+        reward_model=ev.ModelRef(checkpoint_id=checkpoint_id),
+        datasets=[ev.EvalDataset(version_id=version_id, split="validation", max_samples=6)],
+        metrics=[ev.METRIC_REWARD_WIN_RATE], generation=ev.GenerationConfig(max_new_tokens=6))).evaluation
+    assert created.reward_model.checkpoint_id == checkpoint_id
+    deadline = time.monotonic() + 300
+    evaluation = created
+    while evaluation.state not in (common_pb2.OPERATION_STATE_SUCCEEDED, common_pb2.OPERATION_STATE_FAILED,
+                                   common_pb2.OPERATION_STATE_CANCELLED) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        evaluation = stub.GetEvaluation(ev.GetEvaluationRequest(evaluation_id=created.id)).evaluation
+    assert evaluation.state == common_pb2.OPERATION_STATE_SUCCEEDED, evaluation.error.message
+    judged = {m.name: m for r in evaluation.results for m in r.metrics if m.name.startswith("reward_")}
+    assert judged["reward_win_rate"].value == 0.5 and judged["reward_win_rate"].count == 6
+    assert judged["reward_mean_model"].value == pytest.approx(judged["reward_mean_baseline"].value)
+    return metrics
 
 
 def test_reward_model_job_reaches_high_accuracy_and_exports_a_sequence_classifier(cluster, make_service,

@@ -115,3 +115,29 @@ def test_reward_accuracy_is_requested_on_its_own() -> None:
         spec.validate(Limits())
     assert [v.field for v in info.value.violations] == ["metrics"]
     assert "METRIC_PERPLEXITY" in info.value.violations[0].description
+
+
+def test_win_rate_pairs_answers_by_prompt_and_counts_ties_as_half() -> None:
+    from tuneforge.evaluation.domain.scoring import answer_pairs, win_rate
+
+    prompt = [{"role": "user", "content": "q"}]
+    gens = [{"dataset_version_id": "dsv_1", "index": i, "role": role, "prompt": prompt, "text": f"{role} {i}"}
+            for role in ("model", "baseline") for i in range(3)]
+    gens.append({"dataset_version_id": "dsv_1", "index": 9, "role": "model", "prompt": prompt, "text": "alone"})
+    pairs = answer_pairs(gens)
+    assert [p["choices"] for p in pairs["dsv_1"]] == [["model 0", "baseline 0"], ["model 1", "baseline 1"],
+                                                      ["model 2", "baseline 2"]]
+    assert all(p["gold"] == 0 and p["mc_prompt"] == prompt for p in pairs["dsv_1"])
+    results = {r.name: r for r in win_rate({"chosen": [2.0, 1.0, 0.0], "rejected": [1.0, 1.0, 3.0]}, "dsv_1")}
+    assert results["reward_win_rate"].value == pytest.approx(0.5) and results["reward_win_rate"].count == 3
+    assert results["reward_mean_model"].value == pytest.approx(1.0)
+    assert results["reward_mean_baseline"].value == pytest.approx(5 / 3)
+
+
+def test_win_rate_needs_a_baseline_and_a_reward_model() -> None:
+    spec = EvaluationSpec(model=ModelRef(checkpoint_id="ckpt_1"), datasets=(DatasetRef("dsv_1"),),
+                          metrics=(Metric.REWARD_WIN_RATE,))
+    with pytest.raises(InvalidInput) as info:
+        spec.validate(Limits())
+    assert sorted(v.field for v in info.value.violations) == ["baseline", "reward_model"]
+    assert Metric.REWARD_WIN_RATE.needs_generation

@@ -31,7 +31,8 @@ from tuneforge.engine.evaluate.loading import LoadedModel, load_model, pick_devi
 log = logging.getLogger(__name__)
 
 PERPLEXITY_METRICS = frozenset({"perplexity", "forgetting"})
-GENERATION_METRICS = frozenset({"bleu", "rouge", "exact_match", "token_f1", "classification", "safety"})
+GENERATION_METRICS = frozenset({"bleu", "rouge", "exact_match", "token_f1", "classification", "safety",
+                                "reward_win_rate"})
 REWARD_METRICS = frozenset({"reward_accuracy"})
 
 Progress = Callable[[int, int, str], None]
