@@ -42,7 +42,15 @@ from typing import Any, cast
 from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneforge.engine.data.tokenize import ensure_chat_template, ensure_pad_token
 from tuneforge.engine.models.targets import resolve_target_modules
-from tuneforge.engine.spec import ComputeDType, MethodKind, ModelDType, ObjectiveKind, Precision, QuantType, TrainingSpec
+from tuneforge.engine.spec import (
+    ComputeDType,
+    MethodKind,
+    ModelDType,
+    ObjectiveKind,
+    Precision,
+    QuantType,
+    TrainingSpec,
+)
 
 log = logging.getLogger(__name__)
 

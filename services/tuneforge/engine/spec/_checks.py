@@ -9,9 +9,9 @@ from tuneforge.common.errors import FieldViolation
 from tuneforge.engine.spec._sections import (
     _SECTIONS,
     ADAPTER_METHODS,
+    LABELLED_OBJECTIVES,
     PREFERENCE_OBJECTIVES,
     DataSection,
-    LABELLED_OBJECTIVES,
     DpoReference,
     MethodKind,
     MethodSection,

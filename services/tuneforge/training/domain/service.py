@@ -25,7 +25,13 @@ from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
 from tuneforge.common.logging import current_log_context, log_context
 from tuneforge.common.storage import tenant_prefix
-from tuneforge.engine.spec import LABELLED_OBJECTIVES, PREFERENCE_OBJECTIVES, ObjectiveKind, TrainingSpec, load_spec
+from tuneforge.engine.spec import (
+    LABELLED_OBJECTIVES,
+    PREFERENCE_OBJECTIVES,
+    ObjectiveKind,
+    TrainingSpec,
+    load_spec,
+)
 from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import (
     Job,
