@@ -58,3 +58,26 @@ def test_reward_model_on_two_workers(tiny_model_dir: Path, tmp_path: Path, stage
         adapter = load_file(str(saved / "adapter_model.safetensors"))
         score = [t for k, t in adapter.items() if "score" in k]
         assert score and all(t.numel() > 0 for t in score)  # gathered, not empty ZeRO-3 partitions
+
+
+def test_kto_on_two_workers_zero2(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """KTO (LoRA, the reference = the adapter disabled) on two workers: each worker estimates the KL point
+    on its own micro-batch, the loss is the mean over both workers' examples."""
+    from tests.unit.engine.test_train_kto import labelled_rows
+
+    spec = make_spec(
+        tiny_model_dir, tmp_path, objective="kto", method="lora", rows=labelled_rows(16),
+        resources={"num_workers": 2, "zero_stage": 2, "object_store_memory_mb": 300},
+        hyperparameters={"max_steps": 4, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
+                         "learning_rate": 1e-2},
+    )
+    events: list[EngineEvent] = []
+    result = run_training(spec, on_event=events.append)
+
+    assert result.status is RunStatus.COMPLETED and result.steps == 4
+    steps = [e.metrics for e in events if e.kind is EventKind.STEP]
+    assert steps[0]["loss"] == pytest.approx(0.5, abs=1e-4)  # policy == reference: 1 - sigmoid(0)
+    assert min(m["loss"] for m in steps[-2:]) < steps[0]["loss"], [m["loss"] for m in steps]
+    adapter = load_file(str(Path(result.last_checkpoint_uri.removeprefix("file://")) / "model" /
+                            "adapter_model.safetensors"))
+    assert any(float(t.abs().sum()) > 0 for k, t in adapter.items() if "lora_B" in k)
