@@ -13,6 +13,7 @@ from tuneforge.checkpoints.domain.model import (
     FileEntry,
     Lineage,
     Manifest,
+    ModelHead,
     RetentionPolicy,
 )
 from tuneforge.checkpoints.domain.ports import ExportResult
@@ -25,6 +26,8 @@ KIND_FROM_PB = {pb.CHECKPOINT_KIND_FULL: CheckpointKind.FULL, pb.CHECKPOINT_KIND
 KIND_TO_PB = {v: k for k, v in KIND_FROM_PB.items()}
 FORMAT_FROM_PB = {pb.EXPORT_FORMAT_MERGED: ExportFormat.MERGED, pb.EXPORT_FORMAT_ADAPTER: ExportFormat.ADAPTER,
                   pb.EXPORT_FORMAT_FULL: ExportFormat.FULL}
+HEAD_TO_PB = {ModelHead.UNSPECIFIED: pb.MODEL_HEAD_UNSPECIFIED, ModelHead.CAUSAL_LM: pb.MODEL_HEAD_CAUSAL_LM,
+              ModelHead.REWARD_MODEL: pb.MODEL_HEAD_REWARD_MODEL}
 ORDER_FROM_PB = {pb.CHECKPOINT_ORDER_UNSPECIFIED: CheckpointOrder.STEP, pb.CHECKPOINT_ORDER_STEP: CheckpointOrder.STEP,
                  pb.CHECKPOINT_ORDER_METRIC: CheckpointOrder.METRIC}
 
@@ -67,7 +70,7 @@ def manifest_to_pb(m: Manifest, store_uri: str, folder: str) -> pb.Manifest:
         files=files_to_pb(d.files), config=config,
         lineage=pb.Lineage(**vars(d.lineage)),
         uri=f"{base.rstrip('/')}/{folder}{sep}{query}", create_time=timestamp(m.create_time),
-        aliases=list(m.aliases),
+        aliases=list(m.aliases), head=HEAD_TO_PB[m.head],
     )
 
 

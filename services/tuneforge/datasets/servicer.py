@@ -165,7 +165,8 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
             token_length_percentiles=s.get("token_length_percentiles", {}),
             token_length_histogram=[pb.HistogramBucket(**b) for b in s.get("token_length_histogram", [])],
             turns_percentiles=s.get("turns_percentiles", {}), category_counts=s.get("category_counts", {}),
-            duplicates_removed=s.get("duplicates_removed", 0), pii_found=s.get("pii_found", {}))
+            duplicates_removed=s.get("duplicates_removed", 0), pii_found=s.get("pii_found", {}),
+            label_counts=s.get("label_counts", {}))
 
     def GetRejectedRows(self, request: pb.GetRejectedRowsRequest, context: Any) -> pb.GetRejectedRowsResponse:
         """Returns a page of the rejected-rows report."""

@@ -31,6 +31,8 @@ def recipe_for(spec: TrainingSpec) -> Recipe:
         ObjectiveKind.ORPO: "reference_free",
         ObjectiveKind.SIMPO: "reference_free",
         ObjectiveKind.PRETRAIN: "pretrain",
+        ObjectiveKind.KTO: "kto",
+        ObjectiveKind.REWARD_MODEL: "reward_model",
     }.get(spec.objective.kind, "sft")
     run: Recipe = importlib.import_module(f"tuneforge.engine.recipes.{name}").run
     return run
@@ -48,7 +50,8 @@ def run_training(
     Args:
         spec: a validated training spec (``tuneforge.engine.spec.load_spec``).
         on_event: receives STARTED, STEP (loss, lr, grad_norm, tokens/s, samples/s, peak memory),
-            EVAL (eval_loss, eval_perplexity), CHECKPOINT, RESUMED, EARLY_STOPPED and FINISHED.
+            EVAL (eval_loss, eval_perplexity; reward models also eval_reward_accuracy and
+            eval_reward_margin_mean), CHECKPOINT, RESUMED, EARLY_STOPPED and FINISHED.
         cancel: set it to stop after the current optimizer step (status CANCELLED).
         reporters: optional TensorBoard / MLflow / W&B reporters (none by default); they see the
             same events as ``on_event`` and never need a network unless configured to.

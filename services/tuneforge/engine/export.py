@@ -58,24 +58,40 @@ def _copy_tokenizer(src_dirs: list[Path], out_dir: Path) -> None:
                 break
 
 
-def load_base(base_dir: Path, dtype: torch.dtype = torch.float32) -> Any:
-    """Load a base causal LM unquantized, safetensors only, no remote code."""
-    from transformers import AutoModelForCausalLM
+def is_sequence_classifier(model_dir: Path) -> bool:
+    """Whether the folder holds a sequence classifier (a reward model), by its config's architectures."""
+    config = json.loads((model_dir / MODEL_CONFIG).read_text())
+    return any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or ())
+
+
+def is_reward_adapter(adapter_dir: Path) -> bool:
+    """Whether a peft adapter was trained on a sequence classifier (a reward model's LoRA: task SEQ_CLS)."""
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    return config.get("task_type") == "SEQ_CLS"
+
+
+def load_base(base_dir: Path, dtype: torch.dtype = torch.float32, *, reward_model: bool | None = None) -> Any:
+    """Load a base model unquantized, safetensors only, no remote code: a causal LM, or a sequence
+    classifier with one output (a reward model) when ``reward_model`` (default: what the folder holds)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if not (base_dir / MODEL_CONFIG).is_file():
         raise FailedPrecondition(f"base model folder {base_dir.name!r} has no {MODEL_CONFIG}")
     _check_unquantized(base_dir)
-    return AutoModelForCausalLM.from_pretrained(
-        base_dir, dtype=dtype, trust_remote_code=False, use_safetensors=True, low_cpu_mem_usage=True
-    )
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False, "use_safetensors": True,
+                              "low_cpu_mem_usage": True}
+    if reward_model if reward_model is not None else is_sequence_classifier(base_dir):
+        return AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
 
 
 def merge_lora(base_dir: Path, adapter_dir: Path, dtype: torch.dtype = torch.float32) -> Any:
-    """Load the unquantized base, apply the adapter, fold it in; returns the plain model."""
+    """Load the unquantized base, apply the adapter, fold it in; returns the plain model (a sequence
+    classifier whose score head comes from the adapter, for a reward model's adapter)."""
     from peft import PeftModel
 
     require_safetensors_adapter(adapter_dir)
-    base = load_base(base_dir, dtype)
+    base = load_base(base_dir, dtype, reward_model=is_reward_adapter(adapter_dir))
     match_vocab(base, adapter_dir)
     model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False, use_safetensors=True)
     return model.merge_and_unload()
@@ -119,6 +135,11 @@ def export_merged(base_dir: Path, checkpoint_dir: Path, out_dir: Path,
     """
     adapter_dir = find_folder(checkpoint_dir, ADAPTER_CONFIG)
     merged = merge_lora(base_dir, adapter_dir, dtype)
+    if is_reward_adapter(adapter_dir) and (adapter_dir / "tokenizer_config.json").is_file():
+        # A sequence classifier scores the last non-pad token: it needs the pad id training used.
+        from transformers import AutoTokenizer
+
+        merged.config.pad_token_id = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=False).pad_token_id
     _empty(out_dir)
     merged.save_pretrained(out_dir, safe_serialization=True)
     _copy_tokenizer([adapter_dir, checkpoint_dir, base_dir], out_dir)

@@ -59,6 +59,7 @@ def spec_from_request(req: pb.CreateEvaluationRequest) -> EvaluationSpec:
         forgetting_threshold=req.forgetting_threshold or 1.1,
         mark_best_by=req.mark_best_by,
         request_id=req.request_id,
+        reward_model=_model_from(req.reward_model) if req.HasField("reward_model") else None,
     )
 
 
@@ -76,6 +77,8 @@ def evaluation_to_proto(e: Evaluation) -> pb.Evaluation:
     )
     if s.baseline:
         msg.baseline.CopyFrom(_model_to(s.baseline))
+    if s.reward_model:
+        msg.reward_model.CopyFrom(_model_to(s.reward_model))
     if e.error:
         msg.error.CopyFrom(common_pb2.ErrorInfo(code=e.error.code, message=e.error.message, field=e.error.field))
     groups: dict[tuple[Role, str], Any] = {}

@@ -60,6 +60,11 @@ RENAMED: tuple[tuple[str, str], ...] = (
     ("hyperparameters.orpo_beta", "objective.orpo.beta"),
     ("hyperparameters.simpo_beta", "objective.simpo.beta"),
     ("hyperparameters.simpo_gamma", "objective.simpo.gamma"),
+    ("hyperparameters.reward_margin", "objective.reward_model.margin"),
+    ("hyperparameters.reward_center_coefficient", "objective.reward_model.center_rewards_coefficient"),
+    ("hyperparameters.kto_beta", "objective.kto.beta"),
+    ("hyperparameters.kto_desirable_weight", "objective.kto.desirable_weight"),
+    ("hyperparameters.kto_undesirable_weight", "objective.kto.undesirable_weight"),
     ("hyperparameters.max_seq_length", "data.max_seq_length"),
     ("hyperparameters.packing", "data.packing"),
     ("hyperparameters.precision", "precision"),
@@ -389,10 +394,20 @@ def job_to_proto(job: Job) -> pb.Job:
 def metrics_to_proto(data: Mapping[str, float]) -> pb.Metrics:
     """Engine metric names -> the API's Metrics."""
     g = data.get
-    return pb.Metrics(step=int(g("step", 0)), loss=g("loss", 0.0), learning_rate=g("lr", 0.0),
-                      grad_norm=g("grad_norm", 0.0), tokens_per_second=g("tokens_per_s", 0.0),
-                      samples_per_second=g("samples_per_s", 0.0), peak_memory_bytes=int(g("peak_memory_bytes", 0)),
-                      eval_loss=g("eval_loss", 0.0), eval_perplexity=g("eval_perplexity", 0.0), epoch=g("epoch", 0.0))
+    msg = pb.Metrics(step=int(g("step", 0)), loss=g("loss", 0.0), learning_rate=g("lr", 0.0),
+                     grad_norm=g("grad_norm", 0.0), tokens_per_second=g("tokens_per_s", 0.0),
+                     samples_per_second=g("samples_per_s", 0.0), peak_memory_bytes=int(g("peak_memory_bytes", 0)),
+                     eval_loss=g("eval_loss", 0.0), eval_perplexity=g("eval_perplexity", 0.0), epoch=g("epoch", 0.0))
+    for api, engine in PREFERENCE_METRICS.items():
+        if engine in data:
+            setattr(msg, api, float(data[engine]))
+    return msg
+
+
+# Metrics of the reward-model and KTO objectives: API field -> engine metric name.
+PREFERENCE_METRICS = {"reward_accuracy": "reward_accuracy", "reward_margin_mean": "reward_margin_mean",
+                      "eval_reward_accuracy": "eval_reward_accuracy",
+                      "eval_reward_margin_mean": "eval_reward_margin_mean", "kto_kl": "kl"}
 
 
 def metrics_record(ev: JobEvent) -> dict[str, Any]:

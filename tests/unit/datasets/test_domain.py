@@ -165,7 +165,7 @@ def test_tokenizers_resolve_only_to_the_services_models(tmp_path: Path) -> None:
 
 def test_schema_has_the_canonical_columns() -> None:
     assert RECORD_SCHEMA.names == ["kind", "messages", "prompt", "chosen", "rejected", "text", "category",
-                                   "provenance", "split"]
+                                   "provenance", "split", "completion", "label", "margin"]
 
 
 def test_zip_expansion_caps_hold_for_the_whole_archive_not_each_member(tmp_path):

@@ -194,3 +194,30 @@ def test_direct_construction_also_runs_cross_checks() -> None:
     raw = spec_with(resources={"offload_params": True})
     with pytest.raises(ValueError, match="needs ZeRO stage 3"):
         TrainingSpec.model_validate(raw)
+
+
+@pytest.mark.parametrize(("method", "expected"), [("lora", DpoReference.ADAPTER_DISABLED),
+                                                  ("full", DpoReference.MODEL_COPY)])
+def test_kto_reference_defaults_like_dpo(method: str, expected: DpoReference) -> None:
+    spec = load_spec(spec_with(method={"kind": method}, objective={"kind": "kto"}))
+    assert spec.objective.kto.reference is expected and spec.objective.kto.beta == 0.1
+
+
+@pytest.mark.parametrize(("sections", "expected"), [
+    ({"objective": {"kind": "kto"}, "data": {"train": {"path": "/d"}, "packing": True}}, {"data.packing": "KTO"}),
+    ({"objective": {"kind": "kto", "kto": {"reference": "adapter_disabled"}}, "method": {"kind": "full"}},
+     {"objective.kto.reference": "use model_copy"}),
+    ({"objective": {"kind": "kto", "kto": {"desirable_weight": 0, "undesirable_weight": 101}}},
+     {"objective.kto.desirable_weight": "must be > 0", "objective.kto.undesirable_weight": "must be <= 100"}),
+    ({"objective": {"kind": "reward_model"}, "method": {"kind": "prefix"}}, {"method.kind": "score head"}),
+    ({"objective": {"kind": "reward_model", "reward_model": {"margin": -1}}, "data": {"train": {"path": "/d"},
+                                                                                        "packing": True}},
+     {"objective.reward_model.margin": "must be >= 0", "data.packing": "REWARD_MODEL"}),
+])
+def test_kto_and_reward_model_problems_name_the_field(sections: dict[str, Any], expected: dict[str, str]) -> None:
+    with pytest.raises(InvalidInput) as info:
+        load_spec(spec_with(**sections))
+    found = {v.field: v.description for v in info.value.violations}
+    assert set(found) == set(expected), found
+    for field, fragment in expected.items():
+        assert fragment in found[field], (field, found[field])

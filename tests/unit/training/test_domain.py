@@ -10,7 +10,7 @@ from tuneforge.engine.spec import ADAPTER_LEARNING_RATE, FULL_LEARNING_RATE, Tra
 from tuneforge.training import convert
 from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import Job, JobStatus, check_transition
-from tuneforge.training.domain.service import _kind_violations
+from tuneforge.training.domain.service import _head_violation, _kind_violations
 from tuneforge.training.v1 import training_pb2 as tr
 
 OWNED = {"tenant": "acme", "output": {"checkpoint_uri": "file:///x", "checkpoint_prefix": "tenants/acme/checkpoints/",
@@ -181,6 +181,9 @@ def _model_of(annotation: object) -> type[BaseModel] | None:
     ("dpo", "CHAT", True), ("dpo", "PREFERENCE", False), ("sft", "PREFERENCE", True),
     ("sft", "CHAT", False), ("pretrain", "TEXT", False), ("dpo", "", False),
     ("orpo", "PREFERENCE", False), ("orpo", "CHAT", True), ("simpo", "PREFERENCE", False), ("simpo", "TEXT", True),
+    ("reward_model", "PREFERENCE", False), ("reward_model", "CHAT", True), ("reward_model", "LABELLED", True),
+    ("kto", "LABELLED", False), ("kto", "PREFERENCE", True), ("kto", "CHAT", True), ("sft", "LABELLED", True),
+    ("dpo", "LABELLED", True),
 ])
 def test_objective_must_fit_the_dataset_kind(objective: str, kind: str, bad: bool) -> None:
     spec = load_spec({"model": {"name": "tiny"}, "data": {"train": {"dataset_version": "dsv_1"}},
@@ -266,3 +269,21 @@ def test_priority_travels_beside_the_spec_and_shows_on_the_job() -> None:
     job.status, job.lease, job.queue_reason = JobStatus.QUEUED, None, "waiting for tenant quota"
     msg = convert.job_to_proto(job)
     assert (msg.replica, msg.HasField("lease_expire_time"), msg.queue_reason) == ("", False, "waiting for tenant quota")
+
+
+@pytest.mark.parametrize(("architecture", "objective", "bad"), [
+    ("LlamaForSequenceClassification", "sft", True), ("LlamaForSequenceClassification", "kto", True),
+    ("LlamaForSequenceClassification", "reward_model", False), ("LlamaForCausalLM", "reward_model", False),
+    ("LlamaForCausalLM", "dpo", False),
+])
+def test_a_reward_model_checkpoint_is_no_base_for_a_language_model(tmp_path, architecture: str, objective: str,
+                                                                     bad: bool) -> None:
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": [architecture]}))
+    spec = load_spec({"model": {"name": "ckpt_0123"}, "data": {"train": {"dataset_version": "dsv_1"}},
+                      "objective": {"kind": objective}, **OWNED})
+    found = _head_violation(spec, tmp_path)
+    assert (found is not None) == bad
+    if found is not None:
+        assert convert.api_field(found.field) == "base_model" and "reward model" in found.description

@@ -62,7 +62,7 @@ class StoreExporter:
             self._download(tenant, manifest, ckpt_dir)
             self._run(tenant, manifest, fmt, ckpt_dir, out_dir, Path(tmp) / "base")
             extra = {"checkpoint_id": manifest.checkpoint_id, "format": fmt.value, "step": manifest.step,
-                     "base_model": manifest.draft.lineage.base_model}
+                     "base_model": manifest.draft.lineage.base_model, "head": manifest.head.value}
             written = CheckpointWriter(self._store).write(out_dir, prefix, extra)
         log.info("exported %s as %s to %s", manifest.checkpoint_id, fmt.value, prefix)
         files = tuple(FileEntry(f.path, f.size, f.sha256) for f in written.files)

@@ -45,6 +45,24 @@ class CheckpointKind(enum.Enum):
     PREFIX = "prefix"
 
 
+class ModelHead(enum.Enum):
+    """What a checkpoint's model computes, read from the training spec it was registered with."""
+
+    UNSPECIFIED = "unspecified"
+    CAUSAL_LM = "causal_lm"
+    REWARD_MODEL = "reward_model"
+
+
+def head_of(config: Mapping[str, Any]) -> ModelHead:
+    """The head of a model trained with the resolved spec ``config`` (objective ``reward_model``: a
+    reward model; any other objective: a causal LM; no spec: unspecified)."""
+    objective = config.get("objective") if isinstance(config, Mapping) else None
+    kind = objective.get("kind") if isinstance(objective, Mapping) else None
+    if not kind:
+        return ModelHead.UNSPECIFIED
+    return ModelHead.REWARD_MODEL if kind == "reward_model" else ModelHead.CAUSAL_LM
+
+
 class CheckpointOrder(enum.Enum):
     """How a list of checkpoints is ordered."""
 
@@ -139,6 +157,11 @@ class Manifest:
     @property
     def metrics(self) -> Mapping[str, float]:
         return self.draft.metrics
+
+    @property
+    def head(self) -> ModelHead:
+        """What the model computes (a reward model or a causal LM), from its training spec."""
+        return head_of(self.draft.config)
 
     def file(self, path: str) -> FileEntry:
         """The entry for ``path``.

@@ -29,7 +29,7 @@ PY_WHITESPACE = (
 # Same character classes as steps._SPACES / steps._TRAILING, in RE2 syntax.
 _SPACES_RE2 = r"[ \t\x{a0}\x{2000}-\x{200b}\x{3000}]+"
 _TRAILING_RE2 = r"[ \t]+\n"
-_TEXT_COLUMNS = ("chosen", "rejected", "text")
+_TEXT_COLUMNS = ("chosen", "rejected", "text", "completion")
 _SEP = "\x1f"
 
 
@@ -160,6 +160,10 @@ def separated_content_keys(table: pa.Table) -> pa.Array:
         values = table.column(name).combine_chunks()
         if values.null_count < n:
             pieces.append(pc.fill_null(pc.binary_join_element_wise("", pa.scalar(name), values, _SEP), ""))
+    labels = table.column("label").combine_chunks()
+    if labels.null_count < n:  # records.content_key: "label", "True" / "False"
+        text = pc.if_else(labels, pa.scalar("True"), pa.scalar("False"))
+        pieces.append(pc.fill_null(pc.binary_join_element_wise("", pa.scalar("label"), text, _SEP), ""))
     pieces = [piece for piece in pieces if piece is not None]
     if not pieces:
         return pa.array([""] * n, pa.string())

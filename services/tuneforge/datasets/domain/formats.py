@@ -8,6 +8,7 @@ CSV and Parquet cells that should hold a list of messages may hold it as a JSON 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ class DatasetFormat(enum.StrEnum):
     PREFERENCE = "preference"
     OPENAI_DPO = "openai_dpo"
     TEXT = "text"
+    KTO = "kto"
 
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -51,6 +53,7 @@ ROLE_ALIASES = {"model": "assistant", "chatbot": "assistant", "bot": "assistant"
                 "developer": "system"}
 _KNOWN_FIELDS = frozenset({"instruction", "input", "output", "context", "response", "messages", "conversations",
                            "prompt", "chosen", "rejected", "preferred_output", "non_preferred_output", "text",
+                           "completion", "label", "margin",
                            *DEFAULT_CATEGORY_FIELDS})
 # Other platforms' single-turn shapes, read as Alpaca (instruction/output): OpenAI's legacy and
 # Bedrock's prompt/completion, Q&A sets' question/answer, Vertex AI's input_text/output_text.
@@ -71,7 +74,8 @@ def normalize_row(row: Mapping[str, Any]) -> Mapping[str, Any]:
                 renamed[clean] = renamed.pop(key)
     current: Mapping[str, Any] = renamed if renamed is not None else row
     keys = set(current)
-    if not keys & {"instruction", "messages", "conversations", "chosen", "text", "preferred_output"}:
+    # prompt/completion WITH a label is KTO's labelled completion, not an instruction pair.
+    if not keys & {"instruction", "messages", "conversations", "chosen", "text", "preferred_output", "label"}:
         for question, answer in _INSTRUCTION_ALIASES:
             if question in keys and answer in keys:
                 out = {k: v for k, v in current.items() if k not in (question, answer)}
@@ -113,6 +117,8 @@ def detect_format(row: Mapping[str, Any]) -> DatasetFormat:
         return DatasetFormat.OPENAI_DPO
     if {"chosen", "rejected"} <= keys:
         return DatasetFormat.PREFERENCE
+    if {"prompt", "completion", "label"} <= keys:
+        return DatasetFormat.KTO
     if "instruction" in keys and "response" in keys:
         return DatasetFormat.DOLLY
     if "instruction" in keys and "output" in keys:
@@ -124,7 +130,8 @@ def detect_format(row: Mapping[str, Any]) -> DatasetFormat:
         "format",
         f"cannot detect the record format from the columns [{shown}]: expected one of "
         "messages (chat), conversations (ShareGPT), prompt/chosen/rejected (preference), "
-        "input/preferred_output/non_preferred_output (OpenAI DPO), instruction/input/output "
+        "input/preferred_output/non_preferred_output (OpenAI DPO), prompt/completion/label (KTO), "
+        "instruction/input/output "
         "(Alpaca), instruction/context/response (Dolly) or text; rename the columns or declare "
         "the format",
     )
@@ -277,7 +284,47 @@ def _preference(row: Mapping[str, Any]) -> tuple[RecordKind, dict]:
     prompt = _prompt(prompt_value, "prompt")
     chosen = _answer(chosen_value, "chosen")
     rejected = _answer(rejected_value, "rejected")
-    return RecordKind.PREFERENCE, {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    fields: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if row.get("margin") not in (None, ""):
+        fields["margin"] = _margin(row["margin"])
+    return RecordKind.PREFERENCE, fields
+
+
+def _margin(value: Any) -> float:
+    """A preference pair's margin (reward models): a finite number >= 0 (CSV cells may hold it as text)."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise RowError("margin", f"is {echo(value)}: give a number such as 0.5") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RowError("margin", f"must be a number, got {_type_name(value)}")
+    if not math.isfinite(value) or value < 0 or value > 1e6:
+        raise RowError("margin", f"is {value}: give a finite number between 0 and 1e6")
+    return float(value)
+
+
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
+
+
+def _label(value: Any) -> bool:
+    """KTO's label: true (desirable) or false (undesirable); CSV cells may hold true/false, 1/0 or yes/no."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if value is None:
+        raise RowError("label", "is missing: give true (desirable completion) or false (undesirable)")
+    raise RowError("label", f"is {echo(value)}: give true (desirable completion) or false (undesirable)")
+
+
+def _labelled(row: Mapping[str, Any]) -> tuple[RecordKind, dict]:
+    """KTO's unpaired data: a prompt, one completion and whether it is desirable (trl's KTO format)."""
+    prompt = _prompt(row.get("prompt"), "prompt")
+    completion = _answer(row.get("completion"), "completion")
+    return RecordKind.LABELLED, {"prompt": prompt, "completion": completion, "label": _label(row.get("label"))}
 
 
 def _openai_dpo(row: Mapping[str, Any]) -> tuple[RecordKind, dict]:
@@ -307,6 +354,7 @@ _CONVERTERS: dict[DatasetFormat, Callable[[Mapping[str, Any]], tuple[RecordKind,
     DatasetFormat.PREFERENCE: _preference,
     DatasetFormat.OPENAI_DPO: _openai_dpo,
     DatasetFormat.TEXT: _text,
+    DatasetFormat.KTO: _labelled,
 }
 
 

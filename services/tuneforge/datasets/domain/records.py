@@ -3,7 +3,7 @@
 A record is a plain ``dict`` (fast to build row by row) with these keys; ``RECORD_SCHEMA`` is
 the Arrow schema of the Parquet shards of every version:
 
-- ``kind``: ``chat`` | ``instruction`` | ``preference`` | ``text``
+- ``kind``: ``chat`` | ``instruction`` | ``preference`` | ``text`` | ``labelled``
   (Alpaca/Dolly rows are ``instruction`` records stored as a user/assistant conversation).
 - ``messages``: list of ``{role, content}`` (chat and instruction), roles system/user/assistant/tool.
 - ``prompt``: list of ``{role, content}``: the conversation before the compared answers (preference).
@@ -13,6 +13,11 @@ the Arrow schema of the Parquet shards of every version:
 - ``provenance``: ``{source, row, augmented, flags}``: source file name, 1-based row in it,
   whether augmentation created the record, and screening flags (``toxicity:0.84``, ``lang:fr``).
 - ``split``: ``train`` | ``validation`` | ``test`` once a curation run has split the version, else null.
+- ``completion`` / ``label``: an assistant answer to ``prompt`` and whether it is desirable (labelled
+  records: KTO's unpaired data).
+- ``margin``: how strongly chosen beats rejected (preference, optional; reward models' margin).
+
+The last three columns came later: ``conform`` gives shards written before them null columns.
 
 This module imports pyarrow only (no grpc, no torch): the training engine reads the same shards
 (``tuneforge.engine.data.records``).
@@ -34,6 +39,7 @@ class RecordKind(enum.StrEnum):
     INSTRUCTION = "instruction"
     PREFERENCE = "preference"
     TEXT = "text"
+    LABELLED = "labelled"
 
 
 class Split(enum.StrEnum):
@@ -64,11 +70,25 @@ RECORD_SCHEMA = pa.schema(
         ("category", pa.string()),
         ("provenance", PROVENANCE_TYPE),
         ("split", pa.string()),
+        ("completion", pa.string()),
+        ("label", pa.bool_()),
+        ("margin", pa.float64()),
     ]
 )
 """The Arrow schema of every version's Parquet shards."""
 
 FIELDS = tuple(RECORD_SCHEMA.names)
+# Columns added after the first schema: shards without them read as nulls.
+LATER_COLUMNS = ("completion", "label", "margin")
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` as ``RECORD_SCHEMA``: columns of ``LATER_COLUMNS`` it lacks (older shards) added as nulls."""
+    for name in LATER_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(RECORD_SCHEMA.field(name), pa.nulls(table.num_rows,
+                                                                           RECORD_SCHEMA.field(name).type))
+    return table.select(list(RECORD_SCHEMA.names)).cast(RECORD_SCHEMA)
 
 
 def new_record(
@@ -82,6 +102,9 @@ def new_record(
     rejected: str | None = None,
     text: str | None = None,
     category: str | None = None,
+    completion: str | None = None,
+    label: bool | None = None,
+    margin: float | None = None,
 ) -> dict[str, Any]:
     """Build a canonical record dict with every key present."""
     return {
@@ -94,6 +117,9 @@ def new_record(
         "category": category,
         "provenance": {"source": source, "row": row, "augmented": False, "flags": []},
         "split": None,
+        "completion": completion,
+        "label": label,
+        "margin": margin,
     }
 
 
@@ -102,7 +128,7 @@ def texts_of(record: dict[str, Any]) -> Iterator[str]:
     for key in ("messages", "prompt"):
         for message in record.get(key) or ():
             yield message["content"]
-    for key in ("chosen", "rejected", "text"):
+    for key in ("chosen", "rejected", "text", "completion"):
         value = record.get(key)
         if value:
             yield value
@@ -115,11 +141,13 @@ def content_key(record: dict[str, Any]) -> str:
         for message in record.get(key) or ():
             parts.append(message["role"])
             parts.append(message["content"])
-    for key in ("chosen", "rejected", "text"):
+    for key in ("chosen", "rejected", "text", "completion"):
         value = record.get(key)
         if value is not None:
             parts.append(key)
             parts.append(value)
+    if record.get("label") is not None:  # the same answer labelled both ways is two records
+        parts += ["label", str(bool(record["label"]))]
     return "\x1f".join(parts)
 
 
@@ -129,7 +157,7 @@ def map_texts(record: dict[str, Any], fn: Any) -> dict[str, Any]:
     for key in ("messages", "prompt"):
         if record.get(key):
             out[key] = [{"role": m["role"], "content": fn(m["content"])} for m in record[key]]
-    for key in ("chosen", "rejected", "text"):
+    for key in ("chosen", "rejected", "text", "completion"):
         if record.get(key) is not None:
             out[key] = fn(record[key])
     return out
@@ -144,6 +172,8 @@ def answer_text(record: dict[str, Any]) -> str:
         return ""
     if record.get("chosen") is not None:
         return record["chosen"]
+    if record.get("completion") is not None:
+        return record["completion"]
     return record.get("text") or ""
 
 

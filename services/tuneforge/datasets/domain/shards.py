@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tuneforge.datasets.domain.records import RECORD_SCHEMA
+from tuneforge.datasets.domain.records import LATER_COLUMNS, RECORD_SCHEMA, conform
 from tuneforge.datasets.domain.rejects import REJECTS_SCHEMA, RejectedRow
 
 ROWS_PER_SHARD = 250_000
@@ -145,7 +145,10 @@ class ShardWriter:
         """Hash the content columns and count kinds and splits, a whole batch at a time."""
         # take() copies into fresh buffers: the bytes hashed depend on the values only, not on
         # how the arrays were built (offsets, slack in null slots, unused bitmap bits).
-        content = table.select(list(HASHED_COLUMNS)).take(pa.array(np.arange(table.num_rows)))
+        # Columns added later are hashed only where they hold values, so content that does not use
+        # them hashes as it did before they existed.
+        later = [c for c in LATER_COLUMNS if table.column(c).null_count < table.num_rows]
+        content = table.select([*HASHED_COLUMNS, *later]).take(pa.array(np.arange(table.num_rows)))
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, content.schema) as stream:
             stream.write_table(content)
@@ -244,7 +247,7 @@ def iter_tables(files: Iterable[Path], *, batch_rows: int = _BATCH_ROWS) -> Iter
     """Read canonical records back as Arrow tables of up to ``batch_rows`` rows."""
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-            yield pa.Table.from_batches([batch]).cast(RECORD_SCHEMA)
+            yield conform(pa.Table.from_batches([batch]))
 
 
 def read_ahead(tables: Iterator[pa.Table]) -> Generator[pa.Table, None, None]:

@@ -41,6 +41,7 @@ def compute_stats(files: list[Path], counter: TokenCounter) -> dict[str, Any]:
     turns: list[int] = []
     categories: Counter[str] = Counter()
     splits: Counter[str] = Counter()
+    labels: Counter[str] = Counter()
     for batch in iter_batches(files, batch_rows=2048):
         lengths.extend(counter.count(["\n".join(texts_of(r)) for r in batch]))
         for record in batch:
@@ -49,6 +50,8 @@ def compute_stats(files: list[Path], counter: TokenCounter) -> dict[str, Any]:
                 splits[record["split"]] += 1
             if record.get("messages"):
                 turns.append(len(record["messages"]))
+            if record.get("label") is not None:
+                labels["desirable" if record["label"] else "undesirable"] += 1
     values = np.asarray(lengths, dtype=np.float64)
     return {
         "row_count": len(lengths),
@@ -58,4 +61,5 @@ def compute_stats(files: list[Path], counter: TokenCounter) -> dict[str, Any]:
         "turns_percentiles": _percentiles(np.asarray(turns, dtype=np.float64), ("p50", "p90")),
         "category_counts": dict(categories),
         "split_counts": dict(splits),
+        "label_counts": dict(labels),
     }

@@ -1,7 +1,7 @@
 """The canonical record schema (shared with the datasets service) and its readers.
 
 Public API:
-    RecordKind: Enum chat | instruction | preference | text.
+    RecordKind: Enum chat | instruction | preference | text | labelled.
     Message(role, content): one chat turn; role is system, user, assistant or tool.
     Record: one canonical row::
 
@@ -11,6 +11,9 @@ Public API:
          "chosen": [...messages] | None,               # preference: the preferred completion turn(s)
          "rejected": [...messages] | None,             # preference: the dispreferred completion turn(s)
          "text": str | None,                           # text (continued pre-training)
+         "completion": [...messages] | None,           # labelled (KTO): one answer to prompt
+         "label": bool | None,                         # labelled: whether the completion is desirable
+         "margin": float | None,                       # preference, optional: reward models' margin
          "task": str | None,                           # multi-task label
          "provenance": {...}}                          # free-form: source file, licence, curation step
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +52,7 @@ class RecordKind(enum.Enum):
     INSTRUCTION = "instruction"
     PREFERENCE = "preference"
     TEXT = "text"
+    LABELLED = "labelled"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,9 @@ class Record:
     text: str | None = None
     task: str | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    completion: tuple[Message, ...] | None = None
+    label: bool | None = None
+    margin: float | None = None
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any], where: str = "row") -> Record:
@@ -95,7 +103,7 @@ class Record:
 def _messages(
     value: Any, where: str, problems: list[FieldViolation], required: bool
 ) -> tuple[Message, ...] | None:
-    if isinstance(value, str) and where.endswith(("chosen", "rejected")):
+    if isinstance(value, str) and where.endswith(("chosen", "rejected", "completion")):
         return (Message("assistant", value),)  # the datasets service stores answers as strings
     if value is None:
         if required:
@@ -125,6 +133,7 @@ _REQUIRED = {
     RecordKind.INSTRUCTION: ("messages",),
     RecordKind.PREFERENCE: ("prompt", "chosen", "rejected"),
     RecordKind.TEXT: (),
+    RecordKind.LABELLED: ("prompt", "completion"),
 }
 
 
@@ -141,8 +150,16 @@ def _parse(row: Mapping[str, Any], where: str, problems: list[FieldViolation]) -
         return None
     msgs = {
         name: _messages(row.get(name), f"{where}.{name}", problems, name in _REQUIRED[kind])
-        for name in ("messages", "prompt", "chosen", "rejected")
+        for name in ("messages", "prompt", "chosen", "rejected", "completion")
     }
+    label = row.get("label")
+    if kind is RecordKind.LABELLED and not isinstance(label, bool):
+        problems.append(FieldViolation(f"{where}.label", "must be true (desirable completion) or false (undesirable) "
+                                       "for kind 'labelled'"))
+    margin = row.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)
+                               or not math.isfinite(margin) or margin < 0):
+        problems.append(FieldViolation(f"{where}.margin", "must be a finite number >= 0, or null"))
     text = row.get("text")
     if kind is RecordKind.TEXT and (not isinstance(text, str) or not text):
         problems.append(FieldViolation(f"{where}.text", "must be a non-empty string for kind 'text'"))
@@ -164,6 +181,8 @@ def _parse(row: Mapping[str, Any], where: str, problems: list[FieldViolation]) -
         text=text if isinstance(text, str) else None,
         task=task,
         provenance=dict(provenance) if isinstance(provenance, Mapping) else {},
+        label=label if kind is RecordKind.LABELLED else None,
+        margin=float(margin) if kind is RecordKind.PREFERENCE and margin is not None else None,
         **msgs,
     )
 

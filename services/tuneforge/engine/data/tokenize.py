@@ -311,6 +311,43 @@ def tokenize_preference(
     return out
 
 
+def tokenize_labelled(
+    records: Sequence[Record], tokenizer: Any, *, max_len: int, source: str = "train"
+) -> list[dict[str, Any]]:
+    """Tokenize labelled completions for KTO: rows of ``prompt_ids``, ``completion_ids``, ``desirable``.
+
+    The prompt is rendered with the chat template's generation prompt and the completion as the
+    assistant's answer (as for DPO); over-long rows lose the start of the prompt first.
+
+    Raises:
+        InvalidInput: records of another kind, or whose completion is truncated away (every one named).
+    """
+    _require_fast(tokenizer)
+    check_pad_token(tokenizer)
+    _require_template(tokenizer)
+    problems, out = [], []
+    for i, rec in enumerate(records):
+        row = f"{source}[{i}]"
+        if rec.kind is not RecordKind.LABELLED:
+            problems.append(FieldViolation(f"{row}.kind", f"is {rec.kind.value}; objective kto needs labelled "
+                                           "records (prompt, completion, label)"))
+            continue
+        prompt = rec.prompt or ()
+        prompt_text = _render(tokenizer, prompt, generation_prompt=True)
+        ex = _preference_side(tokenizer, prompt_text, rec.completion or (), prompt, row, max_len)
+        marked = [k for k, lab in enumerate(ex.labels) if lab != IGNORE_INDEX]
+        if not marked:
+            problems.append(FieldViolation(f"{row}.completion", f"is empty after truncation to {max_len} tokens; "
+                                           "raise max_seq_length or shorten the prompt"))
+            continue
+        out.append({"prompt_ids": list(ex.input_ids[: marked[0]]),
+                    "completion_ids": list(ex.input_ids[marked[0] : marked[-1] + 1]),
+                    "desirable": bool(rec.label), "rows": (row,)})
+    if problems:
+        raise InvalidInput.of(problems[:50], what=f"{source} records for KTO")
+    return out
+
+
 def tokenize_pretrain(
     records: Sequence[Record], tokenizer: Any, *, max_len: int, source: str = "train"
 ) -> list[Example]:

@@ -10,7 +10,10 @@ Phases run only when a requested metric needs them:
   with ``text`` or ``messages`` (assistant-only tokens for conversations);
 - ``multiple_choice``: option log-likelihoods of examples with ``mc_prompt``/``choices``/``gold``;
 - ``generation`` (bleu, rouge, exact_match, token_f1, classification, safety): one completion
-  per example with a ``prompt``.
+  per example with a ``prompt``;
+- ``reward_accuracy``: a reward model (a sequence classifier with one output) scores both answers of
+  every preference example (``mc_prompt``/``choices``/``gold``); the domain counts the pairs it ranks
+  right. A reward model runs this metric only, and this metric needs a reward model.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from tuneforge.engine.evaluate.loading import LoadedModel, load_model, pick_devi
 log = logging.getLogger(__name__)
 
 PERPLEXITY_METRICS = frozenset({"perplexity", "forgetting"})
-GENERATION_METRICS = frozenset({"bleu", "rouge", "exact_match", "token_f1", "classification", "safety"})
+GENERATION_METRICS = frozenset({"bleu", "rouge", "exact_match", "token_f1", "classification", "safety",
+                                "reward_win_rate"})
+REWARD_METRICS = frozenset({"reward_accuracy"})
 
 Progress = Callable[[int, int, str], None]
 """Called with (examples done in this phase, examples in this phase, phase name)."""
@@ -65,8 +70,11 @@ def run_task(
     device = pick_device(prefer_gpu)
     loaded = load_model(Path(model_dir), adapter_dir=Path(adapter_dir) if adapter_dir else None, device=device)
     wanted = set(metrics)
+    _check_model_kind(loaded, wanted)
     out: dict[str, Any] = {"device": device}
     report = progress or (lambda done, total, phase: None)
+    if wanted & REWARD_METRICS:
+        out["reward_pairs"] = _reward_pairs(loaded, examples, max_length, report)
     if wanted & PERPLEXITY_METRICS:
         out["perplexity"] = _perplexity(loaded, examples, max_length, stride, report)
     if "multiple_choice" in wanted:
@@ -136,3 +144,41 @@ def _generations(
         }
         for (i, ex), g in zip(picked, outputs, strict=True)
     ]
+
+
+def _check_model_kind(loaded: LoadedModel, wanted: set[str]) -> None:
+    """Reward models score text; they do not generate or have token log-probs (and the reverse)."""
+    from tuneforge.common.errors import InvalidInput
+
+    if loaded.reward_model and wanted - REWARD_METRICS:
+        raise InvalidInput.field_error(
+            "metrics", f"the model is a reward model (a sequence classifier): it computes METRIC_REWARD_ACCURACY "
+            f"only, not {', '.join(sorted(m.upper() for m in wanted - REWARD_METRICS))}; evaluate those on a "
+            "causal language model")
+    if not loaded.reward_model and wanted & REWARD_METRICS:
+        raise InvalidInput.field_error(
+            "metrics", "METRIC_REWARD_ACCURACY needs a reward model: name a checkpoint of a job with "
+            "OBJECTIVE_REWARD_MODEL (its manifest's head is MODEL_HEAD_REWARD_MODEL)")
+
+
+def _reward_pairs(
+    loaded: LoadedModel, examples: Sequence[Mapping[str, Any]], max_length: int, report: Progress
+) -> dict[str, Any]:
+    """The reward of the gold (chosen) and the other (rejected) answer of every preference example."""
+    import torch
+
+    picked = [ex for ex in examples if ex.get("choices") and ex.get("mc_prompt") is not None]
+    window = min(max_length or loaded.max_length, loaded.max_length)
+    chosen, rejected = [], []
+    for done, ex in enumerate(picked):
+        scores = []
+        for answer in ex["choices"]:
+            text = render_chat(loaded.tokenizer, [*ex["mc_prompt"], {"role": "assistant", "content": answer}])
+            ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"][-window:]
+            with torch.no_grad():
+                out = loaded.model(input_ids=torch.tensor([ids], device=loaded.model.device))
+            scores.append(float(out.logits[0, 0]))
+        chosen.append(scores[ex["gold"]])
+        rejected.append(scores[1 - ex["gold"]])
+        report(done + 1, len(picked), "reward_accuracy")
+    return {"chosen": chosen, "rejected": rejected}

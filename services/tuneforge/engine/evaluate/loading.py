@@ -11,11 +11,12 @@ from tuneforge.common.errors import InvalidInput
 
 @dataclass
 class LoadedModel:
-    """A causal LM in eval mode with its tokenizer."""
+    """A causal LM (or a reward model: a sequence classifier with one output) in eval mode with its tokenizer."""
 
     model: Any
     tokenizer: Any
     max_length: int
+    reward_model: bool = False
 
     @property
     def pad_id(self) -> int:
@@ -46,17 +47,25 @@ def load_model(
         InvalidInput: the folder does not hold a safetensors model.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file() or not any(model_dir.glob("*.safetensors")):
         raise InvalidInput.field_error(
             "model", f"{model_dir.name!r} holds no config.json + *.safetensors: give a safetensors model folder"
         )
+    from tuneforge.engine.export import is_reward_adapter, is_sequence_classifier
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False
-    )
+    # A reward model: a full sequence-classifier folder, or a reward model's LoRA (peft task SEQ_CLS).
+    reward = is_sequence_classifier(model_dir) or (
+        adapter_dir is not None and (Path(adapter_dir) / "adapter_config.json").is_file()
+        and is_reward_adapter(Path(adapter_dir)))
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "use_safetensors": True, "trust_remote_code": False}
+    if reward:
+        model: Any = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -68,6 +77,8 @@ def load_model(
             tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=False)
         match_vocab(model, Path(adapter_dir))
         model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    if reward and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token
     model.to(device).eval()
     max_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-    return LoadedModel(model, tokenizer, max_length)
+    return LoadedModel(model, tokenizer, max_length, reward_model=reward)

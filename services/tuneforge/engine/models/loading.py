@@ -9,6 +9,8 @@ Public API:
           resized when that added tokens.
         - ``config.use_cache = False`` (training; also what lets packed position ids isolate samples).
         - ``hyperparameters.dropout`` overrides the config's dropout fields before the weights load.
+        - Reward models (objective reward_model): ``AutoModelForSequenceClassification`` with
+          ``num_labels=1``; LoRA uses peft's SEQ_CLS task, which trains and saves the score head in full.
         - Method: full (all trainable), lora / qlora (peft ``LoraConfig``; targets from
           ``models.targets``), prefix (``PrefixTuningConfig``), prompt (``PromptTuningConfig``).
           QLoRA loads through ``BitsAndBytesConfig`` (nf4/fp4 4-bit or int8), runs
@@ -40,7 +42,15 @@ from typing import Any, cast
 from tuneforge.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneforge.engine.data.tokenize import ensure_chat_template, ensure_pad_token
 from tuneforge.engine.models.targets import resolve_target_modules
-from tuneforge.engine.spec import ComputeDType, MethodKind, ModelDType, Precision, QuantType, TrainingSpec
+from tuneforge.engine.spec import (
+    ComputeDType,
+    MethodKind,
+    ModelDType,
+    ObjectiveKind,
+    Precision,
+    QuantType,
+    TrainingSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +135,23 @@ def _config(folder: Path, spec: TrainingSpec) -> Any:
     return config
 
 
-def _load_base(folder: Path, spec: TrainingSpec, device: Any, zero3: bool) -> Any:
-    from transformers import AutoModelForCausalLM
+def is_reward_model(spec: TrainingSpec) -> bool:
+    """Whether the spec trains a reward model (a sequence-classification head with one output)."""
+    return spec.objective.kind is ObjectiveKind.REWARD_MODEL
 
+
+def _load_base(folder: Path, spec: TrainingSpec, device: Any, zero3: bool) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = _config(folder, spec)
+    auto: Any = AutoModelForCausalLM
+    if is_reward_model(spec):
+        # One scalar per sequence; the head is new (randomly initialised) unless the folder is
+        # already a reward model.
+        config.num_labels = 1
+        auto = AutoModelForSequenceClassification
     kwargs: dict[str, Any] = {
-        "config": _config(folder, spec),
+        "config": config,
         "dtype": _load_dtype(spec),
         "use_safetensors": True,
         "trust_remote_code": False,
@@ -139,7 +161,7 @@ def _load_base(folder: Path, spec: TrainingSpec, device: Any, zero3: bool) -> An
             raise InvalidInput.field_error("resources.zero_stage", "QLoRA cannot load under ZeRO-3; use 0-2")
         kwargs["quantization_config"] = _quantization_config(spec)
         kwargs["device_map"] = {"": str(device)}
-    return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    return auto.from_pretrained(folder, **kwargs)
 
 
 def _peft_config(spec: TrainingSpec, model: Any, folder: Path) -> Any:
@@ -153,7 +175,8 @@ def _peft_config(spec: TrainingSpec, model: Any, folder: Path) -> Any:
             lora_dropout=m.lora.dropout,
             bias="none",
             target_modules=resolve_target_modules(m.lora.target_modules, model),
-            task_type="CAUSAL_LM",
+            # SEQ_CLS: peft trains (and saves) the score head in full beside the adapter.
+            task_type="SEQ_CLS" if is_reward_model(spec) else "CAUSAL_LM",
         )
     if m.kind is MethodKind.PREFIX:
         return peft.PrefixTuningConfig(num_virtual_tokens=m.prefix.num_virtual_tokens, task_type="CAUSAL_LM")

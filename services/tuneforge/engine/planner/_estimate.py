@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, cast
 
 from tuneforge.common.errors import FieldViolation, InvalidInput
@@ -123,6 +123,7 @@ class MemoryPlan:
     micro_batch: int
     seq_len: int
     notes: tuple[str, ...] = ()
+    objective: str = "sft"
 
     @property
     def model_states(self) -> int:
@@ -277,14 +278,15 @@ def _loss_bytes(arch: _Arch, tokens: int, act: int) -> int:
 
 
 def _activation_bytes(arch: _Arch, seq: int, batch: int, act: int, checkpointing: bool, eager: bool,
-                      lora: tuple[int, Sequence[str], float]) -> int:
+                      lora: tuple[int, Sequence[str], float], logits: bool = True) -> int:
     """Peak of saved activations: everything the layers keep plus the larger of the loss's peak
     (at the start of backward) and, with checkpointing, one recomputed layer (later in backward,
-    once the loss's tensors are freed)."""
+    once the loss's tensors are freed). ``logits`` False: a one-score head (reward models) with no
+    vocabulary-sized logits."""
     tokens = seq * batch
     layer = _layer_activation_bytes(arch, tokens, batch, seq, act, eager, lora)
     final_norm = 4 * tokens * arch.hidden + act * tokens * arch.hidden + 4 * tokens
-    loss = _loss_bytes(arch, tokens, act)
+    loss = _loss_bytes(arch, tokens, act) if logits else 0
     if checkpointing:
         # Each checkpointed layer keeps only its input.
         return int(arch.layers * act * tokens * arch.hidden + final_norm + max(loss, layer))
@@ -329,6 +331,7 @@ def plan_memory(
     double_quant: bool = True,
     attention: str = "sdpa",
     num_nodes: int = 1,
+    objective: str = "sft",
 ) -> MemoryPlan:
     """Estimate the per-GPU memory of one training step (forward, backward, optimizer step).
 
@@ -348,6 +351,12 @@ def plan_memory(
         quantization, double_quant: QLoRA storage of the frozen linear weights.
         attention: ``sdpa`` (fused, the default) or ``eager`` (materializes the attention matrix).
         num_nodes: machines the GPUs are spread over (host memory is reported per node).
+        objective: the training objective (the spec's ``objective.kind``). Preference objectives
+            (dpo, orpo, simpo, reward_model) run chosen and rejected side by side: twice the sequences.
+            A reward model has a one-score head instead of the LM head (no vocabulary logits; the
+            head trains under LoRA too). dpo and kto keep a frozen reference: a weight copy under full
+            fine-tuning (adapters disable the adapter instead), and its no-grad forwards' logits
+            while the policy's activations are held.
 
     Returns:
         The plan; ``total`` is the estimated peak per GPU in bytes.
@@ -357,22 +366,29 @@ def plan_memory(
             every problem at once.
     """
     method, dtype, quantization = _parse_enums(method, dtype, quantization, lora_targets, attention)
+    objective = _parse_objective(objective)
     stage = 0 if zero_stage is None else zero_stage
     _validate(method, stage, offload_optimizer, offload_params, seq_len, micro_batch, num_gpus, gpu_memory_bytes)
     arch = _arch(model_config)
     counts = _count(arch)
+    reward_model = objective == "reward_model"
+    if reward_model:  # AutoModelForSequenceClassification: the LM head becomes a (hidden x 1) score head
+        counts = replace(counts, total=counts.total - counts.lm_head + arch.hidden, lm_head=0)
     sixteen = dtype is not Precision.FP32
     w, g, k = (2, 2, 16) if sixteen else (4, 4, 8)
     lora: tuple[int, tuple[str, ...], float]
     if method is Method.FULL:
         trainable, frozen_bytes, lora = counts.total, 0.0, (0, (), 0.0)
     else:
-        trainable = _lora_params(arch, lora_r, lora_targets)
+        trainable = _lora_params(arch, lora_r, lora_targets) + (arch.hidden if reward_model else 0)
         frozen_bytes = _frozen_bytes(arch, counts, method, w, quantization, double_quant)
         lora = (lora_r, tuple(lora_targets), lora_dropout)
     n = num_gpus
     opt_shard = 1 if stage == 0 else n  # ZeRO-1/2/3 partition the optimizer state
     weights = frozen_bytes + w * trainable
+    with_reference = objective in _REFERENCE_OBJECTIVES
+    if with_reference and method is Method.FULL:
+        weights += w * counts.total  # the frozen reference copy
     if stage == 3:
         weights = 0.0 if offload_params else weights / n
     gradients = 0.0 if offload_optimizer or stage == 3 else g * trainable / (n if stage == 2 else 1)
@@ -383,8 +399,11 @@ def plan_memory(
     gathered = (w + g if method is Method.FULL else w) * counts.largest_layer
     buffer = gathered if stage == 3 else 0
     act = 4 if not sixteen else 2
-    activations = _activation_bytes(arch, seq_len, micro_batch, act, gradient_checkpointing,
-                                    attention == "eager", lora)
+    sequences = micro_batch * (2 if objective in _PAIRED_OBJECTIVES else 1)
+    activations = _activation_bytes(arch, seq_len, sequences, act, gradient_checkpointing,
+                                    attention == "eager", lora, logits=not reward_model)
+    if with_reference:  # reference (and KTO's KL) forwards without gradients: logits + fp32 log-softmax
+        activations += (act + 4) * seq_len * sequences * arch.vocab
     total = int(weights) + int(gradients) + int(optimizer) + buffer + activations
     host = _host_bytes(counts, trainable, method, stage, offload_optimizer, offload_params, w, k, n, num_nodes)
     return MemoryPlan(
@@ -394,8 +413,27 @@ def plan_memory(
         offload_params=offload_params, gradient_checkpointing=gradient_checkpointing,
         micro_batch=micro_batch, seq_len=seq_len,
         notes=(f"{dtype.value}: {w} B weights, {g} B gradients, {k} B optimizer state per trainable parameter",
-               f"activations at {act} B per element, attention={attention}"),
+               f"activations at {act} B per element, attention={attention}",
+               f"objective {objective}: {sequences} sequences per micro-batch"
+               + (", frozen reference" if with_reference else "") + (", score head" if reward_model else "")),
+        objective=objective,
     )
+
+
+# Objectives whose rows hold two sequences (chosen and rejected), and those with a frozen reference.
+_PAIRED_OBJECTIVES = frozenset({"dpo", "orpo", "simpo", "reward_model"})
+_REFERENCE_OBJECTIVES = frozenset({"dpo", "kto"})
+
+
+def _parse_objective(objective: Any) -> str:
+    from tuneforge.engine.spec import ObjectiveKind
+
+    value = getattr(objective, "value", objective)
+    known = [k.value for k in ObjectiveKind]
+    if value not in known:
+        raise InvalidInput.of([FieldViolation("objective", f"{value!r} is not one of {', '.join(known)}")],
+                              what="memory plan request")
+    return str(value)
 
 
 def _parse_enums(method: Any, dtype: Any, quantization: Any, targets: Sequence[str],

@@ -9,6 +9,7 @@ from tuneforge.common.errors import FieldViolation
 from tuneforge.engine.spec._sections import (
     _SECTIONS,
     ADAPTER_METHODS,
+    LABELLED_OBJECTIVES,
     PREFERENCE_OBJECTIVES,
     DataSection,
     DpoReference,
@@ -95,6 +96,19 @@ def _check_objective(s: _Sections) -> list[FieldViolation]:
             )
         if d.mixture:
             out.append(FieldViolation("data.mixture", f"{name} needs one preference dataset; use data.train"))
+    if o.kind in LABELLED_OBJECTIVES:
+        if d.packing:
+            out.append(FieldViolation("data.packing", "KTO scores each completion on its own (and against "
+                                      "another prompt for the KL estimate); set data.packing: false"))
+        if d.mixture:
+            out.append(FieldViolation("data.mixture", "KTO needs one labelled-completion dataset; use data.train"))
+    if o.kind is ObjectiveKind.REWARD_MODEL and s["method"].kind in (MethodKind.PREFIX, MethodKind.PROMPT):
+        out.append(FieldViolation("method.kind", f"a reward model trains its score head, which "
+                                  f"{s['method'].kind.value} tuning leaves frozen; use lora, qlora or full"))
+    kto_adapter_ref = o.kto.reference is DpoReference.ADAPTER_DISABLED
+    if o.kind is ObjectiveKind.KTO and kto_adapter_ref and s["method"].kind not in ADAPTER_METHODS:
+        out.append(FieldViolation("objective.kto.reference", "adapter_disabled needs an adapter method "
+                                  "(lora, qlora, prefix, prompt); use model_copy for full fine-tuning"))
     adapter_ref = o.dpo.reference is DpoReference.ADAPTER_DISABLED
     if o.kind is ObjectiveKind.DPO and adapter_ref and s["method"].kind not in ADAPTER_METHODS:
         out.append(

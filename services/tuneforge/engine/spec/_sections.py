@@ -61,10 +61,15 @@ class ObjectiveKind(enum.Enum):
     PRETRAIN = "pretrain"
     ORPO = "orpo"
     SIMPO = "simpo"
+    KTO = "kto"
+    REWARD_MODEL = "reward_model"
 
 
 # Objectives trained on (prompt, chosen, rejected) pairs.
-PREFERENCE_OBJECTIVES = frozenset({ObjectiveKind.DPO, ObjectiveKind.ORPO, ObjectiveKind.SIMPO})
+PREFERENCE_OBJECTIVES = frozenset({ObjectiveKind.DPO, ObjectiveKind.ORPO, ObjectiveKind.SIMPO,
+                                   ObjectiveKind.REWARD_MODEL})
+# Objectives trained on unpaired (prompt, completion, label) records.
+LABELLED_OBJECTIVES = frozenset({ObjectiveKind.KTO})
 
 
 class DpoLossType(enum.Enum):
@@ -111,6 +116,7 @@ DEPENDENT_DEFAULTS = {
     "precision": "fp32 (bf16 with resources.use_gpu)",
     "hyperparameters.epochs": "1 unless max_steps",
     "objective.dpo.reference": "adapter_disabled for adapters, model_copy for full",
+    "objective.kto.reference": "adapter_disabled for adapters, model_copy for full",
 }
 
 # ------------------------------------------------------------------------------------- sections
@@ -288,6 +294,30 @@ class SimpoSettings(_Strict):
     gamma: float = Field(default=1.0, ge=0, le=100, description="target reward margin")
 
 
+class KtoSettings(_Strict):
+    """KTO (Ethayarajh et al. 2024) on unpaired completions labelled desirable or undesirable; the KL
+    reference point is estimated from mismatched prompt/completion pairs (trl's ``KTOTrainer``).
+    ``reference`` None resolves to adapter_disabled for adapters, model_copy for full."""
+
+    beta: float = Field(default=0.1, gt=0, le=100, description="temperature of the implied reward")
+    desirable_weight: float = Field(default=1.0, gt=0, le=100, description="loss weight of desirable "
+                                    "examples (raise it when they are fewer)")
+    undesirable_weight: float = Field(default=1.0, gt=0, le=100, description="loss weight of undesirable "
+                                      "examples")
+    reference: DpoReference | None = None
+
+
+class RewardModelSettings(_Strict):
+    """Reward model: a sequence-classification head (one score) trained on preference pairs with the
+    Bradley-Terry loss -log sigmoid(r_chosen - r_rejected - margin) (trl's ``RewardTrainer``)."""
+
+    margin: float = Field(default=0.0, ge=0, le=100, description="margin of pairs whose record has no "
+                          "margin of its own (0: plain Bradley-Terry)")
+    center_rewards_coefficient: float = Field(default=0.0, ge=0, le=10, description="weight of "
+                                              "mean((r_chosen + r_rejected)^2), keeping rewards centred on 0 "
+                                              "(0: off; Eisenstein et al. suggest 0.01)")
+
+
 class ObjectiveSection(_Strict):
     """What the loss is."""
 
@@ -295,6 +325,8 @@ class ObjectiveSection(_Strict):
     dpo: DpoSettings = Field(default_factory=DpoSettings)
     orpo: OrpoSettings = Field(default_factory=OrpoSettings)
     simpo: SimpoSettings = Field(default_factory=SimpoSettings)
+    kto: KtoSettings = Field(default_factory=KtoSettings)
+    reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)
 
 
 class Hyperparameters(_Strict):
@@ -452,6 +484,9 @@ class TrainingSpec(_TopLevelScalars):
         dpo = self.objective.dpo
         if self.objective.kind is ObjectiveKind.DPO and dpo.reference is None:
             dpo.reference = DpoReference.ADAPTER_DISABLED if self.is_adapter else DpoReference.MODEL_COPY
+        kto = self.objective.kto
+        if self.objective.kind is ObjectiveKind.KTO and kto.reference is None:
+            kto.reference = DpoReference.ADAPTER_DISABLED if self.is_adapter else DpoReference.MODEL_COPY
 
     @property
     def is_adapter(self) -> bool:

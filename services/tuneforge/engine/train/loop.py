@@ -196,6 +196,9 @@ def evaluate(
     model = runtime.model
     model.eval()
     total, units = 0.0, 0.0
+    # Objectives may name metric sums that evaluation reports too (a reward model's accuracy).
+    keys: tuple[str, ...] = tuple(getattr(objective, "eval_metrics", ()))
+    extra = dict.fromkeys(keys, 0.0)
     try:
         for idx, counts in _eval_shards(len(rows), micro_batch, runtime.world_size, runtime.rank):
             batch = objective.collate([rows[i] for i in idx])
@@ -204,11 +207,14 @@ def evaluate(
             if counts:
                 total += float(out.total)
                 units += objective.units(batch)
+                for key in keys:
+                    extra[key] += out.metrics.get(key, 0.0)
     finally:
         model.train()
-    total, units = runtime.all_reduce_sum([total, units])
+    total, units, *sums = runtime.all_reduce_sum([total, units, *(extra[k] for k in keys)])
     mean = total / max(units, 1.0)
     metrics = {"eval_loss": mean}
+    metrics |= {f"eval_{k}": v / max(units, 1.0) for k, v in zip(keys, sums, strict=True)}
     if objective.has_perplexity:
         metrics["eval_perplexity"] = perplexity(mean)
     return metrics

@@ -1,4 +1,5 @@
-"""Losses the loop can train: next-token cross-entropy (SFT, pre-training), DPO, ORPO, SimPO and KTO.
+"""Losses the loop can train: next-token cross-entropy (SFT, pre-training), DPO, ORPO, SimPO, KTO and
+the Bradley-Terry loss of reward models.
 
 Rows are already tokenized. A causal-LM row holds ``input_ids`` and ``labels`` (``-100`` where no
 loss is taken; Hugging Face alignment, the shift happens here) and optionally ``position_ids``
@@ -395,5 +396,72 @@ class KTOObjective:
             "kl": float(kl) * len(losses),  # the loop averages sums over units
             "rewards_desirable": float(rewards[desirable].sum()),
             "rewards_undesirable": float(rewards[~desirable].sum()),
+        }
+        return LossSum(losses.sum(), metrics)
+
+
+def bradley_terry_losses(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | float,
+                         *, center_coefficient: float = 0.0) -> torch.Tensor:
+    """Per-pair reward-model loss -log sigmoid(r_chosen - r_rejected - margin), plus ``center_coefficient`` *
+    (r_chosen + r_rejected)^2 (trl 1.x ``RewardTrainer.compute_loss``; its mean over pairs is trl's loss)."""
+    c, r = chosen_rewards.float(), rejected_rewards.float()
+    losses = -F.logsigmoid(c - r - margin)
+    if center_coefficient:
+        losses = losses + center_coefficient * (c + r) ** 2
+    return losses
+
+
+class RewardModelObjective:
+    """A reward model (a sequence-classification model with one output) on (chosen, rejected) pairs.
+
+    The score of a sequence is the head's output at its last non-pad token (transformers'
+    ``*ForSequenceClassification`` with ``config.pad_token_id``; rows are right-padded). A row may
+    carry ``margin`` (the record's own); otherwise ``default_margin`` is used.
+
+    Args:
+        pad_id: the tokenizer's pad id (distinct from eos).
+        default_margin: margin of pairs whose row has none.
+        center_coefficient: weight of the reward-centring term (0: off).
+    """
+
+    name = "reward_model"
+    has_perplexity = False
+    # Sums over pairs the loop also averages over evaluation rows (``eval_<name>``).
+    eval_metrics = ("reward_accuracy", "reward_margin_mean")
+
+    def __init__(self, pad_id: int, *, default_margin: float = 0.0, center_coefficient: float = 0.0):
+        self.pad_id = pad_id
+        self.default_margin = default_margin
+        self.center_coefficient = center_coefficient
+
+    def collate(self, rows: Sequence[Any]) -> Batch:
+        batch = collate_pairs(rows, self.pad_id)
+        margins = [r.get("margin") for r in rows]
+        batch["margin"] = torch.tensor([self.default_margin if m is None else float(m) for m in margins],
+                                       dtype=torch.float)
+        return batch
+
+    def units(self, batch: Batch) -> int:
+        return pair_units(batch)
+
+    def tokens(self, batch: Batch) -> int:
+        return _num_tokens(batch)
+
+    @staticmethod
+    def rewards(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """The score of every sequence of the batch ([chosen; rejected])."""
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        return out.logits.squeeze(-1).float()
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
+        chosen, rejected = self.rewards(model, batch).chunk(2)
+        losses = bradley_terry_losses(chosen, rejected, batch["margin"].to(chosen.device),
+                                      center_coefficient=self.center_coefficient)
+        c, r = chosen.detach(), rejected.detach()
+        metrics = {
+            "reward_accuracy": float((c > r).float().sum()),
+            "reward_margin_mean": float((c - r).sum()),
+            "reward_chosen": float(c.sum()),
+            "reward_rejected": float(r.sum()),
         }
         return LossSum(losses.sum(), metrics)

@@ -43,6 +43,7 @@ def spec_to_json(spec: EvaluationSpec) -> dict[str, Any]:
         "forgetting_threshold": spec.forgetting_threshold,
         "mark_best_by": spec.mark_best_by,
         "request_id": spec.request_id,
+        "reward_model": spec.reward_model.to_dict() if spec.reward_model else None,
     }
 
 
@@ -53,6 +54,7 @@ def spec_from_json(doc: Mapping[str, Any]) -> EvaluationSpec:
     return EvaluationSpec(
         model=ModelRef(**doc["model"]),
         baseline=ModelRef(**doc["baseline"]) if doc.get("baseline") else None,
+        reward_model=ModelRef(**doc["reward_model"]) if doc.get("reward_model") else None,
         datasets=tuple(DatasetRef(**d) for d in doc["datasets"]),
         metrics=tuple(Metric[m] for m in doc["metrics"]),
         generation=GenerationOptions(**g),

@@ -8,6 +8,7 @@ An example is a plain dict the engine understands (``tuneforge.engine.evaluate.j
 - ``prompt`` + ``reference``: the conversation before the last assistant turn, and that turn's
   content, for generation metrics (chat / instruction); ``label`` is the record's ``category``
   when the record has one (classification compares generations to the reference otherwise);
+- ``prompt`` + ``reference`` for preference records too: the pair's prompt and its chosen answer;
 - ``mc_prompt`` + ``choices`` + ``gold``: preference records as a two-way multiple choice
   (chosen vs rejected), in an order fixed by the content so ties cannot favour the gold answer.
 """
@@ -54,7 +55,9 @@ def _chat_example(messages: list[Mapping[str, str]], category: str | None, row: 
 def _preference_example(record: Mapping[str, Any], row: int) -> dict[str, Any]:
     prompt = [{"role": m["role"], "content": m["content"]} for m in record["prompt"]]
     chosen, rejected = record["chosen"], record.get("rejected")
-    example: dict[str, Any] = {"messages": [*prompt, {"role": "assistant", "content": chosen}]}
+    # prompt + reference: generation metrics (and METRIC_REWARD_WIN_RATE) answer the pair's prompt.
+    example: dict[str, Any] = {"messages": [*prompt, {"role": "assistant", "content": chosen}],
+                               "prompt": prompt, "reference": chosen}
     if rejected is not None:
         flip = hashlib.sha256(f"{chosen}\x1f{rejected}".encode()).digest()[0] % 2 == 1
         example.update(

@@ -24,6 +24,8 @@ class Metric(enum.Enum):
     CLASSIFICATION = 7
     SAFETY = 8
     FORGETTING = 9
+    REWARD_ACCURACY = 10
+    REWARD_WIN_RATE = 11
 
     @property
     def needs_generation(self) -> bool:
@@ -32,7 +34,8 @@ class Metric(enum.Enum):
 
 
 GENERATION_METRICS = frozenset(
-    {Metric.BLEU, Metric.ROUGE, Metric.EXACT_MATCH, Metric.TOKEN_F1, Metric.CLASSIFICATION, Metric.SAFETY}
+    {Metric.BLEU, Metric.ROUGE, Metric.EXACT_MATCH, Metric.TOKEN_F1, Metric.CLASSIFICATION, Metric.SAFETY,
+     Metric.REWARD_WIN_RATE}
 )
 
 LOWER_IS_BETTER = frozenset({"perplexity", "mean_loss", "unsafe_rate", "refusal_rate"})
@@ -132,6 +135,7 @@ class EvaluationSpec:
     forgetting_threshold: float = 1.1
     mark_best_by: str = ""
     request_id: str = ""
+    reward_model: ModelRef | None = None
 
     def validate(self, limits: Limits) -> None:
         """Raise ``InvalidInput`` listing every problem at once (fields named as in the API)."""
@@ -148,6 +152,11 @@ class EvaluationSpec:
         if not self.metrics:
             v.append(FieldViolation("metrics", "give at least one metric (e.g. METRIC_PERPLEXITY)"))
         v += self._forgetting_violations(limits)
+        v += self._win_rate_violations()
+        if Metric.REWARD_ACCURACY in self.metrics and len(self.metrics) > 1:
+            others = ", ".join(f"METRIC_{m.name}" for m in self.metrics if m is not Metric.REWARD_ACCURACY)
+            v.append(FieldViolation("metrics", f"METRIC_REWARD_ACCURACY scores a reward model, which cannot compute "
+                                    f"{others}: request it in an evaluation of its own"))
         g = self.generation
         if not 1 <= g.max_new_tokens <= limits.max_new_tokens:
             v.append(FieldViolation("generation.max_new_tokens", f"must be in 1..{limits.max_new_tokens}"))
@@ -169,6 +178,19 @@ class EvaluationSpec:
             v.append(FieldViolation("mark_best_by", "'best' moves when the model beats a baseline: set baseline"))
         if v:
             raise InvalidInput.of(v, "evaluation")
+
+    def _win_rate_violations(self) -> list[FieldViolation]:
+        if Metric.REWARD_WIN_RATE not in self.metrics:
+            return []
+        v = []
+        if self.baseline is None:
+            v.append(FieldViolation("baseline", "METRIC_REWARD_WIN_RATE compares two models: set the base as baseline"))
+        if self.reward_model is None:
+            v.append(FieldViolation("reward_model", "METRIC_REWARD_WIN_RATE needs a judge: name a reward-model "
+                                    "checkpoint (a job with OBJECTIVE_REWARD_MODEL)"))
+        else:
+            v += _model_violations("reward_model", self.reward_model)
+        return v
 
     def _forgetting_violations(self, limits: Limits) -> list[FieldViolation]:
         if Metric.FORGETTING not in self.metrics:

@@ -37,6 +37,8 @@ def score(
     if Metric.MULTIPLE_CHOICE in wanted and raw.get("multiple_choice", {}).get("gold"):
         mc = raw["multiple_choice"]
         scores += m.multiple_choice(mc["loglikelihoods"], mc["choices"], mc["gold"])
+    if Metric.REWARD_ACCURACY in wanted and raw.get("reward_pairs", {}).get("chosen"):
+        scores += _reward_scores(raw["reward_pairs"])
     gens = raw.get("generations") or []
     if gens:
         scores += _generation_scores(gens, wanted, flagged)
@@ -50,6 +52,43 @@ def _perplexity_scores(ppl: Mapping[str, Any]) -> list[m.Score]:
     mean = float(ppl["nll_sum"]) / tokens
     n = int(ppl["examples"])
     return [m.Score("mean_loss", mean, n), m.Score("perplexity", math.exp(mean), n), m.Score("scored_tokens", tokens, n)]
+
+
+def _reward_scores(pairs: Mapping[str, Sequence[float]]) -> list[m.Score]:
+    """A reward model's pairwise accuracy (ties count as wrong, as in trl's RewardTrainer) and mean margin."""
+    chosen, rejected = pairs["chosen"], pairs["rejected"]
+    n = len(chosen)
+    right = sum(c > r for c, r in zip(chosen, rejected, strict=True))
+    low, high = m.wilson_interval(right, n)
+    margin = sum(c - r for c, r in zip(chosen, rejected, strict=True)) / n
+    return [m.Score("reward_accuracy", right / n, n, low, high), m.Score("reward_margin_mean", margin, n)]
+
+
+def answer_pairs(generations: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per dataset, the model's and the baseline's answers to the same prompt as judge examples
+    (``mc_prompt``, ``choices`` = [model, baseline], ``gold`` = 0: the model's answer is "chosen")."""
+    answers: dict[tuple[str, int], dict[str, Any]] = {}
+    for g in generations:
+        answers.setdefault((g["dataset_version_id"], g["index"]), {"prompt": g["prompt"]})[g["role"]] = g["text"]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (version_id, _index), a in sorted(answers.items()):
+        if Role.MODEL.value in a and Role.BASELINE.value in a:
+            out.setdefault(version_id, []).append(
+                {"mc_prompt": a["prompt"], "choices": [a[Role.MODEL.value], a[Role.BASELINE.value]], "gold": 0})
+    return out
+
+
+def win_rate(pairs: Mapping[str, Sequence[float]], dataset_version_id: str) -> list[MetricResult]:
+    """The model's win rate over the baseline by reward (a tie counts 1/2), and both sides' mean reward."""
+    model, base = pairs["chosen"], pairs["rejected"]
+    n = len(model)
+    if not n:
+        return []
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(model, base, strict=True))
+    low, high = m.wilson_interval(round(wins), n)
+    return [MetricResult(Role.MODEL, dataset_version_id, "reward_win_rate", wins / n, n, low, high),
+            MetricResult(Role.MODEL, dataset_version_id, "reward_mean_model", sum(model) / n, n),
+            MetricResult(Role.MODEL, dataset_version_id, "reward_mean_baseline", sum(base) / n, n)]
 
 
 def _generation_scores(

@@ -170,7 +170,8 @@ class EvaluationService:
 
     def _check_models(self, caller: Identity, spec: EvaluationSpec) -> None:
         """Fail the create call, not the background run, on models the caller cannot read."""
-        for ref in (spec.model, spec.baseline):
+        judge = spec.reward_model if Metric.REWARD_WIN_RATE in spec.metrics else None
+        for ref in (spec.model, spec.baseline, judge):
             if ref is not None:
                 self._d.models.check(caller, ref)
 
@@ -397,6 +398,7 @@ class EvaluationService:
             resolved[role] = self._d.models.resolve(caller, ref)
             self._run_role(evaluation, role, resolved[role], data, runner, progress, report)
         self._forgetting(evaluation, caller, resolved, report)
+        self._win_rate(evaluation, caller, report)
         report["best_alias"] = self._mark_best(evaluation, caller, resolved[Role.MODEL])
         report.update(_report_header(evaluation))
         evaluation.report_key, evaluation.report_uri = self._d.reports.put_report(tenant, evaluation.id, report)
@@ -426,6 +428,21 @@ class EvaluationService:
                       "top_p": g.top_p, "seed": g.seed, "stop": list(g.stop), "batch_size": g.batch_size}
         return ModelTask(str(resolved.model_dir), str(resolved.adapter_dir) if resolved.adapter_dir else None,
                          examples, [m.name.lower() for m in metrics], generation)
+
+    def _win_rate(self, evaluation: Evaluation, caller: Identity, report: dict[str, Any]) -> None:
+        """METRIC_REWARD_WIN_RATE: the reward model scores both models' answers to each prompt."""
+        spec = evaluation.spec
+        if Metric.REWARD_WIN_RATE not in spec.metrics or spec.reward_model is None:
+            return
+        judge = self._d.models.resolve(caller, spec.reward_model)
+        report["reward_model"] = {"checkpoint_id": judge.checkpoint_id, "job_id": judge.job_id}
+        for version_id, pairs in scoring.answer_pairs(report["generations"]).items():
+            task = ModelTask(str(judge.model_dir), str(judge.adapter_dir) if judge.adapter_dir else None, pairs,
+                             ["reward_accuracy"], {})
+            raw = self._d.runners.inline.run(
+                task, _Progress(self, evaluation.tenant, evaluation.id, len(pairs)).phase(
+                    f"reward model judging {version_id}", len(pairs)), lambda: self._is_cancelled(evaluation.id))
+            evaluation.results += scoring.win_rate(raw["reward_pairs"], version_id)
 
     def _forgetting_size(self, caller: Identity, spec: EvaluationSpec) -> int:
         if Metric.FORGETTING not in spec.metrics or spec.forgetting_dataset is None:

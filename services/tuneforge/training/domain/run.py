@@ -49,8 +49,10 @@ from tuneforge.training.domain.ports import (
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "peak_memory_bytes", "eval_loss",
-               "eval_perplexity", "epoch")
+METRIC_KEYS: tuple[str, ...] = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "peak_memory_bytes",
+                               "eval_loss", "eval_perplexity", "epoch")
+# Reward-model and KTO metrics (the API's Metrics fields 30-34).
+METRIC_KEYS += ("reward_accuracy", "reward_margin_mean", "eval_reward_accuracy", "eval_reward_margin_mean", "kl")
 
 
 def lease_holder(job: Job) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import json
 import logging
 import re
 import statistics
@@ -27,7 +28,13 @@ from tuneforge.common import tracing
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
 from tuneforge.common.storage import tenant_prefix
-from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
+from tuneforge.engine.spec import (
+    LABELLED_OBJECTIVES,
+    PREFERENCE_OBJECTIVES,
+    ObjectiveKind,
+    TrainingSpec,
+    load_spec,
+)
 from tuneforge.training.domain.admission import (
     Assessment,
     ClusterCapacity,
@@ -148,14 +155,44 @@ def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[Field
         if not kind:
             continue
         paired = spec.objective.kind in PREFERENCE_OBJECTIVES
-        if paired and kind != "PREFERENCE":
+        labelled = spec.objective.kind in LABELLED_OBJECTIVES
+        if labelled != (kind == "LABELLED"):
+            out.append(_labelled_violation(spec, version_id, kind, field_path))
+        elif labelled:
+            continue
+        elif paired and kind != "PREFERENCE":
             out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, "
                                       f"but {spec.objective.kind.name} needs preference pairs (prompt, chosen, "
                                       "rejected): use a preference dataset or supervised fine-tuning"))
         elif not paired and kind == "PREFERENCE":
             out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds preference pairs: train "
-                                      "them with DPO, ORPO or SimPO, or use a chat/text dataset"))
+                                      "them with DPO, ORPO, SimPO or a reward model, or use a chat/text dataset"))
     return out
+
+
+def _head_violation(spec: TrainingSpec, folder: Path) -> FieldViolation | None:
+    """A reward model (a sequence classifier) cannot be the base of a language-model objective: it has
+    no LM head to fine-tune or generate with (a reward model may start from one, or from a causal LM)."""
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or ()
+    except (OSError, ValueError):
+        return None  # the engine reports an unreadable folder with its own message
+    reward = any(str(a).endswith("ForSequenceClassification") for a in architectures)
+    if reward and spec.objective.kind is not ObjectiveKind.REWARD_MODEL:
+        return FieldViolation("model.name", f"checkpoint {spec.model.name} is a reward model (a sequence "
+                              f"classifier), which {spec.objective.kind.name} cannot fine-tune: name a causal "
+                              "language model, or train OBJECTIVE_REWARD_MODEL from it")
+    return None
+
+
+def _labelled_violation(spec: TrainingSpec, version_id: str, kind: str, field_path: str) -> FieldViolation:
+    """KTO needs labelled completions, and labelled completions need KTO."""
+    if kind == "LABELLED":
+        return FieldViolation(field_path, f"dataset version {version_id!r} holds labelled completions (prompt, "
+                              "completion, label): train them with KTO, or use a dataset of the objective's kind")
+    return FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, but "
+                          f"{spec.objective.kind.name} needs labelled completions (prompt, completion, label): "
+                          "upload a KTO-format dataset (DATASET_FORMAT_KTO)")
 
 
 class TrainingService:
@@ -204,7 +241,9 @@ class TrainingService:
                                      + " and ".join(self._d.peers_missing) + " on the training service")
         model = self._d.models.reference(caller, spec.model.name or "")  # unknown models fail here
         if model is None:  # a checkpoint: checked now, made local by the run
-            self._d.models.locate(caller, spec.model.name or "")
+            folder = self._d.models.locate(caller, spec.model.name or "")
+            if (v := _head_violation(spec, folder)) is not None:
+                raise InvalidInput.of([v], what="CreateJob request")
         assessment = self._assess(caller, spec)
         if not assessment.fits:  # refused before anything is leased, stored or queued
             log.info("CreateJob refused: %s", "; ".join(assessment.reasons()))
