@@ -143,4 +143,7 @@ def build_app(settings: TrainingSettings) -> RunningServer:
     server = build_server(settings, [(training_pb2_grpc.add_TrainingServiceServicer_to_server, servicer)],
                           [SERVICE_NAME], metrics)
     server.on_stop.extend(hooks)
+    # Claim nothing more and stop this replica's runs after their current step as soon as the stop
+    # begins: their jobs go back to the queue now, not after the watch streams drained.
+    server.on_stopping.append(service.shutdown)
     return server

@@ -61,6 +61,8 @@ def _env_value(field) -> str:
         value = value.get_secret_value()
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:  # unset by default (e.g. TUNEFORGE_TRAIN_GPUS): any valid value of its type
+        return "1"
     return str(value)
 
 

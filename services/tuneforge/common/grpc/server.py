@@ -51,6 +51,10 @@ class RunningServer:
     service_names: Sequence[str]
     grace_period_s: float
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    # Run as the stop begins, before in-flight calls drain: background work that must not go on for
+    # the grace period (the training runs of this replica stop after their current step and are
+    # handed back at once, not after every watch stream has drained).
+    on_stopping: list[Callable[[], None]] = field(default_factory=list)
     handlers: futures.ThreadPoolExecutor | None = None
     metrics: ServiceMetrics | None = None
     metrics_endpoint: MetricsEndpoint | None = None
@@ -58,8 +62,8 @@ class RunningServer:
     _done: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace: float | None = None) -> None:
-        """Mark NOT_SERVING, drain in-flight calls for ``grace`` seconds, wait for the handler threads,
-        then run the on_stop hooks (background work first, storage and database last).
+        """Mark NOT_SERVING, run the on_stopping hooks, drain in-flight calls for ``grace`` seconds, wait
+        for the handler threads, then run the on_stop hooks (background work first, storage and database last).
 
         When it returns, no handler and no background work of this server touches storage any more,
         so storage may be torn down (a concurrent second call waits for the first to finish).
@@ -70,6 +74,11 @@ class RunningServer:
         self._stopped.set()
         try:
             self.health.enter_graceful_shutdown()
+            for hook in self.on_stopping:
+                try:
+                    hook()
+                except Exception:  # a failing hook must not block the stop
+                    log.exception("stopping hook failed")
             self.server.stop(self.grace_period_s if grace is None else grace).wait()
             self._join_handlers()
             for hook in reversed(self.on_stop):
