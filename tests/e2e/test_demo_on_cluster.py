@@ -2,10 +2,10 @@
 (upload -> curate -> a 2-worker ZeRO-2 job on the RayCluster -> evaluation -> merged export),
 `helm upgrade` while a job runs (the job finishes exactly once), then uninstall (nothing left).
 
-Needs the images of `make images` in the cluster's image store (`make e2e` loads them) and the
+Needs the e2e images in the cluster's image store (`make e2e` builds them by content and loads them) and the
 KubeRay operator. The tests of this module run in order against one release.
 
-Environment: ``TUNEFORGE_E2E_IMAGE_TAG`` (default: the chart's appVersion),
+Environment: ``TUNEFORGE_E2E_IMAGE_TAG`` (`make e2e` sets the content tag; default: the chart's appVersion),
 ``TUNEFORGE_E2E_KEEP=1`` keeps the namespace after a failure for a look around,
 ``TUNEFORGE_E2E_TRAINING=pod`` trains in the training pod (a local Ray of 2 workers there) instead
 of on the release's RayCluster: the same demo where the RayCluster path is not available.
