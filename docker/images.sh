@@ -10,6 +10,7 @@
 #   docker/images.sh tag                  the content tag: <appVersion>-<hash of every role's inputs>
 #   docker/images.sh prune                remove tuneforge images other than the current ones, dangling
 #                                         layers and the newest full (base-*) image per role kept
+#   docker/images.sh has-full-build ROLE  exit 0 when a full build of ROLE is cached (a refresh suffices)
 #
 # Settings (environment): CONTAINER_ENGINE (podman|docker, default: podman when present),
 # IMAGE_REGISTRY (localhost), IMAGE_TAG (the chart's appVersion), IMAGE_CACHE (outside the checkout,
@@ -313,6 +314,7 @@ case "${1:-}" in
   tag) cmd_base >/dev/null 2>&1; content_tag; echo ;;
   key) role_key "$2" ;;
   prune) cmd_prune ;;
+  has-full-build) [[ -n "$(newest_base "$2")" ]] ;;
   ref) image_ref "$2"; echo ;;
-  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,18p' "$0" >&2; exit 2 ;;
 esac

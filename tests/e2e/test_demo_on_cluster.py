@@ -213,6 +213,11 @@ def test_demo_through_the_cluster_services(release: Release, tmp_path: Path) -> 
         values = {m.name: (m.model_value, m.baseline_value) for m in cmp.comparisons}
         say("evaluate", f"{values}; {cmp.summary}")
         assert "perplexity" in values and all(math.isfinite(v) and v > 0 for v in values["perplexity"])
+        placed = [e.message for e in c.evaluation.StreamEvaluationProgress(
+            ev.StreamEvaluationProgressRequest(evaluation_id=evaluation.id), timeout=120) if "running on" in e.message]
+        say("evaluate", f"placement: {placed}")
+        if ON_RAYCLUSTER:  # the dev profile sends every evaluation to the RayCluster
+            assert placed == ["running on ray"], placed
 
         out = c.checkpoints.ExportCheckpoint(ck.ExportCheckpointRequest(
             checkpoint=manifest.checkpoint_id, format=ck.EXPORT_FORMAT_MERGED), timeout=900)
@@ -220,6 +225,11 @@ def test_demo_through_the_cluster_services(release: Release, tmp_path: Path) -> 
         say("export", f"merged model at {out.uri}: {sorted(names)}")
         assert out.uri.startswith("s3://tuneforge/") and "config.json" in names
         assert any(n.endswith(".safetensors") for n in names)
+        if ON_RAYCLUSTER:  # exported by a Ray task on the RayCluster, not in the checkpoints pod
+            logs = release.kubectl("logs", f"deploy/{FULL}-checkpoints").stdout
+            ray_lines = [line for line in logs.splitlines() if "on Ray" in line and manifest.checkpoint_id in line]
+            say("export", f"checkpoints service: {ray_lines[-1] if ray_lines else 'no Ray export logged'}")
+            assert ray_lines, logs[-2000:]
 
 
 class _TrainingPodWatch(threading.Thread):
