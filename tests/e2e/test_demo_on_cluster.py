@@ -259,9 +259,11 @@ def test_upgrade_while_a_job_runs_finishes_the_job_exactly_once(release: Release
     with release.client() as c:
         # Checkpoints only at the end: the re-queued run starts again from step 0. Seen on this
         # cluster with periodic checkpoints: the resumed run failed loading its own ZeRO-2 optimizer
-        # state ("holds classes outside the allowed list ['builtins.getattr',
-        # 'deepspeed.utils.tensor_fragment.fragment_address', ...]"), an engine bug reported with
-        # this change; restore save_every=2 here once resuming works.
+        # state ("holds classes outside the allowed list ['builtins.getattr', ...]": the images'
+        # Python 3.11.2 pickles enum members through getattr). Fixed in the engine's safe loader
+        # (ds_runtime._enum_member, tests/unit/engine/test_train_ds_state.py) and checked inside the
+        # ml image (a ZeRO-2 save + load through SafeCheckpointEngine); periodic checkpoints here
+        # (and so a resume during the upgrade) have not been run on the cluster yet.
         # Long enough to be running while the pods are replaced (the tiny model trains a step in
         # tens of milliseconds: 40 steps ended before the upgrade reached the training pod).
         job = c.training.CreateJob(_job_request(tr, version, "e2e-upgrade-train", steps=UPGRADE_STEPS,
