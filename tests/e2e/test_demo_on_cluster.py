@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -201,6 +202,11 @@ def test_demo_through_the_cluster_services(release: Release, tmp_path: Path) -> 
         ranks = sorted(f for f in files if f.startswith("rng_state_rank"))
         say("train", f"checkpoint {manifest.checkpoint_id} holds {ranks}")
         assert ranks == ["rng_state_rank0.pt", "rng_state_rank1.pt"], sorted(files)
+        if ON_RAYCLUSTER:  # where Ray Train placed the ranks (its controller's log, forwarded to the driver)
+            pods = {p["status"].get("podIP"): p["metadata"]["name"] for p in release.ray_workers()}
+            logs = release.kubectl("logs", f"deploy/{FULL}-training", check=False).stdout
+            for ip, rank in re.findall(r"\(ip=([0-9.]+), pid=\d+\) (world_rank=\d+)", logs):
+                say("train", f"{rank} on Ray worker pod {pods.get(ip, '?')} ({ip})")
 
         req = ev.CreateEvaluationRequest(
             model=ev.ModelRef(checkpoint_id=manifest.checkpoint_id), baseline=ev.ModelRef(base_model=BASE_MODEL),
