@@ -24,7 +24,7 @@ class _NeverRay:
 def test_a_base_model_only_on_the_service_disk_is_refused_for_ray_evaluation() -> None:
     task = ModelTask("/models/local-only", None, [{"text": "x"}], ["perplexity"], {}, model_source=None)
     # The address is never contacted: the refusal comes first.
-    with pytest.raises(FailedPrecondition, match="TUNEFORGE_MODELS_DIR.*register it in the object store"):
+    with pytest.raises(FailedPrecondition, match=r"TUNEFORGE_MODELS_DIR.*register it in the object store"):
         RayRunner("127.0.0.1:1").run(task, lambda done, total: None, lambda: False)
 
 
@@ -33,7 +33,7 @@ def test_a_merged_export_on_ray_needs_the_base_model_in_the_store(tmp_path: Path
     (tmp_path / "models" / "tiny").mkdir(parents=True)
     (tmp_path / "models" / "tiny" / "config.json").write_text("{}")  # on the pod's disk only
     exporter = StoreExporter(store, tmp_path / "models", tmp_path / "work", _NeverRay())  # type: ignore[arg-type]
-    with pytest.raises(FailedPrecondition, match="not in the object store.*python -m tuneforge.engine.models import"):
+    with pytest.raises(FailedPrecondition, match=r"not in the object store.*python -m tuneforge\.engine\.models import"):
         exporter._base_source("acme", "tiny")
 
 
