@@ -88,8 +88,9 @@ kind-up:  ## kind cluster + KubeRay + images, then the chart's dev profile (need
 kind-down:
 	deploy/kind/down.sh
 
-e2e: e2e-prepare  ## e2e tests on a real cluster: TUNEFORGE_E2E_KUBECONFIG (default .run/cluster/kubeconfig)
-	TUNEFORGE_E2E_KUBECONFIG=$(E2E_KUBECONFIG) $(PY) -m pytest tests/e2e -m e2e -q -rs -s --durations=0 $(PYTEST_ARGS)
+e2e: proto e2e-prepare | $(TMPDIR)  ## e2e tests on a real cluster: TUNEFORGE_E2E_KUBECONFIG (default .run/cluster/kubeconfig)
+	TUNEFORGE_E2E_KUBECONFIG=$(E2E_KUBECONFIG) TUNEFORGE_E2E_IMAGE_TAG=$$(cat $(E2E_TAG_FILE)) \
+	  $(PY) -m pytest tests/e2e -m e2e -q -rs -s --durations=0 $(PYTEST_ARGS)
 
 test: setup  ## the CI suite: unit + integration + slow (not gpu, not e2e)
 	$(PY) -m pytest -m "not gpu and not e2e" --durations=25 $(PYTEST_ARGS)

@@ -25,17 +25,29 @@ images-sizes:  ## print the size of each built image
 # The cluster comes as a kubeconfig: `make cluster-up` writes .run/cluster/kubeconfig (this machine's
 # one-node Kubernetes); `make kind-test` uses kind's (.run/kind/kubeconfig).
 E2E_KUBECONFIG ?= $(or $(TUNEFORGE_E2E_KUBECONFIG),$(ROOT)/.run/cluster/kubeconfig)
-E2E_IMAGES      = $(foreach r,$(IMAGE_ROLES),$(shell $(IMAGES_SH) ref $(r)))
+E2E_TAG_FILE    := $(ROOT)/.run/e2e-image-tag
 
-.PHONY: e2e-prepare images-load-cluster kind-test
+.PHONY: e2e-prepare e2e-images images-load-cluster images-prune cluster-prune-images kind-test
 
-# Builds the images (a warm build takes seconds) and, for the local cluster, loads them into its
-# containerd; a kind cluster gets them from `deploy/kind/up.sh`.
-e2e-prepare: images
+# The e2e images by content (docker/images.sh cached): reused when their inputs are unchanged, a thin
+# refresh over the newest full build after source or lock changes, a full build only on a machine
+# without one. Tagged <appVersion>-<content hash>, written to .run/e2e-image-tag for the tests. For
+# the local cluster, only images containerd lacks are loaded, and only their missing layers.
+e2e-prepare: e2e-images
 	@if [ "$(E2E_KUBECONFIG)" = "$(ROOT)/.run/cluster/kubeconfig" ]; then $(MAKE) --no-print-directory images-load-cluster; fi
 
-images-load-cluster:  ## load the built images into the local cluster's containerd (make cluster-up)
-	deploy/cluster/load-image.sh $(E2E_IMAGES)
+e2e-images:  ## the e2e images by content hash (reuse, thin refresh, or build); tag in .run/e2e-image-tag
+	$(IMAGES_SH) cached $(IMAGE_ROLES)
+	@mkdir -p $(dir $(E2E_TAG_FILE)) && $(IMAGES_SH) tag > $(E2E_TAG_FILE) && echo "e2e image tag: $$(cat $(E2E_TAG_FILE))"
+
+images-load-cluster:  ## load the e2e images into the local cluster's containerd (make cluster-up), missing ones only
+	@tag=$$(cat $(E2E_TAG_FILE)) && deploy/cluster/load-image.sh $(foreach r,$(IMAGE_ROLES),localhost/tuneforge-$(r):$$tag)
+
+images-prune:  ## remove tuneforge images other than the current ones (the newest full build per role stays)
+	$(IMAGES_SH) prune
+
+cluster-prune-images:  ## remove tuneforge images other than the current e2e ones from the local cluster's containerd
+	@tag=$$(cat $(E2E_TAG_FILE)) && deploy/cluster/prune-images.sh $(foreach r,$(IMAGE_ROLES),localhost/tuneforge-$(r):$$tag)
 
 kind-test:  ## the same e2e tests on kind (laptops with Docker/Podman): cluster, KubeRay, images, tests
 	deploy/kind/up.sh

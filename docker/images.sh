@@ -5,6 +5,12 @@
 #   docker/images.sh build ROLE...        build roles: datasets ml s3 postgres (ml-cuda: GPU clusters)
 #   docker/images.sh save ROLE...         write each image as a docker-archive tar (for containerd/kind)
 #   docker/images.sh sizes                print each built image's size
+#   docker/images.sh cached ROLE...       the e2e images, by content: reuse, refresh (thin overlay) or
+#                                         build, all tagged with `docker/images.sh tag` (see below)
+#   docker/images.sh tag                  the content tag: <appVersion>-<hash of every role's inputs>
+#   docker/images.sh prune                remove tuneforge images other than the current ones, dangling
+#                                         layers and the newest full (base-*) image per role kept
+#   docker/images.sh has-full-build ROLE  exit 0 when a full build of ROLE is cached (a refresh suffices)
 #
 # Settings (environment): CONTAINER_ENGINE (podman|docker, default: podman when present),
 # IMAGE_REGISTRY (localhost), IMAGE_TAG (the chart's appVersion), IMAGE_CACHE (outside the checkout,
@@ -106,6 +112,136 @@ build() {  # build TARGET_NAME IMAGE_REF DOCKERFILE CONTEXT [extra args...]
   log "built $ref in ${took}s, $(size_of "$ref")"
 }
 
+# ---- content-addressed images (`make e2e`) --------------------------------------------------
+# A role's key is a hash of what goes into its image; an image that exists for a key is reused. The
+# ML stack (7.6 GB, ~20 min to build) is built in full only when no earlier full build exists: a
+# source change (or a lock change) is a thin docker/Dockerfile.overlay layer over the newest full
+# build, which installs this commit's wheel and brings the packages to the lock, then checks them.
+
+# hash_files PATH...: sha256 over the names and contents of the files under PATHs that git tracks
+# or would track (git-ignored files such as generated stubs and caches are left out), 12 hex digits.
+hash_files() {
+  (
+    cd "$ROOT"
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+      git ls-files -co --exclude-standard -z -- "$@"
+    else
+      find "$@" -type f ! -path '*/__pycache__/*' ! -path '*/v1/*_pb2*' -print0
+    fi | LC_ALL=C sort -zu | while IFS= read -r -d '' f; do
+      [[ -f "$f" ]] && printf '%s\0' "$f"  # tracked but deleted in the work tree: left out
+    done | xargs -0 -r sha256sum
+  ) | sha256sum | cut -c1-12
+}
+
+base_id() { "$ENGINE" image inspect --format '{{.Id}}' "$BASE_NAME:$SUITE" 2>/dev/null || echo "${BASE_IMAGE:-}"; }
+
+DEPS_FILES=(docker/Dockerfile docker/Dockerfile.dockerignore docker/grpc_health_probe.py
+            pyproject.toml requirements.lock requirements-deepspeed.lock)
+SRC_FILES=(pyproject.toml README.md requirements.lock requirements-deepspeed.lock protos services
+           docker/Dockerfile.overlay docker/check_lock.py docker/grpc_health_probe.py)
+
+# deps_key ROLE: what a full build of ROLE depends on besides the sources (the base, the Dockerfile,
+# the locks). role_key ROLE: everything the role's image is made of.
+deps_key() {
+  printf '%s %s %s %s' "$1" "$(base_id)" "${TORCH_INDEX_URL:-}" "$(hash_files "${DEPS_FILES[@]}")" |
+    sha256sum | cut -c1-12
+}
+role_key() {
+  case "$1" in
+    datasets|ml) printf '%s %s' "$(deps_key "$1")" "$(hash_files "${SRC_FILES[@]}")" ;;
+    s3) printf 's3 %s %s' "$S3_SERVER_VERSION" "$(hash_files docker/s3.Dockerfile)" ;;
+    postgres) printf 'postgres %s %s' "$(base_id)" "$(hash_files docker/postgres)" ;;
+    *) echo "unknown role '$1'" >&2; exit 2 ;;
+  esac | sha256sum | cut -c1-12
+}
+
+# The tag every e2e image gets (the chart takes one image.tag): appVersion plus a hash of the keys
+# of all roles built here.
+content_tag() {
+  local role keys=""
+  for role in datasets ml s3 postgres; do keys+="$(role_key "$role") "; done
+  printf '%s-%s' "$TAG" "$(printf '%s' "$keys" | sha256sum | cut -c1-12)"
+}
+
+has_image() { "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
+
+# newest_base ROLE: the newest full build of ROLE (tagged base-<deps key>), the exact key first.
+newest_base() {
+  local role="$1" exact
+  exact="$REGISTRY/tuneforge-$role:base-$(deps_key "$role")"
+  if has_image "$exact"; then printf '%s' "$exact"; return; fi
+  "$ENGINE" images --format '{{.CreatedAt}}\t{{.Repository}}:{{.Tag}}' "$REGISTRY/tuneforge-$role" |
+    awk -F'\t' '$2 ~ /:base-/' | sort -r | head -n1 | cut -f2
+}
+
+# overlay ROLE BASE OUT: docker/Dockerfile.overlay over BASE, pinned by its image id.
+overlay() {
+  local role="$1" base="$2" out="$3" id
+  id="$("$ENGINE" image inspect --format '{{.Id}}' "$base")"
+  local extras="" more="" checks="tuneforge.datasets.app"
+  if [[ "$role" == ml ]]; then
+    extras="[ml]"; more="ray[default,train]"
+    checks="tuneforge.training.app tuneforge.evaluation.app tuneforge.checkpoints.app tuneforge.engine.distributed"
+  fi
+  log "$role: thin refresh over $base (${id:0:12})"
+  build "$role-overlay" "$out" docker/Dockerfile.overlay . --build-arg "FROM_IMAGE=$id" \
+    --build-arg "WHEEL_EXTRAS=$extras" --build-arg "MORE_REQUIREMENTS=$more" --build-arg "CHECK_IMPORTS=$checks" \
+    ${TORCH_INDEX_URL:+--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"}
+}
+
+# cached_role ROLE CONTENT_TAG: makes $REGISTRY/tuneforge-ROLE:CONTENT_TAG from what exists.
+cached_role() {
+  local role="$1" ctag="$2" key out base
+  out="$REGISTRY/tuneforge-$role:$ctag"
+  if has_image "$out"; then log "$role: $out present"; return; fi
+  key="$(role_key "$role")"
+  local keyed="$REGISTRY/tuneforge-$role:in-$key"
+  if ! has_image "$keyed"; then
+    case "$role" in
+      datasets|ml)
+        base="$(newest_base "$role")"
+        if [[ -n "$base" && -z "${IMAGES_FULL:-}" ]]; then
+          overlay "$role" "$base" "$keyed"
+        else
+          build "$role" "$keyed" docker/Dockerfile . --target "$role" \
+            ${TORCH_INDEX_URL:+--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"}
+          "$ENGINE" tag "$keyed" "$REGISTRY/tuneforge-$role:base-$(deps_key "$role")"
+        fi ;;
+      s3) build s3 "$keyed" docker/s3.Dockerfile "$(s3_context)" ;;
+      postgres) build postgres "$keyed" docker/postgres/Dockerfile docker/postgres ;;
+    esac
+  else
+    log "$role: inputs unchanged ($keyed)"
+  fi
+  "$ENGINE" tag "$keyed" "$out"
+}
+
+cmd_cached() {
+  cmd_base
+  local ctag role
+  ctag="$(content_tag)"
+  for role in "$@"; do cached_role "$role" "$ctag"; done
+  log "images ready: tag $ctag"
+}
+
+# Everything tuneforge-* other than the current content tag, its in-* keys, the newest base-* per
+# role, the appVersion tags and the base; then dangling layers.
+cmd_prune() {
+  local ctag keep=() role ref
+  ctag="$(content_tag)"
+  for role in datasets ml s3 postgres; do
+    keep+=("$REGISTRY/tuneforge-$role:$ctag" "$REGISTRY/tuneforge-$role:in-$(role_key "$role")"
+           "$REGISTRY/tuneforge-$role:$TAG")
+    [[ "$role" == datasets || "$role" == ml ]] && keep+=("$(newest_base "$role")")
+  done
+  while IFS= read -r ref; do
+    [[ "$ref" == "$BASE_NAME:"* || " ${keep[*]} " == *" $ref "* ]] && continue
+    log "removing $ref"
+    "$ENGINE" rmi "$ref" >/dev/null
+  done < <("$ENGINE" images --format '{{.Repository}}:{{.Tag}}' | grep "^$REGISTRY/tuneforge-" | grep -v ':<none>$')
+  "$ENGINE" image prune -f >/dev/null
+}
+
 size_of() { "$ENGINE" image inspect --format '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1/1e6}'; }
 
 s3_context() {  # a static versitygw (CGO off: FROM scratch has no libc), cached by version
@@ -131,7 +267,9 @@ cmd_build() {
   for role in "$@"; do
     case "$role" in
       datasets|ml) build "$role" "$(image_ref "$role")" docker/Dockerfile . --target "$role" \
-                     ${TORCH_INDEX_URL:+--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"} ;;
+                     ${TORCH_INDEX_URL:+--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"}
+                   # a full build: what `images.sh cached` refreshes thinly after source changes
+                   "$ENGINE" tag "$(image_ref "$role")" "$REGISTRY/tuneforge-$role:base-$(deps_key "$role")" ;;
       ml-cuda) build "$role" "$(image_ref "$role")" docker/Dockerfile . --target ml-cuda \
                  ${CUDA_IMAGE:+--build-arg "CUDA_IMAGE=$CUDA_IMAGE"} ;;
       s3) build s3 "$(image_ref s3)" docker/s3.Dockerfile "$(s3_context)" ;;
@@ -172,6 +310,11 @@ case "${1:-}" in
   build) shift; cmd_build "$@" ;;
   save) shift; cmd_save "$@" ;;
   sizes) cmd_sizes ;;
+  cached) shift; cmd_cached "$@" ;;
+  tag) cmd_base >/dev/null 2>&1; content_tag; echo ;;
+  key) role_key "$2" ;;
+  prune) cmd_prune ;;
+  has-full-build) [[ -n "$(newest_base "$2")" ]] ;;
   ref) image_ref "$2"; echo ;;
-  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,18p' "$0" >&2; exit 2 ;;
 esac

@@ -2,13 +2,17 @@
 # shellcheck source-path=SCRIPTDIR
 # `make cluster-down`: stops every process cluster-up started and removes what it created on the
 # host (pod sandboxes and their network namespaces, mounts, iptables chains, the bridge, kubelet
-# cgroups, the cluster's state). Loaded images stay in containerd's root for the next cluster-up;
-# `down.sh --purge` (make cluster-clean) removes them too. Safe to run when nothing runs.
+# cgroups, the cluster's state). Loaded images stay in containerd's root ($CONTAINERD_ROOT, outside
+# the checkout) for the next cluster-up, from any clone; `down.sh --purge` (make cluster-clean)
+# removes them too. Safe to run when nothing runs.
 set -uo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 purge=""; [ "${1:-}" = "--purge" ] && purge=1
-[ -d "$RUN" ] || { log "nothing to stop ($RUN does not exist)"; exit 0; }
+if [ ! -d "$RUN" ]; then
+  [ -n "$purge" ] && rm -rf "$CONTAINERD_ROOT" && log "purged $CONTAINERD_ROOT"
+  log "nothing to stop ($RUN does not exist)"; exit 0
+fi
 
 # 1. Whatever would recreate pods goes first, then the kubelet.
 for p in kuberay-operator coredns kube-scheduler kube-controller-manager kubelet; do stop "$p"; done
@@ -44,7 +48,7 @@ for ipt in iptables ip6tables; do
 done
 
 # 4. Mounts under the run folder (kubelet volumes, containerd rootfs/shm), deepest first.
-findmnt -rn -o TARGET 2>/dev/null | grep -F "$RUN/" | sort -r | while read -r m; do
+findmnt -rn -o TARGET 2>/dev/null | grep -F -e "$RUN/" -e "$CONTAINERD_ROOT/" | sort -r | while read -r m; do
   umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
 done
 # Network namespaces of pods (containerd names them cni-*) that no process uses any more.
@@ -66,5 +70,5 @@ done
 
 # 6. State (a second cluster-up starts clean); images stay unless --purge.
 rm -rf "$RUN"/{etcd,pki,kubeconfigs,kubelet,cni,pids,kubeconfig,containerd/state,containerd/opt}
-if [ -n "$purge" ]; then rm -rf "$RUN"; log "purged $RUN (images included)"; fi
+if [ -n "$purge" ]; then rm -rf "$RUN" "$CONTAINERD_ROOT"; log "purged $RUN and $CONTAINERD_ROOT (images included)"; fi
 log "cluster down"

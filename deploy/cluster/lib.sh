@@ -24,6 +24,9 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
 CNI_BIN=/usr/lib/cni
 KUBECONFIG_PATH=$RUN/kubeconfig
 CTR_SOCK=$RUN/containerd/containerd.sock
+# containerd's root (image content and unpacked layers) outlives the checkout: a fresh clone's
+# cluster-up finds the images an earlier one loaded (one cluster per machine: one root).
+CONTAINERD_ROOT=${CLUSTER_CONTAINERD_ROOT:-$CLUSTER_CACHE/containerd-root}
 
 log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { log "ERROR: $*" >&2; exit 1; }

@@ -2,6 +2,7 @@
 """Write an OCI archive of a podman image that carries only the layers containerd lacks.
 
     thin-archive.py IMAGE CTR_ADDRESS > image.tar ; ctr -n k8s.io images import image.tar
+    thin-archive.py --missing-bytes IMAGE CTR_ADDRESS    the bytes of the layers containerd lacks
 
 `podman save` writes the whole image to a temporary file first (7.6 GB for the ml image) and
 containerd ingests every layer again before it finds it already has it: a refreshed ml image
@@ -61,7 +62,9 @@ def containerd_blobs(ctr: list[str]) -> set[str]:
 
 
 def main() -> None:
-    image, address = sys.argv[1], sys.argv[2]
+    args = sys.argv[1:]
+    count_only = args[:1] == ["--missing-bytes"]
+    image, address = args[1:] if count_only else args
     ctr = ["ctr", "--address", address, "-n", "k8s.io"]
     info = podman_json("image", "inspect", image)[0]  # type: ignore[index]
     image_id = info["Id"]
@@ -84,6 +87,9 @@ def main() -> None:
         "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
                    "digest": f"sha256:{image_id}", "size": len(config)},
         "layers": layers}).encode()
+    if count_only:
+        print(sum(by_diff[d]["diff-size"] for d in blobs))
+        return
     mdigest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     name = image if "/" in image.split(":")[0] else f"docker.io/library/{image}"
     index = json.dumps({"schemaVersion": 2, "manifests": [{

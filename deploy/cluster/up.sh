@@ -111,7 +111,7 @@ write_config containerd "$RUN/cni/net.d/10-tuneforge.conflist" <<EOF
 EOF
 write_config containerd "$RUN/containerd/config.toml" <<EOF
 version = 2
-root = "$RUN/containerd/root"
+root = "$CONTAINERD_ROOT"
 state = "$RUN/containerd/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
                     "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]

@@ -2,10 +2,10 @@
 (upload -> curate -> a 2-worker ZeRO-2 job on the RayCluster -> evaluation -> merged export),
 `helm upgrade` while a job runs (the job finishes exactly once), then uninstall (nothing left).
 
-Needs the images of `make images` in the cluster's image store (`make e2e` loads them) and the
+Needs the e2e images in the cluster's image store (`make e2e` builds them by content and loads them) and the
 KubeRay operator. The tests of this module run in order against one release.
 
-Environment: ``TUNEFORGE_E2E_IMAGE_TAG`` (default: the chart's appVersion),
+Environment: ``TUNEFORGE_E2E_IMAGE_TAG`` (`make e2e` sets the content tag; default: the chart's appVersion),
 ``TUNEFORGE_E2E_KEEP=1`` keeps the namespace after a failure for a look around,
 ``TUNEFORGE_E2E_TRAINING=pod`` trains in the training pod (a local Ray of 2 workers there) instead
 of on the release's RayCluster: the same demo where the RayCluster path is not available.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -201,6 +202,11 @@ def test_demo_through_the_cluster_services(release: Release, tmp_path: Path) -> 
         ranks = sorted(f for f in files if f.startswith("rng_state_rank"))
         say("train", f"checkpoint {manifest.checkpoint_id} holds {ranks}")
         assert ranks == ["rng_state_rank0.pt", "rng_state_rank1.pt"], sorted(files)
+        if ON_RAYCLUSTER:  # where Ray Train placed the ranks (its controller's log, forwarded to the driver)
+            pods = {p["status"].get("podIP"): p["metadata"]["name"] for p in release.ray_workers()}
+            logs = release.kubectl("logs", f"deploy/{FULL}-training", check=False).stdout
+            for ip, rank in re.findall(r"\(ip=([0-9.]+), pid=\d+\) (world_rank=\d+)", logs):
+                say("train", f"{rank} on Ray worker pod {pods.get(ip, '?')} ({ip})")
 
         req = ev.CreateEvaluationRequest(
             model=ev.ModelRef(checkpoint_id=manifest.checkpoint_id), baseline=ev.ModelRef(base_model=BASE_MODEL),
@@ -213,6 +219,11 @@ def test_demo_through_the_cluster_services(release: Release, tmp_path: Path) -> 
         values = {m.name: (m.model_value, m.baseline_value) for m in cmp.comparisons}
         say("evaluate", f"{values}; {cmp.summary}")
         assert "perplexity" in values and all(math.isfinite(v) and v > 0 for v in values["perplexity"])
+        placed = [e.message for e in c.evaluation.StreamEvaluationProgress(
+            ev.StreamEvaluationProgressRequest(evaluation_id=evaluation.id), timeout=120) if "running on" in e.message]
+        say("evaluate", f"placement: {placed}")
+        if ON_RAYCLUSTER:  # the dev profile sends every evaluation to the RayCluster
+            assert placed == ["running on ray"], placed
 
         out = c.checkpoints.ExportCheckpoint(ck.ExportCheckpointRequest(
             checkpoint=manifest.checkpoint_id, format=ck.EXPORT_FORMAT_MERGED), timeout=900)
@@ -220,6 +231,11 @@ def test_demo_through_the_cluster_services(release: Release, tmp_path: Path) -> 
         say("export", f"merged model at {out.uri}: {sorted(names)}")
         assert out.uri.startswith("s3://tuneforge/") and "config.json" in names
         assert any(n.endswith(".safetensors") for n in names)
+        if ON_RAYCLUSTER:  # exported by a Ray task on the RayCluster, not in the checkpoints pod
+            logs = release.kubectl("logs", f"deploy/{FULL}-checkpoints").stdout
+            ray_lines = [line for line in logs.splitlines() if "on Ray" in line and manifest.checkpoint_id in line]
+            say("export", f"checkpoints service: {ray_lines[-1] if ray_lines else 'no Ray export logged'}")
+            assert ray_lines, logs[-2000:]
 
 
 class _TrainingPodWatch(threading.Thread):
@@ -249,9 +265,11 @@ def test_upgrade_while_a_job_runs_finishes_the_job_exactly_once(release: Release
     with release.client() as c:
         # Checkpoints only at the end: the re-queued run starts again from step 0. Seen on this
         # cluster with periodic checkpoints: the resumed run failed loading its own ZeRO-2 optimizer
-        # state ("holds classes outside the allowed list ['builtins.getattr',
-        # 'deepspeed.utils.tensor_fragment.fragment_address', ...]"), an engine bug reported with
-        # this change; restore save_every=2 here once resuming works.
+        # state ("holds classes outside the allowed list ['builtins.getattr', ...]": the images'
+        # Python 3.11.2 pickles enum members through getattr). Fixed in the engine's safe loader
+        # (ds_runtime._enum_member, tests/unit/engine/test_train_ds_state.py) and checked inside the
+        # ml image (a ZeRO-2 save + load through SafeCheckpointEngine); periodic checkpoints here
+        # (and so a resume during the upgrade) have not been run on the cluster yet.
         # Long enough to be running while the pods are replaced (the tiny model trains a step in
         # tens of milliseconds: 40 steps ended before the upgrade reached the training pod).
         job = c.training.CreateJob(_job_request(tr, version, "e2e-upgrade-train", steps=UPGRADE_STEPS,

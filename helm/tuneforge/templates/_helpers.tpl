@@ -277,6 +277,6 @@ TUNEFORGE_{{ upper $svc }}_ADDRESS: {{ printf "%s-%s.%s.svc:%d" (include "tunefo
 {{- $root := index . 0 }}
 {{- $svc := index . 1 }}
 {{- if $root.Values.rayCluster.enabled }}
-{{- if or (eq $svc "training") (and (eq $svc "evaluation") $root.Values.services.evaluation.useRayCluster) }}true{{ end }}
+{{- if or (eq $svc "training") (and (eq $svc "evaluation") $root.Values.services.evaluation.useRayCluster) (and (eq $svc "checkpoints") $root.Values.services.checkpoints.useRayCluster) }}true{{ end }}
 {{- end }}
 {{- end }}

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from tuneforge.checkpoints.adapters import tables
-from tuneforge.checkpoints.adapters.export import StoreExporter
+from tuneforge.checkpoints.adapters.export import RayExportRunner, StoreExporter
 from tuneforge.checkpoints.adapters.hygiene import CheckpointJanitor
 from tuneforge.checkpoints.adapters.metrics import ObservedExporter, ObservedFiles, ObservedRepository
 from tuneforge.checkpoints.adapters.objects import StoreCheckpointFiles
@@ -46,7 +46,10 @@ def build_app(settings: CheckpointSettings) -> RunningServer:
     db.run_migrations(engine, MIGRATIONS_DIR, VERSION_TABLE)
     sessions = db.make_sessionmaker(engine)
     repo = SqlCheckpointRepository(sessions)
-    exporter = StoreExporter(store, settings.models_dir, settings.data_dir / "work")
+    ray = None
+    if settings.export_ray_address:
+        ray = RayExportRunner("" if settings.export_ray_address == "local" else settings.export_ray_address)
+    exporter = StoreExporter(store, settings.models_dir, settings.data_dir / "work", ray)
     exporter.folders.sweep(startup=True)  # what a killed process left mid-export
     metrics = ServiceMetrics(settings.service_name)
     registry = CheckpointRegistry(ObservedRepository(repo, metrics),  # checkpoint metrics taken at the ports

@@ -17,3 +17,5 @@ class CheckpointSettings(ServiceSettings):
     hygiene_interval_s: float = Field(3600.0, ge=0, description="Seconds between hygiene passes; 0 disables.")
     orphan_grace_s: float = Field(6 * 3600.0, ge=60, description="Unregistered files younger than this are kept.")
     upload_timeout_s: float = Field(24 * 3600.0, ge=60, description="Incomplete multipart uploads older are aborted.")
+    export_ray_address: str = Field(
+        "", description="Ray address exports run on as Ray tasks ('' = in this process, the default; 'local' = start one).")

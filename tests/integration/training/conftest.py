@@ -92,7 +92,7 @@ def cluster(request, make_service, tiny_model_dir, tmp_path, monkeypatch) -> Clu
     datasets = make_service(DatasetSettings, build_datasets, **shared)
     checkpoints = make_service(CheckpointSettings, build_checkpoints, hygiene_interval_s=0, **shared)
     addresses = {"datasets": datasets.address, "checkpoints": checkpoints.address}
-    c = Cluster({}, addresses, tokens, None)
+    c = Cluster({}, addresses, tokens, None, extra={"shared": shared, "checkpoints": checkpoints})
 
     def start_training(**overrides: Any) -> Any:
         values = {**shared, "datasets_address": datasets.address, "checkpoints_address": checkpoints.address,

@@ -59,20 +59,24 @@ def test_training_scales_out_on_postgresql_leases_and_may_roll() -> None:
         render(valid_values(services={"training": {"strategy": "BlueGreen"}}))
 
 
-def test_training_and_evaluation_submit_to_the_ray_cluster() -> None:
+def test_training_evaluation_and_export_submit_to_the_ray_cluster() -> None:
     docs = render(valid_values(rayCluster=RAY, services={"evaluation": {"rayGpusPerTask": 1}}), namespace="ml")
     head = "ray://tf-tuneforge-ray-head-svc.ml.svc:10001"
     training = _env(container(by_name(docs, "Deployment", "tf-tuneforge-training")))
     evaluation = _env(container(by_name(docs, "Deployment", "tf-tuneforge-evaluation")))
+    checkpoints = _env(container(by_name(docs, "Deployment", "tf-tuneforge-checkpoints")))
     assert training["RAY_ADDRESS"] == head
     assert evaluation["TUNEFORGE_EVAL_RAY_ADDRESS"] == head and evaluation["TUNEFORGE_EVAL_RAY_NUM_GPUS"] == "1"
-    for env in (training, evaluation):
+    assert checkpoints["TUNEFORGE_EXPORT_RAY_ADDRESS"] == head
+    for env in (training, evaluation, checkpoints):
         assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"].endswith("/ray/token")
-    for svc in ("datasets", "checkpoints"):  # no Ray runner in these services
-        env = _env(container(by_name(docs, "Deployment", f"tf-tuneforge-{svc}")))
-        assert not {"RAY_ADDRESS", "TUNEFORGE_EVAL_RAY_ADDRESS"} & set(env)
-    off = render(valid_values(rayCluster=RAY, services={"evaluation": {"useRayCluster": False}}))
+    datasets = _env(container(by_name(docs, "Deployment", "tf-tuneforge-datasets")))  # no Ray runner there
+    assert not {"RAY_ADDRESS", "TUNEFORGE_EVAL_RAY_ADDRESS", "TUNEFORGE_EXPORT_RAY_ADDRESS", "RAY_AUTH_MODE"} & set(datasets)
+    off = render(valid_values(rayCluster=RAY, services={"evaluation": {"useRayCluster": False},
+                                                        "checkpoints": {"useRayCluster": False}}))
     assert "TUNEFORGE_EVAL_RAY_ADDRESS" not in _env(container(by_name(off, "Deployment", "tf-tuneforge-evaluation")))
+    ck_off = _env(container(by_name(off, "Deployment", "tf-tuneforge-checkpoints")))
+    assert not {"TUNEFORGE_EXPORT_RAY_ADDRESS", "RAY_AUTH_MODE"} & set(ck_off)
 
 
 def test_ray_pods_mount_no_shared_data_volume() -> None:

@@ -24,6 +24,7 @@ from tuneforge.common.peers.types import ResolvedModel
 from tuneforge.common.public_text import echo
 from tuneforge.common.storage import ObjectStore, tenant_prefix
 from tuneforge.common.storage.artifacts import read_manifest
+from tuneforge.common.storage.refs import StoredFile, StoredFolder
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?")
 ADAPTER_CONFIG, MODEL_CONFIG = "adapter_config.json", "config.json"
@@ -90,20 +91,23 @@ class StoreModelResolver:
         else:
             self._lookup(caller, ref.checkpoint_id)
 
-    def resolve(self, caller: Identity, ref: ModelReference) -> ResolvedModel:
-        """Local folders for a base model or a checkpoint (adapter applied onto its base)."""
+    def resolve(self, caller: Identity, ref: ModelReference, *, download: bool = True) -> ResolvedModel:
+        """Local folders for a base model or a checkpoint (adapter applied onto its base), with their
+        store references; ``download=False`` fetches nothing (the task fetches where it runs)."""
         if ref.base_model:
-            return ResolvedModel(self._base(caller.tenant, ref.base_model, self._base_field))
+            folder, source = self._base(caller.tenant, ref.base_model, self._base_field, download)
+            return ResolvedModel(folder, model_source=source)
         info = self._lookup(caller, ref.checkpoint_id)
-        folder = self._download_checkpoint(caller.tenant, info)
+        folder, ckpt_source = self._download_checkpoint(caller.tenant, info, download)
         if not info.is_adapter:
-            return ResolvedModel(folder, None, info.checkpoint_id, info.job_id)
+            return ResolvedModel(folder, None, info.checkpoint_id, info.job_id, model_source=ckpt_source)
         if not info.base_model:
             raise FailedPrecondition(
                 f"checkpoint {info.checkpoint_id} is an adapter without lineage.base_model: register it with the "
                 "name of the base model it was trained on")
-        base = self._base(caller.tenant, info.base_model, self._ckpt_field)
-        return ResolvedModel(base, folder, info.checkpoint_id, info.job_id)
+        base, base_source = self._base(caller.tenant, info.base_model, self._ckpt_field, download)
+        return ResolvedModel(base, folder, info.checkpoint_id, info.job_id, model_source=base_source,
+                             adapter_source=ckpt_source)
 
     def _lookup(self, caller: Identity, checkpoint: str) -> CheckpointInfo:
         if self._checkpoints is None:
@@ -125,24 +129,30 @@ class StoreModelResolver:
             f"{field}: base model {echo(name)} is neither in the object store at {prefix} nor in the models folder "
             f"({self._models_dir}/{name}): put its safetensors folder in one of them")
 
-    def _base(self, tenant: str, name: str, field: str) -> Path:
+    def _base(self, tenant: str, name: str, field: str, download: bool = True) -> tuple[Path, StoredFolder | None]:
         where = self._base_location(tenant, name, field)
         if isinstance(where, Path):
-            return where
+            return where, None
         manifest = read_manifest(self._store, where)
         folder = self._cache / where.rstrip("/")
-        for f in manifest.files:
-            download_verified(self._store, where + f.path, folder / f.path, f.size, f.sha256)
-        return folder
+        source = StoredFolder(self._store.uri, where, tuple(StoredFile(f.path, f.size, f.sha256) for f in manifest.files))
+        if download:
+            for f in manifest.files:
+                download_verified(self._store, where + f.path, folder / f.path, f.size, f.sha256)
+        return folder, source
 
-    def _download_checkpoint(self, tenant: str, info: CheckpointInfo) -> Path:
+    def _download_checkpoint(self, tenant: str, info: CheckpointInfo,
+                             download: bool = True) -> tuple[Path, StoredFolder]:
         folder_key = key_in_store(self._store, info.folder_uri, f"checkpoint {info.checkpoint_id}")
         if not folder_key.startswith(tenant_prefix(tenant)):
             raise NotFound(f"checkpoint {info.checkpoint_id} not found")  # guards a misconfigured peer
         root = model_folder(info.files, ADAPTER_CONFIG if info.is_adapter else MODEL_CONFIG)
         dest = self._cache / tenant / "checkpoints" / info.checkpoint_id
-        for f in info.files:
-            if f.path.startswith(root) and ".." not in PurePosixPath(f.path).parts:
+        files = [f for f in info.files if f.path.startswith(root) and ".." not in PurePosixPath(f.path).parts]
+        source = StoredFolder(self._store.uri, folder_key.rstrip("/") + "/" + root,
+                              tuple(StoredFile(f.path[len(root):], f.size, f.sha256) for f in files))
+        if download:
+            for f in files:
                 download_verified(self._store, folder_key.rstrip("/") + "/" + f.path,
                                   dest / f.path[len(root):], f.size, f.sha256)
-        return dest
+        return dest, source

@@ -27,6 +27,8 @@ from tuneforge.common.errors import IntegrityError, InvalidInput, NotFound, Tune
 from tuneforge.common.storage import ObjectStore
 from tuneforge.common.storage.artifacts import MANIFEST_NAME, Manifest
 from tuneforge.common.storage.checkpoint_writer import CheckpointWriter
+from tuneforge.common.storage.refs import StoredFolder
+from tuneforge.common.storage.refs import fetch_folder as fetch_stored_folder
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,18 @@ def fetch_model(ref: ModelRef, field: str = "model") -> Path:
             raise IntegrityError(f"{prefix + f.path} does not match the model's manifest (size or sha256): "
                                  "register the model again", reason="CHECKSUM_MISMATCH")
     return folder
+
+
+def fetch_folder(folder: StoredFolder, field: str = "model") -> Path:
+    """A stored folder (a checkpoint's model or adapter, a registered model) in this machine's cache.
+
+    Opened with the worker's own store credentials (``open_store``); every file is checked against
+    the sha256 the reference records (``tuneforge.common.storage.refs.fetch_folder``).
+    """
+    from tuneforge.engine.train._artifacts import open_store
+
+    store = open_store(folder.store_uri, {}, field=f"{field}.store_uri")
+    return fetch_stored_folder(store, folder, _cache_root() / "folders")
 
 
 def _sha256(path: Path) -> str:

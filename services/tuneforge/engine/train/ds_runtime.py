@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +48,33 @@ _DS_TAG = "state"
 DS_SAFE_GLOBALS: tuple[type, ...] = (ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler)
 
 
+def _enum_member(cls: Any, name: Any) -> Enum:
+    """Stands in for ``builtins.getattr`` while DeepSpeed state is unpickled: enum members only.
+
+    Python 3.11.0-3.11.2 (Debian 12's 3.11.2 runs in the images) pickle an Enum member as
+    ``getattr(cls, name)`` rather than ``cls(value)``, so ZeRO optimizer files written there name
+    ``builtins.getattr``. The real getattr cannot be allowed: chained over allowed classes it reaches
+    any attribute (``__init__.__globals__`` and on to modules), i.e. arbitrary code. This allows
+    exactly one shape: an allowed Enum class and the name of one of its members.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Enum) and cls in DS_SAFE_GLOBALS):
+        raise pickle.UnpicklingError(f"getattr on {cls!r} is not allowed: only members of allowed enums")
+    if not isinstance(name, str) or name not in cls.__members__:
+        raise pickle.UnpicklingError(f"{name!r} is not a member of {cls.__name__}")
+    return cls[name]
+
+
+# What torch's weights_only unpickler may call: the classes, plus _enum_member under the name the
+# 3.11.0-3.11.2 pickles use for it.
+_SAFE_LOAD_GLOBALS: list[Any] = [*DS_SAFE_GLOBALS, (_enum_member, "builtins.getattr")]
+
+
 class SafeCheckpointEngine(TorchCheckpointEngine):
     """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True`` (no code unpickled)."""
 
     def load(self, path: str, map_location: Any = None) -> Any:
         try:
-            with torch.serialization.safe_globals(list(DS_SAFE_GLOBALS)):
+            with torch.serialization.safe_globals(_SAFE_LOAD_GLOBALS):
                 return torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)

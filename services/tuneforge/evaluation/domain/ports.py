@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.peers.types import ResolvedModel
+from tuneforge.common.storage.refs import StoredFolder
 from tuneforge.evaluation.domain.model import (
     Evaluation,
     ModelRef,
@@ -29,6 +30,10 @@ class ModelTask:
     max_length: int = 0
     stride: int = 0
     prefer_gpu: bool = True
+    # The same folders by store reference (None: only on the service's disk). A runner on other
+    # machines (Ray) sends these, never the paths: its workers fetch and check the files themselves.
+    model_source: StoredFolder | None = None
+    adapter_source: StoredFolder | None = None
 
 
 ProgressFn = Callable[[int, int], None]
@@ -143,8 +148,9 @@ class ModelResolver(Protocol):
         """Raise now (``NotFound``, ``InvalidInput``) if the model cannot be found; downloads nothing."""
         ...
 
-    def resolve(self, caller: Identity, ref: ModelRef) -> ResolvedModel:
-        """Local folders of the model; ``NotFound``/``InvalidInput`` naming the field otherwise."""
+    def resolve(self, caller: Identity, ref: ModelRef, *, download: bool = True) -> ResolvedModel:
+        """Local folders of the model and their store references; ``NotFound``/``InvalidInput`` naming
+        the field otherwise. ``download=False``: the references only (nothing fetched here)."""
         ...
 
 
@@ -160,6 +166,9 @@ class ModelRunner(Protocol):
     """Runs a ``ModelTask`` on the engine: in this process or on Ray (GPU when there is one)."""
 
     name: str
+    # False: the task's folders are fetched where it runs (from model_source/adapter_source), so
+    # the service downloads nothing for it.
+    reads_local_folders: bool
 
     def run(self, task: ModelTask, progress: ProgressFn, cancelled: Callable[[], bool]) -> dict[str, Any]:
         """Raw engine outputs (``tuneforge.engine.evaluate.job.run_task``); raises ``Cancelled``."""

@@ -394,8 +394,11 @@ class EvaluationService:
         report: dict[str, Any] = {"evaluation_id": evaluation.id, "generations": [], "placement": runner.name}
         progress = _Progress(self, evaluation.tenant, evaluation.id, total)
         resolved = {}
+        # Forgetting always runs in this process; otherwise a runner elsewhere fetches the folders itself.
+        forgetting = Metric.FORGETTING in spec.metrics and spec.forgetting_dataset is not None and spec.baseline
+        local = runner.reads_local_folders or bool(forgetting)
         for role, ref in roles:
-            resolved[role] = self._d.models.resolve(caller, ref)
+            resolved[role] = self._d.models.resolve(caller, ref, download=local)
             self._run_role(evaluation, role, resolved[role], data, runner, progress, report)
         self._forgetting(evaluation, caller, resolved, report)
         self._win_rate(evaluation, caller, report)
@@ -427,7 +430,8 @@ class EvaluationService:
         generation = {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample, "temperature": g.temperature,
                       "top_p": g.top_p, "seed": g.seed, "stop": list(g.stop), "batch_size": g.batch_size}
         return ModelTask(str(resolved.model_dir), str(resolved.adapter_dir) if resolved.adapter_dir else None,
-                         examples, [m.name.lower() for m in metrics], generation)
+                         examples, [m.name.lower() for m in metrics], generation,
+                         model_source=resolved.model_source, adapter_source=resolved.adapter_source)
 
     def _win_rate(self, evaluation: Evaluation, caller: Identity, report: dict[str, Any]) -> None:
         """METRIC_REWARD_WIN_RATE: the reward model scores both models' answers to each prompt."""
