@@ -31,6 +31,8 @@ def recipe_for(spec: TrainingSpec) -> Recipe:
         ObjectiveKind.ORPO: "reference_free",
         ObjectiveKind.SIMPO: "reference_free",
         ObjectiveKind.PRETRAIN: "pretrain",
+        ObjectiveKind.GRPO: "online_rl",
+        ObjectiveKind.RLOO: "online_rl",
     }.get(spec.objective.kind, "sft")
     run: Recipe = importlib.import_module(f"tuneforge.engine.recipes.{name}").run
     return run

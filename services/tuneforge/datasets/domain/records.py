@@ -3,7 +3,7 @@
 A record is a plain ``dict`` (fast to build row by row) with these keys; ``RECORD_SCHEMA`` is
 the Arrow schema of the Parquet shards of every version:
 
-- ``kind``: ``chat`` | ``instruction`` | ``preference`` | ``text``
+- ``kind``: ``chat`` | ``instruction`` | ``preference`` | ``text`` | ``prompt``
   (Alpaca/Dolly rows are ``instruction`` records stored as a user/assistant conversation).
 - ``messages``: list of ``{role, content}`` (chat and instruction), roles system/user/assistant/tool.
 - ``prompt``: list of ``{role, content}``: the conversation before the compared answers (preference).
@@ -13,6 +13,8 @@ the Arrow schema of the Parquet shards of every version:
 - ``provenance``: ``{source, row, augmented, flags}``: source file name, 1-based row in it,
   whether augmentation created the record, and screening flags (``toxicity:0.84``, ``lang:fr``).
 - ``split``: ``train`` | ``validation`` | ``test`` once a curation run has split the version, else null.
+- ``answer``: ``prompt`` records (online RL): the reference answer verifiable rewards compare with, or null.
+  Shards written before this column existed read back with it null (``with_all_columns``).
 
 This module imports pyarrow only (no grpc, no torch): the training engine reads the same shards
 (``tuneforge.engine.data.records``).
@@ -34,6 +36,7 @@ class RecordKind(enum.StrEnum):
     INSTRUCTION = "instruction"
     PREFERENCE = "preference"
     TEXT = "text"
+    PROMPT = "prompt"
 
 
 class Split(enum.StrEnum):
@@ -64,6 +67,7 @@ RECORD_SCHEMA = pa.schema(
         ("category", pa.string()),
         ("provenance", PROVENANCE_TYPE),
         ("split", pa.string()),
+        ("answer", pa.string()),
     ]
 )
 """The Arrow schema of every version's Parquet shards."""
@@ -82,6 +86,7 @@ def new_record(
     rejected: str | None = None,
     text: str | None = None,
     category: str | None = None,
+    answer: str | None = None,
 ) -> dict[str, Any]:
     """Build a canonical record dict with every key present."""
     return {
@@ -94,6 +99,7 @@ def new_record(
         "category": category,
         "provenance": {"source": source, "row": row, "augmented": False, "flags": []},
         "split": None,
+        "answer": answer,
     }
 
 
@@ -102,7 +108,7 @@ def texts_of(record: dict[str, Any]) -> Iterator[str]:
     for key in ("messages", "prompt"):
         for message in record.get(key) or ():
             yield message["content"]
-    for key in ("chosen", "rejected", "text"):
+    for key in ("chosen", "rejected", "text", "answer"):
         value = record.get(key)
         if value:
             yield value
@@ -115,7 +121,7 @@ def content_key(record: dict[str, Any]) -> str:
         for message in record.get(key) or ():
             parts.append(message["role"])
             parts.append(message["content"])
-    for key in ("chosen", "rejected", "text"):
+    for key in ("chosen", "rejected", "text", "answer"):
         value = record.get(key)
         if value is not None:
             parts.append(key)
@@ -145,6 +151,15 @@ def answer_text(record: dict[str, Any]) -> str:
     if record.get("chosen") is not None:
         return record["chosen"]
     return record.get("text") or ""
+
+
+def with_all_columns(table: pa.Table) -> pa.Table:
+    """``table`` with the columns of ``RECORD_SCHEMA`` it lacks added as nulls (shards written before a
+    column was added), ready to cast to ``RECORD_SCHEMA``."""
+    for name in RECORD_SCHEMA.names:
+        if name not in table.column_names:
+            table = table.append_column(RECORD_SCHEMA.field(name), pa.nulls(table.num_rows, RECORD_SCHEMA.field(name).type))
+    return table.select(RECORD_SCHEMA.names)
 
 
 def to_table(records: Iterable[dict[str, Any]]) -> pa.Table:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tuneforge.datasets.domain.records import RECORD_SCHEMA
+from tuneforge.datasets.domain.records import RECORD_SCHEMA, with_all_columns
 from tuneforge.datasets.domain.rejects import REJECTS_SCHEMA, RejectedRow
 
 ROWS_PER_SHARD = 250_000
@@ -121,7 +121,7 @@ class ShardWriter:
 
     def _write(self, table: pa.Table) -> None:
         if not table.schema.equals(RECORD_SCHEMA):  # e.g. Parquet's list item name ("element")
-            table = table.cast(RECORD_SCHEMA)
+            table = with_all_columns(table).cast(RECORD_SCHEMA)
         table = table.combine_chunks()
         self._account(table)
         offset = 0
@@ -244,7 +244,7 @@ def iter_tables(files: Iterable[Path], *, batch_rows: int = _BATCH_ROWS) -> Iter
     """Read canonical records back as Arrow tables of up to ``batch_rows`` rows."""
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-            yield pa.Table.from_batches([batch]).cast(RECORD_SCHEMA)
+            yield with_all_columns(pa.Table.from_batches([batch])).cast(RECORD_SCHEMA)
 
 
 def read_ahead(tables: Iterator[pa.Table]) -> Generator[pa.Table, None, None]:

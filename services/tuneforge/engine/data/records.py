@@ -1,7 +1,7 @@
 """The canonical record schema (shared with the datasets service) and its readers.
 
 Public API:
-    RecordKind: Enum chat | instruction | preference | text.
+    RecordKind: Enum chat | instruction | preference | text | prompt.
     Message(role, content): one chat turn; role is system, user, assistant or tool.
     Record: one canonical row::
 
@@ -11,6 +11,7 @@ Public API:
          "chosen": [...messages] | None,               # preference: the preferred completion turn(s)
          "rejected": [...messages] | None,             # preference: the dispreferred completion turn(s)
          "text": str | None,                           # text (continued pre-training)
+         "answer": str | None,                         # prompt: reference answer (verifiable rewards)
          "task": str | None,                           # multi-task label
          "provenance": {...}}                          # free-form: source file, licence, curation step
 
@@ -48,6 +49,7 @@ class RecordKind(enum.Enum):
     INSTRUCTION = "instruction"
     PREFERENCE = "preference"
     TEXT = "text"
+    PROMPT = "prompt"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Record:
     text: str | None = None
     task: str | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    answer: str | None = None  # prompt: the reference answer verifiable rewards compare with
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any], where: str = "row") -> Record:
@@ -125,6 +128,7 @@ _REQUIRED = {
     RecordKind.INSTRUCTION: ("messages",),
     RecordKind.PREFERENCE: ("prompt", "chosen", "rejected"),
     RecordKind.TEXT: (),
+    RecordKind.PROMPT: ("prompt",),
 }
 
 
@@ -157,9 +161,13 @@ def _parse(row: Mapping[str, Any], where: str, problems: list[FieldViolation]) -
     task = row.get("task") if row.get("task") is not None else row.get("category")
     if task is not None and not isinstance(task, str):
         problems.append(FieldViolation(f"{where}.task", "must be a string or null"))
+    answer = row.get("answer")
+    if answer is not None and not isinstance(answer, str):
+        problems.append(FieldViolation(f"{where}.answer", "must be a string (the reference answer) or null"))
     if len(problems) > start:
         return None
     return Record(
+        answer=answer if isinstance(answer, str) else None,
         kind=kind,
         text=text if isinstance(text, str) else None,
         task=task,

@@ -12,10 +12,10 @@ Public API:
         ``load_spec(spec.resolved_dict())`` gives an equal spec.
     Sections: ModelSection, DataSection (DataSource, MixtureComponent), MethodSection (LoraSettings,
         QloraSettings, PrefixSettings, PromptSettings), ObjectiveSection (DpoSettings, OrpoSettings,
-        SimpoSettings),
+        SimpoSettings, RlSettings, RewardFunction),
         Hyperparameters, ResourcesSection, ScheduleSection, OutputSection.
     Enums: ModelDType, MethodKind, QuantType, ComputeDType, ObjectiveKind, DpoLossType, DpoReference,
-        LrScheduler, Precision.
+        LrScheduler, Precision, RlLossType, RewardScaling, RewardFunctionName.
 
 ``trust_remote_code`` is deliberately not a field: model code from a folder is never run. LoRA
 ``target_modules=None`` means the per-architecture default (``models.targets``), resolved at load.
@@ -43,6 +43,7 @@ from tuneforge.engine.spec._sections import (
     DEPENDENT_DEFAULTS,
     FULL_LEARNING_RATE,
     MAX_STEPS,
+    ONLINE_RL_OBJECTIVES,
     PREFERENCE_OBJECTIVES,
     ComputeDType,
     DataSection,
@@ -68,6 +69,11 @@ from tuneforge.engine.spec._sections import (
     QloraSettings,
     QuantType,
     ResourcesSection,
+    RewardFunction,
+    RewardFunctionName,
+    RewardScaling,
+    RlLossType,
+    RlSettings,
     ScheduleSection,
     SimpoSettings,
     TrainingSpec,
@@ -81,6 +87,7 @@ __all__ = [
     "DEPENDENT_DEFAULTS",
     "FULL_LEARNING_RATE",
     "MAX_STEPS",
+    "ONLINE_RL_OBJECTIVES",
     "PREFERENCE_OBJECTIVES",
     "ComputeDType",
     "DataSection",
@@ -106,6 +113,11 @@ __all__ = [
     "QloraSettings",
     "QuantType",
     "ResourcesSection",
+    "RewardFunction",
+    "RewardFunctionName",
+    "RewardScaling",
+    "RlLossType",
+    "RlSettings",
     "ScheduleSection",
     "SimpoSettings",
     "TrainingSpec",

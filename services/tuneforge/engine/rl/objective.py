@@ -1,0 +1,211 @@
+"""``OnlineRLObjective``: GRPO and RLOO as an objective of the shared training loop.
+
+The loop collates every micro-batch of a step before any backward pass; here ``collate`` is the
+rollout: it samples ``num_generations`` completions per prompt through the ``RolloutEngine``,
+scores them, computes the advantages (and reference log-probs when a KL term is on), and returns
+the tensors the loss needs. ``units`` then tells the loop how trl normalises the loss (sequences,
+tokens or micro-batches), so gradient accumulation and several workers give trl's loss. With one
+policy update per rollout (trl's default ``num_iterations=1``) the sampling policy is the policy
+itself: its log-probs are the current ones, detached.
+
+Rollouts are seeded by (seed, step, worker, micro-batch): a run resumed from a checkpoint samples
+exactly the completions the uninterrupted run sampled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from tuneforge.engine.rl.generation import RolloutEngine, SamplingParams
+from tuneforge.engine.rl.losses import (
+    grpo_advantages,
+    grpo_per_token_loss,
+    reduce_grpo_loss,
+    rloo_advantages,
+    rloo_sequence_loss,
+)
+from tuneforge.engine.rl.rewards import RewardModelScorer, combine, score_completions
+from tuneforge.engine.spec import ObjectiveKind, RlLossType, RlSettings
+from tuneforge.engine.train.loop import Batch, LossSum
+from tuneforge.engine.train.objectives import Reference
+
+
+def rollout_seed(seed: int, step: int, rank: int, micro_batch: int) -> int:
+    """A sampling seed per (run seed, step, worker, micro-batch), stable across processes."""
+    digest = hashlib.sha256(f"{seed}:{step}:{rank}:{micro_batch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def completion_logps(
+    model: torch.nn.Module, batch: Batch, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropies of the completion tokens (logits / temperature, as trl)."""
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)  # left-padded prompts: positions as generation saw them
+    width = batch["completion_ids"].size(1)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions).logits
+    logits = logits[:, -width - 1:-1, :].float() / temperature
+    logp_all = logits.log_softmax(-1)
+    logps = logp_all.gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy
+
+
+class OnlineRLObjective:
+    """GRPO or RLOO on prompt rows ``{"prompt_ids", "answer", "prompt_text", "rows"}``.
+
+    Args:
+        kind: GRPO or RLOO.
+        rl: the spec's settings (beta and epsilon_high resolved).
+        tokenizer: decodes completions for the reward functions.
+        engine: where rollouts come from.
+        policy: the unwrapped policy (no-grad forwards: reference log-probs with the adapter off).
+        reference: the frozen reference (used when beta != 0).
+        reward_model: scores prompt + completion texts, or None.
+        seed, rank: seed the rollouts.
+    """
+
+    has_perplexity = False
+
+    def __init__(self, kind: ObjectiveKind, rl: RlSettings, tokenizer: Any, engine: RolloutEngine,
+                 policy: torch.nn.Module, reference: Reference | None, *, reward_model: RewardModelScorer | None = None,
+                 seed: int = 0, rank: int = 0) -> None:
+        self.name = kind.value
+        self.kind = kind
+        self.rl = rl
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.policy = policy
+        self.reference = reference
+        self.reward_model = reward_model
+        self.seed, self.rank = seed, rank
+        self.beta = float(rl.beta or 0.0)
+        self.eps_low, self.eps_high = rl.epsilon, float(rl.epsilon_high or rl.epsilon)
+        self.pad_id = int(tokenizer.pad_token_id)
+        self._step, self._micro = 0, 0
+
+    def begin_step(self, step: int) -> None:
+        """Called by the loop before the step's micro-batches are collated."""
+        self._step, self._micro = step, 0
+
+    # ----------------------------------------------------------------------------- rollout
+
+    def collate(self, rows: Sequence[Any]) -> Batch:
+        n, rl = self.rl.num_generations, self.rl
+        params = SamplingParams(rl.max_new_tokens, rl.temperature, rl.top_p,
+                                rollout_seed(self.seed, self._step, self.rank, self._micro))
+        self._micro += 1
+        prompts = [r["prompt_ids"] for r in rows]
+        completions = self.engine.generate(prompts, n, params)
+        batch = self._tensors(prompts, [c.token_ids for c in completions], n)
+        texts = self.tokenizer.batch_decode([list(c.token_ids) for c in completions], skip_special_tokens=True)
+        answers = [rows[c.prompt_index].get("answer") for c in completions]
+        rewards, per_function = self._rewards(rows, completions, texts, answers)
+        with torch.no_grad():
+            if self.beta != 0.0:
+                batch["ref_logps"] = self._reference_logps(batch)
+            if self.kind is ObjectiveKind.RLOO and self.beta != 0.0:
+                old, _ = completion_logps(self.policy, batch, rl.temperature)
+                kl = ((old - batch["ref_logps"]) * batch["completion_mask"]).sum(-1)
+                batch["seq_kl"] = kl
+                rewards_for_adv = rewards - self.beta * kl
+            else:
+                rewards_for_adv = rewards
+        if self.kind is ObjectiveKind.RLOO:
+            batch["advantages"] = rloo_advantages(rewards_for_adv, n, normalize=rl.normalize_advantages)
+            group_std = torch.nan_to_num(rewards.view(-1, n)).std(dim=1)
+        else:
+            batch["advantages"], group_std = grpo_advantages(rewards, n, rl.scale_rewards)
+        batch["rewards"], batch["group_std"], batch["per_function"] = rewards, group_std, per_function
+        return batch
+
+    def _tensors(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], n: int) -> Batch:
+        rows = [p for p in prompts for _ in range(n)]
+        pw, cw = max(len(p) for p in rows), max(1, max(len(c) for c in completions))
+        prompt_ids = torch.full((len(rows), pw), self.pad_id, dtype=torch.long)
+        prompt_mask = torch.zeros_like(prompt_ids)
+        comp_ids = torch.full((len(rows), cw), self.pad_id, dtype=torch.long)
+        comp_mask = torch.zeros_like(comp_ids)
+        for i, (p, c) in enumerate(zip(rows, completions, strict=True)):
+            prompt_ids[i, pw - len(p):], prompt_mask[i, pw - len(p):] = torch.tensor(p), 1
+            if c:
+                comp_ids[i, :len(c)], comp_mask[i, :len(c)] = torch.tensor(c), 1
+        return {"input_ids": torch.cat([prompt_ids, comp_ids], 1), "attention_mask": torch.cat([prompt_mask, comp_mask], 1),
+                "completion_ids": comp_ids, "completion_mask": comp_mask}
+
+    def _rewards(self, rows: Sequence[Any], completions: Sequence[Any], texts: Sequence[str],
+                 answers: Sequence[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        fns = self.rl.rewards
+        per_function = score_completions(fns, texts, answers)
+        weights = [f.weight for f in fns]
+        if self.reward_model is not None:
+            scored = self.reward_model.score([rows[c.prompt_index]["prompt_text"] + t for c, t in zip(completions, texts, strict=True)])
+            per_function = torch.cat([per_function, scored.unsqueeze(1)], dim=1)
+            weights.append(self.rl.reward_model_weight)
+        return combine(per_function, weights), per_function
+
+    def _reference_logps(self, batch: Batch) -> torch.Tensor:
+        assert self.reference is not None
+        with self.reference.context():
+            logps, _ = completion_logps(self.reference.model(self.policy), batch, self.rl.temperature)
+        return logps
+
+    # ------------------------------------------------------------------------------- loss
+
+    def units(self, batch: Batch) -> int | float:
+        if self.kind is ObjectiveKind.RLOO:
+            return batch["completion_ids"].size(0)
+        lt = self.rl.loss_type
+        if lt is RlLossType.DAPO:
+            return int(batch["completion_mask"].sum())
+        return 1 if lt is RlLossType.BNPO else batch["completion_ids"].size(0)
+
+    def tokens(self, batch: Batch) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
+        logps, entropy = completion_logps(model, batch, self.rl.temperature)
+        mask = batch["completion_mask"].to(logps.dtype)
+        adv = batch["advantages"].to(logps.dtype)
+        if self.kind is ObjectiveKind.RLOO:
+            seq = (logps * mask).sum(1)
+            per_seq, clipped = rloo_sequence_loss(seq, seq.detach(), adv, eps_low=self.eps_low, eps_high=self.eps_high)
+            total = per_seq.sum()
+            clip = (float(clipped.sum()), float(clipped.numel()))
+            kl = batch.get("seq_kl")
+            kl_mean = (float(kl.sum()), float(mask.sum())) if kl is not None else None
+        else:
+            per_token, extra = grpo_per_token_loss(logps, logps.detach(), adv, eps_low=self.eps_low,
+                                                   eps_high=self.eps_high, beta=self.beta,
+                                                   ref_logps=batch.get("ref_logps"))
+            total, _units = reduce_grpo_loss(per_token, mask, self.rl.loss_type, self.rl.max_new_tokens)
+            clip = (float((extra["clipped"] * mask).sum()), float(mask.sum()))
+            kl_mean = (float((extra["kl"] * mask).sum()), float(mask.sum())) if "kl" in extra else None
+        return LossSum(total, means=self._means(batch, entropy.detach(), mask, clip, kl_mean))
+
+    def _means(self, batch: Batch, entropy: torch.Tensor, mask: torch.Tensor, clip: tuple[float, float],
+               kl: tuple[float, float] | None) -> dict[str, tuple[float, float]]:
+        rewards = batch["rewards"]
+        scored = ~torch.isnan(rewards)
+        tokens = float(mask.sum())
+        out = {
+            "reward": (float(rewards[scored].sum()), float(scored.sum())),
+            "reward_std": (float(batch["group_std"].nan_to_num().sum()), float(batch["group_std"].numel())),
+            "entropy": (float((entropy * mask).sum()), tokens),
+            "clip_ratio": clip,
+            "completion_length": (tokens, float(mask.size(0))),
+        }
+        per_function = batch["per_function"]
+        names = [f.name.value for f in self.rl.rewards] + (["reward_model"] if per_function.size(1) > len(self.rl.rewards) else [])
+        for j, name in enumerate(names):
+            col = per_function[:, j]
+            ok = ~torch.isnan(col)
+            out[f"rewards/{name}"] = (float(col[ok].sum()), float(ok.sum()))
+        if kl is not None:
+            out["kl"] = kl
+        return out  # the same keys on every worker and micro-batch: the loop all-reduces them in order
