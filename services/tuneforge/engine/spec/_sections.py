@@ -332,8 +332,8 @@ class RewardFunction(_Strict):
     weight: float = Field(default=1.0, ge=-1e3, le=1e3, description="multiplies this reward in the sum")
     pattern: str | None = Field(default=None, min_length=1, max_length=512, description="regex: reward 1 "
                                 "when the completion matches (re.search), else 0")
-    target_length: int | None = Field(default=None, gt=0, le=100_000, description="length: reward "
-                                      "-|characters - target_length| (trl's quick-start reward)")
+    target_length: int | None = Field(default=None, gt=0, le=100_000, description="length: reward minus "
+                                      "the distance in characters to target_length (trl's quick-start reward)")
 
     @model_validator(mode="after")
     def _parameters(self) -> RewardFunction:

@@ -24,7 +24,7 @@ from tuneforge.common.auth import Identity
 from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidInput
 from tuneforge.common.logging import current_log_context, log_context
 from tuneforge.common.storage import tenant_prefix
-from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
+from tuneforge.engine.spec import ONLINE_RL_OBJECTIVES, PREFERENCE_OBJECTIVES, TrainingSpec, load_spec
 from tuneforge.training.domain.limits import JobLimits, limit_violations
 from tuneforge.training.domain.model import (
     Job,
@@ -114,7 +114,13 @@ def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[Field
         if not kind:
             continue
         paired = spec.objective.kind in PREFERENCE_OBJECTIVES
-        if paired and kind != "PREFERENCE":
+        online = spec.objective.kind in ONLINE_RL_OBJECTIVES
+        if online != (kind == "PROMPT"):
+            out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, but "
+                                      f"{spec.objective.kind.name} needs prompt-only records (prompt, optional answer)"
+                                      if online else f"dataset version {version_id!r} holds prompt-only records: "
+                                      "train them with GRPO or RLOO, or use a dataset with completions"))
+        elif paired and kind != "PREFERENCE":
             out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, "
                                       f"but {spec.objective.kind.name} needs preference pairs (prompt, chosen, "
                                       "rejected): use a preference dataset or supervised fine-tuning"))
@@ -165,6 +171,8 @@ class TrainingService:
         model = self._d.models.reference(caller, spec.model.name or "")  # unknown models fail here
         if model is None:  # a checkpoint: checked now, made local by the run
             self._d.models.locate(caller, spec.model.name or "")
+        if spec.objective.rl.reward_model:  # unknown reward models fail here, not in the run
+            self._d.models.locate(caller, spec.objective.rl.reward_model)
         job = Job(job_id, caller.tenant, spec, JobStatus.VALIDATING, datetime.now(UTC), job_id, request.suffix,
                   dict(request.labels), idempotency_key, digest)
         facts = self._lease_all(caller, job)
