@@ -38,7 +38,7 @@ def rl_spec(model_dir: Path, tmp: Path, *, kind: str = "grpo", steps: int = 8, r
         "hyperparameters": {"learning_rate": 2e-2, "max_steps": steps, "micro_batch_size": 4,
                             "gradient_accumulation_steps": 1, "lr_scheduler": "constant", "warmup_steps": 0,
                             "seed": 3},
-        "schedule": {"save_every_steps": save_every} if save_every else {},
+        "schedule": {"save_every_steps": save_every, "keep_latest_n": 2} if save_every else {},
         "output": {"checkpoint_uri": f"file://{tmp}/ckpt", "run_name": run_name},
     })
 

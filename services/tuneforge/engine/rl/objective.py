@@ -102,7 +102,8 @@ class OnlineRLObjective:
         self._micro += 1
         prompts = [r["prompt_ids"] for r in rows]
         completions = self.engine.generate(prompts, n, params)
-        batch = self._tensors(prompts, [c.token_ids for c in completions], n)
+        device = next(self.policy.parameters()).device
+        batch = {k: v.to(device) for k, v in self._tensors(prompts, [c.token_ids for c in completions], n).items()}
         texts = self.tokenizer.batch_decode([list(c.token_ids) for c in completions], skip_special_tokens=True)
         answers = [rows[c.prompt_index].get("answer") for c in completions]
         rewards, per_function = self._rewards(rows, completions, texts, answers)
@@ -113,7 +114,7 @@ class OnlineRLObjective:
                 old, _ = completion_logps(self.policy, batch, rl.temperature)
                 kl = ((old - batch["ref_logps"]) * batch["completion_mask"]).sum(-1)
                 batch["seq_kl"] = kl
-                rewards_for_adv = rewards - self.beta * kl
+                rewards_for_adv = rewards - self.beta * kl.float().cpu()
             else:
                 rewards_for_adv = rewards
         if self.kind is ObjectiveKind.RLOO:
@@ -122,6 +123,7 @@ class OnlineRLObjective:
         else:
             batch["advantages"], group_std = grpo_advantages(rewards, n, rl.scale_rewards)
         batch["rewards"], batch["group_std"], batch["per_function"] = rewards, group_std, per_function
+        batch["advantages"] = batch["advantages"].to(device)
         return batch
 
     def _tensors(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], n: int) -> Batch:

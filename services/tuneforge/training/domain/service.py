@@ -96,6 +96,12 @@ def _version_sources(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in found if isinstance(s, dict) and s.get("dataset_version")]
 
 
+def _online_rl(doc: Mapping[str, Any]) -> bool:
+    """Whether a request's spec mapping asks for online RL (no validation loss: none is defaulted in)."""
+    objective = doc.get("objective")
+    return isinstance(objective, Mapping) and objective.get("kind") in {k.value for k in ONLINE_RL_OBJECTIVES}
+
+
 def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[FieldViolation]:
     """The objective against the record kind of each leased version (``kinds``: version id -> kind name).
 
@@ -205,7 +211,7 @@ class TrainingService:
         train = (data.get("train") or {}).get("dataset_version") if isinstance(data.get("train"), dict) else None
         if isinstance(data.get("validation"), dict):
             data["validation"].setdefault("split", "validation")
-        elif train and (facts is None or facts[train].split_counts.get("validation")):
+        elif train and not _online_rl(doc) and (facts is None or facts[train].split_counts.get("validation")):
             data["validation"] = {"dataset_version": train, "split": "validation"}
         if facts is not None:
             for source in _version_sources(data):
