@@ -125,3 +125,22 @@ def test_weighted_sum_keeps_unscored_rows_nan() -> None:
     per = torch.tensor([[1.0, math.nan], [math.nan, math.nan], [0.0, 2.0]])
     total = combine(per, [2.0, 0.5])
     assert total[0] == 2.0 and math.isnan(total[1]) and total[2] == 1.0
+
+
+def test_reward_model_scores_and_a_causal_lm_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from tuneforge.common.errors import FailedPrecondition
+    from tuneforge.engine.rl.rewards import RewardModelScorer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = LlamaConfig.from_pretrained(tiny_model_dir, num_labels=1)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    scorer = RewardModelScorer(tmp_path / "rm", torch.device("cpu"), batch_size=2)
+    scores = scorer.score(["a short one", "a much longer text than the first one", "third"])
+    assert scores.shape == (3,) and torch.isfinite(scores).all() and len(set(scores.tolist())) == 3
+    assert torch.allclose(scores[:1], scorer.score(["a short one"]))  # padding does not change a score
+    with pytest.raises(FailedPrecondition, match="not a sequence classifier"):
+        RewardModelScorer(tiny_model_dir, torch.device("cpu"))

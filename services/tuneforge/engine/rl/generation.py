@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -61,7 +61,7 @@ class HFRolloutEngine:
     """
 
     def __init__(self, model: torch.nn.Module, pad_id: int, stop_ids: Sequence[int], *, synced: bool = False):
-        self.model = model
+        self.model: Any = model  # a transformers model: generate() is not on nn.Module
         self.pad_id = pad_id
         self.stop_ids = tuple(dict.fromkeys(stop_ids))
         self.synced = synced

@@ -15,7 +15,6 @@ exactly the completions the uninterrupted run sampled.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -159,7 +158,7 @@ class OnlineRLObjective:
 
     # ------------------------------------------------------------------------------- loss
 
-    def units(self, batch: Batch) -> int | float:
+    def units(self, batch: Batch) -> int:
         if self.kind is ObjectiveKind.RLOO:
             return batch["completion_ids"].size(0)
         lt = self.rl.loss_type

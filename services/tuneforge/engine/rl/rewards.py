@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from tuneforge.common.errors import FailedPrecondition
 from tuneforge.engine.spec import RewardFunction, RewardFunctionName
 
 REGEX_TIMEOUT_S = 0.05
@@ -106,8 +107,16 @@ class RewardModelScorer:
     """
 
     def __init__(self, folder: Path, device: torch.device, batch_size: int = 16) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        heads = [a for a in (config.architectures or []) if a.endswith("ForSequenceClassification")]
+        if not heads or getattr(config, "num_labels", 1) != 1:
+            # A causal LM loaded as a classifier would score with a randomly initialised head.
+            raise FailedPrecondition(
+                "the reward model is not a sequence classifier with one label (its config names "
+                f"{config.architectures or 'no architecture'}, {getattr(config, 'num_labels', '?')} labels): "
+                "name a checkpoint of a reward-model job (a scalar head trained on preference pairs)")
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             folder, num_labels=1, trust_remote_code=False, use_safetensors=True

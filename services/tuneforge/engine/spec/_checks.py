@@ -9,12 +9,12 @@ from tuneforge.common.errors import FieldViolation
 from tuneforge.engine.spec._sections import (
     _SECTIONS,
     ADAPTER_METHODS,
+    ONLINE_RL_OBJECTIVES,
     PREFERENCE_OBJECTIVES,
     DataSection,
     DpoReference,
     MethodKind,
     MethodSection,
-    ONLINE_RL_OBJECTIVES,
     ObjectiveKind,
     ObjectiveSection,
     Precision,
