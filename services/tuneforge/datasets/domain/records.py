@@ -135,7 +135,7 @@ def map_texts(record: dict[str, Any], fn: Any) -> dict[str, Any]:
     for key in ("messages", "prompt"):
         if record.get(key):
             out[key] = [{"role": m["role"], "content": fn(m["content"])} for m in record[key]]
-    for key in ("chosen", "rejected", "text"):
+    for key in ("chosen", "rejected", "text", "answer"):
         if record.get(key) is not None:
             out[key] = fn(record[key])
     return out

@@ -145,7 +145,10 @@ class ShardWriter:
         """Hash the content columns and count kinds and splits, a whole batch at a time."""
         # take() copies into fresh buffers: the bytes hashed depend on the values only, not on
         # how the arrays were built (offsets, slack in null slots, unused bitmap bits).
-        content = table.select(list(HASHED_COLUMNS)).take(pa.array(np.arange(table.num_rows)))
+        # Reference answers (prompt records) count when present; without them the bytes hashed, and so
+        # the digests of versions made before the column existed, stay as they were.
+        hashed = [*HASHED_COLUMNS, "answer"] if table.column("answer").null_count < table.num_rows else HASHED_COLUMNS
+        content = table.select(list(hashed)).take(pa.array(np.arange(table.num_rows)))
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, content.schema) as stream:
             stream.write_table(content)
