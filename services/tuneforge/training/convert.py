@@ -71,6 +71,10 @@ RENAMED: tuple[tuple[str, str], ...] = (
     ("hyperparameters.reward_functions[].target_length", "objective.rl.rewards[].target_length"),
     ("hyperparameters.reward_model", "objective.rl.reward_model"),
     ("hyperparameters.reward_model_weight", "objective.rl.reward_model_weight"),
+    ("hyperparameters.gamma", "objective.rl.gamma"),
+    ("hyperparameters.gae_lambda", "objective.rl.lam"),
+    ("hyperparameters.vf_coef", "objective.rl.vf_coef"),
+    ("hyperparameters.value_clip", "objective.rl.cliprange_value"),
     ("hyperparameters.max_seq_length", "data.max_seq_length"),
     ("hyperparameters.packing", "data.packing"),
     ("hyperparameters.precision", "precision"),
@@ -382,7 +386,7 @@ def metrics_to_proto(data: Mapping[str, float]) -> pb.Metrics:
                       eval_loss=g("eval_loss", 0.0), eval_perplexity=g("eval_perplexity", 0.0), epoch=g("epoch", 0.0),
                       reward_mean=g("reward", 0.0), reward_std=g("reward_std", 0.0), kl=g("kl", 0.0),
                       entropy=g("entropy", 0.0), clip_fraction=g("clip_ratio", 0.0),
-                      response_length=g("completion_length", 0.0))
+                      response_length=g("completion_length", 0.0), value_loss=g("value_loss", 0.0))
 
 
 def event_to_proto(ev: JobEvent) -> pb.JobEvent:

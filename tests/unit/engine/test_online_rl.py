@@ -144,3 +144,29 @@ def test_reward_model_scores_and_a_causal_lm_is_refused(tiny_model_dir: Path, tm
     assert torch.allclose(scores[:1], scorer.score(["a short one"]))  # padding does not change a score
     with pytest.raises(FailedPrecondition, match="not a sequence classifier"):
         RewardModelScorer(tiny_model_dir, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_ppo_trains_a_value_head_and_resumes_it_exactly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    spec = rl_spec(tiny_model_dir, tmp_path, kind="ppo", steps=4, save_every=2)
+    assert (spec.objective.rl.beta, spec.objective.rl.gamma, spec.objective.rl.lam) == (0.05, 1.0, 0.95)
+    events: list[EngineEvent] = []
+    assert run_training(spec, on_event=events.append).status is RunStatus.COMPLETED
+    want = steps_of(events)
+    assert all(math.isfinite(want[s][k]) for s in want for k in ("loss", "value_loss", "kl", "reward"))
+    assert want[1]["value_loss"] > 0  # a zero-initialised head predicts 0 against non-zero returns
+    manager = CheckpointManager(spec.output.checkpoint_uri, spec.output.run_name)
+    _artifacts.delete(manager.store, manager.prefix(4))
+    again: list[EngineEvent] = []
+    resumed = run_training(spec, on_event=again.append)
+    assert resumed.resumed_from_uri.endswith("/run/step-2/")
+    got = steps_of(again)
+    for s in (3, 4):  # the value head came back with the policy: same value loss, same update
+        for key in ("loss", "value_loss", "reward", "kl", "grad_norm"):
+            assert got[s][key] == pytest.approx(want[s][key], rel=1e-5, abs=1e-7), (s, key)
+    from safetensors.torch import load_file
+
+    weights: dict[str, torch.Tensor] = {}
+    for f in (Path(resumed.last_checkpoint_uri.removeprefix("file://")) / "model").glob("*.safetensors"):
+        weights |= load_file(f)
+    assert "v_head.weight" in weights and float(weights["v_head.weight"].abs().sum()) > 0  # trained, saved

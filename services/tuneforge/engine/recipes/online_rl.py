@@ -1,4 +1,7 @@
-"""GRPO and RLOO on prompt-only records: sample, score, update (one policy update per rollout).
+"""GRPO, RLOO and PPO on prompt-only records: sample, score, update (one policy update per rollout).
+
+PPO's value head is a ``Linear(hidden, 1)`` on the policy's last hidden state (``v_head``), trained
+with it and saved in the same full checkpoint, so it resumes with the policy.
 
 The reference (for the KL term) is the policy with its adapter disabled (adapters) or a frozen copy
 of the initial model (full fine-tuning); it is rebuilt from the base on resume, so a checkpoint needs
@@ -17,9 +20,9 @@ import torch
 from tuneforge.engine.data.tokenize import tokenize_prompts
 from tuneforge.engine.recipes import _common as c
 from tuneforge.engine.rl.generation import HFRolloutEngine
-from tuneforge.engine.rl.objective import OnlineRLObjective
+from tuneforge.engine.rl.objective import OnlineRLObjective, add_value_head
 from tuneforge.engine.rl.rewards import RewardModelScorer
-from tuneforge.engine.spec import TrainingSpec
+from tuneforge.engine.spec import ObjectiveKind, TrainingSpec
 from tuneforge.engine.train.events import EventCallback, TrainingResult
 from tuneforge.engine.train.loop import train_loop
 from tuneforge.engine.train.objectives import Reference
@@ -51,6 +54,8 @@ def run(
     if rl.beta:
         reference = Reference(adapter_model=model) if spec.is_adapter else Reference(
             frozen_model=copy.deepcopy(model).eval().requires_grad_(False))
+    if spec.objective.kind is ObjectiveKind.PPO:  # after the reference copy: the reference needs no values
+        add_value_head(model)
     train_records, _ = c.read_splits(spec)
     max_prompt = max(1, spec.data.max_seq_length - rl.max_new_tokens)
     rows = tokenize_prompts(train_records, tokenizer, max_prompt_len=max_prompt)

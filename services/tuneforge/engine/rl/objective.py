@@ -22,8 +22,11 @@ import torch
 
 from tuneforge.engine.rl.generation import RolloutEngine, SamplingParams
 from tuneforge.engine.rl.losses import (
+    gae,
     grpo_advantages,
     grpo_per_token_loss,
+    ppo_policy_loss,
+    ppo_value_loss,
     reduce_grpo_loss,
     rloo_advantages,
     rloo_sequence_loss,
@@ -40,19 +43,46 @@ def rollout_seed(seed: int, step: int, rank: int, micro_batch: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+VALUE_HEAD = "v_head"  # PPO's value head: a Linear(hidden, 1) submodule of the policy, saved with it
+
+
+def add_value_head(model: torch.nn.Module) -> torch.nn.Module:
+    """Give a causal LM PPO's value head (zero-initialised: the first values are 0), in place."""
+    hidden = int(model.config.hidden_size)
+    head = torch.nn.Linear(hidden, 1)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    dtype = next(model.parameters()).dtype
+    model.add_module(VALUE_HEAD, head.to(device=next(model.parameters()).device, dtype=dtype))
+    return model
+
+
 def completion_logps(
-    model: torch.nn.Module, batch: Batch, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and entropies of the completion tokens (logits / temperature, as trl)."""
+    model: torch.nn.Module, batch: Batch, temperature: float, *, values: bool = False
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropies of the completion tokens (logits / temperature, as trl), and
+    with ``values`` the value head's estimate at each completion token's position."""
     ids, attn = batch["input_ids"], batch["attention_mask"]
     positions = (attn.cumsum(-1) - 1).clamp(min=0)  # left-padded prompts: positions as generation saw them
     width = batch["completion_ids"].size(1)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions).logits
-    logits = logits[:, -width - 1:-1, :].float() / temperature
+    out = model(input_ids=ids, attention_mask=attn, position_ids=positions, output_hidden_states=values)
+    value = None
+    if values:
+        head = getattr(_unwrap(model), VALUE_HEAD)
+        hidden = out.hidden_states[-1][:, -width - 1:-1, :]
+        value = head(hidden.to(head.weight.dtype)).squeeze(-1).float()
+    logits = out.logits[:, -width - 1:-1, :].float() / temperature
     logp_all = logits.log_softmax(-1)
     logps = logp_all.gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
+    if value is not None:
+        return logps, entropy, value
     return logps, entropy
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # DeepSpeed's engine and DDP keep the model in .module
+    return getattr(model, "module", model)
 
 
 class OnlineRLObjective:
@@ -110,13 +140,16 @@ class OnlineRLObjective:
             if self.beta != 0.0:
                 batch["ref_logps"] = self._reference_logps(batch)
             if self.kind is ObjectiveKind.RLOO and self.beta != 0.0:
-                old, _ = completion_logps(self.policy, batch, rl.temperature)
+                old, _ = completion_logps(self.policy, batch, rl.temperature)  # type: ignore[misc]
                 kl = ((old - batch["ref_logps"]) * batch["completion_mask"]).sum(-1)
                 batch["seq_kl"] = kl
                 rewards_for_adv = rewards - self.beta * kl.float().cpu()
             else:
                 rewards_for_adv = rewards
-        if self.kind is ObjectiveKind.RLOO:
+        if self.kind is ObjectiveKind.PPO:
+            self._ppo_targets(batch, rewards)
+            group_std = torch.nan_to_num(rewards.view(-1, n)).std(dim=1)
+        elif self.kind is ObjectiveKind.RLOO:
             batch["advantages"] = rloo_advantages(rewards_for_adv, n, normalize=rl.normalize_advantages)
             group_std = torch.nan_to_num(rewards.view(-1, n)).std(dim=1)
         else:
@@ -124,6 +157,25 @@ class OnlineRLObjective:
         batch["rewards"], batch["group_std"], batch["per_function"] = rewards, group_std, per_function
         batch["advantages"] = batch["advantages"].to(device)
         return batch
+
+    @torch.no_grad()
+    def _ppo_targets(self, batch: Batch, rewards: torch.Tensor) -> None:
+        """PPO's per-token rewards (KL penalty on every token, the score on the last), GAE advantages
+        (whitened over the micro-batch) and returns, from the rollout policy's log-probs and values."""
+        rl, mask = self.rl, batch["completion_mask"]
+        old, _, values = completion_logps(self.policy, batch, rl.temperature, values=True)  # type: ignore[misc]
+        per_token = torch.zeros_like(old)
+        kl = old - batch["ref_logps"] if "ref_logps" in batch else torch.zeros_like(old)
+        per_token -= self.beta * kl
+        last = (mask.sum(-1) - 1).clamp(min=0)
+        score = torch.nan_to_num(rewards.to(old.device), nan=0.0)
+        per_token[torch.arange(old.size(0), device=old.device), last] += score
+        adv, returns = gae(per_token * mask, values, mask, gamma=rl.gamma, lam=rl.lam)
+        m = mask.to(adv.dtype)
+        mean = (adv * m).sum() / m.sum().clamp(min=1.0)
+        var = (((adv - mean) ** 2) * m).sum() / m.sum().clamp(min=1.0)
+        batch["advantages"] = ((adv - mean) * torch.rsqrt(var + 1e-8)) * m
+        batch.update(old_logps=old, old_values=values, returns=returns, seq_kl=(kl * mask).sum(-1))
 
     def _tensors(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], n: int) -> Batch:
         rows = [p for p in prompts for _ in range(n)]
@@ -159,6 +211,8 @@ class OnlineRLObjective:
     # ------------------------------------------------------------------------------- loss
 
     def units(self, batch: Batch) -> int:
+        if self.kind is ObjectiveKind.PPO:
+            return int(batch["completion_mask"].sum())
         if self.kind is ObjectiveKind.RLOO:
             return batch["completion_ids"].size(0)
         lt = self.rl.loss_type
@@ -170,7 +224,9 @@ class OnlineRLObjective:
         return int(batch["attention_mask"].sum())
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
-        logps, entropy = completion_logps(model, batch, self.rl.temperature)
+        if self.kind is ObjectiveKind.PPO:
+            return self._ppo_loss(model, batch)
+        logps, entropy = completion_logps(model, batch, self.rl.temperature)  # type: ignore[misc]
         mask = batch["completion_mask"].to(logps.dtype)
         adv = batch["advantages"].to(logps.dtype)
         if self.kind is ObjectiveKind.RLOO:
@@ -188,6 +244,21 @@ class OnlineRLObjective:
             clip = (float((extra["clipped"] * mask).sum()), float(mask.sum()))
             kl_mean = (float((extra["kl"] * mask).sum()), float(mask.sum())) if "kl" in extra else None
         return LossSum(total, means=self._means(batch, entropy.detach(), mask, clip, kl_mean))
+
+    def _ppo_loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
+        """Clipped surrogate + vf_coef x clipped value loss, summed over completion tokens."""
+        logps, entropy, values = completion_logps(model, batch, self.rl.temperature, values=True)  # type: ignore[misc]
+        mask = batch["completion_mask"].to(logps.dtype)
+        pg = ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], eps=self.eps_low)
+        vf = ppo_value_loss(values, batch["old_values"], batch["returns"], clip=self.rl.cliprange_value)
+        total = ((pg + self.rl.vf_coef * vf) * mask).sum()
+        ratio = torch.exp(logps.detach() - batch["old_logps"])
+        clipped = ((ratio - 1).abs() > self.eps_low).float()
+        tokens = float(mask.sum())
+        means = self._means(batch, entropy.detach(), mask, (float((clipped * mask).sum()), tokens),
+                            (float(batch["seq_kl"].sum()), tokens))
+        means["value_loss"] = (float((vf.detach() * mask).sum()), tokens)
+        return LossSum(total, means=means)
 
     def _means(self, batch: Batch, entropy: torch.Tensor, mask: torch.Tensor, clip: tuple[float, float],
                kl: tuple[float, float] | None) -> dict[str, tuple[float, float]]:

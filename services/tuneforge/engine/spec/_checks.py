@@ -121,6 +121,10 @@ def _check_online_rl(s: _Sections) -> list[FieldViolation]:
     if rl.reward_model is not None and rl.reward_model_path is not None:
         out.append(FieldViolation("objective.rl.reward_model_path", _not_both_text("reward_model",
                                                                                    "reward_model_path")))
+    if o.kind is ObjectiveKind.PPO and s["method"].kind is not MethodKind.FULL:
+        out.append(FieldViolation("method.kind", "PPO trains a value head beside the policy and saves both in "
+                                  "full checkpoints; use method full (or GRPO/RLOO, which need no value model, "
+                                  "with adapters)"))
     if d.packing:
         out.append(FieldViolation("data.packing", f"{name} generates completions per prompt; set data.packing: "
                                   "false"))
@@ -200,7 +204,7 @@ _CHECKS: tuple[tuple[tuple[str, ...], Callable[[_Sections], list[FieldViolation]
     (("resources",), _check_zero),
     (("method", "resources"), _check_method),
     (("objective", "data", "method"), _check_objective),
-    (("objective", "data"), _check_online_rl),
+    (("objective", "data", "method"), _check_online_rl),
     (("schedule", "data"), _check_eval_data),
     (("schedule",), _check_schedule),
     (("method", "data"), _check_sequence),

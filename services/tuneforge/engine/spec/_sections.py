@@ -63,6 +63,7 @@ class ObjectiveKind(enum.Enum):
     SIMPO = "simpo"
     GRPO = "grpo"
     RLOO = "rloo"
+    PPO = "ppo"
 
 
 # Objectives trained on (prompt, chosen, rejected) pairs.
@@ -70,7 +71,7 @@ PREFERENCE_OBJECTIVES = frozenset({ObjectiveKind.DPO, ObjectiveKind.ORPO, Object
 
 
 # Online RL objectives: rollouts from prompt-only records, scored by reward functions or a reward model.
-ONLINE_RL_OBJECTIVES = frozenset({ObjectiveKind.GRPO, ObjectiveKind.RLOO})
+ONLINE_RL_OBJECTIVES = frozenset({ObjectiveKind.GRPO, ObjectiveKind.RLOO, ObjectiveKind.PPO})
 
 
 class RlLossType(enum.Enum):
@@ -146,7 +147,8 @@ DEPENDENT_DEFAULTS = {
     "precision": "fp32 (bf16 with resources.use_gpu)",
     "hyperparameters.epochs": "1 unless max_steps",
     "objective.dpo.reference": "adapter_disabled for adapters, model_copy for full",
-    "objective.rl.beta": "0.0 for grpo (trl's GRPOConfig), 0.05 for rloo (trl's RLOOConfig)",
+    "objective.rl.beta": "0.0 for grpo (trl's GRPOConfig), 0.05 for rloo (trl's RLOOConfig) and ppo (the "
+                         "former PPOConfig's kl_coef)",
     "objective.rl.epsilon_high": "objective.rl.epsilon",
 }
 
@@ -356,7 +358,7 @@ class RewardFunction(_Strict):
 
 
 class RlSettings(_Strict):
-    """Online RL (GRPO, RLOO): rollouts, rewards and the clipped policy-gradient loss.
+    """Online RL (GRPO, RLOO, PPO): rollouts, rewards and the clipped policy-gradient loss.
 
     Defaults follow trl 1.16's ``GRPOConfig`` (beta 0.0, epsilon 0.2, loss_type dapo, scale_rewards
     group, temperature 1.0) and ``RLOOConfig`` (beta 0.05 for RLOO: ``rloo_beta``).
@@ -383,6 +385,11 @@ class RlSettings(_Strict):
                                            "(sequence classification, 1 label; set by the service)")
     reward_model_weight: float = Field(default=1.0, ge=-1e3, le=1e3, description="weight of the reward "
                                        "model's score in the sum")
+    gamma: float = Field(default=1.0, ge=0, le=1, description="PPO: discount of GAE")
+    lam: float = Field(default=0.95, ge=0, le=1, description="PPO: lambda of GAE")
+    vf_coef: float = Field(default=0.1, gt=0, le=100, description="PPO: weight of the value loss")
+    cliprange_value: float = Field(default=0.2, gt=0, le=100, description="PPO: clip range of the value "
+                                   "prediction around its rollout value")
 
 
 class ObjectiveSection(_Strict):
@@ -509,7 +516,7 @@ class TrainingSpec(_TopLevelScalars):
             self.precision = Precision.BF16
         rl = self.objective.rl
         if rl.beta is None and self.objective.kind in ONLINE_RL_OBJECTIVES:
-            rl.beta = 0.05 if self.objective.kind is ObjectiveKind.RLOO else 0.0
+            rl.beta = 0.0 if self.objective.kind is ObjectiveKind.GRPO else 0.05
         if rl.epsilon_high is None and self.objective.kind in ONLINE_RL_OBJECTIVES:
             rl.epsilon_high = rl.epsilon
         dpo = self.objective.dpo

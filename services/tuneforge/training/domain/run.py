@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "peak_memory_bytes", "eval_loss",
                "eval_perplexity", "epoch")
+# Online RL (GRPO, RLOO, PPO): convert.metrics_to_proto names them reward_mean ... response_length.
+METRIC_KEYS += ("reward", "reward_std", "kl", "entropy", "clip_ratio", "completion_length", "value_loss")
 
 
 def lease_holder(job: Job) -> str:
