@@ -75,20 +75,30 @@ def test_bad_rl_values_are_field_violations_in_api_terms(hp: dict, field: str, f
     assert field in found and fix in found[field], found
 
 
-def test_ppo_is_refused_and_packing_with_grpo_too() -> None:
+def test_packing_and_ppo_with_an_adapter_are_refused() -> None:
     req = _request(reward_functions=[tr.RewardFunction(name="json_valid")], packing=True)
     with pytest.raises(InvalidInput) as caught:
         _spec(req)
     assert "hyperparameters.packing" in {v.field for v in caught.value.violations}
     req.hyperparameters.packing = False
-    req.objective = tr.OBJECTIVE_PPO
+    req.objective = tr.OBJECTIVE_PPO  # the request's method is LoRA: PPO's value head needs full weights
     with pytest.raises(InvalidInput) as caught:
         _spec(req)
-    assert "objective" in {v.field for v in caught.value.violations}
+    assert "method" in {v.field for v in caught.value.violations}
+
+
+def test_ppo_settings_map_with_their_defaults() -> None:
+    req = _request(reward_functions=[tr.RewardFunction(name="json_valid")], gae_lambda=0.9, value_clip=0.5)
+    req.objective, req.method = tr.OBJECTIVE_PPO, tr.METHOD_FULL
+    rl = _spec(req).objective.rl
+    assert (rl.beta, rl.gamma, rl.lam, rl.vf_coef, rl.cliprange_value) == (0.05, 1.0, 0.9, 0.1, 0.5)
 
 
 def test_rl_metrics_reach_the_metrics_message() -> None:
     m = convert.metrics_to_proto({"step": 3, "loss": 0.1, "reward": -7.5, "reward_std": 2.0, "kl": 0.01,
-                                  "entropy": 3.2, "clip_ratio": 0.05, "completion_length": 11.5})
-    assert (m.reward_mean, m.reward_std, m.kl, m.entropy, m.clip_fraction, m.response_length) == (
-        -7.5, 2.0, 0.01, 3.2, 0.05, 11.5)
+                                  "entropy": 3.2, "clip_ratio": 0.05, "completion_length": 11.5, "value_loss": 4.0})
+    assert (m.reward_mean, m.reward_std, m.kl, m.entropy, m.clip_fraction, m.response_length, m.value_loss) == (
+        -7.5, 2.0, 0.01, 3.2, 0.05, 11.5, 4.0)
+    from tuneforge.training.domain.run import METRIC_KEYS
+
+    assert {"reward", "reward_std", "kl", "entropy", "clip_ratio", "completion_length", "value_loss"} <= set(METRIC_KEYS)

@@ -1,4 +1,4 @@
-"""``OnlineRLObjective``: GRPO and RLOO as an objective of the shared training loop.
+"""``OnlineRLObjective``: GRPO, RLOO and PPO as an objective of the shared training loop.
 
 The loop collates every micro-batch of a step before any backward pass; here ``collate`` is the
 rollout: it samples ``num_generations`` completions per prompt through the ``RolloutEngine``,
@@ -86,10 +86,15 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class OnlineRLObjective:
-    """GRPO or RLOO on prompt rows ``{"prompt_ids", "answer", "prompt_text", "rows"}``.
+    """GRPO, RLOO or PPO on prompt rows ``{"prompt_ids", "answer", "prompt_text", "rows"}``.
+
+    PPO (trl's former PPOTrainer, one update per rollout): the rollout's log-probs, values and
+    reference log-probs give per-token rewards ``-beta * (logp - ref_logp)`` plus the score on the
+    last token, GAE advantages (whitened) and returns; the loss is the clipped surrogate plus
+    ``vf_coef`` x the clipped value loss, summed over completion tokens (units: tokens).
 
     Args:
-        kind: GRPO or RLOO.
+        kind: GRPO, RLOO or PPO.
         rl: the spec's settings (beta and epsilon_high resolved).
         tokenizer: decodes completions for the reward functions.
         engine: where rollouts come from.
