@@ -112,3 +112,38 @@ def test_grpo_on_a_chat_dataset_is_refused(cluster):
         acme.training.CreateJob(req)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "prompt-only records" in caught.value.details(), caught.value.details()
+
+
+def test_grpo_job_scores_with_a_reward_model_named_in_the_request(cluster, tmp_path, tiny_model_dir):
+    # A one-label sequence classifier in the models folder, named by the request like a base model
+    # (a reward-model checkpoint id resolves the same way): the run makes it local and scores with it.
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    folder = tmp_path / "models" / "tiny-rm"
+    config = LlamaConfig.from_pretrained(tiny_model_dir, num_labels=1)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    acme = cluster.stack("acme")
+    req = grpo_request(upload_prompts(acme), max_steps=2, reward_functions=[], reward_model="tiny-rm",
+                       reward_model_weight=2.0)
+    req.resources.num_workers = 1
+    req.resources.zero_stage = 0
+    job = acme.training.CreateJob(req).job
+    assert job.hyperparameters.reward_model == "tiny-rm"
+    done = wait_job(acme.training, job.id, timeout=600)
+    events = list(acme.training.StreamJobEvents(tr.StreamJobEventsRequest(job_id=job.id)))
+    logs = [e.log.message for e in events if e.WhichOneof("payload") == "log"]
+    assert done.status == tr.JOB_STATUS_SUCCEEDED, (done.error.code, done.error.message, logs)
+    assert any(m.startswith("input reward_model: tiny-rm from ") for m in logs), logs
+    metrics = [e.metrics for e in events if e.WhichOneof("payload") == "metrics" and e.metrics.response_length]
+    assert len(metrics) == 2 and all(m.reward_mean != 0.0 and m.reward_std > 0 for m in metrics)
+
+
+def test_an_unknown_reward_model_is_not_found(cluster):
+    acme = cluster.stack("acme")
+    req = grpo_request(upload_prompts(acme), reward_model="no-such-rm")
+    with pytest.raises(grpc.RpcError) as caught:
+        acme.training.CreateJob(req)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
