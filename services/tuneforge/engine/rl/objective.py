@@ -48,7 +48,8 @@ VALUE_HEAD = "v_head"  # PPO's value head: a Linear(hidden, 1) submodule of the 
 
 def add_value_head(model: torch.nn.Module) -> torch.nn.Module:
     """Give a causal LM PPO's value head (zero-initialised: the first values are 0), in place."""
-    hidden = int(model.config.hidden_size)
+    config: Any = model.config
+    hidden = int(config.hidden_size)
     head = torch.nn.Linear(hidden, 1)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
@@ -59,7 +60,7 @@ def add_value_head(model: torch.nn.Module) -> torch.nn.Module:
 
 def completion_logps(
     model: torch.nn.Module, batch: Batch, temperature: float, *, values: bool = False
-) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs and entropies of the completion tokens (logits / temperature, as trl), and
     with ``values`` the value head's estimate at each completion token's position."""
     ids, attn = batch["input_ids"], batch["attention_mask"]
@@ -75,9 +76,7 @@ def completion_logps(
     logp_all = logits.log_softmax(-1)
     logps = logp_all.gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
-    if value is not None:
-        return logps, entropy, value
-    return logps, entropy
+    return logps, entropy, value
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -145,7 +144,7 @@ class OnlineRLObjective:
             if self.beta != 0.0:
                 batch["ref_logps"] = self._reference_logps(batch)
             if self.kind is ObjectiveKind.RLOO and self.beta != 0.0:
-                old, _ = completion_logps(self.policy, batch, rl.temperature)  # type: ignore[misc]
+                old, _, _ = completion_logps(self.policy, batch, rl.temperature)
                 kl = ((old - batch["ref_logps"]) * batch["completion_mask"]).sum(-1)
                 batch["seq_kl"] = kl
                 rewards_for_adv = rewards - self.beta * kl.float().cpu()
@@ -168,7 +167,8 @@ class OnlineRLObjective:
         """PPO's per-token rewards (KL penalty on every token, the score on the last), GAE advantages
         (whitened over the micro-batch) and returns, from the rollout policy's log-probs and values."""
         rl, mask = self.rl, batch["completion_mask"]
-        old, _, values = completion_logps(self.policy, batch, rl.temperature, values=True)  # type: ignore[misc]
+        old, _, values = completion_logps(self.policy, batch, rl.temperature, values=True)
+        assert values is not None
         per_token = torch.zeros_like(old)
         kl = old - batch["ref_logps"] if "ref_logps" in batch else torch.zeros_like(old)
         per_token -= self.beta * kl
@@ -210,7 +210,7 @@ class OnlineRLObjective:
     def _reference_logps(self, batch: Batch) -> torch.Tensor:
         assert self.reference is not None
         with self.reference.context():
-            logps, _ = completion_logps(self.reference.model(self.policy), batch, self.rl.temperature)
+            logps, _, _ = completion_logps(self.reference.model(self.policy), batch, self.rl.temperature)
         return logps
 
     # ------------------------------------------------------------------------------- loss
@@ -231,7 +231,7 @@ class OnlineRLObjective:
     def loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
         if self.kind is ObjectiveKind.PPO:
             return self._ppo_loss(model, batch)
-        logps, entropy = completion_logps(model, batch, self.rl.temperature)  # type: ignore[misc]
+        logps, entropy, _ = completion_logps(model, batch, self.rl.temperature)
         mask = batch["completion_mask"].to(logps.dtype)
         adv = batch["advantages"].to(logps.dtype)
         if self.kind is ObjectiveKind.RLOO:
@@ -252,7 +252,8 @@ class OnlineRLObjective:
 
     def _ppo_loss(self, model: torch.nn.Module, batch: Batch) -> LossSum:
         """Clipped surrogate + vf_coef x clipped value loss, summed over completion tokens."""
-        logps, entropy, values = completion_logps(model, batch, self.rl.temperature, values=True)  # type: ignore[misc]
+        logps, entropy, values = completion_logps(model, batch, self.rl.temperature, values=True)
+        assert values is not None
         mask = batch["completion_mask"].to(logps.dtype)
         pg = ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], eps=self.eps_low)
         vf = ppo_value_loss(values, batch["old_values"], batch["returns"], clip=self.rl.cliprange_value)

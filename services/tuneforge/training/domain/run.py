@@ -40,7 +40,7 @@ from tuneforge.training.domain.ports import (
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "peak_memory_bytes", "eval_loss",
+METRIC_KEYS: tuple[str, ...] = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "peak_memory_bytes", "eval_loss",
                "eval_perplexity", "epoch")
 # Online RL (GRPO, RLOO, PPO): convert.metrics_to_proto names them reward_mean ... response_length.
 METRIC_KEYS += ("reward", "reward_std", "kl", "entropy", "clip_ratio", "completion_length", "value_loss")
