@@ -22,12 +22,14 @@ FORMAT_FROM_PB = {pb.DATASET_FORMAT_ALPACA: DatasetFormat.ALPACA, pb.DATASET_FOR
                   pb.DATASET_FORMAT_PREFERENCE: DatasetFormat.PREFERENCE,
                   pb.DATASET_FORMAT_OPENAI_DPO: DatasetFormat.OPENAI_DPO, pb.DATASET_FORMAT_TEXT: DatasetFormat.TEXT,
                   pb.DATASET_FORMAT_KTO: DatasetFormat.KTO}
+FORMAT_FROM_PB[pb.DATASET_FORMAT_PROMPT] = DatasetFormat.PROMPT
 FORMAT_TO_PB = {v: k for k, v in FORMAT_FROM_PB.items()}
 FILE_TYPE_FROM_PB = {pb.FILE_TYPE_JSONL: FileType.JSONL, pb.FILE_TYPE_JSON: FileType.JSON,
                      pb.FILE_TYPE_CSV: FileType.CSV, pb.FILE_TYPE_PARQUET: FileType.PARQUET}
 KIND_TO_PB = {"chat": pb.RECORD_KIND_CHAT, "instruction": pb.RECORD_KIND_CHAT,
               "preference": pb.RECORD_KIND_PREFERENCE, "text": pb.RECORD_KIND_TEXT,
               "labelled": pb.RECORD_KIND_LABELLED}
+KIND_TO_PB["prompt"] = pb.RECORD_KIND_PROMPT
 STATE_TO_PB = {RunState.QUEUED: common_pb2.OPERATION_STATE_QUEUED, RunState.RUNNING: common_pb2.OPERATION_STATE_RUNNING,
                RunState.SUCCEEDED: common_pb2.OPERATION_STATE_SUCCEEDED, RunState.FAILED: common_pb2.OPERATION_STATE_FAILED}
 

@@ -33,6 +33,9 @@ def recipe_for(spec: TrainingSpec) -> Recipe:
         ObjectiveKind.PRETRAIN: "pretrain",
         ObjectiveKind.KTO: "kto",
         ObjectiveKind.REWARD_MODEL: "reward_model",
+        ObjectiveKind.GRPO: "online_rl",
+        ObjectiveKind.RLOO: "online_rl",
+        ObjectiveKind.PPO: "online_rl",
     }.get(spec.objective.kind, "sft")
     run: Recipe = importlib.import_module(f"tuneforge.engine.recipes.{name}").run
     return run

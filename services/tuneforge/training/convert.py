@@ -65,6 +65,25 @@ RENAMED: tuple[tuple[str, str], ...] = (
     ("hyperparameters.kto_beta", "objective.kto.beta"),
     ("hyperparameters.kto_desirable_weight", "objective.kto.desirable_weight"),
     ("hyperparameters.kto_undesirable_weight", "objective.kto.undesirable_weight"),
+    ("hyperparameters.num_generations", "objective.rl.num_generations"),
+    ("hyperparameters.max_new_tokens", "objective.rl.max_new_tokens"),
+    ("hyperparameters.temperature", "objective.rl.temperature"),
+    ("hyperparameters.top_p", "objective.rl.top_p"),
+    ("hyperparameters.kl_beta", "objective.rl.beta"),
+    ("hyperparameters.clip_epsilon", "objective.rl.epsilon"),
+    ("hyperparameters.clip_epsilon_high", "objective.rl.epsilon_high"),
+    ("hyperparameters.rl_loss_type", "objective.rl.loss_type"),
+    ("hyperparameters.scale_rewards", "objective.rl.scale_rewards"),
+    ("hyperparameters.reward_functions[].name", "objective.rl.rewards[].name"),
+    ("hyperparameters.reward_functions[].weight", "objective.rl.rewards[].weight"),
+    ("hyperparameters.reward_functions[].pattern", "objective.rl.rewards[].pattern"),
+    ("hyperparameters.reward_functions[].target_length", "objective.rl.rewards[].target_length"),
+    ("hyperparameters.reward_model", "objective.rl.reward_model"),
+    ("hyperparameters.reward_model_weight", "objective.rl.reward_model_weight"),
+    ("hyperparameters.gamma", "objective.rl.gamma"),
+    ("hyperparameters.gae_lambda", "objective.rl.lam"),
+    ("hyperparameters.vf_coef", "objective.rl.vf_coef"),
+    ("hyperparameters.value_clip", "objective.rl.cliprange_value"),
     ("hyperparameters.max_seq_length", "data.max_seq_length"),
     ("hyperparameters.packing", "data.packing"),
     ("hyperparameters.precision", "precision"),
@@ -328,6 +347,10 @@ def request_from_spec(doc: Mapping[str, Any]) -> pb.CreateJobRequest:
     kwargs = _section_fields(doc, "", method)
     for section in ("hyperparameters", "resources", "schedule"):
         kwargs[section] = getattr(pb, section.capitalize())(**_section_fields(doc, section + ".", method))
+    kwargs["hyperparameters"].reward_functions.extend(
+        pb.RewardFunction(name=r.get("name") or "", weight=r.get("weight") or 0.0, pattern=r.get("pattern") or "",
+                          target_length=r.get("target_length") or 0)
+        for r in _get(doc, "objective.rl.rewards") or [])
     mixture = _get(doc, "data.mixture") or []
     kwargs["mixture"] = [pb.TaskMixture(dataset_version_id=_get(m, "source.dataset_version") or "",
                                         weight=m.get("weight", 1.0), task=m.get("task") or "") for m in mixture]
@@ -397,7 +420,10 @@ def metrics_to_proto(data: Mapping[str, float]) -> pb.Metrics:
     msg = pb.Metrics(step=int(g("step", 0)), loss=g("loss", 0.0), learning_rate=g("lr", 0.0),
                      grad_norm=g("grad_norm", 0.0), tokens_per_second=g("tokens_per_s", 0.0),
                      samples_per_second=g("samples_per_s", 0.0), peak_memory_bytes=int(g("peak_memory_bytes", 0)),
-                     eval_loss=g("eval_loss", 0.0), eval_perplexity=g("eval_perplexity", 0.0), epoch=g("epoch", 0.0))
+                     eval_loss=g("eval_loss", 0.0), eval_perplexity=g("eval_perplexity", 0.0), epoch=g("epoch", 0.0),
+                     reward_mean=g("reward", 0.0), reward_std=g("reward_std", 0.0), kl=g("kl", 0.0),
+                     entropy=g("entropy", 0.0), clip_fraction=g("clip_ratio", 0.0),
+                     response_length=g("completion_length", 0.0), value_loss=g("value_loss", 0.0))
     for api, engine in PREFERENCE_METRICS.items():
         if engine in data:
             setattr(msg, api, float(data[engine]))

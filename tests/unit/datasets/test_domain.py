@@ -30,6 +30,8 @@ from tuneforge.datasets.domain.tokens import token_counter
     ({"prompt": "p", "chosen": "c", "rejected": "r"}, DatasetFormat.PREFERENCE),
     ({"input": {}, "preferred_output": [], "non_preferred_output": []}, DatasetFormat.OPENAI_DPO),
     ({"text": "t"}, DatasetFormat.TEXT),
+    ({"prompt": "p"}, DatasetFormat.PROMPT),
+    ({"prompt": [{"role": "user", "content": "p"}], "answer": "4"}, DatasetFormat.PROMPT),
 ])
 def test_detect_format(row: dict, fmt: DatasetFormat) -> None:
     assert detect_format(row) is fmt
@@ -165,7 +167,7 @@ def test_tokenizers_resolve_only_to_the_services_models(tmp_path: Path) -> None:
 
 def test_schema_has_the_canonical_columns() -> None:
     assert RECORD_SCHEMA.names == ["kind", "messages", "prompt", "chosen", "rejected", "text", "category",
-                                   "provenance", "split", "completion", "label", "margin"]
+                                   "provenance", "split", "completion", "label", "margin", "answer"]
 
 
 def test_zip_expansion_caps_hold_for_the_whole_archive_not_each_member(tmp_path):

@@ -224,6 +224,7 @@ def _records_of_every_kind(n: int, seed: int) -> list[dict]:
             RecordKind.PREFERENCE: {"prompt": msgs[:-1], "chosen": text(), "rejected": rng.choice([text(), ""])},
             RecordKind.TEXT: {"text": text()},
             RecordKind.LABELLED: {"prompt": msgs[:-1], "completion": text(), "label": rng.random() < 0.5},
+            RecordKind.PROMPT: {"prompt": msgs[:-1], "answer": rng.choice([text(), None])},
         }[kind]
         out.append(new_record(kind, source="s.jsonl", row=i + 1, category=rng.choice([None, "qa"]), **fields))
         if rng.random() < 0.3 and out:  # exact and near-exact (case) duplicates

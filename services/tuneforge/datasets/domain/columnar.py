@@ -29,7 +29,7 @@ PY_WHITESPACE = (
 # Same character classes as steps._SPACES / steps._TRAILING, in RE2 syntax.
 _SPACES_RE2 = r"[ \t\x{a0}\x{2000}-\x{200b}\x{3000}]+"
 _TRAILING_RE2 = r"[ \t]+\n"
-_TEXT_COLUMNS = ("chosen", "rejected", "text", "completion")
+_TEXT_COLUMNS = ("chosen", "rejected", "text", "completion", "answer")
 _SEP = "\x1f"
 
 

@@ -31,6 +31,7 @@ class DatasetFormat(enum.StrEnum):
     OPENAI_DPO = "openai_dpo"
     TEXT = "text"
     KTO = "kto"
+    PROMPT = "prompt"
 
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -125,6 +126,8 @@ def detect_format(row: Mapping[str, Any]) -> DatasetFormat:
         return DatasetFormat.ALPACA
     if "text" in keys:
         return DatasetFormat.TEXT
+    if "prompt" in keys and not keys & _NOT_PROMPT_ONLY:
+        return DatasetFormat.PROMPT
     shown = ", ".join(sorted(keys)[:20]) or "(none)"
     raise InvalidInput.field_error(
         "format",
@@ -133,6 +136,9 @@ def detect_format(row: Mapping[str, Any]) -> DatasetFormat:
         "input/preferred_output/non_preferred_output (OpenAI DPO), prompt/completion/label (KTO), "
         "instruction/input/output "
         "(Alpaca), instruction/context/response (Dolly) or text; rename the columns or declare "
+        "input/preferred_output/non_preferred_output (OpenAI DPO), instruction/input/output "
+        "(Alpaca), instruction/context/response (Dolly), text, or prompt with an optional answer "
+        "(prompt-only, for online RL); rename the columns or declare "
         "the format",
     )
 
@@ -342,6 +348,34 @@ def _openai_dpo(row: Mapping[str, Any]) -> tuple[RecordKind, dict]:
     return RecordKind.PREFERENCE, {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+# Columns that make a row with a prompt something other than prompt-only (a completion or a label).
+_NOT_PROMPT_ONLY = frozenset({"chosen", "rejected", "completion", "label", "response", "output"})
+# The reference answer of a prompt-only row, under the names RL datasets use (GSM8K/TRL "answer",
+# MATH "solution", verl "ground_truth").
+ANSWER_FIELDS = ("answer", "solution", "ground_truth")
+
+
+def _reference_answer(row: Mapping[str, Any]) -> str | None:
+    for key in ANSWER_FIELDS:
+        value = row.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise RowError(key, f"must be a string (the reference answer), got {_type_name(value)}: store it as "
+                                "text")
+        return str(value)
+    return None
+
+
+def _prompt_only(row: Mapping[str, Any]) -> tuple[RecordKind, dict]:
+    prompt = _prompt(row.get("prompt"), "prompt")
+    start = 1 if prompt[0]["role"] == "system" else 0
+    if start == len(prompt):
+        raise RowError("prompt", "holds only a system message: add the user's turn")
+    check_conversation(prompt, "prompt", needs_answer=False)
+    return RecordKind.PROMPT, {"prompt": prompt, "answer": _reference_answer(row)}
+
+
 def _text(row: Mapping[str, Any]) -> tuple[RecordKind, dict]:
     return RecordKind.TEXT, {"text": _string(row, "text")}
 
@@ -355,6 +389,7 @@ _CONVERTERS: dict[DatasetFormat, Callable[[Mapping[str, Any]], tuple[RecordKind,
     DatasetFormat.OPENAI_DPO: _openai_dpo,
     DatasetFormat.TEXT: _text,
     DatasetFormat.KTO: _labelled,
+    DatasetFormat.PROMPT: _prompt_only,
 }
 
 

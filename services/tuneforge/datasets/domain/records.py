@@ -3,7 +3,7 @@
 A record is a plain ``dict`` (fast to build row by row) with these keys; ``RECORD_SCHEMA`` is
 the Arrow schema of the Parquet shards of every version:
 
-- ``kind``: ``chat`` | ``instruction`` | ``preference`` | ``text`` | ``labelled``
+- ``kind``: ``chat`` | ``instruction`` | ``preference`` | ``text`` | ``labelled`` | ``prompt``
   (Alpaca/Dolly rows are ``instruction`` records stored as a user/assistant conversation).
 - ``messages``: list of ``{role, content}`` (chat and instruction), roles system/user/assistant/tool.
 - ``prompt``: list of ``{role, content}``: the conversation before the compared answers (preference).
@@ -17,7 +17,9 @@ the Arrow schema of the Parquet shards of every version:
   records: KTO's unpaired data).
 - ``margin``: how strongly chosen beats rejected (preference, optional; reward models' margin).
 
-The last three columns came later: ``conform`` gives shards written before them null columns.
+- ``answer``: ``prompt`` records (online RL): the reference answer verifiable rewards compare with, or null.
+
+The last four columns came later: ``conform`` gives shards written before them null columns.
 
 This module imports pyarrow only (no grpc, no torch): the training engine reads the same shards
 (``tuneforge.engine.data.records``).
@@ -40,6 +42,7 @@ class RecordKind(enum.StrEnum):
     PREFERENCE = "preference"
     TEXT = "text"
     LABELLED = "labelled"
+    PROMPT = "prompt"
 
 
 class Split(enum.StrEnum):
@@ -73,13 +76,14 @@ RECORD_SCHEMA = pa.schema(
         ("completion", pa.string()),
         ("label", pa.bool_()),
         ("margin", pa.float64()),
+        ("answer", pa.string()),
     ]
 )
 """The Arrow schema of every version's Parquet shards."""
 
 FIELDS = tuple(RECORD_SCHEMA.names)
 # Columns added after the first schema: shards without them read as nulls.
-LATER_COLUMNS = ("completion", "label", "margin")
+LATER_COLUMNS = ("completion", "label", "margin", "answer")
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -105,6 +109,7 @@ def new_record(
     completion: str | None = None,
     label: bool | None = None,
     margin: float | None = None,
+    answer: str | None = None,
 ) -> dict[str, Any]:
     """Build a canonical record dict with every key present."""
     return {
@@ -120,6 +125,7 @@ def new_record(
         "completion": completion,
         "label": label,
         "margin": margin,
+        "answer": answer,
     }
 
 
@@ -128,7 +134,7 @@ def texts_of(record: dict[str, Any]) -> Iterator[str]:
     for key in ("messages", "prompt"):
         for message in record.get(key) or ():
             yield message["content"]
-    for key in ("chosen", "rejected", "text", "completion"):
+    for key in ("chosen", "rejected", "text", "completion", "answer"):
         value = record.get(key)
         if value:
             yield value
@@ -141,7 +147,7 @@ def content_key(record: dict[str, Any]) -> str:
         for message in record.get(key) or ():
             parts.append(message["role"])
             parts.append(message["content"])
-    for key in ("chosen", "rejected", "text", "completion"):
+    for key in ("chosen", "rejected", "text", "completion", "answer"):
         value = record.get(key)
         if value is not None:
             parts.append(key)
@@ -157,7 +163,7 @@ def map_texts(record: dict[str, Any], fn: Any) -> dict[str, Any]:
     for key in ("messages", "prompt"):
         if record.get(key):
             out[key] = [{"role": m["role"], "content": fn(m["content"])} for m in record[key]]
-    for key in ("chosen", "rejected", "text", "completion"):
+    for key in ("chosen", "rejected", "text", "completion", "answer"):
         if record.get(key) is not None:
             out[key] = fn(record[key])
     return out
@@ -175,6 +181,15 @@ def answer_text(record: dict[str, Any]) -> str:
     if record.get("completion") is not None:
         return record["completion"]
     return record.get("text") or ""
+
+
+def with_all_columns(table: pa.Table) -> pa.Table:
+    """``table`` with the columns of ``RECORD_SCHEMA`` it lacks added as nulls (shards written before a
+    column was added), ready to cast to ``RECORD_SCHEMA``."""
+    for name in RECORD_SCHEMA.names:
+        if name not in table.column_names:
+            table = table.append_column(RECORD_SCHEMA.field(name), pa.nulls(table.num_rows, RECORD_SCHEMA.field(name).type))
+    return table.select(RECORD_SCHEMA.names)
 
 
 def to_table(records: Iterable[dict[str, Any]]) -> pa.Table:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tuneforge.datasets.domain.records import LATER_COLUMNS, RECORD_SCHEMA, conform
+from tuneforge.datasets.domain.records import LATER_COLUMNS, RECORD_SCHEMA, conform, with_all_columns
 from tuneforge.datasets.domain.rejects import REJECTS_SCHEMA, RejectedRow
 
 ROWS_PER_SHARD = 250_000
@@ -121,7 +121,7 @@ class ShardWriter:
 
     def _write(self, table: pa.Table) -> None:
         if not table.schema.equals(RECORD_SCHEMA):  # e.g. Parquet's list item name ("element")
-            table = table.cast(RECORD_SCHEMA)
+            table = with_all_columns(table).cast(RECORD_SCHEMA)
         table = table.combine_chunks()
         self._account(table)
         offset = 0

@@ -2,6 +2,7 @@
 
 Public API:
     RecordKind: Enum chat | instruction | preference | text | labelled.
+    RecordKind: Enum chat | instruction | preference | text | prompt.
     Message(role, content): one chat turn; role is system, user, assistant or tool.
     Record: one canonical row::
 
@@ -14,6 +15,7 @@ Public API:
          "completion": [...messages] | None,           # labelled (KTO): one answer to prompt
          "label": bool | None,                         # labelled: whether the completion is desirable
          "margin": float | None,                       # preference, optional: reward models' margin
+         "answer": str | None,                         # prompt: reference answer (verifiable rewards)
          "task": str | None,                           # multi-task label
          "provenance": {...}}                          # free-form: source file, licence, curation step
 
@@ -53,6 +55,7 @@ class RecordKind(enum.Enum):
     PREFERENCE = "preference"
     TEXT = "text"
     LABELLED = "labelled"
+    PROMPT = "prompt"
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class Record:
     completion: tuple[Message, ...] | None = None
     label: bool | None = None
     margin: float | None = None
+    answer: str | None = None  # prompt: the reference answer verifiable rewards compare with
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any], where: str = "row") -> Record:
@@ -134,6 +138,7 @@ _REQUIRED = {
     RecordKind.PREFERENCE: ("prompt", "chosen", "rejected"),
     RecordKind.TEXT: (),
     RecordKind.LABELLED: ("prompt", "completion"),
+    RecordKind.PROMPT: ("prompt",),
 }
 
 
@@ -174,9 +179,13 @@ def _parse(row: Mapping[str, Any], where: str, problems: list[FieldViolation]) -
     task = row.get("task") if row.get("task") is not None else row.get("category")
     if task is not None and not isinstance(task, str):
         problems.append(FieldViolation(f"{where}.task", "must be a string or null"))
+    answer = row.get("answer")
+    if answer is not None and not isinstance(answer, str):
+        problems.append(FieldViolation(f"{where}.answer", "must be a string (the reference answer) or null"))
     if len(problems) > start:
         return None
     return Record(
+        answer=answer if isinstance(answer, str) else None,
         kind=kind,
         text=text if isinstance(text, str) else None,
         task=task,

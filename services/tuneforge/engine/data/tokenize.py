@@ -383,3 +383,33 @@ def tokenize_pretrain(
         labels = [IGNORE_INDEX if p == 0 else t for p, t in zip(positions, chunk, strict=True)]
         rows.append(Example(chunk, labels, (f"{source}[chunk {len(rows)}]",), positions, seq_lens))
     return rows
+
+
+def tokenize_prompts(
+    records: Sequence[Record], tokenizer: Any, *, max_prompt_len: int, source: str = "train"
+) -> list[dict[str, Any]]:
+    """Tokenize prompt-only records for online RL: the prompt through the chat template with an open
+    assistant turn, left-truncated to ``max_prompt_len`` tokens.
+
+    Returns:
+        Rows ``{"prompt_ids", "prompt_text", "answer", "rows"}``.
+
+    Raises:
+        InvalidInput: records that are not prompt-only (every one named).
+    """
+    _require_fast(tokenizer)
+    check_pad_token(tokenizer)
+    _require_template(tokenizer)
+    problems, out = [], []
+    for i, rec in enumerate(records):
+        row = f"{source}[{i}]"
+        if rec.kind is not RecordKind.PROMPT:
+            problems.append(FieldViolation(f"{row}.kind", f"is {rec.kind.value}; online RL (grpo, rloo) needs "
+                                           "prompt-only records (a prompt and an optional answer)"))
+            continue
+        text = _render(tokenizer, rec.prompt or (), generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_len:]
+        out.append({"prompt_ids": ids, "prompt_text": text, "answer": rec.answer, "rows": (row,)})
+    if problems:
+        raise InvalidInput.of(problems[:50], what=f"{source} records for online RL")
+    return out

@@ -2,6 +2,10 @@
 
 Public API:
     plan_memory(model_config, method, seq_len, micro_batch, num_gpus, gpu_memory_bytes, ...) -> MemoryPlan
+    plan_online_rl(model_config, method, prompt_len=, max_new_tokens=, prompts=, num_generations=,
+                   reference=, value_model=False, ...) -> MemoryPlan
+        An online RL step: the update plus the reference copy, PPO's value model, the generation's
+        KV cache and the rollout buffers (``_online_rl``).
     recommend(model_config, seq_len, num_gpus, gpu_memory_bytes, ...) -> Recommendation
     count_parameters(model_config) -> ParameterCount
     Method, Precision, Quantization: the options the planner understands (values match the spec's).
@@ -58,9 +62,10 @@ from tuneforge.engine.planner._estimate import (
     count_parameters,
     plan_memory,
 )
+from tuneforge.engine.planner._online_rl import plan_online_rl
 from tuneforge.engine.planner._recommend import Recommendation, recommend
 
 __all__ = [
     "GIB", "LINEAR_MODULES", "MemoryPlan", "Method", "ParameterCount", "Precision", "Quantization",
-    "Recommendation", "count_parameters", "plan_memory", "recommend",
+    "Recommendation", "count_parameters", "plan_memory", "plan_online_rl", "recommend",
 ]

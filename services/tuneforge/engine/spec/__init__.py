@@ -12,10 +12,10 @@ Public API:
         ``load_spec(spec.resolved_dict())`` gives an equal spec.
     Sections: ModelSection, DataSection (DataSource, MixtureComponent), MethodSection (LoraSettings,
         QloraSettings, PrefixSettings, PromptSettings), ObjectiveSection (DpoSettings, OrpoSettings,
-        SimpoSettings, KtoSettings, RewardModelSettings),
+        SimpoSettings, KtoSettings, RewardModelSettings, RlSettings, RewardFunction),
         Hyperparameters, ResourcesSection, ScheduleSection, OutputSection, ReportingSection (Integration).
     Enums: ModelDType, MethodKind, QuantType, ComputeDType, ObjectiveKind, DpoLossType, DpoReference,
-        LrScheduler, Precision, IntegrationKind.
+        LrScheduler, Precision, IntegrationKind, RlLossType, RewardScaling, RewardFunctionName.
 
 ``trust_remote_code`` is deliberately not a field: model code from a folder is never run. LoRA
 ``target_modules=None`` means the per-architecture default (``models.targets``), resolved at load.
@@ -44,6 +44,7 @@ from tuneforge.engine.spec._sections import (
     FULL_LEARNING_RATE,
     LABELLED_OBJECTIVES,
     MAX_STEPS,
+    ONLINE_RL_OBJECTIVES,
     PREFERENCE_OBJECTIVES,
     ComputeDType,
     DataSection,
@@ -73,7 +74,12 @@ from tuneforge.engine.spec._sections import (
     QuantType,
     ReportingSection,
     ResourcesSection,
+    RewardFunction,
+    RewardFunctionName,
     RewardModelSettings,
+    RewardScaling,
+    RlLossType,
+    RlSettings,
     ScheduleSection,
     SimpoSettings,
     TrainingSpec,
@@ -88,6 +94,7 @@ __all__ = [
     "FULL_LEARNING_RATE",
     "LABELLED_OBJECTIVES",
     "MAX_STEPS",
+    "ONLINE_RL_OBJECTIVES",
     "PREFERENCE_OBJECTIVES",
     "ComputeDType",
     "DataSection",
@@ -117,7 +124,12 @@ __all__ = [
     "QuantType",
     "ReportingSection",
     "ResourcesSection",
+    "RewardFunction",
+    "RewardFunctionName",
     "RewardModelSettings",
+    "RewardScaling",
+    "RlLossType",
+    "RlSettings",
     "ScheduleSection",
     "SimpoSettings",
     "TrainingSpec",

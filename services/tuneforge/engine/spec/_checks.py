@@ -10,6 +10,7 @@ from tuneforge.engine.spec._sections import (
     _SECTIONS,
     ADAPTER_METHODS,
     LABELLED_OBJECTIVES,
+    ONLINE_RL_OBJECTIVES,
     PREFERENCE_OBJECTIVES,
     DataSection,
     DpoReference,
@@ -121,6 +122,39 @@ def _check_objective(s: _Sections) -> list[FieldViolation]:
     return out
 
 
+def _check_online_rl(s: _Sections) -> list[FieldViolation]:
+    o: ObjectiveSection = s["objective"]
+    d: DataSection = s["data"]
+    if o.kind not in ONLINE_RL_OBJECTIVES:
+        return []
+    name, rl, out = o.kind.name, o.rl, []
+    if not rl.rewards and rl.reward_model is None and rl.reward_model_path is None:
+        out.append(FieldViolation("objective.rl.rewards", f"{name} needs a reward: name built-in reward "
+                                  "functions (exact_match, contains_answer, regex, length, json_valid) and/or "
+                                  "a reward model (objective.rl.reward_model)"))
+    if rl.reward_model is not None and rl.reward_model_path is not None:
+        out.append(FieldViolation("objective.rl.reward_model_path", _not_both_text("reward_model",
+                                                                                   "reward_model_path")))
+    if o.kind is ObjectiveKind.PPO and s["method"].kind is not MethodKind.FULL:
+        out.append(FieldViolation("method.kind", "PPO trains a value head beside the policy and saves both in "
+                                  "full checkpoints; use method full (or GRPO/RLOO, which need no value model, "
+                                  "with adapters)"))
+    if d.packing:
+        out.append(FieldViolation("data.packing", f"{name} generates completions per prompt; set data.packing: "
+                                  "false"))
+    if d.mixture:
+        out.append(FieldViolation("data.mixture", f"{name} reads one prompt dataset; use data.train"))
+    if d.has_validation:
+        field = "data.validation" if d.validation is not None else "data.validation_split_ratio"
+        out.append(FieldViolation(field, f"{name} has no validation loss (rewards are reported per step); "
+                                  "leave the validation data unset"))
+    return out
+
+
+def _not_both_text(a: str, b: str) -> str:
+    return f"set {a} or {b}, not both"
+
+
 def _check_eval_data(s: _Sections) -> list[FieldViolation]:
     if s["schedule"].eval_every_steps is not None and not s["data"].has_validation:
         return [
@@ -184,6 +218,7 @@ _CHECKS: tuple[tuple[tuple[str, ...], Callable[[_Sections], list[FieldViolation]
     (("resources",), _check_zero),
     (("method", "resources"), _check_method),
     (("objective", "data", "method"), _check_objective),
+    (("objective", "data", "method"), _check_online_rl),
     (("schedule", "data"), _check_eval_data),
     (("schedule",), _check_schedule),
     (("method", "data"), _check_sequence),

@@ -63,6 +63,9 @@ class ObjectiveKind(enum.Enum):
     SIMPO = "simpo"
     KTO = "kto"
     REWARD_MODEL = "reward_model"
+    GRPO = "grpo"
+    RLOO = "rloo"
+    PPO = "ppo"
 
 
 # Objectives trained on (prompt, chosen, rejected) pairs.
@@ -70,6 +73,39 @@ PREFERENCE_OBJECTIVES = frozenset({ObjectiveKind.DPO, ObjectiveKind.ORPO, Object
                                    ObjectiveKind.REWARD_MODEL})
 # Objectives trained on unpaired (prompt, completion, label) records.
 LABELLED_OBJECTIVES = frozenset({ObjectiveKind.KTO})
+
+
+# Online RL objectives: rollouts from prompt-only records, scored by reward functions or a reward model.
+ONLINE_RL_OBJECTIVES = frozenset({ObjectiveKind.GRPO, ObjectiveKind.RLOO, ObjectiveKind.PPO})
+
+
+class RlLossType(enum.Enum):
+    """How GRPO's per-token loss is normalised (trl's ``GRPOConfig.loss_type``): ``grpo`` averages per
+    sequence, then over sequences; ``bnpo`` over the micro-batch's completion tokens; ``dr_grpo``
+    divides by (sequences x max_new_tokens); ``dapo`` by the step's completion tokens (all workers)."""
+
+    DAPO = "dapo"
+    GRPO = "grpo"
+    BNPO = "bnpo"
+    DR_GRPO = "dr_grpo"
+
+
+class RewardScaling(enum.Enum):
+    """GRPO advantage scaling (trl's ``scale_rewards``): by the group's std, the batch's std, or none."""
+
+    GROUP = "group"
+    BATCH = "batch"
+    NONE = "none"
+
+
+class RewardFunctionName(enum.Enum):
+    """Built-in verifiable rewards (no user code runs): see ``tuneforge.engine.rl.rewards``."""
+
+    EXACT_MATCH = "exact_match"
+    CONTAINS_ANSWER = "contains_answer"
+    REGEX = "regex"
+    LENGTH = "length"
+    JSON_VALID = "json_valid"
 
 
 class DpoLossType(enum.Enum):
@@ -117,6 +153,9 @@ DEPENDENT_DEFAULTS = {
     "hyperparameters.epochs": "1 unless max_steps",
     "objective.dpo.reference": "adapter_disabled for adapters, model_copy for full",
     "objective.kto.reference": "adapter_disabled for adapters, model_copy for full",
+    "objective.rl.beta": "0.0 for grpo (trl's GRPOConfig), 0.05 for rloo (trl's RLOOConfig) and ppo (the "
+                         "former PPOConfig's kl_coef)",
+    "objective.rl.epsilon_high": "objective.rl.epsilon",
 }
 
 # ------------------------------------------------------------------------------------- sections
@@ -316,6 +355,69 @@ class RewardModelSettings(_Strict):
     center_rewards_coefficient: float = Field(default=0.0, ge=0, le=10, description="weight of "
                                               "mean((r_chosen + r_rejected)^2), keeping rewards centred on 0 "
                                               "(0: off; Eisenstein et al. suggest 0.01)")
+class RewardFunction(_Strict):
+    """One built-in reward, weighted; ``pattern`` (regex) and ``target_length`` (length) parametrise it."""
+
+    name: RewardFunctionName
+    weight: float = Field(default=1.0, ge=-1e3, le=1e3, description="multiplies this reward in the sum")
+    pattern: str | None = Field(default=None, min_length=1, max_length=512, description="regex: reward 1 "
+                                "when the completion matches (re.search), else 0")
+    target_length: int | None = Field(default=None, gt=0, le=100_000, description="length: reward minus "
+                                      "the distance in characters to target_length (trl's quick-start reward)")
+
+    @model_validator(mode="after")
+    def _parameters(self) -> RewardFunction:
+        if self.name is RewardFunctionName.REGEX and self.pattern is None:
+            raise ValueError("pattern: the regex reward needs a pattern, e.g. '^<answer>.*</answer>$'")
+        if self.name is RewardFunctionName.LENGTH and self.target_length is None:
+            raise ValueError("target_length: the length reward needs a target length in characters, e.g. 20")
+        if self.pattern is not None and self.name is not RewardFunctionName.REGEX:
+            raise ValueError("pattern: only the regex reward takes a pattern; remove it")
+        if self.target_length is not None and self.name is not RewardFunctionName.LENGTH:
+            raise ValueError("target_length: only the length reward takes a target length; remove it")
+        if self.pattern is not None:
+            import re
+
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern: is not a valid regular expression ({exc}); fix it") from None
+        return self
+
+
+class RlSettings(_Strict):
+    """Online RL (GRPO, RLOO, PPO): rollouts, rewards and the clipped policy-gradient loss.
+
+    Defaults follow trl 1.16's ``GRPOConfig`` (beta 0.0, epsilon 0.2, loss_type dapo, scale_rewards
+    group, temperature 1.0) and ``RLOOConfig`` (beta 0.05 for RLOO: ``rloo_beta``).
+    """
+
+    num_generations: int = Field(default=8, ge=2, le=256, description="completions sampled per prompt (the "
+                                 "group); micro_batch_size counts prompts")
+    max_new_tokens: int = Field(default=64, ge=1, le=32768, description="tokens per completion")
+    temperature: float = Field(default=1.0, gt=0, le=10, description="sampling temperature of rollouts")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling of rollouts")
+    beta: float | None = Field(default=None, ge=0, le=100, description="KL coefficient against the frozen "
+                               "reference (GRPO: in the loss, default 0.0; RLOO: in the reward, default 0.05)")
+    epsilon: float = Field(default=0.2, gt=0, lt=1, description="clip range of the probability ratio (low)")
+    epsilon_high: float | None = Field(default=None, gt=0, lt=10, description="upper clip range (default "
+                                       "epsilon; DAPO recommends 0.28)")
+    loss_type: RlLossType = Field(default=RlLossType.DAPO, description="GRPO loss normalisation")
+    scale_rewards: RewardScaling = Field(default=RewardScaling.GROUP, description="GRPO advantage scaling")
+    normalize_advantages: bool = Field(default=False, description="RLOO: normalise advantages over the batch")
+    rewards: list[RewardFunction] = Field(default_factory=list, max_length=16, description="built-in reward "
+                                          "functions, summed with their weights")
+    reward_model: str | None = Field(default=None, pattern=_MODEL_NAME, description="a reward-model "
+                                     "checkpoint id (ckpt_...) or registered model, resolved by the service")
+    reward_model_path: Path | None = Field(default=None, description="local reward-model folder "
+                                           "(sequence classification, 1 label; set by the service)")
+    reward_model_weight: float = Field(default=1.0, ge=-1e3, le=1e3, description="weight of the reward "
+                                       "model's score in the sum")
+    gamma: float = Field(default=1.0, ge=0, le=1, description="PPO: discount of GAE")
+    lam: float = Field(default=0.95, ge=0, le=1, description="PPO: lambda of GAE")
+    vf_coef: float = Field(default=0.1, gt=0, le=100, description="PPO: weight of the value loss")
+    cliprange_value: float = Field(default=0.2, gt=0, le=100, description="PPO: clip range of the value "
+                                   "prediction around its rollout value")
 
 
 class ObjectiveSection(_Strict):
@@ -327,6 +429,7 @@ class ObjectiveSection(_Strict):
     simpo: SimpoSettings = Field(default_factory=SimpoSettings)
     kto: KtoSettings = Field(default_factory=KtoSettings)
     reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)
+    rl: RlSettings = Field(default_factory=RlSettings)
 
 
 class Hyperparameters(_Strict):
@@ -481,6 +584,11 @@ class TrainingSpec(_TopLevelScalars):
             lora.alpha = 2.0 * lora.r
         if "precision" not in self.model_fields_set and self.resources.use_gpu:
             self.precision = Precision.BF16
+        rl = self.objective.rl
+        if rl.beta is None and self.objective.kind in ONLINE_RL_OBJECTIVES:
+            rl.beta = 0.0 if self.objective.kind is ObjectiveKind.GRPO else 0.05
+        if rl.epsilon_high is None and self.objective.kind in ONLINE_RL_OBJECTIVES:
+            rl.epsilon_high = rl.epsilon
         dpo = self.objective.dpo
         if self.objective.kind is ObjectiveKind.DPO and dpo.reference is None:
             dpo.reference = DpoReference.ADAPTER_DISABLED if self.is_adapter else DpoReference.MODEL_COPY

@@ -39,10 +39,13 @@ class LossSum:
     Attributes:
         total: sum of the per-unit losses (a scalar tensor with a graph).
         metrics: extra sums over units (e.g. DPO reward accuracy), averaged by the loop.
+        means: (sum, count) of metrics with their own denominators (e.g. online RL's reward over
+            completions): the loop adds both over micro-batches and workers and reports sum / count.
     """
 
     total: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    means: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class Objective(Protocol):
@@ -143,6 +146,9 @@ def train_step(
         InvalidInput: when a micro-batch has no unmasked label on any worker.
     """
     index_lists = plan.micro_batches(step, runtime.rank)
+    begin = getattr(objective, "begin_step", None)
+    if begin is not None:  # online RL: rollouts are seeded per step, so a resumed run samples the same
+        begin(step)
     batches = [objective.collate([rows[i] for i in idx]) for idx in index_lists]
     units = [objective.units(b) for b in batches]
     empty = [_row_names(rows, idx) for idx, u in zip(index_lists, units, strict=True) if u == 0]
@@ -153,6 +159,7 @@ def train_step(
     lr = runtime.current_lr()
     loss_sum, tokens = 0.0, 0
     extra: dict[str, Any] = {}
+    means: dict[str, list[float]] = {}
     for k, batch in enumerate(batches):
         last = k == len(batches) - 1
         with runtime.micro_step(last):
@@ -165,12 +172,18 @@ def train_step(
         tokens += objective.tokens(batch)
         for key, val in out.metrics.items():
             extra[key] = extra.get(key, 0.0) + val
+        for key, (num, den) in out.means.items():
+            acc = means.setdefault(key, [0.0, 0.0])
+            acc[0], acc[1] = acc[0] + num, acc[1] + den
     grad_norm = runtime.optimizer_step()
-    keys = sorted(extra)
-    sums = runtime.all_reduce_sum([loss_sum, float(tokens), *[extra[k] for k in keys]])
+    keys, mean_keys = sorted(extra), sorted(means)
+    flat_means = [v for key in mean_keys for v in means[key]]
+    sums = runtime.all_reduce_sum([loss_sum, float(tokens), *[extra[k] for k in keys], *flat_means])
     metrics = {"loss": sums[0] / total_units, "lr": lr, "grad_norm": grad_norm}
     metrics |= timer.rates(int(sums[1]), plan.rows_per_step)
-    metrics |= {k: v / total_units for k, v in zip(keys, sums[2:], strict=True)}
+    metrics |= {k: v / total_units for k, v in zip(keys, sums[2:2 + len(keys)], strict=True)}
+    tail = sums[2 + len(keys):]
+    metrics |= {k: tail[2 * i] / max(tail[2 * i + 1], 1e-12) for i, k in enumerate(mean_keys)}
     metrics["peak_memory_bytes"] = float(peak_memory_bytes(runtime.device))
     if not math.isfinite(metrics["loss"]):
         log.warning("step %d: loss is %s", step + 1, metrics["loss"])

@@ -53,6 +53,8 @@ METRIC_KEYS: tuple[str, ...] = ("loss", "lr", "grad_norm", "tokens_per_s", "samp
                                "eval_loss", "eval_perplexity", "epoch")
 # Reward-model and KTO metrics (the API's Metrics fields 30-34).
 METRIC_KEYS += ("reward_accuracy", "reward_margin_mean", "eval_reward_accuracy", "eval_reward_margin_mean", "kl")
+# Online RL (GRPO, RLOO, PPO): convert.metrics_to_proto names them reward_mean ... response_length.
+METRIC_KEYS += ("reward", "reward_std", "entropy", "clip_ratio", "completion_length", "value_loss")
 
 
 def lease_holder(job: Job) -> str:
@@ -237,6 +239,11 @@ class JobRun:
             model_path = self.ctx.models.locate(self.caller, model.name or "")
             doc["model"] = {**doc["model"], "name": None, "path": str(model_path)}
             self.ctx.log(job, "INFO", f"input base_model: checkpoint {model.name} from {model_path}")
+        reward_model = job.spec.objective.rl.reward_model
+        if reward_model:  # a reward-model checkpoint or registered model: made local here, like a base checkpoint
+            rm_path = self.ctx.models.locate(self.caller, reward_model)
+            doc["objective"]["rl"] = {**doc["objective"]["rl"], "reward_model": None, "reward_model_path": str(rm_path)}
+            self.ctx.log(job, "INFO", f"input reward_model: {reward_model} from {rm_path}")
         data = job.spec.data
         sources = [("train", data.train), ("validation", data.validation),
                    *((f"mixture[{i}]", m.source) for i, m in enumerate(data.mixture))]

@@ -30,6 +30,7 @@ from tuneforge.common.errors import AlreadyExists, FailedPrecondition, FieldViol
 from tuneforge.common.storage import tenant_prefix
 from tuneforge.engine.spec import (
     LABELLED_OBJECTIVES,
+    ONLINE_RL_OBJECTIVES,
     PREFERENCE_OBJECTIVES,
     ObjectiveKind,
     TrainingSpec,
@@ -137,6 +138,12 @@ def _version_sources(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in found if isinstance(s, dict) and s.get("dataset_version")]
 
 
+def _online_rl(doc: Mapping[str, Any]) -> bool:
+    """Whether a request's spec mapping asks for online RL (no validation loss: none is defaulted in)."""
+    objective = doc.get("objective")
+    return isinstance(objective, Mapping) and objective.get("kind") in {k.value for k in ONLINE_RL_OBJECTIVES}
+
+
 def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[FieldViolation]:
     """The objective against the record kind of each leased version (``kinds``: version id -> kind name).
 
@@ -156,10 +163,16 @@ def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[Field
             continue
         paired = spec.objective.kind in PREFERENCE_OBJECTIVES
         labelled = spec.objective.kind in LABELLED_OBJECTIVES
+        online = spec.objective.kind in ONLINE_RL_OBJECTIVES
         if labelled != (kind == "LABELLED"):
             out.append(_labelled_violation(spec, version_id, kind, field_path))
         elif labelled:
             continue
+        elif online != (kind == "PROMPT"):
+            out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, but "
+                                      f"{spec.objective.kind.name} needs prompt-only records (prompt, optional answer)"
+                                      if online else f"dataset version {version_id!r} holds prompt-only records: "
+                                      "train them with GRPO or RLOO, or use a dataset with completions"))
         elif paired and kind != "PREFERENCE":
             out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, "
                                       f"but {spec.objective.kind.name} needs preference pairs (prompt, chosen, "
@@ -248,6 +261,8 @@ class TrainingService:
         if not assessment.fits:  # refused before anything is leased, stored or queued
             log.info("CreateJob refused: %s", "; ".join(assessment.reasons()))
             raise assessment.refusal(self._d.field_name)
+        if spec.objective.rl.reward_model:  # unknown reward models fail here, not in the run
+            self._d.models.locate(caller, spec.objective.rl.reward_model)
         job = Job(job_id, caller.tenant, spec, JobStatus.VALIDATING, datetime.now(UTC), job_id, request.suffix,
                   dict(request.labels), idempotency_key, digest, priority=request.priority)
         facts = self._lease_all(caller, job)
@@ -331,7 +346,7 @@ class TrainingService:
         train = (data.get("train") or {}).get("dataset_version") if isinstance(data.get("train"), dict) else None
         if isinstance(data.get("validation"), dict):
             data["validation"].setdefault("split", "validation")
-        elif train and (facts is None or facts[train].split_counts.get("validation")):
+        elif train and not _online_rl(doc) and (facts is None or facts[train].split_counts.get("validation")):
             data["validation"] = {"dataset_version": train, "split": "validation"}
         if facts is not None:
             for source in _version_sources(data):
