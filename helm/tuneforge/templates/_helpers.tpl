@@ -280,3 +280,35 @@ TUNEFORGE_{{ upper $svc }}_ADDRESS: {{ printf "%s-%s.%s.svc:%d" (include "tunefo
 {{- if or (eq $svc "training") (and (eq $svc "evaluation") $root.Values.services.evaluation.useRayCluster) (and (eq $svc "checkpoints") $root.Values.services.checkpoints.useRayCluster) }}true{{ end }}
 {{- end }}
 {{- end }}
+
+{{/*
+What admission checks jobs against (TUNEFORGE_TRAIN_GPUS, _GPU_MEMORY_GIB, _CPU_WORKERS), from the
+RayCluster's worker groups at their largest: GPUs of the GPU groups (maxReplicas x gpusPerWorker),
+the smallest gpuMemoryGiB they declare, Ray workers of the CPU groups. Nothing without a RayCluster
+(jobs train in the pod: not checked).
+*/}}
+{{- define "tuneforge.trainingCapacityEnv" -}}
+{{- if .Values.rayCluster.enabled }}
+{{- $gpus := 0 }}{{- $cpuWorkers := 0 }}{{- $memory := 0.0 }}
+{{- range .Values.rayCluster.workerGroups }}
+{{- $n := int (default .replicas .maxReplicas) }}
+{{- if gt (int (default 0 .gpusPerWorker)) 0 }}
+{{- $gpus = add $gpus (mul $n (int .gpusPerWorker)) }}
+{{- $m := float64 (default 0 .gpuMemoryGiB) }}
+{{- if and (gt $m 0.0) (or (eq $memory 0.0) (lt $m $memory)) }}{{- $memory = $m }}{{- end }}
+{{- else }}
+{{- $cpuWorkers = add $cpuWorkers $n }}
+{{- end }}
+{{- end }}
+- name: TUNEFORGE_TRAIN_GPUS
+  value: {{ $gpus | quote }}
+{{- if gt $memory 0.0 }}
+- name: TUNEFORGE_TRAIN_GPU_MEMORY_GIB
+  value: {{ $memory | quote }}
+{{- end }}
+{{- if eq $gpus 0 }}
+- name: TUNEFORGE_TRAIN_CPU_WORKERS
+  value: {{ $cpuWorkers | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
