@@ -36,7 +36,7 @@ import yaml
 
 from tuneforge.client.errors import FieldViolation, InvalidArgument
 from tuneforge.common.errors import InvalidInput
-from tuneforge.engine.spec import load_spec
+from tuneforge.engine.spec import ONLINE_RL_OBJECTIVES, load_spec
 from tuneforge.training import convert
 from tuneforge.training.v1 import training_pb2 as tr
 
@@ -105,11 +105,14 @@ def to_request(spec: Mapping[str, Any]) -> tr.CreateJobRequest:
 
 def _as_the_service_sees_it(training: Mapping[str, Any]) -> dict[str, Any]:
     """The spec as the service will check it: its own tenant and output, and (like the service) the
-    training version's validation split as validation data when none is named."""
+    training version's validation split as validation data when none is named, online RL excepted)."""
     doc = {**_PLACEHOLDERS, **training}
     data = doc.get("data")
+    objective = doc.get("objective")
+    online = isinstance(objective, Mapping) and objective.get("kind") in {k.value for k in ONLINE_RL_OBJECTIVES}
     if isinstance(data, Mapping) and isinstance(data.get("train"), Mapping) and data["train"].get("dataset_version") \
-            and data.get("validation") is None and data.get("validation_split_ratio") is None:
+            and data.get("validation") is None and data.get("validation_split_ratio") is None \
+            and not online:  # online RL has no validation loss: the service defaults none in
         doc["data"] = {**data, "validation": {"dataset_version": data["train"]["dataset_version"], "split": "validation"}}
     return doc
 

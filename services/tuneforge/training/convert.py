@@ -433,7 +433,7 @@ def metrics_to_proto(data: Mapping[str, float]) -> pb.Metrics:
 # Metrics of the reward-model and KTO objectives: API field -> engine metric name.
 PREFERENCE_METRICS = {"reward_accuracy": "reward_accuracy", "reward_margin_mean": "reward_margin_mean",
                       "eval_reward_accuracy": "eval_reward_accuracy",
-                      "eval_reward_margin_mean": "eval_reward_margin_mean", "kto_kl": "kl"}
+                      "eval_reward_margin_mean": "eval_reward_margin_mean", "kto_kl": "kto_kl"}
 
 
 def metrics_record(ev: JobEvent) -> dict[str, Any]:

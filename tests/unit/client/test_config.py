@@ -100,7 +100,11 @@ _COMPANIONS = {"method.qlora": {"method.kind": "qlora"}, "method.prefix": {"meth
                "resources.offload_optimizer": {"resources.zero_stage": 2},
                "resources.offload_params": {"resources.zero_stage": 3},
                "schedule.early_stopping_patience": {"schedule.eval_every_steps": 2},
-               "reporting.integrations[]": {"reporting.integrations[].kind": "tensorboard"}}
+               "reporting.integrations[]": {"reporting.integrations[].kind": "tensorboard"},
+               # Online RL needs a reward; each built-in reward takes only its own parameter.
+               "objective.rl": {"objective.kind": "grpo", "objective.rl.rewards[].name": "exact_match"},
+               "objective.rl.rewards[].pattern": {"objective.rl.rewards[].name": "regex"},
+               "objective.rl.rewards[].target_length": {"objective.rl.rewards[].name": "length"}}
 
 
 def _value_for(path: str) -> object:
@@ -113,6 +117,8 @@ def _value_for(path: str) -> object:
 
     info = dict(_fields(TrainingSpec))[path]
     kinds = _enum_in(info.annotation)
+    if path == "objective.kind":  # the last kinds (online RL) need rewards and prompt data beside them
+        return "simpo"
     if kinds is not None:
         return next(k.value for k in reversed(list(kinds)) if k != info.default and k.value != "fp16")
     ann = str(info.annotation)

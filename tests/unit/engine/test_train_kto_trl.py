@@ -80,7 +80,7 @@ def test_kto_loss_matches_trl(policy_and_rows, weights: tuple[float, float]) -> 
     theirs = _trl_loss(model, reference, tokenizer, batch, beta, weights, tmp / f"w{weights[1]}")
 
     assert objective.units(batch) == 6 and int(batch["desirable"].sum()) == 3
-    assert out.metrics["kl"] > 0  # the KL reference point is in play
+    assert out.metrics["kto_kl"] > 0  # the KL reference point is in play
     assert ours == pytest.approx(theirs, abs=1e-5)
     assert abs(ours - 0.5 * (weights[0] + weights[1]) / 2) > 1e-4  # not the value at ratio == kl == 0
 

@@ -145,7 +145,8 @@ def test_dpo_with_a_model_copy_counts_the_reference_and_preference_pairs_double_
     assert d.reference_model == 2 * d.params and ld.reference_model == 0  # adapter_disabled: no copy
     doubled = plan(sft, LLAMA_7B, Setup.of(_spec(method={"kind": "full"}, resources={"use_gpu": True},
                                                 hyperparameters={"micro_batch_size": 4})))
-    assert d.activations == doubled.activations and d.activations > s.activations
+    # Pairs double the sequences; the reference's no-grad forwards add their logits on top.
+    assert d.activations > doubled.activations > s.activations
 
 
 def test_zero_and_offload_with_one_worker_are_planned_as_the_engine_runs_them_without() -> None:

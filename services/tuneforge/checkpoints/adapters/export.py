@@ -98,7 +98,7 @@ class StoreExporter:
         if fmt is ExportFormat.MERGED:
             base = self._base_source(tenant, manifest.draft.lineage.base_model)
         extra = {"checkpoint_id": manifest.checkpoint_id, "format": fmt.value, "step": manifest.step,
-                 "base_model": manifest.draft.lineage.base_model}
+                 "base_model": manifest.draft.lineage.base_model, "head": manifest.head.value}
         written = self._ray.run(fmt.value, checkpoint, base, prefix, extra, manifest.checkpoint_id)
         log.info("exported %s as %s to %s on Ray", manifest.checkpoint_id, fmt.value, prefix)
         files = tuple(FileEntry(path, size, sha) for path, size, sha in written)

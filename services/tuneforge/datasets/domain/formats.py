@@ -134,11 +134,8 @@ def detect_format(row: Mapping[str, Any]) -> DatasetFormat:
         f"cannot detect the record format from the columns [{shown}]: expected one of "
         "messages (chat), conversations (ShareGPT), prompt/chosen/rejected (preference), "
         "input/preferred_output/non_preferred_output (OpenAI DPO), prompt/completion/label (KTO), "
-        "instruction/input/output "
-        "(Alpaca), instruction/context/response (Dolly) or text; rename the columns or declare "
-        "input/preferred_output/non_preferred_output (OpenAI DPO), instruction/input/output "
-        "(Alpaca), instruction/context/response (Dolly), text, or prompt with an optional answer "
-        "(prompt-only, for online RL); rename the columns or declare "
+        "instruction/input/output (Alpaca), instruction/context/response (Dolly), text, or prompt "
+        "with an optional answer (prompt-only, for online RL); rename the columns or declare "
         "the format",
     )
 

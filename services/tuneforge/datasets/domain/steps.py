@@ -281,7 +281,7 @@ class QualityFilterStep(Step):
                 reason, why = "repetition", f"repetition ratio {rep:.2f} above {c.max_repetition}"
             elif (sym := symbol_ratio(text)) > c.max_symbol_ratio:
                 reason, why = "symbols", f"symbol ratio {sym:.2f} above {c.max_symbol_ratio}"
-            elif answer_words < c.min_answer_words:
+            elif answer_words < c.min_answer_words and record.get("kind") != "prompt":  # prompts have no answer
                 reason, why = "short_answer", f"answer has {answer_words} words, below {c.min_answer_words}"
             else:
                 out.append(record)

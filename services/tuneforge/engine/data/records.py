@@ -1,8 +1,7 @@
 """The canonical record schema (shared with the datasets service) and its readers.
 
 Public API:
-    RecordKind: Enum chat | instruction | preference | text | labelled.
-    RecordKind: Enum chat | instruction | preference | text | prompt.
+    RecordKind: Enum chat | instruction | preference | text | labelled | prompt.
     Message(role, content): one chat turn; role is system, user, assistant or tool.
     Record: one canonical row::
 

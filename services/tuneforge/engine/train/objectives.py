@@ -393,7 +393,7 @@ class KTOObjective:
                             desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight)
         rewards = self.beta * (logps - ref_logps).detach()
         metrics = {
-            "kl": float(kl) * len(losses),  # the loop averages sums over units
+            "kto_kl": float(kl) * len(losses),  # the loop averages sums over units
             "rewards_desirable": float(rewards[desirable].sum()),
             "rewards_undesirable": float(rewards[~desirable].sum()),
         }

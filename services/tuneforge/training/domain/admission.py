@@ -30,8 +30,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidInput
-from tuneforge.engine.planner import GIB, LINEAR_MODULES, plan_memory
-from tuneforge.engine.spec import PREFERENCE_OBJECTIVES, DpoReference, MethodKind, ObjectiveKind, TrainingSpec
+from tuneforge.engine.planner import GIB, LINEAR_MODULES, plan_memory, plan_online_rl
+from tuneforge.engine.spec import (
+    ONLINE_RL_OBJECTIVES,
+    PREFERENCE_OBJECTIVES,
+    DpoReference,
+    MethodKind,
+    ObjectiveKind,
+    TrainingSpec,
+)
 from tuneforge.training.domain.limits import JobLimits
 
 Namer = Callable[[str], str]
@@ -215,13 +222,24 @@ def plan(spec: TrainingSpec, config: Mapping[str, Any], s: Setup) -> MemoryNeed:
         # A frozen base (LoRA of rank 1 on one module: a negligible adapter) over a longer sequence.
         adapter_tokens = (spec.method.prefix if s.method is MethodKind.PREFIX else spec.method.prompt).num_virtual_tokens
         method, r, targets = "lora", 1, ("q_proj",)
-    pairs = 2 if spec.objective.kind in PREFERENCE_OBJECTIVES else 1
-    p = plan_memory(
-        config, method, s.seq_len + adapter_tokens, s.micro_batch * pairs, s.workers, zero_stage=stage,
-        offload_optimizer=s.offload_optimizer and stage > 0, offload_params=s.offload_params and stage == 3,
-        gradient_checkpointing=s.checkpointing, dtype=spec.precision.value, lora_r=r, lora_targets=targets,
-        lora_dropout=spec.method.lora.dropout, quantization=spec.method.qlora.quant_type.value,
-        double_quant=spec.method.qlora.double_quant)
+    knobs: dict[str, Any] = dict(
+        zero_stage=stage, offload_optimizer=s.offload_optimizer and stage > 0,
+        offload_params=s.offload_params and stage == 3, gradient_checkpointing=s.checkpointing,
+        dtype=spec.precision.value, lora_r=r, lora_targets=targets, lora_dropout=spec.method.lora.dropout,
+        quantization=spec.method.qlora.quant_type.value, double_quant=spec.method.qlora.double_quant)
+    kind = spec.objective.kind
+    rollout = 0
+    if kind in ONLINE_RL_OBJECTIVES:  # micro_batch counts prompts; each has num_generations completions
+        rl = spec.objective.rl
+        beta = rl.beta if rl.beta is not None else (0.0 if kind is ObjectiveKind.GRPO else 0.05)
+        p = plan_online_rl(config, method, prompt_len=s.seq_len + adapter_tokens, max_new_tokens=rl.max_new_tokens,
+                           prompts=s.micro_batch, num_generations=rl.num_generations, reference=beta > 0,
+                           value_model=kind is ObjectiveKind.PPO, num_gpus=s.workers, **knobs)
+        # Reference copy, value model, rollout buffers and the generation's peak, beyond the update's parts.
+        rollout = p.total - (p.weights + p.gradients + p.optimizer + p.zero3_buffer + p.activations)
+    else:  # the objective's own shape: preference pairs, a reward model's score head, a full-FT reference
+        p = plan_memory(config, method, s.seq_len + adapter_tokens, s.micro_batch, s.workers,
+                        objective=kind.value, **knobs)
     weights, grads, opt, trainable = p.weights, p.gradients, p.optimizer, p.trainable_params
     if adapter_tokens:
         layers, hidden = int(config["num_hidden_layers"]), int(config["hidden_size"])
@@ -230,10 +248,16 @@ def plan(spec: TrainingSpec, config: Mapping[str, Any], s: Setup) -> MemoryNeed:
         w, g, k = (2, 2, 16) if sixteen else (4, 4, 8)
         weights, grads, opt = weights + w * extra, grads + g * extra, opt + k * extra
     reference = 0
-    if spec.objective.kind is ObjectiveKind.DPO and spec.objective.dpo.reference is DpoReference.MODEL_COPY:
-        reference = (2 if sixteen else 4) * p.params  # a frozen copy, never partitioned
-    total = weights + grads + opt + p.zero3_buffer + p.activations + reference
-    return MemoryNeed(weights, grads, opt, p.activations, reference, p.zero3_buffer, total, p.params, trainable)
+    if kind in (ObjectiveKind.DPO, ObjectiveKind.KTO) and s.method is MethodKind.FULL:
+        # The planner counts the frozen copy in the weights (partitioned like them under ZeRO-3): report it apart.
+        reference = (2 if sixteen else 4) * p.params
+        if stage == 3:
+            reference = 0 if s.offload_params else reference // s.workers
+        weights -= reference
+    elif kind is ObjectiveKind.DPO and spec.objective.dpo.reference is DpoReference.MODEL_COPY:
+        reference = (2 if sixteen else 4) * p.params  # a frozen copy beside the adapters, never partitioned
+    total = weights + grads + opt + p.zero3_buffer + p.activations + rollout + reference
+    return MemoryNeed(weights, grads, opt, p.activations + rollout, reference, p.zero3_buffer, total, p.params, trainable)
 
 
 def _candidates(spec: TrainingSpec, s: Setup, devices: int,

@@ -52,9 +52,9 @@ log = logging.getLogger(__name__)
 METRIC_KEYS: tuple[str, ...] = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "peak_memory_bytes",
                                "eval_loss", "eval_perplexity", "epoch")
 # Reward-model and KTO metrics (the API's Metrics fields 30-34).
-METRIC_KEYS += ("reward_accuracy", "reward_margin_mean", "eval_reward_accuracy", "eval_reward_margin_mean", "kl")
+METRIC_KEYS += ("reward_accuracy", "reward_margin_mean", "eval_reward_accuracy", "eval_reward_margin_mean", "kto_kl")
 # Online RL (GRPO, RLOO, PPO): convert.metrics_to_proto names them reward_mean ... response_length.
-METRIC_KEYS += ("reward", "reward_std", "entropy", "clip_ratio", "completion_length", "value_loss")
+METRIC_KEYS += ("reward", "reward_std", "kl", "entropy", "clip_ratio", "completion_length", "value_loss")
 
 
 def lease_holder(job: Job) -> str:
@@ -201,7 +201,7 @@ class JobRun:
                 log.exception("job %s failed", job.id)
             self._end_or_requeue(job, JobStatus.FAILED, error_info(exc))
         finally:
-            if self._metrics_file is not None:
+            if self._metrics_file is not None and not self._lost:  # a lost job's file is its new owner's
                 self._metrics_file.flush()
 
     def _claim(self) -> Job | None:
@@ -213,6 +213,9 @@ class JobRun:
             self._end_or_requeue(job, JobStatus.CANCELLED, None)
             return None
         try:
+            if job.estimated_finish is not None:  # an earlier run's (a hand-back or a takeover): measure anew
+                job.estimated_finish = None
+                self.ctx.repository.save(job, expected=(JobStatus.RUNNING,))
             status_event(self.ctx.repository, job)
             self.ctx.log(job, "INFO", f"replica {self.lease.owner} runs the job (lease epoch {self.lease.epoch}"
                          + (", resuming it after another replica's run" if self.lease.epoch > 1 else "") + ")")

@@ -172,7 +172,7 @@ def _kind_violations(spec: TrainingSpec, kinds: Mapping[str, str]) -> list[Field
             out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, but "
                                       f"{spec.objective.kind.name} needs prompt-only records (prompt, optional answer)"
                                       if online else f"dataset version {version_id!r} holds prompt-only records: "
-                                      "train them with GRPO or RLOO, or use a dataset with completions"))
+                                      "train them with GRPO, RLOO or PPO, or use a dataset with completions"))
         elif paired and kind != "PREFERENCE":
             out.append(FieldViolation(field_path, f"dataset version {version_id!r} holds {kind.lower()} records, "
                                       f"but {spec.objective.kind.name} needs preference pairs (prompt, chosen, "
@@ -252,17 +252,11 @@ class TrainingService:
         if self._d.peers_missing:
             raise FailedPrecondition("the training service cannot reach its peers: set "
                                      + " and ".join(self._d.peers_missing) + " on the training service")
-        model = self._d.models.reference(caller, spec.model.name or "")  # unknown models fail here
-        if model is None:  # a checkpoint: checked now, made local by the run
-            folder = self._d.models.locate(caller, spec.model.name or "")
-            if (v := _head_violation(spec, folder)) is not None:
-                raise InvalidInput.of([v], what="CreateJob request")
+        model = self._check_models(caller, spec, "CreateJob request")
         assessment = self._assess(caller, spec)
         if not assessment.fits:  # refused before anything is leased, stored or queued
             log.info("CreateJob refused: %s", "; ".join(assessment.reasons()))
             raise assessment.refusal(self._d.field_name)
-        if spec.objective.rl.reward_model:  # unknown reward models fail here, not in the run
-            self._d.models.locate(caller, spec.objective.rl.reward_model)
         job = Job(job_id, caller.tenant, spec, JobStatus.VALIDATING, datetime.now(UTC), job_id, request.suffix,
                   dict(request.labels), idempotency_key, digest, priority=request.priority)
         facts = self._lease_all(caller, job)
@@ -286,6 +280,18 @@ class TrainingService:
 
     # ------------------------------------------------------------------ estimate
 
+    def _check_models(self, caller: Identity, spec: TrainingSpec, what: str) -> StoreRef | None:
+        """The base model's store reference (None: a checkpoint, made local by the run); unknown base and
+        reward models fail here (NOT_FOUND), as does a reward model used as a language model's base."""
+        model = self._d.models.reference(caller, spec.model.name or "")
+        if model is None:  # a checkpoint: checked now, made local by the run
+            folder = self._d.models.locate(caller, spec.model.name or "")
+            if (v := _head_violation(spec, folder)) is not None:
+                raise InvalidInput.of([v], what=what)
+        if spec.objective.rl.reward_model:  # unknown reward models fail here, not in the run
+            self._d.models.locate(caller, spec.objective.rl.reward_model)
+        return model
+
     def estimate(self, caller: Identity, request: JobRequest) -> JobPlan:
         """Plan a job as CreateJob would admit it, creating, leasing and queueing nothing.
 
@@ -296,6 +302,7 @@ class TrainingService:
         problems = list(request.problems)
         try:
             spec = self._spec(request, caller.tenant, "estimate")
+            problems += self._integration_violations(spec)
         except InvalidInput as exc:
             problems += [v for v in exc.violations if v not in problems]
         if problems:  # every problem at once, as CreateJob reports them
@@ -303,8 +310,7 @@ class TrainingService:
         if self._d.peers_missing:
             raise FailedPrecondition("the training service cannot reach its peers: set "
                                      + " and ".join(self._d.peers_missing) + " on the training service")
-        if self._d.models.reference(caller, spec.model.name or "") is None:
-            self._d.models.locate(caller, spec.model.name or "")
+        self._check_models(caller, spec, "EstimateJob request")
         assessment = self._assess(caller, spec)
         facts = {v: self._d.datasets.describe(caller, v) for v in dataset_versions(spec)}
         if problems := _kind_violations(spec, {v: f.kind for v, f in facts.items()}):
