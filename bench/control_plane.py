@@ -229,6 +229,9 @@ def serve_training() -> None:
     from tuneforge.training.settings import TrainingSettings
 
     class IdleEngine:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:  # the runner's arguments (files, secrets, work)
+            pass
+
         def run(self, spec: Any, on_progress: Callable[[Progress], None], cancel: threading.Event) -> Outcome:
             on_progress(Progress("started", 0, {"total_steps": float(spec.hyperparameters.max_steps)}))
             cancel.wait()

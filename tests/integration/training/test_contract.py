@@ -36,16 +36,22 @@ _INT32 = (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_UINT32)
 _NUMERIC = (*_INT32, FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64, FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT)
 
 
-def _bad_values(f: FieldDescriptor) -> list[float]:
-    """NaN/inf (floats), -1, and the largest the wire type holds up to 2^62."""
+# Fields whose range is signed on purpose (a reward's weight may be negative: a penalty); -1 is valid there,
+# -2^62 is not.
+_SIGNED = {"hyperparameters.reward_functions[].weight", "hyperparameters.reward_model_weight"}
+
+
+def _bad_values(api: str, f: FieldDescriptor) -> list[float]:
+    """NaN/inf (floats), -1 (-2^62 for signed ranges), and the largest the wire type holds up to 2^62."""
+    negative = -float(2**62) if api in _SIGNED else -1.0
     if f.cpp_type in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
-        return [math.nan, math.inf, -math.inf, -1.0, float(2**62)]
-    return [-1, 2**31 - 1 if f.cpp_type in _INT32 else 2**62]
+        return [math.nan, math.inf, -math.inf, negative, float(2**62)]
+    return [int(negative), 2**31 - 1 if f.cpp_type in _INT32 else 2**62]
 
 
 NUMERIC_CASES = [pytest.param(api, value, id=f"{api}={value}")
                  for api, f in convert.API_FIELDS.items() if f.cpp_type in _NUMERIC and f.enum_type is None
-                 for value in _bad_values(f)]
+                 for value in _bad_values(api, f)]
 
 
 def _request_with(api: str, value: float) -> tuple[tr.CreateJobRequest, str]:
@@ -57,6 +63,15 @@ def _request_with(api: str, value: float) -> tuple[tr.CreateJobRequest, str]:
         req.mixture.append(component)
         return req, api.replace("[]", "[0]")
     req.dataset_version_id = "dsv_1"
+    if api.startswith("hyperparameters.reward_functions[]."):  # one reward whose parameter is under test
+        name = api.removeprefix("hyperparameters.reward_functions[].")
+        reward = tr.RewardFunction(name="length" if name == "target_length" else "exact_match")
+        if name == "target_length":
+            reward.target_length = 20
+        setattr(reward, name, value)
+        req.objective = tr.OBJECTIVE_GRPO
+        req.hyperparameters.reward_functions.append(reward)
+        return req, api.replace("[]", "[0]")
     section, _, name = api.rpartition(".")
     setattr(getattr(req, section) if section else req, name, value)
     return req, api
