@@ -404,7 +404,7 @@ def tokenize_prompts(
     for i, rec in enumerate(records):
         row = f"{source}[{i}]"
         if rec.kind is not RecordKind.PROMPT:
-            problems.append(FieldViolation(f"{row}.kind", f"is {rec.kind.value}; online RL (grpo, rloo) needs "
+            problems.append(FieldViolation(f"{row}.kind", f"is {rec.kind.value}; online RL (grpo, rloo, ppo) needs "
                                            "prompt-only records (a prompt and an optional answer)"))
             continue
         text = _render(tokenizer, rec.prompt or (), generation_prompt=True)
