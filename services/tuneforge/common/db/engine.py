@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,12 +159,29 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _enable_wal(cursor)
+        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes; WAL keeps it safe
     finally:
         cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    # Switching a new database to WAL needs its exclusive lock, and SQLite answers "database is
+    # locked" at once there, without the busy handler: connections opening a fresh file together
+    # (replicas migrating at start-up) would fail. Wait our turn as the busy timeout would.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)  # backoff between lock attempts, bounded by the busy timeout
+            delay = min(delay * 2, 0.1)
 
 
 _open_transactions = threading.local()
