@@ -9,6 +9,7 @@ actor; cancellation travels back the same way. A failed worker group is restarte
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import tempfile
 import threading
@@ -21,12 +22,16 @@ from tuneforge.common import tracing
 from tuneforge.common.errors import Internal, InvalidInput, TuneforgeError, Unavailable
 from tuneforge.common.logging import configure_logging, current_log_context, log_context
 from tuneforge.engine.spec import TrainingSpec
-from tuneforge.engine.train.events import EngineEvent, EventCallback, TrainingResult
+from tuneforge.engine.train.events import RAY_UNREACHABLE, EngineEvent, EventCallback, TrainingResult
 from tuneforge.engine.train.faults import FAULT_ENV
 
 # Driver environment variables the workers need (Ray workers do not inherit the driver's).
 _FORWARDED_ENV = (FAULT_ENV, "TUNEFORGE_LOG_JSON", "TUNEFORGE_LOG_LEVEL")
 STORAGE_ENV = "TUNEFORGE_RAY_STORAGE_PATH"
+RAY_CONNECT_ATTEMPTS = 3
+RAY_CONNECT_BACKOFF_S = 2.0
+
+log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0)
@@ -91,12 +96,17 @@ def _worker(config: dict[str, Any]) -> None:
 
 
 def ensure_ray(spec: TrainingSpec) -> None:
-    """Join ``resources.ray_address`` or start a local Ray with explicit, small limits."""
+    """Join ``resources.ray_address`` or start a local Ray with explicit, small limits.
+
+    Raises:
+        Unavailable: (reason ``RAY_UNREACHABLE``) the cluster refused or did not answer
+            ``RAY_CONNECT_ATTEMPTS`` connection attempts.
+    """
     if ray.is_initialized():
         return
     res = spec.resources
     if res.ray_address:
-        ray.init(address=res.ray_address)
+        _connect(res.ray_address)
         return
     ray.init(
         num_cpus=res.num_workers * res.cpus_per_worker + 1,
@@ -107,14 +117,63 @@ def ensure_ray(spec: TrainingSpec) -> None:
     )
 
 
+def _connect(address: str) -> None:
+    """``ray.init(address)``, tried again after a refused or dropped connection (a Ray head that is
+    restarting, its client server busy under memory pressure) before the job is given up on."""
+    delay = RAY_CONNECT_BACKOFF_S
+    for attempt in range(1, RAY_CONNECT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address)
+            return
+        except ConnectionError as exc:
+            _forget_connection()
+            if attempt == RAY_CONNECT_ATTEMPTS:
+                raise Unavailable(
+                    f"cannot connect to the Ray cluster at {address} ({RAY_CONNECT_ATTEMPTS} attempts; last: "
+                    f"{type(exc).__name__}: {str(exc)[:300]}): check that the Ray head is running and that its "
+                    "client port is reachable (TUNEFORGE_TRAIN_RAY_ADDRESS)", reason=RAY_UNREACHABLE) from exc
+            log.warning("connecting to the Ray cluster at %s failed (%s: %s); attempt %d of %d in %.0fs",
+                        address, type(exc).__name__, str(exc)[:300], attempt + 1, RAY_CONNECT_ATTEMPTS, delay)
+            time.sleep(delay)  # backoff between connection attempts
+            delay *= 2
+
+
+def _forget_connection() -> None:
+    """Drop a broken Ray (client) connection so the next ``ensure_ray`` connects anew."""
+    try:
+        ray.shutdown()
+    except Exception:  # a dead connection may fail to close; it is gone either way
+        log.debug("ray.shutdown after a lost connection failed", exc_info=True)
+
+
 def run_on_ray(
     spec: TrainingSpec, *, on_event: EventCallback | None = None, cancel: threading.Event | None = None
 ) -> TrainingResult:
-    """Train on ``resources.num_workers`` Ray workers and return worker 0's result."""
+    """Train on ``resources.num_workers`` Ray workers and return worker 0's result.
+
+    Raises:
+        Unavailable: (reason ``RAY_UNREACHABLE``) the Ray cluster could not be reached, or the
+            connection to it dropped during the run; the caller may run the job again, and it
+            resumes from its latest complete checkpoint.
+    """
+    ensure_ray(spec)
+    try:
+        return _run_on_ray(spec, on_event=on_event, cancel=cancel)
+    except ConnectionError as exc:
+        _forget_connection()
+        address = spec.resources.ray_address or "the local Ray"
+        raise Unavailable(
+            f"lost the connection to the Ray cluster at {address} during the run ({type(exc).__name__}: "
+            f"{str(exc)[:300]}): run the job again to resume it from its latest complete checkpoint",
+            reason=RAY_UNREACHABLE) from exc
+
+
+def _run_on_ray(
+    spec: TrainingSpec, *, on_event: EventCallback | None, cancel: threading.Event | None
+) -> TrainingResult:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ensure_ray(spec)
     res = spec.resources
     storage_path, storage_filesystem = _storage()
     channel = _Channel.remote()  # type: ignore[attr-defined]  # @ray.remote adds .remote; ray ships no stub for it
@@ -212,6 +271,14 @@ def _fit(trainer: Any, max_failures: int) -> None:
 
 
 def _pump(channel: Any, on_event: EventCallback | None, cancel: threading.Event | None, done: threading.Event) -> None:
+    try:
+        _pump_events(channel, on_event, cancel, done)
+    except ConnectionError:  # the Ray connection dropped: the run itself reports it (RAY_UNREACHABLE)
+        log.warning("the event pump lost its Ray connection", exc_info=True)
+
+
+def _pump_events(channel: Any, on_event: EventCallback | None, cancel: threading.Event | None,
+                 done: threading.Event) -> None:
     while not done.is_set():
         if cancel is not None and cancel.is_set():
             channel.cancel.remote()

@@ -472,7 +472,7 @@ class ResourcesSection(_Strict):
     offload_params: bool = Field(default=False, description="parameters in CPU memory (ZeRO-3)")
     ray_address: str | None = Field(default=None, description="Ray cluster (none: local)")
     object_store_memory_mb: int = Field(default=512, ge=80, le=1 << 20, description="local Ray object store")
-    max_failures: int = Field(default=3, ge=0, le=100, description="worker-group restarts before failing")
+    max_failures: int = Field(default=3, ge=0, le=100, description="restarts before failing: worker-group restarts, and runs again after the Ray cluster was unreachable")
 
 
 class ScheduleSection(_Strict):

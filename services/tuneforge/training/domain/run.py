@@ -24,6 +24,7 @@ from typing import Any
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.engine.spec import TrainingSpec, load_spec
+from tuneforge.engine.train.events import RAY_UNREACHABLE
 from tuneforge.training.domain.files import JobFiles, MetricsRecorder
 from tuneforge.training.domain.model import (
     ErrorInfo,
@@ -197,6 +198,9 @@ class JobRun:
         except Exception as exc:  # every failure becomes FAILED with an ErrorInfo
             if isinstance(exc, LeaseLost):
                 self._lost = True
+            elif isinstance(exc, TuneforgeError) and self._may_run_again(job, exc):
+                self._requeue(job, exc)
+                return
             elif not isinstance(exc, TuneforgeError):
                 log.exception("job %s failed", job.id)
             self._end_or_requeue(job, JobStatus.FAILED, error_info(exc))
@@ -349,6 +353,28 @@ class JobRun:
             self.ctx.finish(job, status, self.caller, error)
         except LeaseLost:
             log.warning("job %s: lease epoch %d lost before the run could record its end", job.id, self.lease.epoch)
+
+    def _may_run_again(self, job: Job, exc: TuneforgeError) -> bool:
+        """The Ray cluster was unreachable or dropped the connection (a head restarting, a pod evicted):
+        the job is not at fault, so it runs again, up to ``resources.max_failures`` times in all."""
+        return (exc.reason == RAY_UNREACHABLE and not self._cancel.is_set()
+                and job.restarts < job.spec.resources.max_failures)
+
+    def _requeue(self, job: Job, exc: TuneforgeError) -> None:
+        """Back to QUEUED (restarts + 1, the lease released): the next claim resumes the job from its
+        latest complete checkpoint."""
+        self.ending = True
+        try:
+            job.restarts += 1
+            self.ctx.repository.save(job, expected=(JobStatus.RUNNING,))
+            job.move_to(JobStatus.QUEUED)
+            self.ctx.log(job, "WARNING", f"{exc.message}; job re-queued (restart {job.restarts} of at most "
+                         f"{job.spec.resources.max_failures}): it resumes from its latest complete checkpoint")
+            status_event(self.ctx.repository, job)
+            if not self.ctx.repository.release(self.lease):
+                log.warning("job %s: its lease was lost while it was re-queued", job.id)
+        except LeaseLost:
+            log.warning("job %s: lease epoch %d lost before the run could re-queue it", job.id, self.lease.epoch)
 
     def _hand_back(self, job: Job) -> None:
         """Graceful stop: progress saved, events say so (under the lease), then the lease is released."""
