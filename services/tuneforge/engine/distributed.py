@@ -21,8 +21,9 @@ import ray
 from tuneforge.common import tracing
 from tuneforge.common.errors import Internal, InvalidInput, TuneforgeError, Unavailable
 from tuneforge.common.logging import configure_logging, current_log_context, log_context
+from tuneforge.common.ray_connection import RAY_UNREACHABLE, forget, lost
 from tuneforge.engine.spec import TrainingSpec
-from tuneforge.engine.train.events import RAY_UNREACHABLE, EngineEvent, EventCallback, TrainingResult
+from tuneforge.engine.train.events import EngineEvent, EventCallback, TrainingResult
 from tuneforge.engine.train.faults import FAULT_ENV
 
 # Driver environment variables the workers need (Ray workers do not inherit the driver's).
@@ -126,7 +127,7 @@ def _connect(address: str) -> None:
             ray.init(address=address)
             return
         except ConnectionError as exc:
-            _forget_connection()
+            forget()
             if attempt == RAY_CONNECT_ATTEMPTS:
                 raise Unavailable(
                     f"cannot connect to the Ray cluster at {address} ({RAY_CONNECT_ATTEMPTS} attempts; last: "
@@ -136,14 +137,6 @@ def _connect(address: str) -> None:
                         address, type(exc).__name__, str(exc)[:300], attempt + 1, RAY_CONNECT_ATTEMPTS, delay)
             time.sleep(delay)  # backoff between connection attempts
             delay *= 2
-
-
-def _forget_connection() -> None:
-    """Drop a broken Ray (client) connection so the next ``ensure_ray`` connects anew."""
-    try:
-        ray.shutdown()
-    except Exception:  # a dead connection may fail to close; it is gone either way
-        log.debug("ray.shutdown after a lost connection failed", exc_info=True)
 
 
 def run_on_ray(
@@ -160,12 +153,7 @@ def run_on_ray(
     try:
         return _run_on_ray(spec, on_event=on_event, cancel=cancel)
     except ConnectionError as exc:
-        _forget_connection()
-        address = spec.resources.ray_address or "the local Ray"
-        raise Unavailable(
-            f"lost the connection to the Ray cluster at {address} during the run ({type(exc).__name__}: "
-            f"{str(exc)[:300]}): run the job again to resume it from its latest complete checkpoint",
-            reason=RAY_UNREACHABLE) from exc
+        raise lost(spec.resources.ray_address or "", exc, "TUNEFORGE_TRAIN_RAY_ADDRESS", during="during the run") from exc
 
 
 def _run_on_ray(

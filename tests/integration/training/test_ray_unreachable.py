@@ -20,7 +20,7 @@ from tests.integration.training.test_quotas import Peers
 from tuneforge.common import db
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import Unavailable
-from tuneforge.engine.train.events import RAY_UNREACHABLE
+from tuneforge.common.ray_connection import RAY_UNREACHABLE
 from tuneforge.training.adapters.sql import SqlJobRepository
 from tuneforge.training.app import MIGRATIONS_DIR, VERSION_TABLE
 from tuneforge.training.domain.dispatcher import DispatchSettings

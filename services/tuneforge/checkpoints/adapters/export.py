@@ -33,9 +33,9 @@ from tuneforge.common.errors import (
     InvalidInput,
     NotFound,
     TuneforgeError,
-    Unavailable,
 )
 from tuneforge.common.public_text import echo
+from tuneforge.common.ray_connection import lost
 from tuneforge.common.storage import ObjectStore, check_key, tenant_prefix
 from tuneforge.common.storage.artifacts import read_manifest
 from tuneforge.common.storage.checkpoint_writer import CheckpointWriter
@@ -225,8 +225,7 @@ class RayExportRunner:
                 try:
                     ray.init(address=self._address or None, include_dashboard=False, log_to_driver=False)
                 except ConnectionError as exc:
-                    raise Unavailable(f"Ray at {echo(self._address)} is unreachable: {exc}; check "
-                                      "TUNEFORGE_EXPORT_RAY_ADDRESS") from exc
+                    raise lost(self._address, exc, "TUNEFORGE_EXPORT_RAY_ADDRESS", during="while connecting") from exc
         return ray
 
     def run(self, fmt: str, checkpoint: StoredFolder, base: StoredFolder | None, prefix: str,
@@ -240,6 +239,8 @@ class RayExportRunner:
             if isinstance(exc.cause, TuneforgeError):
                 raise exc.cause from None  # the taxonomy's errors pickle across Ray
             raise
+        except ConnectionError as exc:  # the connection broke mid-export: the next export connects anew
+            raise lost(self._address, exc, "TUNEFORGE_EXPORT_RAY_ADDRESS", during="during the export") from exc
 
 
 def _join_uri(store_uri: str, key: str) -> str:

@@ -11,10 +11,6 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-# ``Unavailable.reason`` of a run that could not reach its Ray cluster or lost the connection to it:
-# nothing is wrong with the job, and running it again resumes it from its latest complete checkpoint.
-RAY_UNREACHABLE = "RAY_UNREACHABLE"
-
 
 class EventKind(enum.Enum):
     """What happened."""

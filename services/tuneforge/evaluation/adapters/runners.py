@@ -18,8 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tuneforge.common.errors import Cancelled, FailedPrecondition, Unavailable
-from tuneforge.common.public_text import echo
+from tuneforge.common.errors import Cancelled, FailedPrecondition
+from tuneforge.common.ray_connection import lost
 from tuneforge.common.storage.refs import StoredFolder
 from tuneforge.evaluation.domain.ports import ModelTask, ProgressFn
 
@@ -86,7 +86,7 @@ class RayRunner:
                 try:
                     ray.init(address=self._address or None, include_dashboard=False, log_to_driver=False)
                 except ConnectionError as exc:
-                    raise Unavailable(f"Ray at {echo(self._address)} is unreachable: {exc}; check TUNEFORGE_EVAL_RAY_ADDRESS") from exc
+                    raise lost(self._address, exc, "TUNEFORGE_EVAL_RAY_ADDRESS", during="while connecting") from exc
         return ray
 
     def run(self, task: ModelTask, progress: ProgressFn, cancelled: Callable[[], bool]) -> dict[str, Any]:
@@ -97,6 +97,12 @@ class RayRunner:
                 "workers cannot read: register it in the object store (python -m tuneforge.engine.models import) "
                 "or evaluate fewer samples than TUNEFORGE_EVAL_INLINE_THRESHOLD_SAMPLES to run in the service")
         ray = self._connect()
+        try:
+            return self._run(ray, task, progress, cancelled)
+        except ConnectionError as exc:  # the connection broke mid-task: the next evaluation connects anew
+            raise lost(self._address, exc, "TUNEFORGE_EVAL_RAY_ADDRESS", during="during the evaluation") from exc
+
+    def _run(self, ray: Any, task: ModelTask, progress: ProgressFn, cancelled: Callable[[], bool]) -> dict[str, Any]:
         remote = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_retries=0)(_ray_entry)
         kwargs = {k: v for k, v in _task_kwargs(task).items() if k not in ("model_dir", "adapter_dir")}
         ref = remote.remote({**kwargs, "prefer_gpu": self._gpus > 0}, task.model_source, task.adapter_source)

@@ -23,8 +23,8 @@ from typing import Any
 
 from tuneforge.common.auth import Identity
 from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.ray_connection import RAY_UNREACHABLE
 from tuneforge.engine.spec import TrainingSpec, load_spec
-from tuneforge.engine.train.events import RAY_UNREACHABLE
 from tuneforge.training.domain.files import JobFiles, MetricsRecorder
 from tuneforge.training.domain.model import (
     ErrorInfo,

@@ -1,0 +1,40 @@
+"""This process's one Ray connection: forgotten when it breaks, so the next use connects anew.
+
+A Ray Client connection (``ray://head:10001``) that drops (the head restarting, its pod evicted, its
+client server failing under memory pressure) leaves ``ray.is_initialized()`` true with a dead client:
+every later call would fail the same way until the process restarts. The services call ``forget``
+on a ``ConnectionError`` and report it as ``Unavailable`` (reason ``RAY_UNREACHABLE``): retryable,
+nothing wrong with the request.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tuneforge.common.errors import Unavailable
+from tuneforge.common.public_text import echo
+
+log = logging.getLogger(__name__)
+
+# ``Unavailable.reason`` when the Ray cluster could not be reached or dropped the connection.
+RAY_UNREACHABLE = "RAY_UNREACHABLE"
+
+
+def forget() -> None:
+    """Drop this process's Ray connection (a broken one may fail to close: it is gone either way)."""
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:  # a dead connection may fail to close
+        log.debug("ray.shutdown after a lost connection failed", exc_info=True)
+
+
+def lost(address: str, exc: BaseException, setting: str, *, during: str) -> Unavailable:
+    """Forget the connection and return the error to raise: which cluster, what broke, what to check."""
+    forget()
+    where = echo(address) if address else "the local Ray"
+    return Unavailable(
+        f"lost the connection to the Ray cluster at {where} {during} ({type(exc).__name__}: {str(exc)[:300]}): "
+        f"retry; if it persists, check that the Ray head is running and reachable ({setting})",
+        reason=RAY_UNREACHABLE)
