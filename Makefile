@@ -12,6 +12,8 @@ PYTHON    ?= python3
 S3_SERVER_VERSION := v1.8.0
 S3_SERVER_MODULE  := github.com/versity/versitygw/cmd/versitygw
 PG_BIN    := /usr/lib/postgresql/15/bin
+PROMETHEUS_VERSION := v0.316.0
+PROMETHEUS_BIN     := $(CACHE_DIR)/prometheus/prometheus-$(PROMETHEUS_VERSION)
 # Everything a run writes stays inside the checkout.
 export TMPDIR               := $(ROOT)/.cache/tmp
 export RAY_TMPDIR           := $(ROOT)/.cache/ray
@@ -24,7 +26,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PROTOS := $(wildcard protos/tuneforge/*/v1/*.proto)
 PROTO_STAMP := services/tuneforge/common/v1/.stamp
 
-.PHONY: help setup venv tools postgres browser proto lint test test-fast up demo bench clean kind-up kind-down e2e kind-test
+.PHONY: help setup venv tools postgres browser proto lint test test-fast up demo bench clean kind-up kind-down e2e kind-test prometheus dashboard-shot
 
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -100,6 +102,20 @@ test-fast: setup  ## unit tests only
 
 up: setup  ## run the four services on 127.0.0.1 (embedded defaults; TUNEFORGE_* env switches to S3/PostgreSQL)
 	$(PY) -m tuneforge.cli stack
+
+# A real Prometheus for `make dashboard-shot` (not needed by the tests): built once from its Go module
+# (Prometheus 3.x is module version v0.3xx; its go.work names folders the module zip lacks: GOWORK=off).
+prometheus: $(PROMETHEUS_BIN)  ## build Prometheus from its Go module once (cached in ~/.cache/tuneforge)
+$(PROMETHEUS_BIN):
+	@mkdir -p $(CACHE_DIR)/prometheus
+	@echo "building Prometheus $(PROMETHEUS_VERSION) from the Go module proxy (~10 min on 2 cores, once)"
+	go mod download github.com/prometheus/prometheus@$(PROMETHEUS_VERSION)
+	rm -rf $(CACHE_DIR)/prometheus/src && cp -r "$$(go env GOMODCACHE)/github.com/prometheus/prometheus@$(PROMETHEUS_VERSION)" $(CACHE_DIR)/prometheus/src
+	chmod -R u+w $(CACHE_DIR)/prometheus/src
+	cd $(CACHE_DIR)/prometheus/src && GOWORK=off go build -o $@.tmp ./cmd/prometheus && mv $@.tmp $@
+
+dashboard-shot: setup prometheus  ## the chart's Grafana dashboard drawn from a real demo run scraped by Prometheus
+	$(PY) deploy/dashboard/render.py --prometheus $(PROMETHEUS_BIN) --out docs/dashboard.png $(ARGS)
 
 demo: setup  ## the main job end to end on one machine
 	$(PY) -m tuneforge.cli demo

@@ -49,11 +49,13 @@ def dev_token(run_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def _env(name: str, port: int, run_dir: Path, token: str, ports: dict[str, int]) -> dict[str, str]:
+def _env(name: str, port: int, run_dir: Path, token: str, ports: dict[str, int], metrics_port: int = 0) -> dict[str, str]:
     # The client's own variables (TUNEFORGE_TOKEN, ...) are not service settings: services reject them.
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_VARS}
     env.setdefault("TUNEFORGE_AUTH_TOKENS", f"default:{token}")
     env.update({"TUNEFORGE_PORT": str(port), "TUNEFORGE_HOST": "127.0.0.1", "TUNEFORGE_SERVICE_NAME": name})
+    if metrics_port:
+        env["TUNEFORGE_METRICS_PORT"] = str(metrics_port)
     env.setdefault("TUNEFORGE_DATA_DIR", str(run_dir / "data"))
     for peer, p in ports.items():
         env.setdefault(f"TUNEFORGE_{peer.upper()}_ADDRESS", f"127.0.0.1:{p}")
@@ -75,15 +77,20 @@ def wait_serving(address: str, timeout: float) -> bool:
     return False
 
 
-def start(base_port: int, run_dir: Path, timeout: float = 120.0) -> list[Proc]:
-    """Start every service; raise RuntimeError (after stopping the others) if one fails."""
+def start(base_port: int, run_dir: Path, timeout: float = 120.0, metrics_base_port: int = 0) -> list[Proc]:
+    """Start every service; raise RuntimeError (after stopping the others) if one fails.
+
+    With ``metrics_base_port`` the services serve Prometheus ``/metrics`` on it and the next ports,
+    in ``SERVICES`` order (else no metrics endpoint, the services' default).
+    """
     token = dev_token(run_dir)
     ports = {name: base_port + i for i, name in enumerate(SERVICES)}
     procs = []
-    for name, port in ports.items():
+    for i, (name, port) in enumerate(ports.items()):
         log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
         popen = subprocess.Popen([sys.executable, "-m", f"tuneforge.{name}"], stdout=log, stderr=subprocess.STDOUT,
-                                 env=_env(name, port, run_dir, token, ports))
+                                 env=_env(name, port, run_dir, token, ports,
+                                          metrics_base_port + i if metrics_base_port else 0))
         procs.append(Proc(name, port, popen))
     for p in procs:
         if not wait_serving(p.address, timeout) or p.popen.poll() is not None:
