@@ -117,7 +117,7 @@ def demo(run_dir: Path = typer.Option(Path(".run/demo")),
 @app.command("demo-rl")
 def demo_rl(run_dir: Path = typer.Option(Path(".run/demo-rl")),
             tiny: bool = typer.Option(False, "--tiny", help="a tiny model built on the fly instead of SmolLM2"),
-            steps: int = typer.Option(8, help="GRPO steps (one rollout and one update each)")) -> None:
+            steps: int = typer.Option(12, help="GRPO steps (one rollout and one update each)")) -> None:
     """GRPO raising a verifiable reward (length), end to end on one machine (make demo-rl)."""
     from tuneforge.cli.demo_rl import run_demo_rl
 

@@ -103,7 +103,7 @@ def train_and_report(client: Client, run_dir: Path, base_name: str, tiny: bool, 
     return job, rows
 
 
-def run_demo_rl(run_dir: Path, tiny: bool = False, steps: int = 8) -> int:
+def run_demo_rl(run_dir: Path, tiny: bool = False, steps: int = 12) -> int:
     """Start the stack, run the GRPO demo, stop the stack; 0 on success."""
     import os
 
