@@ -23,13 +23,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from tests.integration.training.conftest import BASE, lora_request, wait_job
 from tuneforge.checkpoints.v1 import checkpoints_pb2 as ck
+from tuneforge.common.grpc.interceptors import bad_request_violations
 from tuneforge.common.v1 import common_pb2
 from tuneforge.datasets.v1 import datasets_pb2 as ds
 from tuneforge.training.v1 import training_pb2 as tr
-
-from tests.integration.training.conftest import BASE, lora_request, wait_job
-from tuneforge.common.grpc.interceptors import bad_request_violations
 
 pytestmark = pytest.mark.integration
 
@@ -87,11 +86,10 @@ def _score(model, tokenizer, prompt: str, answer: str) -> float:
 
 def _evaluation_stub(cluster, make_service, tmp_path: Path):
     """A real evaluation service on the cluster's store and peers."""
-    from tuneforge.evaluation.v1 import evaluation_pb2_grpc as ev_grpc
-
     from tuneforge.common.grpc.client import channel
     from tuneforge.evaluation.app import build_app as build_evaluation
     from tuneforge.evaluation.settings import EvaluationSettings
+    from tuneforge.evaluation.v1 import evaluation_pb2_grpc as ev_grpc
 
     service = make_service(EvaluationSettings, build_evaluation, object_store_uri=(tmp_path / "objects").as_uri(),
                            models_dir=tmp_path / "models", datasets_address=cluster.addresses["datasets"],
