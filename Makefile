@@ -26,7 +26,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PROTOS := $(wildcard protos/tuneforge/*/v1/*.proto)
 PROTO_STAMP := services/tuneforge/common/v1/.stamp
 
-.PHONY: help setup venv tools postgres browser proto lint test test-fast up demo bench clean kind-up kind-down e2e kind-test prometheus dashboard-shot
+.PHONY: help setup venv tools postgres browser proto lint test test-fast up demo bench demo-rl clean kind-up kind-down e2e kind-test prometheus dashboard-shot
 
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -119,6 +119,9 @@ dashboard-shot: setup prometheus  ## the chart's Grafana dashboard drawn from a 
 
 demo: setup  ## the main job end to end on one machine
 	$(PY) -m tuneforge.cli demo
+
+demo-rl: setup  ## GRPO raising a verifiable reward (length) end to end on one machine
+	$(PY) -m tuneforge.cli demo-rl
 
 bench: setup  ## benchmarks (see bench/README.md)
 	@for b in bench/*.py; do case $$b in */_*) ;; *) echo "== $$b"; $(PY) $$b --quick || exit 1;; esac; done

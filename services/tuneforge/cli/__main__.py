@@ -114,6 +114,16 @@ def demo(run_dir: Path = typer.Option(Path(".run/demo")),
     raise typer.Exit(run_demo(run_dir, tiny=tiny, steps=steps))
 
 
+@app.command("demo-rl")
+def demo_rl(run_dir: Path = typer.Option(Path(".run/demo-rl")),
+            tiny: bool = typer.Option(False, "--tiny", help="a tiny model built on the fly instead of SmolLM2"),
+            steps: int = typer.Option(12, help="GRPO steps (one rollout and one update each)")) -> None:
+    """GRPO raising a verifiable reward (length), end to end on one machine (make demo-rl)."""
+    from tuneforge.cli.demo_rl import run_demo_rl
+
+    raise typer.Exit(run_demo_rl(run_dir, tiny=tiny, steps=steps))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; typed API errors become a readable message and exit code 1 (2 for
     configuration problems), never a traceback."""

@@ -8,7 +8,7 @@ multi-megabyte script per report or load it from a CDN, and need a headless brow
 PNGs.
 
 Each chart element carries an id (``gid``) so tests and people can find it in the SVG:
-``loss-curve``, ``eval-loss-curve``, ``lr-curve``, ``tokens-curve``, ``checkpoint-N``,
+``loss-curve``, ``eval-loss-curve``, ``lr-curve``, ``tokens-curve``, ``checkpoint-N``, ``reward-curve``,
 ``metric-<name>``, ``token-hist``, ``category-bars``.
 """
 
@@ -32,7 +32,7 @@ from tuneforge.evaluation.v1 import evaluation_pb2 as ev
 from tuneforge.training.v1 import training_pb2 as tr
 
 COLORS = {"loss": "#1f77b4", "eval": "#d62728", "ckpt": "#2ca02c", "lr": "#9467bd", "tokens": "#ff7f0e",
-          "model": "#1f77b4", "baseline": "#7f7f7f"}
+          "model": "#1f77b4", "baseline": "#7f7f7f", "reward": "#17becf"}
 CSS = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1100px}
 table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;
 vertical-align:top}th{background:#f3f3f3}.better{color:#2ca02c}.worse{color:#d62728}svg{max-width:100%;height:auto}
@@ -70,10 +70,20 @@ def _write(fig: Figure, html_text: str, out: Path, png: Path | None) -> Path:
 # -- jobs -------------------------------------------------------------------------------------------
 
 def job_figure(steps: list[tr.Metrics], evals: list[tr.Metrics], checkpoints: list[tuple[int, str]]) -> Figure:
-    """Loss and eval loss (checkpoints marked), learning rate, tokens/s, sharing the step axis."""
-    fig, (ax_loss, ax_lr, ax_tok) = plt.subplots(3, 1, figsize=(9, 8), sharex=True,
-                                                 gridspec_kw={"height_ratios": [2.2, 1, 1]})
+    """Loss and eval loss (checkpoints marked), learning rate, tokens/s, sharing the step axis; and for
+    online RL (GRPO, RLOO, PPO: steps that report a response length) the mean reward first."""
+    online = any(m.response_length for m in steps)
+    fig, axes = plt.subplots(4 if online else 3, 1, figsize=(9, 10.5 if online else 8), sharex=True,
+                             gridspec_kw={"height_ratios": [1.6, 2.2, 1, 1] if online else [2.2, 1, 1]})
+    ax_loss, ax_lr, ax_tok = axes[-3:]
     x = [m.step for m in steps]
+    if online:
+        (reward,) = axes[0].plot(x, [m.reward_mean for m in steps], color=COLORS["reward"], lw=2.5, marker="o",
+                                 ms=3, label="mean reward")
+        reward.set_gid("reward-curve")
+        axes[0].set_ylabel("reward")
+        axes[0].legend(loc="lower right")
+        axes[0].grid(alpha=0.3)
     (line,) = ax_loss.plot(x, [m.loss for m in steps], color=COLORS["loss"], lw=2.5, label="train loss")
     line.set_gid("loss-curve")
     if evals:

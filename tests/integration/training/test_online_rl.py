@@ -6,6 +6,7 @@ resumes from the last checkpoint and repeats the killed attempt's numbers exactl
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -147,3 +148,58 @@ def test_an_unknown_reward_model_is_not_found(cluster):
     with pytest.raises(grpc.RpcError) as caught:
         acme.training.CreateJob(req)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+
+
+def test_a_language_model_named_as_the_reward_model_is_refused(cluster):
+    # The base (a causal LM) would score with a randomly initialised head: refused at CreateJob, by field.
+    from tuneforge.common.grpc.interceptors import bad_request_violations
+
+    acme = cluster.stack("acme")
+    req = grpo_request(upload_prompts(acme), reward_model=BASE)
+    with pytest.raises(grpc.RpcError) as caught:
+        acme.training.CreateJob(req)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert [f for f, _ in bad_request_violations(caught.value)] == ["hyperparameters.reward_model"]
+    assert "not a reward model" in caught.value.details()
+
+
+def test_ppo_job_reports_its_value_loss_and_saves_the_value_head(cluster):
+    # PPO through the API: one worker, no ZeRO, two steps. The policy, its value head and the frozen
+    # reference (KL in the reward, beta 0.05 by default) train and report as the engine measures them.
+    import safetensors.torch
+
+    from tuneforge.checkpoints.v1 import checkpoints_pb2 as ck
+
+    acme = cluster.stack("acme")
+    req = grpo_request(upload_prompts(acme), max_steps=2, num_generations=4, learning_rate=1e-3)
+    req.objective = tr.OBJECTIVE_PPO
+    req.resources.num_workers = 1
+    req.resources.zero_stage = 0
+    job = acme.training.CreateJob(req).job
+    assert job.objective == tr.OBJECTIVE_PPO
+    # PPO's defaults come back resolved on the job (the reference: tuneforge.training.reference).
+    hp = job.hyperparameters
+    assert (hp.gamma, hp.gae_lambda, hp.kl_beta) == (pytest.approx(1.0), pytest.approx(0.95), pytest.approx(0.05))
+    assert hp.vf_coef == pytest.approx(0.1) and hp.value_clip == pytest.approx(0.2)
+    done = wait_job(acme.training, job.id, timeout=600)
+    events = list(acme.training.StreamJobEvents(tr.StreamJobEventsRequest(job_id=job.id)))
+    logs = [e.log.message for e in events if e.WhichOneof("payload") == "log"]
+    assert done.status == tr.JOB_STATUS_SUCCEEDED, (done.error.code, done.error.message, logs)
+    steps = [e.metrics for e in events if e.WhichOneof("payload") == "metrics" and e.metrics.response_length]
+    assert [m.step for m in steps] == [1, 2]
+    # The zero-initialised head predicts 0 against non-zero returns: the first value loss is positive.
+    assert steps[0].value_loss > 0 and all(math.isfinite(m.value_loss) for m in steps)
+    assert all(m.kl >= 0 and 0 <= m.clip_fraction <= 1 and math.isfinite(m.loss) for m in steps)
+    assert all(m.reward_std > 0 and 0 < m.response_length <= 12 for m in steps)
+    assert steps[1].kl > 0  # the policy moved away from its frozen reference after the first update
+
+    # The checkpoint holds the value head beside the policy (what a resume reads back).
+    manifest = acme.checkpoints.GetManifest(ck.GetManifestRequest(checkpoint=done.result_checkpoint_id)).manifest
+    assert manifest.kind == ck.CHECKPOINT_KIND_FULL and manifest.head == ck.MODEL_HEAD_CAUSAL_LM
+    tensors: dict = {}
+    for f in (f for f in manifest.files if f.path.endswith(".safetensors")):
+        data = b"".join(c.data for c in acme.checkpoints.DownloadFile(
+            ck.DownloadFileRequest(checkpoint_id=manifest.checkpoint_id, path=f.path)))
+        tensors |= safetensors.torch.load(data)
+    assert tensors["v_head.weight"].shape == (1, 64) and float(tensors["v_head.weight"].abs().sum()) > 0
+    assert "v_head.bias" in tensors and any(k.endswith("embed_tokens.weight") for k in tensors)

@@ -64,6 +64,17 @@ def test_job_chart_marks_every_element():
     svg = _svg(job_figure(steps, [tr.Metrics(step=3, eval_loss=1.2)], [(3, "ckpt_a"), (6, "ckpt_b")]))
     for gid in ("loss-curve", "eval-loss-curve", "lr-curve", "tokens-curve", "checkpoint-0", "checkpoint-1"):
         assert f'id="{gid}"' in svg
+    assert 'id="reward-curve"' not in svg  # a supervised job has no reward
+
+
+def test_an_online_rl_job_chart_adds_the_reward_curve():
+    from tuneforge.cli.report import _svg, job_figure
+
+    steps = [tr.Metrics(step=i, loss=0.1, learning_rate=1e-3, tokens_per_second=50, reward_mean=-50.0 + 3 * i,
+                        response_length=12.0) for i in range(1, 7)]
+    svg = _svg(job_figure(steps, [], [(6, "ckpt_a")]))
+    for gid in ("reward-curve", "loss-curve", "lr-curve", "tokens-curve", "checkpoint-0"):
+        assert f'id="{gid}"' in svg
 
 
 def test_config_set_profile_keeps_the_token_out_of_argv(tmp_path, monkeypatch, capsys):

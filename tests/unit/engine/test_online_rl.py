@@ -147,6 +147,37 @@ def test_reward_model_scores_and_a_causal_lm_is_refused(tiny_model_dir: Path, tm
         RewardModelScorer(tiny_model_dir, torch.device("cpu"))
 
 
+def test_reward_model_lora_checkpoint_scores_on_its_base(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # A reward-model job's LoRA checkpoint (peft task SEQ_CLS, the score head saved beside the
+    # adapter) scores on the base it was trained from, as the peft model itself does.
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from tuneforge.common.errors import FailedPrecondition
+    from tuneforge.engine.rl.rewards import RewardModelScorer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    base.config.pad_token_id = tok.pad_token_id
+    peft_model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or "score" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    texts = ["a short one", "a much longer text than the first one"]
+    want = peft_model.eval()(**tok(texts, return_tensors="pt", padding=True)).logits[:, 0].detach()
+    scorer = RewardModelScorer(tiny_model_dir, torch.device("cpu"), adapter=tmp_path / "adapter")
+    assert torch.allclose(scorer.score(texts), want, atol=1e-5)
+    # A causal LM's adapter is no reward model: refused before any scoring.
+    lm = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                        LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, target_modules=["q_proj"]))
+    lm.save_pretrained(tmp_path / "lm-adapter")
+    with pytest.raises(FailedPrecondition, match="not a sequence classifier"):
+        RewardModelScorer(tiny_model_dir, torch.device("cpu"), adapter=tmp_path / "lm-adapter")
+
+
 @pytest.mark.slow
 def test_ppo_trains_a_value_head_and_resumes_it_exactly(tiny_model_dir: Path, tmp_path: Path) -> None:
     spec = rl_spec(tiny_model_dir, tmp_path, kind="ppo", steps=4, save_every=2)

@@ -65,7 +65,8 @@ def run(
     policy = runtime.unwrapped
     synced = spec.resources.zero_stage == 3 and spec.resources.num_workers > 1
     engine = HFRolloutEngine(policy, tokenizer.pad_token_id, stop_ids(policy, tokenizer), synced=synced)
-    scorer = RewardModelScorer(rl.reward_model_path, device) if rl.reward_model_path else None
+    scorer = RewardModelScorer(rl.reward_model_path, device, adapter=rl.reward_model_adapter_path) \
+        if rl.reward_model_path else None
     rank, _world = distributed_world()
     objective = OnlineRLObjective(spec.objective.kind, rl, tokenizer, engine, policy, reference,
                                   reward_model=scorer, seed=spec.hyperparameters.seed, rank=rank)

@@ -102,25 +102,35 @@ class RewardModelScorer:
 
     Args:
         folder: a Hugging Face folder with safetensors weights (``trust_remote_code`` stays off).
+        adapter: a reward-model job's LoRA adapter folder (peft task SEQ_CLS) applied on ``folder``.
         device: where the model runs (no gradients, eval mode).
         batch_size: texts per forward pass.
     """
 
-    def __init__(self, folder: Path, device: torch.device, batch_size: int = 16) -> None:
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    def __init__(self, folder: Path, device: torch.device, batch_size: int = 16, *,
+                 adapter: Path | None = None) -> None:
+        from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-        heads = [a for a in (config.architectures or []) if a.endswith("ForSequenceClassification")]
-        if not heads or getattr(config, "num_labels", 1) != 1:
+        from tuneforge.engine.evaluate.loading import load_model
+
+        if adapter is None:
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+            heads = [a for a in (config.architectures or []) if a.endswith("ForSequenceClassification")]
+            reward = bool(heads) and getattr(config, "num_labels", 1) == 1
+            what = f"its config names {config.architectures or 'no architecture'}, {getattr(config, 'num_labels', '?')} labels"
+        else:  # a reward-model job's LoRA checkpoint: the base loaded as a classifier, the adapter (and head) on it
+            from tuneforge.engine.export import is_reward_adapter
+
+            reward = is_reward_adapter(Path(adapter))
+            what = "its adapter was not trained on a sequence classifier"
+        if not reward:
             # A causal LM loaded as a classifier would score with a randomly initialised head.
             raise FailedPrecondition(
-                "the reward model is not a sequence classifier with one label (its config names "
-                f"{config.architectures or 'no architecture'}, {getattr(config, 'num_labels', '?')} labels): "
+                f"the reward model is not a sequence classifier with one label ({what}): "
                 "name a checkpoint of a reward-model job (a scalar head trained on preference pairs)")
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            folder, num_labels=1, trust_remote_code=False, use_safetensors=True
-        ).to(device).eval().requires_grad_(False)
+        loaded = load_model(Path(folder), adapter_dir=Path(adapter) if adapter else None, device=str(device))
+        self.model = loaded.model.requires_grad_(False)
+        self.tokenizer = loaded.tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id

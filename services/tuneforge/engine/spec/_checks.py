@@ -135,6 +135,9 @@ def _check_online_rl(s: _Sections) -> list[FieldViolation]:
     if rl.reward_model is not None and rl.reward_model_path is not None:
         out.append(FieldViolation("objective.rl.reward_model_path", _not_both_text("reward_model",
                                                                                    "reward_model_path")))
+    if rl.reward_model_adapter_path is not None and rl.reward_model_path is None:
+        out.append(FieldViolation("objective.rl.reward_model_adapter_path", "an adapter needs its base: set "
+                                  "objective.rl.reward_model_path too"))
     if o.kind is ObjectiveKind.PPO and s["method"].kind is not MethodKind.FULL:
         out.append(FieldViolation("method.kind", "PPO trains a value head beside the policy and saves both in "
                                   "full checkpoints; use method full (or GRPO/RLOO, which need no value model, "

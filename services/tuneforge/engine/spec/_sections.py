@@ -411,6 +411,9 @@ class RlSettings(_Strict):
                                      "checkpoint id (ckpt_...) or registered model, resolved by the service")
     reward_model_path: Path | None = Field(default=None, description="local reward-model folder "
                                            "(sequence classification, 1 label; set by the service)")
+    reward_model_adapter_path: Path | None = Field(default=None, description="local LoRA adapter of a "
+                                                   "reward-model checkpoint, applied on reward_model_path "
+                                                   "(set by the service)")
     reward_model_weight: float = Field(default=1.0, ge=-1e3, le=1e3, description="weight of the reward "
                                        "model's score in the sum")
     gamma: float = Field(default=1.0, ge=0, le=1, description="PPO: discount of GAE")

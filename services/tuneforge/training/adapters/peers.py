@@ -39,6 +39,7 @@ from tuneforge.training.domain.model import Job, JobCheckpoint
 from tuneforge.training.domain.ports import StoreRef, VersionFacts
 
 FIELD = "base_model"
+RM_FIELD = "hyperparameters.reward_model"
 
 
 class PeerDatasets:
@@ -144,6 +145,32 @@ class PeerModels:
             raise InvalidInput.field_error(FIELD, f"checkpoint {base_model} is an adapter: export it merged "
                                                   "(ExportCheckpoint, EXPORT_FORMAT_MERGED) and train on the export")
         return resolved.model_dir
+
+    def locate_reward_model(self, caller: Identity, name: str) -> tuple[Path, Path | None]:
+        """A reward model's local folder and, for a reward-model job's LoRA checkpoint, its adapter
+        folder (applied on the base by the workers); a model that is no reward model is refused."""
+        if "://" in name:
+            raise InvalidInput.field_error(RM_FIELD, "model URIs are not accepted: name a reward-model checkpoint "
+                                                     "id (ckpt_...) or a registered sequence classifier")
+        ref = _Ref(checkpoint_id=name) if name.startswith("ckpt_") else _Ref(base_model=name)
+        resolved = self._resolver.resolve(caller, ref)
+        if not _is_reward_model(resolved.model_dir, resolved.adapter_dir):
+            raise InvalidInput.field_error(RM_FIELD, f"{name} is not a reward model (a sequence classifier with one "
+                                                     "label): name the checkpoint of an OBJECTIVE_REWARD_MODEL job")
+        return resolved.model_dir, resolved.adapter_dir
+
+
+def _is_reward_model(model_dir: Path, adapter_dir: Path | None) -> bool:
+    """A reward model's LoRA (peft task SEQ_CLS) or a one-label sequence classifier, by their configs."""
+    try:
+        if adapter_dir is not None:
+            return json.loads((adapter_dir / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    heads = [a for a in config.get("architectures") or () if str(a).endswith("ForSequenceClassification")]
+    labels = config.get("num_labels", len(config.get("id2label") or {}) or 1)
+    return bool(heads) and labels == 1
 
 
 _KIND = {MethodKind.FULL: "FULL", MethodKind.LORA: "LORA", MethodKind.QLORA: "LORA", MethodKind.PREFIX: "PREFIX",

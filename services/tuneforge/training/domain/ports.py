@@ -155,6 +155,12 @@ class ModelLocator(Protocol):
         """The model's local folder; ``NotFound``/``InvalidInput`` naming ``base_model`` otherwise."""
         ...
 
+    def locate_reward_model(self, caller: Identity, name: str) -> tuple[Path, Path | None]:
+        """A reward model (checkpoint id or registered name) as a local folder plus, for a LoRA
+        reward-model checkpoint, its adapter folder; ``NotFound``/``InvalidInput`` naming
+        ``hyperparameters.reward_model`` otherwise (also for a model that is no reward model)."""
+        ...
+
     def reference(self, caller: Identity, base_model: str) -> StoreRef | None:
         """A registered base model in the shared store (one found only in the models folder is registered
         first); None for a checkpoint id, which ``locate`` resolves. ``NotFound`` for unknown names."""

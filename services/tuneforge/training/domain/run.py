@@ -248,9 +248,11 @@ class JobRun:
             self.ctx.log(job, "INFO", f"input base_model: checkpoint {model.name} from {model_path}")
         reward_model = job.spec.objective.rl.reward_model
         if reward_model:  # a reward-model checkpoint or registered model: made local here, like a base checkpoint
-            rm_path = self.ctx.models.locate(self.caller, reward_model)
-            doc["objective"]["rl"] = {**doc["objective"]["rl"], "reward_model": None, "reward_model_path": str(rm_path)}
-            self.ctx.log(job, "INFO", f"input reward_model: {reward_model} from {rm_path}")
+            rm_path, rm_adapter = self.ctx.models.locate_reward_model(self.caller, reward_model)
+            doc["objective"]["rl"] = {**doc["objective"]["rl"], "reward_model": None, "reward_model_path": str(rm_path),
+                                      "reward_model_adapter_path": str(rm_adapter) if rm_adapter else None}
+            self.ctx.log(job, "INFO", f"input reward_model: {reward_model} from {rm_path}"
+                                      + (f" with the adapter {rm_adapter}" if rm_adapter else ""))
         data = job.spec.data
         sources = [("train", data.train), ("validation", data.validation),
                    *((f"mixture[{i}]", m.source) for i, m in enumerate(data.mixture))]

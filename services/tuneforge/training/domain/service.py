@@ -289,7 +289,7 @@ class TrainingService:
             if (v := _head_violation(spec, folder)) is not None:
                 raise InvalidInput.of([v], what=what)
         if spec.objective.rl.reward_model:  # unknown reward models fail here, not in the run
-            self._d.models.locate(caller, spec.objective.rl.reward_model)
+            self._d.models.locate_reward_model(caller, spec.objective.rl.reward_model)
         return model
 
     def estimate(self, caller: Identity, request: JobRequest) -> JobPlan:
