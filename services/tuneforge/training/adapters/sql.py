@@ -99,6 +99,10 @@ class SqlJobRepository:
 
     def list(self, tenant: str, filters: JobFilter, *, limit: int, offset: int) -> builtins.list[Job]:
         """Newest first, filtered by status, method and labels (all given labels must match)."""
+        if not (filters.statuses or filters.method is not None or filters.labels):  # the usual page: prebuilt
+            with read_scope(self._sessions) as c:
+                rows = c.execute(_LIST_JOBS, {"tenant": tenant, "limit": limit, "offset": offset}).mappings()
+                return [_from_row(r) for r in rows]
         q: Select[Any] = select(jobs).where(jobs.c.tenant == tenant)
         if filters.statuses:
             q = q.where(jobs.c.status.in_(sorted(s.name for s in filters.statuses)))
@@ -293,6 +297,8 @@ def _now(s: Session) -> datetime:
 
 
 _GET_JOB = select(jobs).where(jobs.c.tenant == bindparam("tenant"), jobs.c.id == bindparam("job_id"))
+_LIST_JOBS = (select(jobs).where(jobs.c.tenant == bindparam("tenant"))
+              .order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(bindparam("limit")).offset(bindparam("offset")))
 
 
 def _held(lease: Lease) -> tuple[Any, ...]:
