@@ -25,7 +25,6 @@ from tuneforge.common.db import read_scope, session_scope
 from tuneforge.common.errors import NotFound
 from tuneforge.common.public_text import echo
 
-
 _GET_MANIFEST = select(checkpoints.c.manifest).where(
     checkpoints.c.tenant == bindparam("tenant"), checkpoints.c.id == bindparam("checkpoint_id"),
     checkpoints.c.state == STATE_COMMITTED)
