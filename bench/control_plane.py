@@ -514,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "baseline's threads)")
     p.add_argument("--max-streams", type=int, default=224, help="TUNEFORGE_MAX_STREAMS of the services")
     p.add_argument("--max-active-calls", type=int, default=0, help="TUNEFORGE_MAX_ACTIVE_CALLS of the services: unary "
-                   "calls run at once (0: the services' default, 2 per CPU and at least 4)")
+                   "calls run at once (0: the services' default, 4 per CPU and at least 16)")
     p.add_argument("--queue-target-ms", type=int, default=100, help="TUNEFORGE_QUEUE_TARGET_MS of the services: a unary "
                    "call that cannot start within this of its arrival is RESOURCE_EXHAUSTED (0: it waits)")
     p.add_argument("--tiny", action="store_true", help="a few requests at one low rate: a correctness check")

@@ -54,8 +54,9 @@ class ServiceSettings(BaseSettings):
                              "open at once; more are answered RESOURCE_EXHAUSTED. 0: half of max_workers, so "
                              "unary calls and health checks always keep handler threads.")
     max_active_calls: int = Field(0, ge=0, le=1024, description="Unary calls running at once; more wait for a "
-                                  "turn until the queueing target. 0: 2 per CPU, at least 4 (the work is CPU in one "
-                                  "Python process: more threads only share the GIL and slow every call down).")
+                                  "turn until the queueing target. 0: 4 per CPU, at least 16 (the work is mostly CPU in "
+                                  "one Python process, where more threads only share the GIL; the bound stays above "
+                                  "what a few long calls such as exports hold).")
     queue_target_ms: int = Field(100, ge=0, le=60_000, description="Longest a unary call waits to start (from its "
                                  "arrival, for a thread, the GIL and a turn) before it is answered "
                                  "RESOURCE_EXHAUSTED (reason OVERLOADED), so that above capacity clients back off "
@@ -72,8 +73,8 @@ class ServiceSettings(BaseSettings):
         return self.max_streams or max(1, self.max_workers // 2)
 
     def active_limit(self) -> int:
-        """The unary calls run at once (``max_active_calls``, or 2 per CPU and at least 4)."""
-        return self.max_active_calls or max(4, 2 * (os.cpu_count() or 1))
+        """The unary calls run at once (``max_active_calls``, or 4 per CPU and at least 16)."""
+        return self.max_active_calls or max(16, 4 * (os.cpu_count() or 1))
 
     def call_limit(self) -> int:
         """The calls served at once: every handler thread but those kept for health checks
