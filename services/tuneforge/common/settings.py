@@ -57,10 +57,10 @@ class ServiceSettings(BaseSettings):
                                   "turn until the queueing target. 0: 4 per CPU, at least 16 (the work is mostly CPU in "
                                   "one Python process, where more threads only share the GIL; the bound stays above "
                                   "what a few long calls such as exports hold).")
-    queue_target_ms: int = Field(100, ge=0, le=60_000, description="Longest a unary call waits to start (from its "
-                                 "arrival, for a thread, the GIL and a turn) before it is answered "
-                                 "RESOURCE_EXHAUSTED (reason OVERLOADED), so that above capacity clients back off "
-                                 "instead of timing out. 0: calls wait for a turn however long it takes.")
+    queue_target_ms: int = Field(100, ge=0, le=60_000, description="When every active slot is taken, how long after "
+                                 "its arrival a unary call may wait for one before it is answered RESOURCE_EXHAUSTED "
+                                 "(reason OVERLOADED), so that above capacity clients back off instead of timing "
+                                 "out. 0: calls wait for a turn however long it takes.")
 
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint, on the "
                               "same host as the service (e.g. 9090 in containers); 0: no endpoint.")

@@ -89,15 +89,15 @@ class Admission:
     in gRPC's queue behind the calls that hold the threads. (Chosen over an asyncio server: the
     domains are synchronous, and admission is one place where a port would touch every servicer.)
 
-    Unary calls then run at most ``active`` at a time (0: no bound). Their work is CPU in one
-    Python process: past a few runnable threads more only share the GIL, each call gets slower,
-    and the server's one polling thread (which accepts every call, health checks included) waits
-    for the GIL among them. A unary call waits for an active slot only until ``queue_target_s``
-    after its arrival (counted from when the polling thread handed it over, so time spent waiting
-    for a thread or the GIL counts too); a call that could not start by then is RESOURCE_EXHAUSTED
-    (reason ``OVERLOADED``) in well under its deadline, so above capacity clients are told to back
-    off instead of timing out, and what is admitted keeps its latency (CoDel's idea: shed on
-    queueing delay, not on queue length).
+    Unary calls then run at most ``active`` at a time (0: no bound). Their work is mostly CPU in
+    one Python process: past a few runnable threads more only share the GIL, each call gets
+    slower, and the server's one polling thread (which accepts every call, health checks included)
+    waits for the GIL among them. When every active slot is taken, a unary call waits for one only
+    until ``queue_target_s`` after its arrival (counted from when the polling thread handed it
+    over, so time spent waiting for a thread or the GIL counts too); a call that could not start by
+    then is RESOURCE_EXHAUSTED (reason ``OVERLOADED``) in well under its deadline, so above capacity
+    clients are told to back off instead of timing out, and what is admitted keeps its latency
+    (CoDel's idea: shed on queueing delay, not on queue length). A free slot always admits.
     """
 
     def __init__(self, calls: int, streams: int, active: int = 0, queue_target_s: float = 0.0) -> None:
@@ -126,6 +126,10 @@ class Admission:
         """Take an active slot, waiting until the queueing target; whether one was taken."""
         if self._active is None:
             return False
+        if self._active.acquire(blocking=False):
+            # A free slot admits even a call that arrived long ago: shedding only where the service is
+            # at its bound keeps a merely slow machine (a loaded CI runner) from refusing work.
+            return True
         if self.queue_target_s <= 0 or arrived is None:
             self._active.acquire()
             return True
