@@ -135,14 +135,38 @@ def test_at_the_bound_a_call_that_arrived_longer_ago_than_the_target_is_shed_at_
         pass
 
 
-def test_a_free_slot_admits_a_call_however_late_it_arrived() -> None:
-    """A slow machine (a loaded CI runner) delays calls without the service being at its bound:
-    they run, late, rather than being refused."""
-    admission = Admission(calls=4, streams=2, active=2, queue_target_s=0.05)
-    ran = False
-    with admission.admit("/s/Get", False, time.monotonic() - 10.0):
-        ran = True
-    assert ran
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _runs(admission: Admission, arrived: float) -> bool:
+    try:
+        with admission.admit("/s/Get", False, arrived):
+            return True
+    except ResourceExhausted as exc:
+        assert exc.reason == "OVERLOADED"
+        return False
+
+
+def test_a_free_slot_admits_late_calls_until_every_call_has_been_late_for_a_while() -> None:
+    """One late call (a loaded CI runner, a pause) runs; calls that all start late for
+    SUSTAINED_LATE_S (a standing queue: the process is saturated) are shed even with free slots,
+    until one call starts in time again."""
+    from tuneforge.common.grpc.interceptors import SUSTAINED_LATE_S
+
+    clock = _Clock()
+    admission = Admission(calls=4, streams=2, active=2, queue_target_s=0.05, clock=clock)
+    assert _runs(admission, clock.now - 10.0)  # late, but the first late one: it runs
+    clock.now += SUSTAINED_LATE_S / 2
+    assert _runs(admission, clock.now - 0.2)  # still within the interval
+    clock.now += SUSTAINED_LATE_S
+    assert not _runs(admission, clock.now - 0.2)  # late for longer than the interval: shed
+    assert _runs(admission, clock.now - 0.01)  # a call in time ends the late spell
+    assert _runs(admission, clock.now - 0.2)  # and the next late one runs again
 
 
 def test_streaming_calls_take_no_active_slot() -> None:

@@ -78,6 +78,11 @@ def to_status(err: TuneforgeError) -> status_pb2.Status:
     return status
 
 
+# How long every call must have started later than the queueing target before calls that find a
+# free slot are shed too (10 x the default target: CoDel's interval, lengthened for shared machines).
+SUSTAINED_LATE_S = 1.0
+
+
 class Admission:
     """Admission control on the handler threads: no request can take the last ones, and unary work
     that cannot start within the queueing target is refused rather than left to time out.
@@ -97,12 +102,16 @@ class Admission:
     over, so time spent waiting for a thread or the GIL counts too); a call that could not start by
     then is RESOURCE_EXHAUSTED (reason ``OVERLOADED``) in well under its deadline, so above capacity
     clients are told to back off instead of timing out, and what is admitted keeps its latency
-    (CoDel's idea: shed on queueing delay, not on queue length). A free slot always admits.
+    (CoDel's idea: shed on queueing delay, not on queue length). A free slot admits, unless calls
+    have been starting late for ``SUSTAINED_LATE_S`` without a break (a standing queue).
     """
 
-    def __init__(self, calls: int, streams: int, active: int = 0, queue_target_s: float = 0.0) -> None:
+    def __init__(self, calls: int, streams: int, active: int = 0, queue_target_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.calls, self.streams = calls, min(streams, calls)
         self.active, self.queue_target_s = active, queue_target_s
+        self._clock = clock
+        self._late_since: float | None = None  # since when every call has started later than the target
         self._calls = threading.BoundedSemaphore(self.calls)
         self._streams = threading.BoundedSemaphore(self.streams)
         self._active = threading.BoundedSemaphore(active) if active > 0 else None
@@ -126,21 +135,33 @@ class Admission:
         """Take an active slot, waiting until the queueing target; whether one was taken."""
         if self._active is None:
             return False
-        if self._active.acquire(blocking=False):
-            # A free slot admits even a call that arrived long ago: shedding only where the service is
-            # at its bound keeps a merely slow machine (a loaded CI runner) from refusing work.
-            return True
         if self.queue_target_s <= 0 or arrived is None:
             self._active.acquire()
             return True
-        waited = time.monotonic() - arrived
+        now = self._clock()
+        if not self._persistently_late(now - arrived, now) and self._active.acquire(blocking=False):
+            return True
+        waited = now - arrived
         if waited < self.queue_target_s and self._active.acquire(timeout=self.queue_target_s - waited):
             return True
-        waited = time.monotonic() - arrived
+        waited = self._clock() - arrived
         raise ResourceExhausted(
             f"this service is overloaded: {method.rsplit('/', 1)[-1]} waited {waited * 1000:.0f} ms to start, past "
             f"its queueing target of {self.queue_target_s * 1000:.0f} ms (TUNEFORGE_QUEUE_TARGET_MS): retry with "
             "backoff, or add replicas", reason="OVERLOADED")
+
+    def _persistently_late(self, waited: float, now: float) -> bool:
+        """Whether calls have started later than the target for ``SUSTAINED_LATE_S`` without a break
+        (CoDel's test: the smallest delay over an interval, not one late call, marks a standing
+        queue). Then even a call that finds a free slot is shed: a process whose GIL is saturated
+        starts calls late before its slots fill. A single late call (a loaded CI runner, a pause)
+        runs."""
+        if waited < self.queue_target_s:
+            self._late_since = None
+            return False
+        if self._late_since is None:
+            self._late_since = now
+        return now - self._late_since >= SUSTAINED_LATE_S
 
     def enter(self, method: str, streaming: bool) -> None:
         """Take the slots of a call, or raise ``ResourceExhausted`` naming the limit and the remedy."""
