@@ -12,7 +12,9 @@ The script starts everything itself on 127.0.0.1 (never another host) and is bou
   API with a dataset, a job and a registered checkpoint. The job runs on an *idle engine* (it
   waits for its cancel, using no CPU): the watchers follow a live job, and what is measured is the
   control plane, not training. The services get ``--max-workers``/``--max-streams`` (the
-  defaults, 32/16, hold no 200 streams: each open stream holds a handler thread in sync gRPC);
+  defaults, 32/16, hold no 200 streams: each open stream holds a handler thread in sync gRPC)
+  and ``--max-active-calls``/``--queue-target-ms`` (the overload shedding: unary calls running at
+  once, and how long one may wait to start before it is answered RESOURCE_EXHAUSTED);
 - the baseline: one grpcio server serving the same three services with handlers that answer an
   empty message (a stream waits for its client to leave), the same thread count, no interceptors.
 
@@ -130,7 +132,8 @@ def _base_env(run_dir: Path, token: str, args: argparse.Namespace) -> dict[str, 
         "PYTHONPATH": f"{ROOT / 'services'}:{ROOT}", "TUNEFORGE_HOST": "127.0.0.1",
         "TUNEFORGE_OBJECT_STORE_URI": (run_dir / "objects").as_uri(), "TUNEFORGE_AUTH_TOKENS": f"{TENANT}:{token}",
         "TUNEFORGE_MODELS_DIR": str(run_dir / "models"), "TUNEFORGE_MAX_WORKERS": str(args.max_workers),
-        "TUNEFORGE_MAX_STREAMS": str(args.max_streams), "HF_HUB_OFFLINE": "1",
+        "TUNEFORGE_MAX_STREAMS": str(args.max_streams), "TUNEFORGE_MAX_ACTIVE_CALLS": str(args.max_active_calls),
+        "TUNEFORGE_QUEUE_TARGET_MS": str(args.queue_target_ms), "HF_HUB_OFFLINE": "1",
     })
     return env
 
@@ -491,6 +494,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {"rates": rates, "seconds_per_rate": args.seconds, "watch_streams": args.streams,
                      "deadline_s": args.deadline_s, "max_workers": args.max_workers, "max_streams": args.max_streams,
+                     "max_active_calls": args.max_active_calls, "queue_target_ms": args.queue_target_ms,
                      "requests_per_target": total, "rpcs": list(RPCS)},
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "grpcio": grpc.__version__},
         "streams_at_start": streams,
@@ -509,6 +513,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-workers", type=int, default=320, help="TUNEFORGE_MAX_WORKERS of the services (and the "
                    "baseline's threads)")
     p.add_argument("--max-streams", type=int, default=224, help="TUNEFORGE_MAX_STREAMS of the services")
+    p.add_argument("--max-active-calls", type=int, default=0, help="TUNEFORGE_MAX_ACTIVE_CALLS of the services: unary "
+                   "calls run at once (0: the services' default, 4 per CPU and at least 16)")
+    p.add_argument("--queue-target-ms", type=int, default=100, help="TUNEFORGE_QUEUE_TARGET_MS of the services: a unary "
+                   "call that cannot start within this of its arrival is RESOURCE_EXHAUSTED (0: it waits)")
     p.add_argument("--tiny", action="store_true", help="a few requests at one low rate: a correctness check")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--markdown", type=Path, help="write the table here")

@@ -53,6 +53,14 @@ class ServiceSettings(BaseSettings):
     max_streams: int = Field(0, ge=0, le=1024, description="Streaming calls (event streams, uploads, downloads) "
                              "open at once; more are answered RESOURCE_EXHAUSTED. 0: half of max_workers, so "
                              "unary calls and health checks always keep handler threads.")
+    max_active_calls: int = Field(0, ge=0, le=1024, description="Unary calls running at once; more wait for a "
+                                  "turn until the queueing target. 0: 4 per CPU, at least 16 (the work is mostly CPU in "
+                                  "one Python process, where more threads only share the GIL; the bound stays above "
+                                  "what a few long calls such as exports hold).")
+    queue_target_ms: int = Field(100, ge=0, le=60_000, description="When every active slot is taken, how long after "
+                                 "its arrival a unary call may wait for one before it is answered RESOURCE_EXHAUSTED "
+                                 "(reason OVERLOADED), so that above capacity clients back off instead of timing "
+                                 "out. 0: calls wait for a turn however long it takes.")
 
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint, on the "
                               "same host as the service (e.g. 9090 in containers); 0: no endpoint.")
@@ -63,6 +71,10 @@ class ServiceSettings(BaseSettings):
     def stream_limit(self) -> int:
         """The streaming calls served at once (``max_streams``, or half the handler threads)."""
         return self.max_streams or max(1, self.max_workers // 2)
+
+    def active_limit(self) -> int:
+        """The unary calls run at once (``max_active_calls``, or 4 per CPU and at least 16)."""
+        return self.max_active_calls or max(16, 4 * (os.cpu_count() or 1))
 
     def call_limit(self) -> int:
         """The calls served at once: every handler thread but those kept for health checks

@@ -126,9 +126,17 @@ def remove_span_processor(processor: SpanProcessor) -> None:
     _fanout.remove(processor)
 
 
+_tracer: trace.Tracer | None = None
+
+
 def tracer() -> trace.Tracer:
     """The tuneforge tracer (a no-op one until ``configure_tracing``)."""
-    return trace.get_tracer(TRACER_NAME)
+    global _tracer
+    if _tracer is None:
+        # Made once: ``get_tracer`` builds a new tracer (and its scope) per call, which every RPC paid.
+        # Made before the provider is installed it is the API's proxy, which follows the provider once set.
+        _tracer = trace.get_tracer(TRACER_NAME)
+    return _tracer
 
 
 def trace_id_hex(span: trace.Span | None = None) -> str:

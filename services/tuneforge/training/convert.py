@@ -10,6 +10,7 @@ names (``method.lora.r`` -> ``hyperparameters.lora_r``), so nothing here is main
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -132,6 +133,18 @@ TABLE = _table()
 API_FIELDS = dict(_leaves(pb.CreateJobRequest.DESCRIPTOR))
 
 
+def _targets_by_api() -> dict[str, tuple[str, ...]]:
+    by_api: dict[str, list[str]] = {}
+    for api, spec in TABLE:
+        by_api.setdefault(api, []).append(spec)
+    return {api: tuple(specs) for api, specs in by_api.items()}
+
+
+# The table by API path, in table order: GetJob/ListJobs read every job's spec back through it, so a
+# scan of the table per field (~60 fields a job) cost more than the database read (the load test).
+_TARGETS = _targets_by_api()
+
+
 def _common_prefix(paths: list[str]) -> str:
     parts = [p.split(".") for p in paths]
     common = []
@@ -246,7 +259,7 @@ def _put(doc: dict[str, Any], path: str, value: Any) -> None:
 
 
 def _spec_targets(api: str) -> list[str]:
-    return [spec for a, spec in TABLE if a == api]
+    return list(_TARGETS.get(api, ()))
 
 
 def _with_indices(template: str, indexed: str) -> str:
@@ -330,14 +343,25 @@ def _get(doc: Any, path: str) -> Any:
 def _section_fields(doc: Mapping[str, Any], prefix: str, method: str | None) -> dict[str, Any]:
     """Request kwargs of the message at API path ``prefix`` read from spec mapping ``doc``."""
     out: dict[str, Any] = {}
+    for name, f, target in _section_targets(prefix, method):
+        value = _get(doc, target)
+        if value is not None:
+            out[name] = _enum_from_spec(f, value) if f.enum_type is not None else value
+    return out
+
+
+@functools.cache
+def _section_targets(prefix: str, method: str | None) -> tuple[tuple[str, FieldDescriptor, str], ...]:
+    """(field name, field, spec path) of each field of the message at API path ``prefix`` that applies
+    to ``method`` (the table is fixed, so this is computed once per section and method)."""
+    out = []
     for api, f in API_FIELDS.items():
         if "[]" in api or not api.startswith(prefix) or "." in api.removeprefix(prefix):
             continue
         target = _spec_target(api, method)  # None: the field does not apply to this method
-        value = _get(doc, target) if target else None
-        if value is not None:
-            out[api.removeprefix(prefix)] = _enum_from_spec(f, value) if f.enum_type is not None else value
-    return out
+        if target:
+            out.append((api.removeprefix(prefix), f, target))
+    return tuple(out)
 
 
 def request_from_spec(doc: Mapping[str, Any]) -> pb.CreateJobRequest:

@@ -200,3 +200,32 @@ def test_tokens_never_appear_in_logs_or_error_messages(probe, caplog):
     for secret in (probe.token, probe.other_token, wrong):
         assert secret not in caplog.text
         assert secret not in info.value.details()
+
+
+def test_access_log_lines_carry_each_calls_own_correlation_fields(probe, caplog):
+    """The interceptors keep one wrapper per method and read each call's metadata in its handler
+    thread: consecutive calls of one method log their own request id, trace id and tenant."""
+    from tuneforge.common.logging import ContextFilter
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(ContextFilter())
+    rpc_log = logging.getLogger("tuneforge.rpc")
+    rpc_log.addHandler(handler)
+    try:
+        caplog.set_level(logging.INFO, logger="tuneforge.rpc")
+        calls = [(probe.channel(), "req-one", "4bf92f3577b34da6a3ce929d0e0e4736"),
+                 (probe.channel(probe.other_token), "req-two", "0af7651916cd43dd8448eb211c80319c")]
+        for ch, request_id, trace_id in calls:
+            md = (("x-request-id", request_id), ("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"))
+            pb_grpc.TrainingServiceStub(ch).GetJob(pb.GetJobRequest(job_id="x"), metadata=md, timeout=30)
+        with pytest.raises(grpc.RpcError):
+            pb_grpc.TrainingServiceStub(probe.channel("not-a-valid-token-0123456789")).GetJob(
+                pb.GetJobRequest(job_id="x"), metadata=(("x-request-id", "req-three"),), timeout=30)
+    finally:
+        rpc_log.removeHandler(handler)
+    lines = [(r.ctx_request_id, r.ctx_trace_id, r.ctx_tenant, r.ctx_code) for r in records
+             if getattr(r, "ctx_method", "").endswith("/GetJob")]
+    assert lines[:2] == [("req-one", calls[0][2], "acme", "OK"), ("req-two", calls[1][2], "acme2", "OK")]
+    assert lines[2][0] == "req-three" and lines[2][2:] == ("-", "UNAUTHENTICATED")

@@ -50,7 +50,8 @@ def endless(make_service):
 
     def build(settings: ServiceSettings):
         return build_server(settings, [(pb_grpc.add_TrainingServiceServicer_to_server, servicer)], [SERVICE_NAME])
-    handle = make_service(TrainingSettings, build, max_workers=6, max_streams=3)  # 5 calls, 3 streams
+    # 5 calls, 3 streams; every call may run at once (the active-call bound is tested in test_overload.py)
+    handle = make_service(TrainingSettings, build, max_workers=6, max_streams=3, max_active_calls=6)
     return handle, servicer
 
 

@@ -26,6 +26,18 @@ def captured():
     ("s3_secret_key=wJalrXUtnFEMI/K7MDENG", "wJalrXUtnFEMI/K7MDENG"),
     ('{"api_key": "sk-live-123456789"}', "sk-live-123456789"),
     ("key id AKIAIOSFODNN7EXAMPLE used", "AKIAIOSFODNN7EXAMPLE"),
+    # every keyword of every pattern, in other cases too (redact() skips the substitutions when a
+    # quick search finds none of the patterns' words: that search must never miss one)
+    ("AUTHORIZATION: BEARER abcdEFGH12345678xyz", "abcdEFGH12345678xyz"),
+    ("s3://user:Hunter2Pass@minio:9000/bucket", "Hunter2Pass"),
+    ("DB_PASSWD: letmein-123", "letmein-123"),
+    ("Password=letmein-456", "letmein-456"),
+    ("x_client_SECRET='abc-def-ghi'", "abc-def-ghi"),
+    ("refresh_Token: tok-998877", "tok-998877"),
+    ("API-KEY=k-112233", "k-112233"),
+    ("apikey: k-445566", "k-445566"),
+    ("Access_Key=AK-778899", "AK-778899"),
+    ("temporary key ASIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE"),
 ])
 def test_patterns_are_redacted(text, secret):
     assert secret not in redact(text)

@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from tuneforge.common.db import TZDateTime, create_db_engine, new_metadata, session_scope, utcnow
+from tuneforge.common.db import TZDateTime, create_db_engine, new_metadata, read_scope, session_scope, utcnow
+from tuneforge.common.errors import Unavailable
 
 
 @pytest.fixture
@@ -155,7 +156,18 @@ def test_concurrent_read_then_write_transactions_wait_their_turn(tmp_path: Path)
         engine.dispose()
 
 
-def test_read_only_units_of_work_read_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
+def _session_read(engine: sa.Engine, query: sa.Select) -> object:  # type: ignore[type-arg]
+    with session_scope(engine, read_only=True) as session:
+        return session.execute(query).scalar_one()
+
+
+def _core_read(engine: sa.Engine, query: sa.Select) -> object:  # type: ignore[type-arg]
+    with read_scope(engine) as connection:
+        return connection.execute(query).scalar_one()
+
+
+@pytest.mark.parametrize("read", [_session_read, _core_read], ids=["session_scope", "read_scope"])
+def test_read_only_units_of_work_read_while_a_writer_holds_the_lock(tmp_path: Path, read) -> None:  # type: ignore[no-untyped-def]
     """A read-only unit of work (deferred BEGIN) reads the last committed state while another
     transaction holds the write lock; a plain one (BEGIN IMMEDIATE) would wait for the writer."""
     import threading
@@ -179,13 +191,22 @@ def test_read_only_units_of_work_read_while_a_writer_holds_the_lock(tmp_path: Pa
     thread = threading.Thread(target=writer)
     thread.start()
     assert holding.wait(60)
-    with session_scope(engine, read_only=True) as session:
-        seen = session.execute(sa.select(counter.c.n)).scalar_one()
+    seen = read(engine, sa.select(counter.c.n))
     read_done.set()
     thread.join(60)
     assert seen == 1  # read beside the writer, its uncommitted update unseen
-    with session_scope(engine, read_only=True) as session:
-        assert session.execute(sa.select(counter.c.n)).scalar_one() == 2
+    assert read(engine, sa.select(counter.c.n)) == 2
+    with session_scope(engine) as session:  # the read left no transaction open: writes go on
+        session.execute(counter.update().where(counter.c.id == 1).values(n=3))
+    assert read(engine, sa.select(counter.c.n)) == 3
+    engine.dispose()
+
+
+def test_a_failed_core_read_is_unavailable_without_the_database_path(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+    with pytest.raises(Unavailable) as caught, read_scope(engine) as connection:
+        connection.exec_driver_sql("SELECT n FROM no_such_table")
+    assert "meta.db" not in caught.value.message and "retry" in caught.value.message
     engine.dispose()
 
 

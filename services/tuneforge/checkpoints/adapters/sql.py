@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, delete, insert, select, update
+from sqlalchemy import CursorResult, and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,9 +21,15 @@ from tuneforge.checkpoints.adapters.tables import (
     policies,
 )
 from tuneforge.checkpoints.domain.model import Alias, AliasMove, Manifest, Pin, RetentionPolicy
-from tuneforge.common.db import session_scope
+from tuneforge.common.db import read_scope, session_scope
 from tuneforge.common.errors import NotFound
 from tuneforge.common.public_text import echo
+
+_GET_MANIFEST = select(checkpoints.c.manifest).where(
+    checkpoints.c.tenant == bindparam("tenant"), checkpoints.c.id == bindparam("checkpoint_id"),
+    checkpoints.c.state == STATE_COMMITTED)
+_ALIAS_NAMES = select(aliases.c.name).where(aliases.c.tenant == bindparam("tenant"),
+                                            aliases.c.checkpoint_id == bindparam("checkpoint_id"))
 
 
 class SqlCheckpointRepository:
@@ -66,16 +72,12 @@ class SqlCheckpointRepository:
 
     def get(self, tenant: str, checkpoint_id: str) -> Manifest | None:
         """A committed checkpoint with its aliases, or None (absent, deleting, other tenant)."""
-        with session_scope(self._sessions, read_only=True) as session:
-            doc = session.execute(select(checkpoints.c.manifest).where(
-                checkpoints.c.tenant == tenant,
-                checkpoints.c.id == checkpoint_id,
-                checkpoints.c.state == STATE_COMMITTED,
-            )).scalar_one_or_none()
+        ids = {"tenant": tenant, "checkpoint_id": checkpoint_id}
+        with read_scope(self._sessions) as c:  # GetManifest's read: Core, prebuilt statements
+            doc = c.execute(_GET_MANIFEST, ids).scalar_one_or_none()
             if doc is None:
                 return None
-            names = session.execute(select(aliases.c.name).where(
-                aliases.c.tenant == tenant, aliases.c.checkpoint_id == checkpoint_id)).scalars().all()
+            names = c.execute(_ALIAS_NAMES, ids).scalars().all()
         return Manifest.from_document(doc).with_aliases(tuple(names))
 
     def list_job(self, tenant: str, job_id: str) -> list[Manifest]:

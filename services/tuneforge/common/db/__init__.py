@@ -58,7 +58,7 @@ from tuneforge.common.db.migrations import (
     run_migrations,
     version_table_for,
 )
-from tuneforge.common.db.session import make_sessionmaker, session_scope
+from tuneforge.common.db.session import make_sessionmaker, read_scope, session_scope
 from tuneforge.common.db.types import NAMING_CONVENTION, TZDateTime, new_metadata, utcnow
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
     "make_sessionmaker",
     "new_metadata",
     "parse_database_url",
+    "read_scope",
     "redact_url",
     "run_migrations",
     "session_scope",

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -74,3 +74,27 @@ def _rollback_quietly(session: Session) -> None:
         session.rollback()
     except DBAPIError:
         log.warning("rollback failed after an error; the connection is discarded", exc_info=True)
+
+
+@contextmanager
+def read_scope(bind: Engine | sessionmaker[Session]) -> Iterator[Connection]:
+    """A read-only unit of work on a Core connection: one deferred transaction (SQLite: beside
+    writers, like ``session_scope(read_only=True)``), rolled back at the end.
+
+    For the hot reads of the API (GetJob, ListJobs, ListDatasets, GetManifest): an ORM session
+    costs about as much again as the query itself, and these reads need none of its features.
+    Execute prebuilt statements with ``bindparam`` values where a read is hot: building a
+    statement per call costs more than running it on SQLite.
+
+    Raises:
+        errors.Unavailable: the database could not be reached or refused the read.
+    """
+    engine = bind.kw["bind"] if isinstance(bind, sessionmaker) else bind
+    try:
+        with engine.connect() as connection:
+            connection = connection.execution_options(**{SQLITE_BEGIN_IMMEDIATE: False})
+            with connection.begin() as transaction:
+                yield connection
+                transaction.rollback()  # nothing to commit: a read ends its transaction either way
+    except OperationalError as exc:
+        raise unavailable(engine.url, exc, for_client=True) from exc

@@ -18,6 +18,7 @@ Every handler is wrapped so that:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ from opentelemetry import trace
 from tuneforge.common.auth import DEFAULT_TENANT, Identity, TokenAuthenticator, bound_identity
 from tuneforge.common.errors import ErrorFamily, ResourceExhausted, TuneforgeError
 from tuneforge.common.grpc.limits import check_request
+from tuneforge.common.grpc.observe import handler_kind, with_behavior
 from tuneforge.common.logging import log_context
 from tuneforge.common.public_text import (
     MAX_DESCRIPTION_CHARS,
@@ -76,8 +78,14 @@ def to_status(err: TuneforgeError) -> status_pb2.Status:
     return status
 
 
+# How long every call must have started later than the queueing target before calls that find a
+# free slot are shed too (10 x the default target: CoDel's interval, lengthened for shared machines).
+SUSTAINED_LATE_S = 1.0
+
+
 class Admission:
-    """Admission control on the handler threads: no request can take the last ones.
+    """Admission control on the handler threads: no request can take the last ones, and unary work
+    that cannot start within the queueing target is refused rather than left to time out.
 
     Sync gRPC serves every call on one pool of handler threads, and a call holds its thread until
     it ends (a stream for as long as it is open). So at most ``calls`` calls run at once (the
@@ -85,21 +93,75 @@ class Admission:
     ``streams`` are streaming; past either, a call is RESOURCE_EXHAUSTED at once instead of waiting
     in gRPC's queue behind the calls that hold the threads. (Chosen over an asyncio server: the
     domains are synchronous, and admission is one place where a port would touch every servicer.)
+
+    Unary calls then run at most ``active`` at a time (0: no bound). Their work is mostly CPU in
+    one Python process: past a few runnable threads more only share the GIL, each call gets
+    slower, and the server's one polling thread (which accepts every call, health checks included)
+    waits for the GIL among them. When every active slot is taken, a unary call waits for one only
+    until ``queue_target_s`` after its arrival (counted from when the polling thread handed it
+    over, so time spent waiting for a thread or the GIL counts too); a call that could not start by
+    then is RESOURCE_EXHAUSTED (reason ``OVERLOADED``) in well under its deadline, so above capacity
+    clients are told to back off instead of timing out, and what is admitted keeps its latency
+    (CoDel's idea: shed on queueing delay, not on queue length). A free slot admits, unless calls
+    have been starting late for ``SUSTAINED_LATE_S`` without a break (a standing queue).
     """
 
-    def __init__(self, calls: int, streams: int) -> None:
+    def __init__(self, calls: int, streams: int, active: int = 0, queue_target_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.calls, self.streams = calls, min(streams, calls)
+        self.active, self.queue_target_s = active, queue_target_s
+        self._clock = clock
+        self._late_since: float | None = None  # since when every call has started later than the target
         self._calls = threading.BoundedSemaphore(self.calls)
         self._streams = threading.BoundedSemaphore(self.streams)
+        self._active = threading.BoundedSemaphore(active) if active > 0 else None
 
     @contextlib.contextmanager
-    def admit(self, method: str, streaming: bool) -> Iterator[None]:
-        """Hold a call slot (and a stream slot) for a ``with`` block; ``ResourceExhausted`` if none."""
+    def admit(self, method: str, streaming: bool, arrived: float | None = None) -> Iterator[None]:
+        """Hold a call slot (and a stream slot, or for unary work an active slot) for a ``with``
+        block; ``ResourceExhausted`` if none. ``arrived``: the call's arrival (``time.monotonic``)."""
         self.enter(method, streaming)
         try:
-            yield
+            active = not streaming and self._start(method, arrived)
+            try:
+                yield
+            finally:
+                if active:
+                    self._active.release()  # type: ignore[union-attr]
         finally:
             self.leave(streaming)
+
+    def _start(self, method: str, arrived: float | None) -> bool:
+        """Take an active slot, waiting until the queueing target; whether one was taken."""
+        if self._active is None:
+            return False
+        if self.queue_target_s <= 0 or arrived is None:
+            self._active.acquire()
+            return True
+        now = self._clock()
+        if not self._persistently_late(now - arrived, now) and self._active.acquire(blocking=False):
+            return True
+        waited = now - arrived
+        if waited < self.queue_target_s and self._active.acquire(timeout=self.queue_target_s - waited):
+            return True
+        waited = self._clock() - arrived
+        raise ResourceExhausted(
+            f"this service is overloaded: {method.rsplit('/', 1)[-1]} waited {waited * 1000:.0f} ms to start, past "
+            f"its queueing target of {self.queue_target_s * 1000:.0f} ms (TUNEFORGE_QUEUE_TARGET_MS): retry with "
+            "backoff, or add replicas", reason="OVERLOADED")
+
+    def _persistently_late(self, waited: float, now: float) -> bool:
+        """Whether calls have started later than the target for ``SUSTAINED_LATE_S`` without a break
+        (CoDel's test: the smallest delay over an interval, not one late call, marks a standing
+        queue). Then even a call that finds a free slot is shed: a process whose GIL is saturated
+        starts calls late before its slots fill. A single late call (a loaded CI runner, a pause)
+        runs."""
+        if waited < self.queue_target_s:
+            self._late_since = None
+            return False
+        if self._late_since is None:
+            self._late_since = now
+        return now - self._late_since >= SUSTAINED_LATE_S
 
     def enter(self, method: str, streaming: bool) -> None:
         """Take the slots of a call, or raise ``ResourceExhausted`` naming the limit and the remedy."""
@@ -130,25 +192,24 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         admission: the caps on calls and streams (None: no cap)."""
         self._auth = authenticator
         self._admission = admission
+        self._wrappers: dict[str, _Wrapper] = {}
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        # Runs in the server's one polling thread at the call's arrival: only a lookup, the arrival
+        # time and a bound behaviour here; the token, the bounds and the slots are the handler thread's.
         handler = continuation(details)
         if handler is None:
             return handler
         if details.method.startswith(EXEMPT_PREFIXES):
             # No token needed, but health Watch and reflection streams pin threads too: capped.
             return self._capped(handler, details.method) if handler.response_streaming else handler
-        metadata = dict(details.invocation_metadata or ())
-        wrap = _Wrapper(self._auth, details.method, metadata.get("authorization"), handler.request_streaming,
-                        self._admission)
-        kind = ("stream" if handler.request_streaming else "unary") + "_" + (
-            "stream" if handler.response_streaming else "unary")
-        behavior = getattr(handler, kind)
-        new = wrap.streaming(behavior) if handler.response_streaming else wrap.unary(behavior)
-        factory = getattr(grpc, f"{kind}_rpc_method_handler")
-        return factory(new, request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)
-
+        wrap = self._wrappers.get(details.method)
+        if wrap is None:
+            wrap = self._wrappers[details.method] = _Wrapper(self._auth, details.method, handler.request_streaming,
+                                                             self._admission)
+        kind = handler_kind(handler)
+        run = wrap.streaming if handler.response_streaming else wrap.unary
+        return with_behavior(handler, kind, functools.partial(run, getattr(handler, kind), time.monotonic()))
 
     def _capped(self, handler: Any, method: str) -> Any:
         """An exempt streaming handler that takes call and stream slots (RESOURCE_EXHAUSTED when none is free)."""
@@ -173,54 +234,54 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
 
 class _Wrapper:
-    def __init__(self, auth: TokenAuthenticator | None, method: str, authorization: str | None,
-                 request_streaming: bool, admission: Admission | None) -> None:
-        self.auth, self.method, self.authorization = auth, method, authorization
+    """What every call of one method shares; ``unary``/``streaming`` serve one call (in its thread)."""
+
+    def __init__(self, auth: TokenAuthenticator | None, method: str, request_streaming: bool,
+                 admission: Admission | None) -> None:
+        self.auth, self.method = auth, method
         self.request_streaming = request_streaming
         self.admission = admission
 
-    def _slot(self, streaming: bool) -> contextlib.AbstractContextManager[None]:
+    def _slot(self, streaming: bool, arrived: float) -> contextlib.AbstractContextManager[None]:
         if self.admission is None:
             return contextlib.nullcontext()
-        return self.admission.admit(self.method, streaming)
+        return self.admission.admit(self.method, streaming, arrived)
 
-    def _identity(self) -> Identity:
+    def _identity(self, context: grpc.ServicerContext) -> Identity:
         if self.auth is None:
             return Identity(DEFAULT_TENANT, "anonymous")
-        return self.auth.authenticate(self.authorization)
+        authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+        return self.auth.authenticate(authorization)
 
-    def unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            start, tenant = time.monotonic(), "-"
-            try:
-                ident = self._identity()
-                tenant = ident.tenant
-                if not self.request_streaming:
-                    check_request(request)
-                trace.get_current_span().set_attribute("tuneforge.tenant", ident.tenant)
-                with self._slot(self.request_streaming), bound_identity(ident), log_context(tenant=ident.tenant):
-                    result = behavior(_checked(request) if self.request_streaming else request, context)
-                self._log(start, tenant, "OK")
-                return result
-            except Exception as exc:  # noqa: BLE001 - every error is mapped, none escapes unmapped
-                self._abort(exc, context, start, tenant)
-        return handle
+    def unary(self, behavior: Callable[..., Any], arrived: float, request: Any, context: grpc.ServicerContext) -> Any:
+        start, tenant = time.monotonic(), "-"
+        try:
+            ident = self._identity(context)
+            tenant = ident.tenant
+            if not self.request_streaming:
+                check_request(request)
+            trace.get_current_span().set_attribute("tuneforge.tenant", ident.tenant)
+            with self._slot(self.request_streaming, arrived), bound_identity(ident), log_context(tenant=ident.tenant):
+                result = behavior(_checked(request) if self.request_streaming else request, context)
+            self._log(start, tenant, "OK")
+            return result
+        except Exception as exc:  # noqa: BLE001 - every error is mapped, none escapes unmapped
+            self._abort(exc, context, start, tenant)
 
-    def streaming(self, behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            start, tenant = time.monotonic(), "-"
-            try:
-                ident = self._identity()
-                tenant = ident.tenant
-                if not self.request_streaming:
-                    check_request(request)
-                trace.get_current_span().set_attribute("tuneforge.tenant", ident.tenant)
-                with self._slot(True), bound_identity(ident), log_context(tenant=ident.tenant):
-                    yield from behavior(_checked(request) if self.request_streaming else request, context)
-                self._log(start, tenant, "OK")
-            except Exception as exc:  # noqa: BLE001
-                self._abort(exc, context, start, tenant)
-        return handle
+    def streaming(self, behavior: Callable[..., Iterator[Any]], arrived: float, request: Any,
+                  context: grpc.ServicerContext) -> Iterator[Any]:
+        start, tenant = time.monotonic(), "-"
+        try:
+            ident = self._identity(context)
+            tenant = ident.tenant
+            if not self.request_streaming:
+                check_request(request)
+            trace.get_current_span().set_attribute("tuneforge.tenant", ident.tenant)
+            with self._slot(True, arrived), bound_identity(ident), log_context(tenant=ident.tenant):
+                yield from behavior(_checked(request) if self.request_streaming else request, context)
+            self._log(start, tenant, "OK")
+        except Exception as exc:  # noqa: BLE001
+            self._abort(exc, context, start, tenant)
 
     def _abort(self, exc: Exception, context: grpc.ServicerContext, start: float, tenant: str) -> None:
         if _already_aborted(context):

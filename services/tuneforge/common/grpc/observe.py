@@ -17,6 +17,7 @@ interceptor set. For each call it:
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import time
 import uuid
@@ -49,28 +50,47 @@ _UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 class ObservingInterceptor(grpc.ServerInterceptor):
-    """Records the gRPC server metrics of every call, traces it and binds its log correlation fields."""
+    """Records the gRPC server metrics of every call, traces it and binds its log correlation fields.
+
+    ``intercept_service`` runs in the sync server's one polling thread, at each call's arrival and
+    before any other call can be accepted, so it only finds the method's precomputed wrapper (built
+    at the method's first call) and binds the call's behaviour to it; reading the metadata, the
+    metrics, the span and the log fields happen in the handler's thread.
+    """
 
     def __init__(self, metrics: ServiceMetrics, service_name: str = "") -> None:
         self._m = metrics
         self._service = service_name or metrics.service
+        self._methods: dict[str, _Method] = {}
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        service, _, method = details.method.lstrip("/").rpartition("/")
-        kind = ("stream" if handler.request_streaming else "unary") + "_" + (
-            "stream" if handler.response_streaming else "unary")
-        call = _Call(self._m, details.method, (service, method, _GRPC_TYPE[kind]),
-                     dict(details.invocation_metadata or ()),
-                     handler.request_streaming or handler.response_streaming,
-                     "" if details.method.startswith(_UNTRACED) else self._service)
-        behavior = getattr(handler, kind)
-        new = call.streaming(behavior) if handler.response_streaming else call.unary(behavior)
-        factory = getattr(grpc, f"{kind}_rpc_method_handler")
-        return factory(new, request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)
+        method = self._methods.get(details.method)
+        if method is None:
+            traced_as = "" if details.method.startswith(_UNTRACED) else self._service
+            method = self._methods[details.method] = _Method(self._m, details.method, handler, traced_as)
+        behavior = getattr(handler, method.kind)
+        run = method.streaming if handler.response_streaming else method.unary
+        return with_behavior(handler, method.kind, functools.partial(run, behavior))
+
+
+def handler_kind(handler: Any) -> str:
+    """``unary_unary``, ``unary_stream``, ``stream_unary`` or ``stream_stream``: the handler's attribute
+    (and grpc factory) name for its behaviour."""
+    return ("stream" if handler.request_streaming else "unary") + "_" + (
+        "stream" if handler.response_streaming else "unary")
+
+
+def with_behavior(handler: Any, kind: str, behavior: Callable[..., Any]) -> Any:
+    """``handler`` with its behaviour replaced (grpc's handlers are named tuples: a cheap copy)."""
+    replace = getattr(handler, "_replace", None)
+    if replace is not None:
+        return replace(**{kind: behavior})
+    factory = getattr(grpc, f"{kind}_rpc_method_handler")
+    return factory(behavior, request_deserializer=handler.request_deserializer,
+                   response_serializer=handler.response_serializer)
 
 
 # Codes that say the caller asked for something wrong or absent, not that the server failed (the
@@ -82,36 +102,85 @@ _GRPC_TYPE = {"unary_unary": "unary", "unary_stream": "server_stream", "stream_u
               "stream_stream": "bidi_stream"}
 
 
+class _Method:
+    """What every call of one method shares: its labels, metric series (looked up once: a label
+    lookup per series per call showed in the profile) and whether it streams and is traced."""
+
+    def __init__(self, metrics: ServiceMetrics, full_method: str, handler: Any, traced_as: str) -> None:
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        self.kind = handler_kind(handler)
+        self.full_method, self.span_name, self.traced_as = full_method, full_method.lstrip("/"), traced_as
+        self.labels = (service, method, _GRPC_TYPE[self.kind])
+        self.is_stream = handler.request_streaming or handler.response_streaming
+        self.m = metrics
+        self.started = metrics.started.labels(*self.labels)
+        self.in_flight = metrics.in_flight.labels(*self.labels)
+        self.open_streams = metrics.open_streams.labels(*self.labels) if self.is_stream else None
+        self.latency = metrics.latency.labels(*self.labels)
+        self._handled: dict[str, Any] = {}
+        self.span_attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
+                                "tuneforge.service": traced_as}
+
+    def handled(self, code: str) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self.m.handled.labels(*self.labels, code)
+        return child
+
+    def unary(self, behavior: Callable[..., Any], request: Any, context: grpc.ServicerContext) -> Any:
+        call = _Call(self, context)
+        start, failed = call.begin(), True
+        try:
+            with call.bound():
+                result = behavior(request, context)
+            failed = False
+            return result
+        finally:
+            call.end(start, context, failed)
+
+    def streaming(self, behavior: Callable[..., Iterator[Any]], request: Any,
+                  context: grpc.ServicerContext) -> Iterator[Any]:
+        call = _Call(self, context)
+        start, failed = call.begin(), True
+        try:
+            with call.bound():
+                yield from behavior(request, context)
+            failed = False
+        except GeneratorExit:  # the client went away and gRPC closed the stream
+            failed = False
+            raise
+        finally:
+            call.end(start, context, failed)
+
+
 class _Call:
-    def __init__(self, metrics: ServiceMetrics, full_method: str, labels: tuple[str, str, str],
-                 metadata: dict[str, Any], streaming: bool, traced_as: str) -> None:
-        self.m, self.full_method, self.labels, self.is_stream = metrics, full_method, labels, streaming
-        self.headers = {k: v for k, v in metadata.items() if isinstance(v, str)}
+    def __init__(self, method: _Method, context: grpc.ServicerContext) -> None:
+        self.method = method
+        self.headers = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         self.request_id, self.trace_id = correlation_ids(self.headers)
-        self.traced_as = traced_as  # the service named on the span; '' for no span
         self.span: Any = None
 
-    def _begin(self) -> float:
-        self.m.started.labels(*self.labels).inc()
-        self.m.in_flight.labels(*self.labels).inc()
-        if self.is_stream:
-            self.m.open_streams.labels(*self.labels).inc()
-        if self.traced_as:
-            service, method, _ = self.labels
+    def begin(self) -> float:
+        m = self.method
+        m.started.inc()
+        m.in_flight.inc()
+        if m.open_streams is not None:
+            m.open_streams.inc()
+        if m.traced_as:
             self.span = tracing.tracer().start_span(
-                self.full_method.lstrip("/"), context=tracing.extract(self.headers), kind=SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
-                            "tuneforge.service": self.traced_as, "tuneforge.request_id": self.request_id})
+                m.span_name, context=tracing.extract(self.headers), kind=SpanKind.SERVER,
+                attributes={**m.span_attributes, "tuneforge.request_id": self.request_id})
             self.trace_id = tracing.trace_id_hex(self.span) or self.trace_id
         return time.monotonic()
 
-    def _end(self, start: float, context: grpc.ServicerContext, failed: bool) -> None:
-        self.m.in_flight.labels(*self.labels).dec()
-        if self.is_stream:
-            self.m.open_streams.labels(*self.labels).dec()
-        self.m.latency.labels(*self.labels).observe(time.monotonic() - start)
+    def end(self, start: float, context: grpc.ServicerContext, failed: bool) -> None:
+        m = self.method
+        m.in_flight.dec()
+        if m.open_streams is not None:
+            m.open_streams.dec()
+        m.latency.observe(time.monotonic() - start)
         code = _code(context, failed)
-        self.m.handled.labels(*self.labels, code).inc()
+        m.handled(code).inc()
         if self.span is not None:
             self.span.set_attribute("rpc.grpc.status_code_name", code)
             if code not in _NOT_SERVER_ERRORS:
@@ -119,37 +188,11 @@ class _Call:
             self.span.end()
 
     @contextlib.contextmanager
-    def _bound(self) -> Any:
+    def bound(self) -> Any:
         parent = tracing.server_context(tracing.extract({}), self.span) if self.span is not None else None
-        with tracing.attached(parent), log_context(method=self.full_method, request_id=self.request_id,
+        with tracing.attached(parent), log_context(method=self.method.full_method, request_id=self.request_id,
                                                    trace_id=self.trace_id):
             yield
-
-    def unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            start, failed = self._begin(), True
-            try:
-                with self._bound():
-                    result = behavior(request, context)
-                failed = False
-                return result
-            finally:
-                self._end(start, context, failed)
-        return handle
-
-    def streaming(self, behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            start, failed = self._begin(), True
-            try:
-                with self._bound():
-                    yield from behavior(request, context)
-                failed = False
-            except GeneratorExit:  # the client went away and gRPC closed the stream
-                failed = False
-                raise
-            finally:
-                self._end(start, context, failed)
-        return handle
 
 
 def _code(context: grpc.ServicerContext, failed: bool) -> str:

@@ -174,7 +174,9 @@ def build_server(settings: ServiceSettings, registrations: Sequence[Registration
     server = grpc.server(handlers,
                          interceptors=[ObservingInterceptor(metrics, settings.service_name),
                                        ServiceInterceptor(make_authenticator(settings),
-                                                          Admission(settings.call_limit(), settings.stream_limit()))],
+                                                          Admission(settings.call_limit(), settings.stream_limit(),
+                                                                    settings.active_limit(),
+                                                                    settings.queue_target_ms / 1000))],
                          options=opts,
                          # Past one call per handler thread, gRPC answers RESOURCE_EXHAUSTED at once
                          # instead of queueing calls for a thread: a saturated process (the GIL) would

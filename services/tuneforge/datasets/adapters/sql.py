@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, insert, select, update
+from sqlalchemy import CursorResult, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import sessionmaker
 
@@ -29,6 +29,15 @@ def _run(row: Any) -> Run:
                dict(row.document), row.output_version_id, row.ended_at)
 
 
+# Prebuilt: ListDatasets runs these per call (and _latest per dataset listed); building a statement
+# costs more than running it on SQLite.
+_LATEST = (select(t.versions.c.id)
+           .where(t.versions.c.tenant == bindparam("tenant"), t.versions.c.dataset_id == bindparam("dataset_id"))
+           .order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc()).limit(1))
+_LIST_DATASETS = (select(t.datasets).where(t.datasets.c.tenant == bindparam("tenant")).order_by(t.datasets.c.name)
+                  .offset(bindparam("offset")).limit(bindparam("limit")))
+
+
 class SqlCatalog:
     """Datasets, versions, runs and leases in SQL tables; every query filters on tenant."""
 
@@ -36,10 +45,7 @@ class SqlCatalog:
         self._sessions = sessions
 
     def _latest(self, session: Any, tenant: str, dataset_id: str) -> str:
-        row = session.execute(
-            select(t.versions.c.id).where(t.versions.c.tenant == tenant, t.versions.c.dataset_id == dataset_id)
-            .order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc()).limit(1)
-        ).first()
+        row = session.execute(_LATEST, {"tenant": tenant, "dataset_id": dataset_id}).first()
         return row.id if row else ""
 
     def find_dataset(self, tenant: str, ref: str) -> Dataset | None:
@@ -64,10 +70,9 @@ class SqlCatalog:
         return found
 
     def list_datasets(self, tenant: str, offset: int, limit: int) -> list[Dataset]:
-        with db.session_scope(self._sessions, read_only=True) as s:
-            rows = s.execute(select(t.datasets).where(t.datasets.c.tenant == tenant)
-                             .order_by(t.datasets.c.name).offset(offset).limit(limit)).all()
-            return [_dataset(r, self._latest(s, tenant, r.id)) for r in rows]
+        with db.read_scope(self._sessions) as c:  # a hot read: Core, prebuilt statements
+            rows = c.execute(_LIST_DATASETS, {"tenant": tenant, "offset": offset, "limit": limit}).all()
+            return [_dataset(r, self._latest(c, tenant, r.id)) for r in rows]
 
     def delete_dataset(self, tenant: str, dataset_id: str) -> None:
         with db.session_scope(self._sessions) as s:

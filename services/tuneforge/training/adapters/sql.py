@@ -14,6 +14,7 @@ from sqlalchemy import (
     RowMapping,
     Select,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -26,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneforge.common.db import session_scope
+from tuneforge.common.db import read_scope, session_scope
 from tuneforge.common.errors import NotFound
 from tuneforge.engine.spec import TrainingSpec
 from tuneforge.training.adapters.tables import checkpoints, events, jobs, labels
@@ -83,8 +84,8 @@ class SqlJobRepository:
 
     def get(self, tenant: str, job_id: str) -> Job:
         """One job; ``NotFound`` for another tenant's."""
-        with session_scope(self._sessions, read_only=True) as s:
-            row = s.execute(select(jobs).where(jobs.c.tenant == tenant, jobs.c.id == job_id)).mappings().first()
+        with read_scope(self._sessions) as c:  # the API's hottest read: Core, a prebuilt statement
+            row = c.execute(_GET_JOB, {"tenant": tenant, "job_id": job_id}).mappings().first()
         if row is None:
             raise NotFound(f"job {job_id!r} not found: list jobs to see the ids you can read")
         return _from_row(row)
@@ -98,6 +99,10 @@ class SqlJobRepository:
 
     def list(self, tenant: str, filters: JobFilter, *, limit: int, offset: int) -> builtins.list[Job]:
         """Newest first, filtered by status, method and labels (all given labels must match)."""
+        if not (filters.statuses or filters.method is not None or filters.labels):  # the usual page: prebuilt
+            with read_scope(self._sessions) as c:
+                rows = c.execute(_LIST_JOBS, {"tenant": tenant, "limit": limit, "offset": offset}).mappings()
+                return [_from_row(r) for r in rows]
         q: Select[Any] = select(jobs).where(jobs.c.tenant == tenant)
         if filters.statuses:
             q = q.where(jobs.c.status.in_(sorted(s.name for s in filters.statuses)))
@@ -106,8 +111,8 @@ class SqlJobRepository:
         for key, value in filters.labels.items():
             q = q.where(exists().where(and_(labels.c.job_id == jobs.c.id, labels.c.key == key, labels.c.value == value)))
         q = q.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit).offset(offset)
-        with session_scope(self._sessions, read_only=True) as s:
-            return [_from_row(r) for r in s.execute(q).mappings()]
+        with read_scope(self._sessions) as c:
+            return [_from_row(r) for r in c.execute(q).mappings()]
 
     def save(self, job: Job, *, expected: Collection[JobStatus] = (), lease: Lease | None = None) -> bool:
         """Update the mutable columns; with ``expected``, only while the stored status is one of them;
@@ -289,6 +294,11 @@ def _now(s: Session) -> datetime:
     if s.get_bind().dialect.name == "postgresql":
         return cast(datetime, s.execute(select(func.clock_timestamp())).scalar_one()).astimezone(UTC)
     return datetime.now(UTC)
+
+
+_GET_JOB = select(jobs).where(jobs.c.tenant == bindparam("tenant"), jobs.c.id == bindparam("job_id"))
+_LIST_JOBS = (select(jobs).where(jobs.c.tenant == bindparam("tenant"))
+              .order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(bindparam("limit")).offset(bindparam("offset")))
 
 
 def _held(lease: Lease) -> tuple[Any, ...]:
