@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
@@ -409,9 +411,31 @@ def filter_from_request(req: pb.ListJobsRequest) -> JobFilter:
 # --------------------------------------------------------------------------------- job -> proto
 
 
+# The request each spec reads back as (job_to_proto's costliest part), by spec instance: the repository
+# shares one instance per distinct spec, and an entry holds its spec, so its id cannot be reused.
+_ASKED: OrderedDict[int, tuple[TrainingSpec, pb.CreateJobRequest]] = OrderedDict()
+_ASKED_MAX = 1024
+_asked_lock = threading.Lock()
+
+
+def _asked(spec: TrainingSpec) -> pb.CreateJobRequest:
+    """``request_from_spec(spec.resolved_dict())``, computed once per spec instance (never changed in place)."""
+    with _asked_lock:
+        hit = _ASKED.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            _ASKED.move_to_end(id(spec))
+            return hit[1]
+    asked = request_from_spec(spec.resolved_dict())
+    with _asked_lock:
+        _ASKED[id(spec)] = (spec, asked)
+        while len(_ASKED) > _ASKED_MAX:
+            _ASKED.popitem(last=False)
+    return asked
+
+
 def job_to_proto(job: Job) -> pb.Job:
     """Domain job -> wire message (its settings as resolved: defaults filled in)."""
-    asked = request_from_spec(job.spec.resolved_dict())
+    asked = _asked(job.spec)
     msg = pb.Job(
         id=job.id, status=cast(pb.JobStatus, job.status.value), method=asked.method, objective=asked.objective,
         base_model=asked.base_model, dataset_version_id=asked.dataset_version_id,
