@@ -255,10 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dashboard drawn from {sum(len(s) for v in results.values() for _, s in v)} series: {args.out}")
         return 0
     finally:
-        if prom is not None:
-            prom.terminate()
-            prom.wait(30)
-        stack.stop(procs)
+        try:
+            if prom is not None:
+                prom.terminate()
+                try:
+                    prom.wait(30)
+                except subprocess.TimeoutExpired:
+                    prom.kill()
+        finally:
+            stack.stop(procs)
 
 
 if __name__ == "__main__":

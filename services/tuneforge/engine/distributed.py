@@ -30,6 +30,7 @@ from tuneforge.engine.train.faults import FAULT_ENV
 _FORWARDED_ENV = (FAULT_ENV, "TUNEFORGE_LOG_JSON", "TUNEFORGE_LOG_LEVEL")
 STORAGE_ENV = "TUNEFORGE_RAY_STORAGE_PATH"
 RAY_CONNECT_ATTEMPTS = 3
+_CONNECT_LOCK = threading.Lock()
 RAY_CONNECT_BACKOFF_S = 2.0
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,17 @@ def ensure_ray(spec: TrainingSpec) -> None:
         Unavailable: (reason ``RAY_UNREACHABLE``) the cluster refused or did not answer
             ``RAY_CONNECT_ATTEMPTS`` connection attempts.
     """
-    if ray.is_initialized():
-        return
-    res = spec.resources
-    if res.ray_address:
-        _connect(res.ray_address)
-        return
+    with _CONNECT_LOCK:  # jobs of one service start together (after a drop, all at once): one connects
+        if ray.is_initialized():
+            return
+        res = spec.resources
+        if res.ray_address:
+            _connect(res.ray_address)
+            return
+        _start_local_ray(res)
+
+
+def _start_local_ray(res: Any) -> None:
     ray.init(
         num_cpus=res.num_workers * res.cpus_per_worker + 1,
         object_store_memory=res.object_store_memory_mb * 1024 * 1024,

@@ -23,6 +23,7 @@ from tuneforge.common.errors import Unavailable
 from tuneforge.common.ray_connection import RAY_UNREACHABLE
 from tuneforge.training.adapters.sql import SqlJobRepository
 from tuneforge.training.app import MIGRATIONS_DIR, VERSION_TABLE
+from tuneforge.training.domain import run as run_module
 from tuneforge.training.domain.dispatcher import DispatchSettings
 from tuneforge.training.domain.model import EventKind, JobRequest, JobStatus
 from tuneforge.training.domain.ports import Outcome, Progress
@@ -55,6 +56,11 @@ class FlakyRayEngine:
                               reason=RAY_UNREACHABLE)
         on_progress(Progress("step", 2, {"loss": 0.5}))
         return Outcome("completed", 2, {"loss": 0.5}, last_checkpoint_uri=f"file:///store/{spec.output.run_name}/step-2")
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_module, "RAY_RETRY_BACKOFF_S", 0.0)
 
 
 @pytest.fixture
@@ -115,10 +121,10 @@ def test_a_lost_ray_connection_requeues_the_job_which_then_succeeds(service_for)
     assert job.status is JobStatus.SUCCEEDED and job.error is None, (job.error, logs)
     assert engine.runs == 3 and job.restarts == 2
     assert statuses[-6:] == ["RUNNING", "QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"], statuses
-    requeued = [m for m in logs if "job re-queued" in m]
+    requeued = [m for m in logs if "the job is re-queued in" in m]
     assert len(requeued) == 2, logs
     assert "lost the connection to the Ray cluster" in requeued[0] and "restart 1 of at most 3" in requeued[0]
-    assert "resumes from its latest complete checkpoint" in requeued[1]
+    assert "restart 2 of at most 3" in requeued[1] and "resumes from its latest complete checkpoint" in requeued[1]
 
 
 def test_the_job_fails_unavailable_once_its_restarts_are_spent(service_for) -> None:
@@ -138,3 +144,17 @@ def test_no_restarts_allowed_fails_at_the_first_drop(service_for) -> None:
     service, _ = service_for(engine)
     job = _wait_terminal(service, service.create(CALLER, _request(max_failures=0)).id)
     assert job.status is JobStatus.FAILED and engine.runs == 1 and job.restarts == 0
+
+
+def test_a_cancel_during_the_backoff_ends_the_job_cancelled_without_another_run(service_for, monkeypatch) -> None:
+    monkeypatch.setattr(run_module, "RAY_RETRY_BACKOFF_S", 3600.0)  # capped at 300 s: the run waits, holding its lease
+    engine = FlakyRayEngine(drops=5)
+    service, repo = service_for(engine)
+    job_id = service.create(CALLER, _request(max_failures=3)).id
+    deadline = time.monotonic() + 120
+    while not any("the job is re-queued in 300 s" in m for m in _statuses_and_logs(repo, job_id)[1]):
+        assert time.monotonic() < deadline, "the run never reached its backoff"
+        time.sleep(0.02)
+    service.cancel(CALLER.tenant, job_id)
+    job = _wait_terminal(service, job_id)
+    assert job.status is JobStatus.CANCELLED and engine.runs == 1 and job.restarts == 0

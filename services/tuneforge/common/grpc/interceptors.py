@@ -112,6 +112,8 @@ class Admission:
         self.active, self.queue_target_s = active, queue_target_s
         self._clock = clock
         self._late_since: float | None = None  # since when every call has started later than the target
+        self._last_late: float | None = None  # the latest call that started later than the target
+        self._late_lock = threading.Lock()
         self._calls = threading.BoundedSemaphore(self.calls)
         self._streams = threading.BoundedSemaphore(self.streams)
         self._active = threading.BoundedSemaphore(active) if active > 0 else None
@@ -156,12 +158,15 @@ class Admission:
         queue). Then even a call that finds a free slot is shed: a process whose GIL is saturated
         starts calls late before its slots fill. A single late call (a loaded CI runner, a pause)
         runs."""
-        if waited < self.queue_target_s:
-            self._late_since = None
-            return False
-        if self._late_since is None:
-            self._late_since = now
-        return now - self._late_since >= SUSTAINED_LATE_S
+        with self._late_lock:  # handler threads race here: read and write the window together
+            if waited < self.queue_target_s:
+                self._late_since = self._last_late = None
+                return False
+            # A break in lateness (no late call for a while, e.g. an idle service) starts a new window.
+            if self._late_since is None or self._last_late is None or now - self._last_late > SUSTAINED_LATE_S:
+                self._late_since = now
+            self._last_late = now
+            return now - self._late_since >= SUSTAINED_LATE_S
 
     def enter(self, method: str, streaming: bool) -> None:
         """Take the slots of a call, or raise ``ResourceExhausted`` naming the limit and the remedy."""

@@ -100,7 +100,10 @@ class RayRunner:
         try:
             return self._run(ray, task, progress, cancelled)
         except ConnectionError as exc:  # the connection broke mid-task: the next evaluation connects anew
-            raise lost(self._address, exc, "TUNEFORGE_EVAL_RAY_ADDRESS", during="during the evaluation") from exc
+            if isinstance(exc, ray.exceptions.RayError):
+                raise  # the task's own ConnectionError (ray.get re-raises it as that type): not the link
+            with self._lock:
+                raise lost(self._address, exc, "TUNEFORGE_EVAL_RAY_ADDRESS", during="during the evaluation") from exc
 
     def _run(self, ray: Any, task: ModelTask, progress: ProgressFn, cancelled: Callable[[], bool]) -> dict[str, Any]:
         remote = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_retries=0)(_ray_entry)

@@ -160,8 +160,10 @@ class Dispatcher:
             log.exception("job %s: unexpected error outside the run", run.job_id)
         finally:
             with self._lock:
-                self._runs.pop(run.job_id, None)
-                self._renewed.pop(run.job_id, None)
+                # Only this run's own entries: a job it re-queued may already run again here as a new run.
+                if self._runs.get(run.job_id) is run:
+                    del self._runs[run.job_id]
+                    self._renewed.pop(run.job_id, None)
             self.wake()  # a slot is free
 
     # ------------------------------------------------------------------ heartbeat

@@ -50,6 +50,11 @@ from tuneforge.training.domain.ports import (
 
 log = logging.getLogger(__name__)
 
+# A run that lost its Ray cluster waits this long (doubling per restart, at most the max) before its job
+# is re-queued: Ray keeps a dropped client's session for its reconnect grace period (30 s by default).
+RAY_RETRY_BACKOFF_S = 30.0
+RAY_RETRY_BACKOFF_MAX_S = 300.0
+
 METRIC_KEYS: tuple[str, ...] = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "peak_memory_bytes",
                                "eval_loss", "eval_perplexity", "epoch")
 # Reward-model and KTO metrics (the API's Metrics fields 30-34).
@@ -363,15 +368,26 @@ class JobRun:
                 and job.restarts < job.spec.resources.max_failures)
 
     def _requeue(self, job: Job, exc: TuneforgeError) -> None:
-        """Back to QUEUED (restarts + 1, the lease released): the next claim resumes the job from its
-        latest complete checkpoint."""
+        """Wait out the backoff holding the lease (the Ray cluster keeps a dropped client's session, and
+        its run, for its reconnect grace period; a head that restarts needs time), then back to QUEUED
+        (restarts + 1, the lease released): the next claim resumes the job from its latest complete
+        checkpoint. A cancel, a service stop or a lost lease during the wait ends it as those do."""
+        delay = min(RAY_RETRY_BACKOFF_S * 2 ** job.restarts, RAY_RETRY_BACKOFF_MAX_S)
+        try:
+            self.ctx.log(job, "WARNING", f"{exc.message}; the job is re-queued in {delay:.0f} s (restart "
+                         f"{job.restarts + 1} of at most {job.spec.resources.max_failures}): it resumes from its "
+                         "latest complete checkpoint")
+        except LeaseLost:
+            self._lost = True
+            return
+        if self._cancel.wait(delay):
+            self._end_or_requeue(job, JobStatus.CANCELLED, None)
+            return
         self.ending = True
         try:
             job.restarts += 1
             self.ctx.repository.save(job, expected=(JobStatus.RUNNING,))
             job.move_to(JobStatus.QUEUED)
-            self.ctx.log(job, "WARNING", f"{exc.message}; job re-queued (restart {job.restarts} of at most "
-                         f"{job.spec.resources.max_failures}): it resumes from its latest complete checkpoint")
             status_event(self.ctx.repository, job)
             if not self.ctx.repository.release(self.lease):
                 log.warning("job %s: its lease was lost while it was re-queued", job.id)
