@@ -52,12 +52,20 @@ start() {
   log "$name: started (pid $!, log $RUN/logs/$name.log)"
 }
 
+# alive NAME: the process this run just started (its pid file is fresh) has not exited. Unlike
+# `running` it does not look at the command line: right after `start`, under load, the child may not
+# have exec'ed NAME yet (its command line is still the launching shell's), which is not death.
+alive() {
+  local f=$RUN/pids/$1.pid
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
 # wait_for WHAT TIMEOUT-S NAME CMD...: polls CMD until it succeeds; fails early if NAME died.
 wait_for() {
   local what=$1 timeout=$2 name=$3; shift 3
   local deadline=$(( $(date +%s) + timeout ))
   until "$@" >/dev/null 2>&1; do
-    if [ -n "$name" ] && ! running "$name"; then
+    if [ -n "$name" ] && ! alive "$name"; then
       tail -n 30 "$RUN/logs/$name.log" >&2 || true
       die "$name exited while waiting for $what (log: $RUN/logs/$name.log)"
     fi
