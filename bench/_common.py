@@ -56,6 +56,15 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def child_main(side: str, cfg_path: Path, runners: Mapping[str, Any]) -> None:
+    """In a side's fresh interpreter: run ``runners[side](config)`` and write its result, with the
+    process's peak RSS, to ``<work>/<side>.json``."""
+    cfg = json.loads(cfg_path.read_text())
+    result = runners[side](cfg)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    write_json(Path(cfg["work"]) / f"{side}.json", result)
+
+
 def run_child(
     argv: Sequence[str], result_path: Path, env: Mapping[str, str] | None = None, timeout_s: float = 3600
 ) -> dict[str, Any]:

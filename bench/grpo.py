@@ -32,7 +32,7 @@ from typing import Any
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(_ROOT / "services"), str(_ROOT)]
 
-from bench._common import environment, median_after_warmup, peak_rss_bytes, run_child, write_json  # noqa: E402
+from bench._common import child_main, environment, median_after_warmup, run_child, write_json  # noqa: E402
 
 TARGET_CHARS = 80
 _TOPICS = ["cats", "dogs", "rivers", "maps", "bread", "foxes", "poems", "numbers", "volcanoes", "music",
@@ -135,13 +135,6 @@ def run_trl(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"steps": steps}
 
 
-def child_main(side: str, cfg_path: Path) -> None:
-    cfg = json.loads(cfg_path.read_text())
-    result = (run_engine if side == "engine" else run_trl)(cfg)
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    write_json(Path(cfg["work"]) / f"{side}.json", result)
-
-
 # ------------------------------------------------------------------------------------------ main
 
 def summarize(result: dict[str, Any], warmup: int) -> dict[str, Any]:
@@ -172,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_main(args.child, args.config)
+        child_main(args.child, args.config, {"engine": run_engine, "trl": run_trl})
         return 0
     if args.quick:
         args.steps, args.warmup, args.prompts, args.generations, args.max_new_tokens = 3, 1, 2, 4, 8

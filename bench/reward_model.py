@@ -34,7 +34,7 @@ from typing import Any
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(_ROOT / "services"), str(_ROOT)]
 
-from bench._common import environment, median_after_warmup, peak_rss_bytes, run_child, write_json  # noqa: E402
+from bench._common import child_main, environment, median_after_warmup, run_child, write_json  # noqa: E402
 
 _OBJECTS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red", "sun": "yellow",
             "milk": "white", "night": "black", "leaf": "green", "sea": "blue", "cloud": "white", "fire": "red",
@@ -168,13 +168,6 @@ def run_trl(cfg: dict[str, Any]) -> dict[str, Any]:
             "held_out_accuracy": pairwise_accuracy(trainer.model, tok, held_out_pairs(), cfg["device"])}
 
 
-def child_main(side: str, cfg_path: Path) -> None:
-    cfg = json.loads(cfg_path.read_text())
-    result = (run_engine if side == "engine" else run_trl)(cfg)
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    write_json(Path(cfg["work"]) / f"{side}.json", result)
-
-
 # ------------------------------------------------------------------------------------------ main
 
 def summarize(result: dict[str, Any], warmup: int) -> dict[str, Any]:
@@ -206,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_main(args.child, args.config)
+        child_main(args.child, args.config, {"engine": run_engine, "trl": run_trl})
         return 0
     if args.quick:
         args.steps, args.warmup, args.batch = 3, 1, 4

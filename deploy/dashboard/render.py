@@ -43,18 +43,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _free_block(n: int) -> int:
-    for base in range(52061, 60000, 10):
-        try:
-            for i in range(n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
-
-
 def _get(url: str, timeout: float = 10.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
@@ -223,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="prom-", dir=run_dir))
-    base = _free_block(8)  # gRPC ports base..base+3, metrics ports base+4..base+7
+    from tuneforge.cli.demo import _free_base_port
+
+    base = _free_base_port(8)  # gRPC ports base..base+3, metrics ports base+4..base+7
     metrics_base = base + 4
     procs, client, base_name, models_dir = start_stack(run_dir, args.tiny, base, metrics_base)
     prom = None
