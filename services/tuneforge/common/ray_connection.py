@@ -10,6 +10,8 @@ nothing wrong with the request.
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
 from tuneforge.common.errors import Unavailable
 from tuneforge.common.public_text import echo
@@ -18,6 +20,26 @@ log = logging.getLogger(__name__)
 
 # ``Unavailable.reason`` when the Ray cluster could not be reached or dropped the connection.
 RAY_UNREACHABLE = "RAY_UNREACHABLE"
+# One process, one Ray connection: whoever connects or forgets holds this.
+LOCK = threading.RLock()
+
+
+def connect(address: str, setting: str) -> Any:
+    """The ``ray`` module, connected to ``address`` ('' starts a local Ray) unless it already is.
+
+    Raises:
+        Unavailable: (reason ``RAY_UNREACHABLE``) the cluster refused or did not answer; ``setting``
+            names where the address is configured.
+    """
+    import ray
+
+    with LOCK:
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as exc:
+                raise lost(address, exc, setting, during="while connecting") from exc
+    return ray
 
 
 def forget() -> None:
@@ -25,7 +47,8 @@ def forget() -> None:
     import ray
 
     try:
-        ray.shutdown()
+        with LOCK:
+            ray.shutdown()
     except Exception:  # a dead connection may fail to close
         log.debug("ray.shutdown after a lost connection failed", exc_info=True)
 

@@ -21,7 +21,7 @@ import ray
 from tuneforge.common import tracing
 from tuneforge.common.errors import Internal, InvalidInput, TuneforgeError, Unavailable
 from tuneforge.common.logging import configure_logging, current_log_context, log_context
-from tuneforge.common.ray_connection import RAY_UNREACHABLE, forget, lost
+from tuneforge.common.ray_connection import LOCK, RAY_UNREACHABLE, forget, lost
 from tuneforge.engine.spec import TrainingSpec
 from tuneforge.engine.train.events import EngineEvent, EventCallback, TrainingResult
 from tuneforge.engine.train.faults import FAULT_ENV
@@ -30,7 +30,6 @@ from tuneforge.engine.train.faults import FAULT_ENV
 _FORWARDED_ENV = (FAULT_ENV, "TUNEFORGE_LOG_JSON", "TUNEFORGE_LOG_LEVEL")
 STORAGE_ENV = "TUNEFORGE_RAY_STORAGE_PATH"
 RAY_CONNECT_ATTEMPTS = 3
-_CONNECT_LOCK = threading.Lock()
 RAY_CONNECT_BACKOFF_S = 2.0
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ def ensure_ray(spec: TrainingSpec) -> None:
         Unavailable: (reason ``RAY_UNREACHABLE``) the cluster refused or did not answer
             ``RAY_CONNECT_ATTEMPTS`` connection attempts.
     """
-    with _CONNECT_LOCK:  # jobs of one service start together (after a drop, all at once): one connects
+    with LOCK:  # jobs of one service start together (after a drop, all at once): one connects
         if ray.is_initialized():
             return
         res = spec.resources

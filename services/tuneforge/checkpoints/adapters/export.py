@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from tuneforge.common.errors import (
     TuneforgeError,
 )
 from tuneforge.common.public_text import echo
-from tuneforge.common.ray_connection import lost
+from tuneforge.common.ray_connection import connect, lost
 from tuneforge.common.storage import ObjectStore, check_key, tenant_prefix
 from tuneforge.common.storage.artifacts import read_manifest
 from tuneforge.common.storage.checkpoint_writer import CheckpointWriter
@@ -215,18 +214,9 @@ class RayExportRunner:
 
     def __init__(self, address: str, *, num_cpus: float = 1, num_gpus: float = 0) -> None:
         self._address, self._cpus, self._gpus = address, num_cpus, num_gpus
-        self._lock = threading.Lock()
 
     def _connect(self) -> Any:
-        import ray
-
-        with self._lock:
-            if not ray.is_initialized():
-                try:
-                    ray.init(address=self._address or None, include_dashboard=False, log_to_driver=False)
-                except ConnectionError as exc:
-                    raise lost(self._address, exc, "TUNEFORGE_EXPORT_RAY_ADDRESS", during="while connecting") from exc
-        return ray
+        return connect(self._address, "TUNEFORGE_EXPORT_RAY_ADDRESS")
 
     def run(self, fmt: str, checkpoint: StoredFolder, base: StoredFolder | None, prefix: str,
             extra: dict[str, Any], checkpoint_id: str) -> list[tuple[str, int, str]]:

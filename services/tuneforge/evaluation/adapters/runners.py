@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tuneforge.common.errors import Cancelled, FailedPrecondition
-from tuneforge.common.ray_connection import lost
+from tuneforge.common.ray_connection import connect, lost
 from tuneforge.common.storage.refs import StoredFolder
 from tuneforge.evaluation.domain.ports import ModelTask, ProgressFn
 
@@ -76,18 +76,9 @@ class RayRunner:
 
     def __init__(self, address: str, *, num_cpus: float = 1, num_gpus: float = 0, poll_s: float = 0.5) -> None:
         self._address, self._cpus, self._gpus, self._poll = address, num_cpus, num_gpus, poll_s
-        self._lock = threading.Lock()
 
     def _connect(self) -> Any:
-        import ray
-
-        with self._lock:
-            if not ray.is_initialized():
-                try:
-                    ray.init(address=self._address or None, include_dashboard=False, log_to_driver=False)
-                except ConnectionError as exc:
-                    raise lost(self._address, exc, "TUNEFORGE_EVAL_RAY_ADDRESS", during="while connecting") from exc
-        return ray
+        return connect(self._address, "TUNEFORGE_EVAL_RAY_ADDRESS")
 
     def run(self, task: ModelTask, progress: ProgressFn, cancelled: Callable[[], bool]) -> dict[str, Any]:
         """Submit, wait (polling for cancellation), return the task's outputs."""
@@ -102,8 +93,7 @@ class RayRunner:
         except ConnectionError as exc:  # the connection broke mid-task: the next evaluation connects anew
             if isinstance(exc, ray.exceptions.RayError):
                 raise  # the task's own ConnectionError (ray.get re-raises it as that type): not the link
-            with self._lock:
-                raise lost(self._address, exc, "TUNEFORGE_EVAL_RAY_ADDRESS", during="during the evaluation") from exc
+            raise lost(self._address, exc, "TUNEFORGE_EVAL_RAY_ADDRESS", during="during the evaluation") from exc
 
     def _run(self, ray: Any, task: ModelTask, progress: ProgressFn, cancelled: Callable[[], bool]) -> dict[str, Any]:
         remote = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_retries=0)(_ray_entry)
