@@ -26,7 +26,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PROTOS := $(wildcard protos/tuneforge/*/v1/*.proto)
 PROTO_STAMP := services/tuneforge/common/v1/.stamp
 
-.PHONY: help setup venv tools postgres browser proto lint test test-fast up demo bench demo-rl clean kind-up kind-down e2e kind-test prometheus dashboard-shot
+.PHONY: help setup venv tools gate postgres browser proto lint test test-fast up demo bench demo-rl clean kind-up kind-down e2e kind-test prometheus dashboard-shot
 
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -51,7 +51,7 @@ $(VENV)/.stamp: requirements.lock requirements-deepspeed.lock requirements-nodep
 
 # Real S3 server for tests and the local stack. MinIO's module is refused by the Go proxy here,
 # so the S3 server is versitygw (Apache-2.0), built once with Go and cached in $(CACHE_DIR).
-tools: $(TOOLS)/versitygw
+tools: $(TOOLS)/versitygw $(TOOLS)/tuneforge-gate
 $(TOOLS)/versitygw:
 	@mkdir -p $(TOOLS) $(CACHE_DIR)/tools/bin
 	@if [ ! -x $(CACHE_DIR)/tools/bin/versitygw-$(S3_SERVER_VERSION) ]; then \
@@ -59,6 +59,14 @@ $(TOOLS)/versitygw:
 	  GOBIN=$(CACHE_DIR)/tools/bin go install $(S3_SERVER_MODULE)@$(S3_SERVER_VERSION) && \
 	  mv $(CACHE_DIR)/tools/bin/versitygw $(CACHE_DIR)/tools/bin/versitygw-$(S3_SERVER_VERSION); fi
 	cp $(CACHE_DIR)/tools/bin/versitygw-$(S3_SERVER_VERSION) $@
+
+# The overload gate (services/gate, Go): rebuilt when its sources change; modules come from the Go
+# module proxy once and stay in Go's module cache.
+GATE_SRC := $(wildcard services/gate/*.go) services/gate/go.mod services/gate/go.sum
+gate: $(TOOLS)/tuneforge-gate  ## build tuneforge-gate (the overload gate in front of a service) into .tools/bin
+$(TOOLS)/tuneforge-gate: $(GATE_SRC)
+	@mkdir -p $(TOOLS)
+	cd services/gate && GOWORK=off go build -trimpath -o $@.tmp . && mv $@.tmp $@
 
 postgres:  ## PostgreSQL 15 server binaries (Debian), for tests and the local stack
 	@if [ ! -x $(PG_BIN)/initdb ]; then \

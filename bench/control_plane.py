@@ -86,6 +86,22 @@ class Target:
     checkpoint_id: str = "ckpt"
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each server process has used so far, by its command line."""
+        tick = os.sysconf("SC_CLK_TCK")
+        used: dict[str, float] = {}
+        for proc in self.processes:
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            argv = proc.args if isinstance(proc.args, list) else [str(proc.args)]
+            name = next((a for a in argv if str(a).startswith("tuneforge.") or str(a) == "--serve-training"), argv[0])
+            name = {"--serve-training": "tuneforge.training"}.get(str(name), Path(str(name)).name)
+            key = f"{name} ({proc.pid})"
+            used[key] = round((int(fields[11]) + int(fields[12])) / tick, 2)
+        return used
+
     def stop(self) -> None:
         for proc in self.processes:
             if proc.poll() is None:
@@ -121,9 +137,10 @@ def _wait_serving(address: str, proc: subprocess.Popen[bytes], log: Path, timeou
     raise RuntimeError(f"the server on {address} did not start:\n{tail}")
 
 
-def _spawn(argv: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(argv: Sequence[str], env: dict[str, str], log: Path, nice: int = 0) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def _base_env(run_dir: Path, token: str, args: argparse.Namespace) -> dict[str, str]:
@@ -140,23 +157,47 @@ def _base_env(run_dir: Path, token: str, args: argparse.Namespace) -> dict[str, 
 
 def start_stack(run_dir: Path, args: argparse.Namespace) -> Target:
     """The real datasets, checkpoints and training services (embedded defaults), seeded."""
-    from tuneforge.engine.models.tiny import build_tiny_model
+    return _stack(run_dir / "stack", args, gated=False)
 
+
+def start_gated_stack(run_dir: Path, args: argparse.Namespace) -> Target:
+    """The same stack with a tuneforge-gate in front of each service: clients (and the services'
+    peer calls) reach every service through its gate."""
+    return _stack(run_dir / "gated", args, gated=True)
+
+
+def _stack(run_dir: Path, args: argparse.Namespace, gated: bool) -> Target:
+    from tuneforge.checkpoints.v1 import checkpoints_pb2
+    from tuneforge.common.grpc.gate import start_gate, streaming_methods
+    from tuneforge.datasets.v1 import datasets_pb2
+    from tuneforge.engine.models.tiny import build_tiny_model
+    from tuneforge.training.v1 import training_pb2
+
+    run_dir.mkdir(parents=True, exist_ok=True)
     build_tiny_model(run_dir / "models" / BASE, seed=0)
     token = secrets.token_urlsafe(24)
     env = _base_env(run_dir, token, args)
-    ports = {name: _free_port() for name in ("datasets", "checkpoints", "training")}
-    target = Target("tuneforge", f"127.0.0.1:{ports['training']}", f"127.0.0.1:{ports['datasets']}",
-                    f"127.0.0.1:{ports['checkpoints']}", token)
+    names = ("datasets", "checkpoints", "training")
+    ports = {name: _free_port() for name in names}  # where the services listen
+    public = {name: _free_port() for name in names} if gated else ports  # where clients call them
+    target = Target("tuneforge behind tuneforge-gate" if gated else "tuneforge", f"127.0.0.1:{public['training']}",
+                    f"127.0.0.1:{public['datasets']}", f"127.0.0.1:{public['checkpoints']}", token)
     env.update({"TUNEFORGE_DATASETS_ADDRESS": target.datasets, "TUNEFORGE_CHECKPOINTS_ADDRESS": target.checkpoints})
+    files = {"datasets": datasets_pb2.DESCRIPTOR, "checkpoints": checkpoints_pb2.DESCRIPTOR,
+             "training": training_pb2.DESCRIPTOR}
     try:
-        for name in ("datasets", "checkpoints", "training"):
+        for name in names:
             svc_env = {**env, "TUNEFORGE_PORT": str(ports[name]), "TUNEFORGE_DATA_DIR": str(run_dir / name)}
             argv = ["bench/control_plane.py", "--serve-training"] if name == "training" else ["-m", f"tuneforge.{name}"]
             log = run_dir / f"{name}.log"
-            proc = _spawn(argv, svc_env, log)
+            proc = _spawn(argv, svc_env, log, args.server_nice)
             target.processes.append(proc)
             _wait_serving(f"127.0.0.1:{ports[name]}", proc, log)
+            if gated:
+                gate = start_gate(f"127.0.0.1:{ports[name]}", streaming_methods([files[name]]),
+                                  listen=f"127.0.0.1:{public[name]}", max_active=args.gate_max_active,
+                                  queue_target_ms=args.queue_target_ms, binary=args.gate, nice=args.server_nice)
+                target.processes.append(gate.process)  # type: ignore[arg-type]
         _seed(target, run_dir)
     except BaseException:
         target.stop()
@@ -210,7 +251,7 @@ def start_baseline(run_dir: Path, args: argparse.Namespace) -> Target:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'services'}:{ROOT}"}
     log = run_dir / "baseline.log"
     proc = _spawn(["bench/control_plane.py", "--serve-baseline", str(port), "--max-workers", str(args.max_workers)],
-                  env, log)
+                  env, log, args.server_nice)
     address = f"127.0.0.1:{port}"
     target = Target("grpcio baseline", address, address, address, "unused", processes=[proc])
     try:
@@ -476,13 +517,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total = sum(min(args.max_requests, round(r * args.seconds)) for r in rates)
     results: list[RateResult] = []
     streams: dict[str, dict[str, int]] = {}
+    cpu: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
         run_dir = Path(tmp)
-        for start in (start_stack, start_baseline):
+        starts = (start_stack, start_gated_stack, start_baseline) if args.gate else (start_stack, start_baseline)
+        for start in starts:
             target = start(run_dir, args)
             try:
+                cpu_before = target.cpu_seconds()
                 got, opened = asyncio.run(measure(target, rates, args.seconds, args.streams, args.deadline_s,
                                                   args.max_requests))
+                cpu[target.name] = {k: round(v - cpu_before.get(k, 0.0), 2) for k, v in target.cpu_seconds().items()}
             finally:
                 target.stop()
             results += got
@@ -495,9 +540,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"rates": rates, "seconds_per_rate": args.seconds, "watch_streams": args.streams,
                      "deadline_s": args.deadline_s, "max_workers": args.max_workers, "max_streams": args.max_streams,
                      "max_active_calls": args.max_active_calls, "queue_target_ms": args.queue_target_ms,
+                     "gate_max_active": args.gate_max_active if args.gate else None,
+                     "server_nice": args.server_nice,
                      "requests_per_target": total, "rpcs": list(RPCS)},
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "grpcio": grpc.__version__},
         "streams_at_start": streams,
+        "server_cpu_seconds": cpu,
         "results": [asdict(r) for r in results],
         "knee": {name: knee(rs) for name, rs in by_target.items()},
     }
@@ -517,12 +565,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "calls run at once (0: the services' default, 4 per CPU and at least 16)")
     p.add_argument("--queue-target-ms", type=int, default=100, help="TUNEFORGE_QUEUE_TARGET_MS of the services: a unary "
                    "call that cannot start within this of its arrival is RESOURCE_EXHAUSTED (0: it waits)")
+    p.add_argument("--gate", type=Path, default=None, help="tuneforge-gate binary: also measure the stack with a "
+                   "gate in front of each service (default: the one `make gate` built, if any)")
+    p.add_argument("--no-gate", action="store_true", help="do not measure the gated stack")
+    p.add_argument("--gate-max-active", type=int, default=16, help="the gates' -max-active: unary calls in flight to "
+                   "each service")
+    p.add_argument("--server-nice", type=int, default=5, help="niceness of every server process (the services, the "
+                   "gates, the baseline): on a small machine the load generator must not be starved by the servers "
+                   "it measures, or its own lateness is counted as their latency (0: same priority)")
     p.add_argument("--tiny", action="store_true", help="a few requests at one low rate: a correctness check")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--markdown", type=Path, help="write the table here")
     p.add_argument("--serve-training", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.no_gate:
+        args.gate = None
+    elif args.gate is None:
+        from tuneforge.common.grpc.gate import find_binary
+        args.gate = find_binary()
     if args.serve_training:
         serve_training()
         return 0

@@ -1,0 +1,122 @@
+// tuneforge-gate: an overload gate in front of one tuneforge service.
+//
+// A Python gRPC server accepts every call on one polling thread that needs the GIL. Past its
+// capacity the handlers hold the GIL, calls wait in gRPC core's queue before Python can see them,
+// and no admission inside the process can refuse them: clients time out. The gate is a
+// transparent gRPC proxy (bytes in, bytes out: it never decodes a message) that keeps at most
+// -max-active unary calls in flight to its backend. A unary call that cannot start within
+// -queue-target of its arrival is answered RESOURCE_EXHAUSTED (google.rpc.ErrorInfo reason
+// OVERLOADED, and a RetryInfo), in well under any deadline, while what is admitted keeps its
+// latency. Health checks and streaming calls are never queued: the backend caps its streams.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:50050", "address the gate serves clients on")
+	backend := flag.String("backend", "", "address of the tuneforge service behind the gate (host:port)")
+	maxActive := flag.Int("max-active", 16, "unary calls in flight to the backend at once")
+	queueTarget := flag.Duration("queue-target", 100*time.Millisecond,
+		"while the backend is past capacity, how long after its arrival a unary call may wait for a slot "+
+			"before it is answered RESOURCE_EXHAUSTED")
+	burst := flag.Duration("burst-wait", 500*time.Millisecond,
+		"while calls still find free slots, how long one may wait for a slot (absorbs bursts and short stalls)")
+	interval := flag.Duration("interval", time.Second,
+		"no call finding a free slot for this long means the backend is past capacity: shedding starts")
+	streaming := flag.String("streaming", "",
+		"comma-separated full method names (/pkg.Service/Method) that stream: never queued, passed straight through")
+	metrics := flag.String("metrics", "", "address to serve Prometheus /metrics on (empty: none)")
+	conns := flag.Int("backend-conns", 4, "HTTP/2 connections to the backend (calls are spread over them)")
+	maxMessage := flag.Int("max-message-bytes", 64<<20, "largest message passed in either direction")
+	flag.Parse()
+	if *backend == "" || *maxActive < 1 || *conns < 1 {
+		fmt.Fprintln(os.Stderr, "tuneforge-gate: -backend is required; -max-active and -backend-conns must be >= 1")
+		os.Exit(2)
+	}
+
+	pool := make([]*grpc.ClientConn, *conns)
+	for i := range pool {
+		cc, err := grpc.NewClient(*backend,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(*maxMessage), grpc.MaxCallSendMsgSize(*maxMessage)))
+		if err != nil {
+			log.Fatalf("tuneforge-gate: backend %s: %v", *backend, err)
+		}
+		pool[i] = cc
+	}
+	stats := newStats()
+	g := &gate{
+		pool:      pool,
+		admission: newAdmission(*maxActive, *queueTarget, *burst, *interval),
+		streaming: map[string]bool{},
+		stats:     stats,
+	}
+	for _, m := range strings.Split(*streaming, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			g.streaming[m] = true
+		}
+	}
+
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatalf("tuneforge-gate: cannot listen on %s: %v", *listen, err)
+	}
+	srv := grpc.NewServer(
+		grpc.ForceServerCodec(rawCodec{}),
+		grpc.UnknownServiceHandler(g.handle),
+		grpc.MaxRecvMsgSize(*maxMessage), grpc.MaxSendMsgSize(*maxMessage))
+
+	var httpSrv *http.Server
+	if *metrics != "" {
+		mlis, err := net.Listen("tcp", *metrics)
+		if err != nil {
+			log.Fatalf("tuneforge-gate: cannot serve metrics on %s: %v", *metrics, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/metrics", stats.serve(g.admission))
+		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = httpSrv.Serve(mlis) }()
+	}
+
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-stop
+		// Stop taking calls; let the ones in flight finish (the backend has its own grace).
+		done := make(chan struct{})
+		go func() { srv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			srv.Stop()
+		}
+		if httpSrv != nil {
+			_ = httpSrv.Shutdown(context.Background())
+		}
+	}()
+	// One line the launcher waits for: the bound address (the port may have been 0).
+	fmt.Printf("tuneforge-gate serving %s -> %s (max-active %d, queue-target %s)\n",
+		lis.Addr(), *backend, *maxActive, *queueTarget)
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		log.Fatalf("tuneforge-gate: %v", err)
+	}
+	for _, cc := range pool {
+		_ = cc.Close()
+	}
+}

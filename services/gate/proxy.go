@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// frame is one message as bytes: the gate never decodes what it passes on.
+type frame struct{ payload []byte }
+
+// rawCodec moves frames without decoding them. It keeps the name "proto" so the content type
+// on both legs stays application/grpc(+proto).
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) {
+	f, ok := v.(*frame)
+	if !ok {
+		return nil, fmt.Errorf("tuneforge-gate: cannot encode %T", v)
+	}
+	return f.payload, nil
+}
+
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	f, ok := v.(*frame)
+	if !ok {
+		return fmt.Errorf("tuneforge-gate: cannot decode into %T", v)
+	}
+	f.payload = append(f.payload[:0], data...)
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" }
+
+const healthPrefix = "/grpc.health.v1.Health/"
+
+type gate struct {
+	pool      []*grpc.ClientConn
+	next      atomic.Uint64
+	admission *admission
+	streaming map[string]bool
+	stats     *stats
+}
+
+var bothStreams = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+// handle passes one call to the backend: unary calls through admission, health checks and
+// streaming calls straight.
+func (g *gate) handle(_ any, in grpc.ServerStream) error {
+	arrived := time.Now()
+	method, ok := grpc.MethodFromServerStream(in)
+	if !ok {
+		return status.Error(codes.Internal, "tuneforge-gate: no method on the call")
+	}
+	if !g.streaming[method] && !strings.HasPrefix(method, healthPrefix) {
+		waited, admitted := g.admission.enter(in.Context(), arrived)
+		g.stats.queued(waited)
+		if !admitted {
+			if err := in.Context().Err(); err != nil {
+				g.stats.call(method, "cancelled")
+				return status.FromContextError(err).Err()
+			}
+			g.stats.call(method, "overloaded")
+			return overloaded(method, waited, g.admission.target)
+		}
+		defer g.admission.leave()
+	}
+	err := g.forward(in, method)
+	g.stats.call(method, status.Code(err).String())
+	return err
+}
+
+// overloaded is the refusal: RESOURCE_EXHAUSTED with the services' own error shape (ErrorInfo
+// reason OVERLOADED, domain tuneforge) and a RetryInfo telling the client when to try again.
+func overloaded(method string, waited, target time.Duration) error {
+	name := method[strings.LastIndex(method, "/")+1:]
+	st := status.New(codes.ResourceExhausted, fmt.Sprintf(
+		"this service is overloaded: %s waited %d ms to start, past its queueing target of %d ms "+
+			"(tuneforge-gate -queue-target): retry with backoff, or add replicas",
+		name, waited.Milliseconds(), target.Milliseconds()))
+	detailed, err := st.WithDetails(
+		&errdetails.ErrorInfo{Reason: "OVERLOADED", Domain: "tuneforge",
+			Metadata: map[string]string{"method": name, "queue_target_ms": fmt.Sprint(target.Milliseconds())}},
+		&errdetails.RetryInfo{RetryDelay: durationpb.New(target)})
+	if err != nil {
+		return st.Err()
+	}
+	return detailed.Err()
+}
+
+// forward copies the call both ways: the client's metadata, messages and half-close to the
+// backend; the backend's headers, messages, trailers and status back. The incoming context
+// carries the deadline and the cancellation to the backend.
+func (g *gate) forward(in grpc.ServerStream, method string) error {
+	ctx, cancel := context.WithCancel(in.Context())
+	defer cancel()
+	md, _ := metadata.FromIncomingContext(in.Context())
+	ctx = metadata.NewOutgoingContext(ctx, passable(md))
+	cc := g.pool[g.next.Add(1)%uint64(len(g.pool))]
+	out, err := cc.NewStream(ctx, bothStreams, method, grpc.ForceCodec(rawCodec{}))
+	if err != nil {
+		return backendError(err)
+	}
+	up := make(chan error, 1)
+	go func() { up <- toBackend(in, out) }()
+	down := make(chan error, 1)
+	go func() { down <- toClient(out, in) }()
+	for {
+		select {
+		case err := <-up:
+			if err != nil { // the client's side failed: end the backend's call too
+				cancel()
+				return status.Error(codes.Canceled, "tuneforge-gate: the client's stream failed: "+err.Error())
+			}
+			up = nil // half-closed: keep waiting for the backend's answer
+		case err := <-down:
+			in.SetTrailer(out.Trailer())
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return backendError(err)
+		}
+	}
+}
+
+func toBackend(in grpc.ServerStream, out grpc.ClientStream) error {
+	for {
+		f := &frame{}
+		if err := in.RecvMsg(f); err != nil {
+			if errors.Is(err, io.EOF) {
+				return out.CloseSend()
+			}
+			return err
+		}
+		if err := out.SendMsg(f); err != nil {
+			// The backend ended the call (its status comes through toClient): stop reading.
+			return nil
+		}
+	}
+}
+
+func toClient(out grpc.ClientStream, in grpc.ServerStream) error {
+	header, err := out.Header()
+	if err != nil {
+		return err
+	}
+	if header != nil {
+		if err := in.SendHeader(header); err != nil {
+			return err
+		}
+	}
+	for {
+		f := &frame{}
+		if err := out.RecvMsg(f); err != nil {
+			return err // io.EOF: the backend ended with OK
+		}
+		if err := in.SendMsg(f); err != nil {
+			return err
+		}
+	}
+}
+
+// backendError keeps the backend's status (code, message, details) as it was; a backend that
+// cannot be reached is UNAVAILABLE.
+func backendError(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Unavailable, "tuneforge-gate: backend unreachable: "+err.Error())
+}
+
+// passable drops what gRPC sets per hop (pseudo-headers, content type, user agent, te, grpc-*).
+func passable(md metadata.MD) metadata.MD {
+	out := metadata.MD{}
+	for k, v := range md {
+		if strings.HasPrefix(k, ":") || strings.HasPrefix(k, "grpc-") || k == "content-type" || k == "user-agent" || k == "te" {
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}

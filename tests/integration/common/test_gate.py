@@ -1,0 +1,190 @@
+"""tuneforge-gate (services/gate) in front of a real tuneforge gRPC server: it passes calls through
+unchanged (auth, errors with their details, deadlines, streams, health), keeps at most -max-active
+unary calls in flight, absorbs a burst while calls still find free slots, and answers
+RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo) once the service is past capacity.
+No timing is asserted: the tests hold the service's one slot and look at how calls end."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from tuneforge.common.errors import FieldViolation, InvalidInput
+from tuneforge.common.grpc.client import channel
+from tuneforge.common.grpc.gate import find_binary, start_gate, streaming_methods
+from tuneforge.common.grpc.server import build_server
+from tuneforge.common.settings import ServiceSettings
+from tuneforge.training.app import SERVICE_NAME, TrainingSettings
+from tuneforge.training.v1 import training_pb2 as pb
+from tuneforge.training.v1 import training_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+
+GENEROUS_DEADLINE_S = 60
+
+
+class Backend(pb_grpc.TrainingServiceServicer):
+    """GetJob 'hold' keeps running until released; 'bad' is INVALID_ARGUMENT naming a field;
+    StreamJobEvents sends three events."""
+
+    def __init__(self) -> None:
+        self.held = threading.Semaphore(0)
+        self.release = threading.Event()
+        self.remaining: list[float] = []
+        self.tenants: list[str] = []
+
+    def GetJob(self, request, context):
+        from tuneforge.common.auth import current_identity
+        self.tenants.append(current_identity().tenant)
+        self.remaining.append(context.time_remaining())
+        if request.job_id == "hold":
+            self.held.release()
+            self.release.wait(GENEROUS_DEADLINE_S)
+        if request.job_id == "bad":
+            raise InvalidInput.of([FieldViolation("job_id", "must not be 'bad': use a real job id")])
+        return pb.GetJobResponse(job=pb.Job(id=request.job_id))
+
+    def StreamJobEvents(self, request, context):
+        for i in range(3):
+            yield pb.JobEvent(sequence=i + 1)
+
+
+@pytest.fixture
+def gated(make_service):
+    binary = find_binary()
+    if binary is None:
+        pytest.fail("tuneforge-gate is not built: run `make gate` (make test builds it)")
+    gates = []
+
+    def start(**gate_options):
+        backend = Backend()
+
+        def build(settings: ServiceSettings):
+            return build_server(settings, [(pb_grpc.add_TrainingServiceServicer_to_server, backend)], [SERVICE_NAME])
+        handle = make_service(TrainingSettings, build)
+        gate = start_gate(handle.address, streaming_methods([pb.DESCRIPTOR]), binary=binary, **gate_options)
+        gates.append(gate)
+        return handle, backend, gate
+    yield start
+    for g in gates:
+        g.stop()
+
+
+def _info(err: grpc.RpcError, kind):
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    for detail in status.details if status else []:
+        message = kind()
+        if detail.Unpack(message):
+            return message
+    return None
+
+
+def _code(call: grpc.Future) -> grpc.StatusCode:
+    try:
+        call.result()
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+def _metric(address: str, name: str) -> float:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _free_address() -> str:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_the_gate_passes_calls_through_unchanged(gated) -> None:
+    handle, backend, gate = gated()
+    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
+    assert stub.GetJob(pb.GetJobRequest(job_id="j1"), timeout=30).job.id == "j1"
+    assert backend.tenants == ["acme"]  # the caller's token reached the service
+    assert 0 < backend.remaining[0] <= 30  # and so did its deadline
+    with pytest.raises(grpc.RpcError) as caught:  # the service's error, details and all
+        stub.GetJob(pb.GetJobRequest(job_id="bad"), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = _info(caught.value, error_details_pb2.BadRequest)
+    assert bad is not None and bad.field_violations[0].field == "job_id"
+    assert [e.sequence for e in stub.StreamJobEvents(pb.StreamJobEventsRequest(job_id="j1"), timeout=30)] == [1, 2, 3]
+    anonymous = pb_grpc.TrainingServiceStub(channel(gate.address, None, default_timeout=60))
+    with pytest.raises(grpc.RpcError) as caught:
+        anonymous.GetJob(pb.GetJobRequest(job_id="j1"), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_past_capacity_calls_are_refused_overloaded_while_health_and_streams_pass(gated) -> None:
+    metrics = _free_address()
+    # One slot; shedding starts as soon as no call has found a free slot for 1 ms, and a call may
+    # wait 200 ms either way: every call behind the held one is refused.
+    handle, backend, gate = gated(max_active=1, queue_target_ms=200, burst_wait_ms=200, interval_ms=1,
+                                  metrics=metrics)
+    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
+    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
+    try:
+        assert backend.held.acquire(timeout=30)
+        burst = [stub.GetJob.future(pb.GetJobRequest(job_id=f"j{i}"), timeout=GENEROUS_DEADLINE_S)
+                 for i in range(10)]
+        health = health_pb2_grpc.HealthStub(channel(gate.address, None, default_timeout=60))
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == \
+            health_pb2.HealthCheckResponse.SERVING  # health needs no slot
+        assert len(list(stub.StreamJobEvents(pb.StreamJobEventsRequest(job_id="j"), timeout=30))) == 3  # nor streams
+        with pytest.raises(grpc.RpcError) as caught:
+            burst[0].result()
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = _info(caught.value, error_details_pb2.ErrorInfo)
+        assert info is not None and info.reason == "OVERLOADED" and info.domain == "tuneforge"
+        retry = _info(caught.value, error_details_pb2.RetryInfo)
+        assert retry is not None and retry.retry_delay.ToMilliseconds() == 200
+        assert "GetJob waited" in (caught.value.details() or "")
+        assert [_code(c) for c in burst] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * len(burst)
+        assert _metric(metrics, 'tuneforge_gate_calls_total{method="/tuneforge.training.v1.TrainingService/GetJob",'
+                                'outcome="overloaded"}') == len(burst)
+        assert len(backend.remaining) == 1  # nothing refused reached the service: only the held call ran
+    finally:
+        backend.release.set()
+    assert held.result().job.id == "hold"
+    assert stub.GetJob(pb.GetJobRequest(job_id="after"), timeout=30).job.id == "after"  # the slot came back
+
+
+def test_a_burst_waits_for_a_slot_while_the_service_keeps_up(gated) -> None:
+    metrics = _free_address()
+    # Shedding would need a whole minute without a free slot: a queued call waits for its turn.
+    handle, backend, gate = gated(max_active=1, queue_target_ms=100, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
+                                  interval_ms=GENEROUS_DEADLINE_S * 1000, metrics=metrics)
+    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
+    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
+    try:
+        assert backend.held.acquire(timeout=30)
+        waiting = stub.GetJob.future(pb.GetJobRequest(job_id="second"), timeout=GENEROUS_DEADLINE_S)
+        deadline = time.monotonic() + 30
+        while _metric(metrics, "tuneforge_gate_waiting_calls") < 1:  # it is queued in the gate
+            assert time.monotonic() < deadline, "the second call never queued in the gate"
+            time.sleep(0.05)
+        assert len(backend.remaining) == 1  # and has not reached the service
+    finally:
+        backend.release.set()
+    assert held.result().job.id == "hold" and waiting.result().job.id == "second"
+
+
+def test_a_backend_that_is_gone_is_unavailable(gated) -> None:
+    handle, _, gate = gated()
+    handle.server.stop(0)
+    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetJob(pb.GetJobRequest(job_id="j1"), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
