@@ -97,11 +97,14 @@ def config_set_profile(ctx: typer.Context, name: str,
 
 @app.command()
 def stack(base_port: int = typer.Option(50051, help="first port; the services take 4 in a row"),
-          run_dir: Path = typer.Option(Path(".run"))) -> None:
+          run_dir: Path = typer.Option(Path(".run")),
+          gate: bool = typer.Option(False, "--gate", help="a tuneforge-gate (make gate) on each service's port, "
+                                    "the service itself on the port 4 further on: past capacity, calls are refused "
+                                    "RESOURCE_EXHAUSTED instead of timing out")) -> None:
     """Run the four services locally (make up) until Ctrl-C."""
     from tuneforge.cli.stack import run
 
-    raise typer.Exit(run(base_port, run_dir))
+    raise typer.Exit(run(base_port, run_dir, gate))
 
 
 @app.command()

@@ -17,22 +17,25 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tuneforge.client.config import CLIENT_ENV_VARS
+from tuneforge.common.grpc.gate import Gate, find_binary, start_gate, streaming_methods
 
 SERVICES = ("datasets", "training", "evaluation", "checkpoints")
 
 
 @dataclass
 class Proc:
-    """One service process."""
+    """One service process (and the gate in front of it, with ``--gate``)."""
 
     name: str
     port: int
     popen: subprocess.Popen[bytes]
+    gate: Gate | None = None
 
     @property
     def address(self) -> str:
@@ -77,26 +80,47 @@ def wait_serving(address: str, timeout: float) -> bool:
     return False
 
 
-def start(base_port: int, run_dir: Path, timeout: float = 120.0, metrics_base_port: int = 0) -> list[Proc]:
+def start(base_port: int, run_dir: Path, timeout: float = 120.0, metrics_base_port: int = 0,
+          gate: bool = False) -> list[Proc]:
     """Start every service; raise RuntimeError (after stopping the others) if one fails.
 
     With ``metrics_base_port`` the services serve Prometheus ``/metrics`` on it and the next ports,
-    in ``SERVICES`` order (else no metrics endpoint, the services' default).
+    in ``SERVICES`` order (else no metrics endpoint, the services' default). With ``gate`` a
+    tuneforge-gate serves each service's port and passes calls to the service on the port four
+    further on (``base_port + 4 + i``); the services call each other through the gates too.
     """
     token = dev_token(run_dir)
     ports = {name: base_port + i for i, name in enumerate(SERVICES)}
+    binary = find_binary() if gate else None
+    if gate and binary is None:
+        raise RuntimeError("--gate needs tuneforge-gate: run `make gate` (it needs Go)")
     procs = []
     for i, (name, port) in enumerate(ports.items()):
+        own = port + len(SERVICES) if gate else port
         log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
         popen = subprocess.Popen([sys.executable, "-m", f"tuneforge.{name}"], stdout=log, stderr=subprocess.STDOUT,
-                                 env=_env(name, port, run_dir, token, ports,
+                                 env=_env(name, own, run_dir, token, ports,
                                           metrics_base_port + i if metrics_base_port else 0))
         procs.append(Proc(name, port, popen))
-    for p in procs:
-        if not wait_serving(p.address, timeout) or p.popen.poll() is not None:
-            stop(procs)
-            raise RuntimeError(f"{p.name} did not become SERVING on {p.address}; see {run_dir / (p.name + '.log')}")
+    try:
+        for p in procs:
+            inner = f"127.0.0.1:{p.port + len(SERVICES)}" if gate else p.address
+            if not wait_serving(inner, timeout) or p.popen.poll() is not None:
+                raise RuntimeError(f"{p.name} did not become SERVING on {inner}; see {run_dir / (p.name + '.log')}")
+            if gate:
+                p.gate = start_gate(inner, streaming_methods([_descriptor(p.name)]), listen=p.address, binary=binary)
+                if not wait_serving(p.address, timeout):
+                    raise RuntimeError(f"the gate in front of {p.name} did not answer on {p.address}")
+    except BaseException:
+        stop(procs)
+        raise
     return procs
+
+
+def _descriptor(service: str) -> Any:
+    from importlib import import_module
+
+    return import_module(f"tuneforge.{service}.v1.{service}_pb2").DESCRIPTOR
 
 
 def stop(procs: list[Proc], grace: float = 15.0) -> None:
@@ -110,14 +134,18 @@ def stop(procs: list[Proc], grace: float = 15.0) -> None:
             p.popen.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.popen.kill()
+    for p in procs:  # the gates last: the services' peer calls go through them while they drain
+        if p.gate is not None:
+            p.gate.stop(max(0.1, deadline - time.monotonic()))
 
 
-def run(base_port: int, run_dir: Path) -> int:
+def run(base_port: int, run_dir: Path, gate: bool = False) -> int:
     """Start, print addresses, block until Ctrl-C/SIGTERM or a child exits, then stop all."""
-    procs = start(base_port, run_dir)
+    procs = start(base_port, run_dir, gate=gate)
     print("tuneforge stack is up (token in .run/token):")
     for p in procs:
-        print(f"  {p.name:<12} {p.address}")
+        print(f"  {p.name:<12} {p.address}" + (f"  (tuneforge-gate in front of 127.0.0.1:{p.port + len(SERVICES)})"
+                                               if p.gate else ""))
     print("ready", flush=True)
     stopping = False
 
@@ -126,9 +154,10 @@ def run(base_port: int, run_dir: Path) -> int:
         stopping = True
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    while not stopping and all(p.popen.poll() is None for p in procs):
+    while not stopping and all(p.popen.poll() is None and (p.gate is None or p.gate.process.poll() is None)
+                               for p in procs):
         time.sleep(0.2)
-    dead = [p.name for p in procs if p.popen.poll() is not None]
+    dead = [p.name for p in procs if p.popen.poll() is not None or (p.gate and p.gate.process.poll() is not None)]
     stop(procs)
     print("stopped", flush=True)
     return 1 if dead and not stopping else 0

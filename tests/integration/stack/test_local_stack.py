@@ -89,3 +89,47 @@ def _pid_listening(port: int) -> str:
 
 def _logs(run_dir: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in run_dir.glob("*.log"))
+
+
+def test_stack_with_gates_serves_every_service_through_its_gate(tmp_path):
+    """``tuneforge stack --gate``: each service's port is a tuneforge-gate's (a process of its own),
+    the service listens four ports further on, and everything (health, reflection's bidi stream, the
+    RPC list) answers through the gate."""
+    from tuneforge.common.grpc.gate import find_binary
+
+    assert find_binary() is not None, "tuneforge-gate is not built: run `make gate` (make test builds it)"
+    base = _free_block(2 * len(SERVICES))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "stack", "--gate", "--base-port", str(base),
+                             "--run-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        lines = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if line.strip() == "ready" or not line:
+                break
+        assert lines[-1].strip() == "ready", "".join(lines) + _logs(tmp_path)
+        for i, name in enumerate(SERVICES):
+            public, inner = base + i, base + len(SERVICES) + i
+            assert "tuneforge-gate" in _listener(public), _listener(public)
+            assert "python" in _listener(inner), _listener(inner)
+            out = subprocess.run([str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge",
+                                  "--list-methods", f"http://127.0.0.1:{public}"], capture_output=True, text=True,
+                                 timeout=60, check=True).stdout
+            listed = {m.rsplit("/", 1)[1] for m in out.split() if m.startswith(PROTO_SERVICE[name] + "/")}
+            assert listed == _rpc_names(name), f"{name}: {out}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert "stopped" in out
+    assert not any("tuneforge-gate" in _listener(base + i) for i in range(len(SERVICES)))  # the gates stopped too
+
+
+def _listener(port: int) -> str:
+    """The ``users:((name,pid=...))`` part of ``ss`` for the process listening on ``port`` ('' if none)."""
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=False).stdout
+    return out.partition("users:")[2]
