@@ -95,9 +95,10 @@ class Target:
                 fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            argv = proc.args if isinstance(proc.args, list) else [str(proc.args)]
-            name = next((a for a in argv if str(a).startswith("tuneforge.") or str(a) == "--serve-training"), argv[0])
-            name = {"--serve-training": "tuneforge.training"}.get(str(name), Path(str(name)).name)
+            argv = [str(a) for a in proc.args] if isinstance(proc.args, list) else [str(proc.args)]
+            argv = argv[3:] if argv[:2] == ["nice", "-n"] else argv  # nice execs the server: same pid
+            name = next((a for a in argv if a.startswith("tuneforge.") or a == "--serve-training"), argv[0])
+            name = {"--serve-training": "tuneforge.training"}.get(name, Path(name).name)
             key = f"{name} ({proc.pid})"
             used[key] = round((int(fields[11]) + int(fields[12])) / tick, 2)
         return used
@@ -139,8 +140,9 @@ def _wait_serving(address: str, proc: subprocess.Popen[bytes], log: Path, timeou
 
 def _spawn(argv: Sequence[str], env: dict[str, str], log: Path, nice: int = 0) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        prefix = ["nice", "-n", str(nice)] if nice else []
+        return subprocess.Popen([*prefix, sys.executable, *argv], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
 
 
 def _base_env(run_dir: Path, token: str, args: argparse.Namespace) -> dict[str, str]:
@@ -196,7 +198,8 @@ def _stack(run_dir: Path, args: argparse.Namespace, gated: bool) -> Target:
             if gated:
                 gate = start_gate(f"127.0.0.1:{ports[name]}", streaming_methods([files[name]]),
                                   listen=f"127.0.0.1:{public[name]}", max_active=args.gate_max_active,
-                                  queue_target_ms=args.queue_target_ms, binary=args.gate, nice=args.server_nice)
+                                  queue_target_ms=args.queue_target_ms, binary=args.gate, nice=args.server_nice,
+                                  log=run_dir / f"{name}-gate.log")
                 target.processes.append(gate.process)  # type: ignore[arg-type]
         _seed(target, run_dir)
     except BaseException:

@@ -50,6 +50,7 @@ func (a *admission) enter(ctx context.Context, arrived time.Time) (time.Duration
 	select {
 	case a.slots <- struct{}{}:
 		a.lastFree.Store(time.Now().UnixNano())
+		a.shedding.Store(false)
 		return time.Since(arrived), true
 	default:
 	}
@@ -75,12 +76,19 @@ func (a *admission) enter(ctx context.Context, arrived time.Time) (time.Duration
 	}
 }
 
-func (a *admission) leave() { <-a.slots }
+// leave gives the slot back; a slot that frees with no call waiting for it counts as free time.
+func (a *admission) leave() {
+	<-a.slots
+	if a.waiting.Load() == 0 {
+		a.lastFree.Store(time.Now().UnixNano())
+	}
+}
 
 // stats is what /metrics exposes (the Prometheus text format, written by hand: four series).
 type stats struct {
 	mu      sync.Mutex
 	calls   map[[2]string]uint64 // (method, outcome) -> count
+	methods map[string]bool      // the methods labelled so far (at most maxMethods)
 	bounds  []float64            // queue-wait histogram bucket bounds, seconds
 	buckets []uint64
 	count   uint64
@@ -89,13 +97,29 @@ type stats struct {
 
 func newStats() *stats {
 	b := []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}
-	return &stats{calls: map[[2]string]uint64{}, bounds: b, buckets: make([]uint64, len(b))}
+	return &stats{calls: map[[2]string]uint64{}, methods: map[string]bool{}, bounds: b, buckets: make([]uint64, len(b))}
 }
+
+// maxMethods bounds the method label: a client can send any path, and each would be a series.
+const maxMethods = 256
 
 func (s *stats) call(method, outcome string) {
 	s.mu.Lock()
-	s.calls[[2]string{method, outcome}]++
+	key := [2]string{method, outcome}
+	if _, seen := s.calls[key]; !seen && !s.methods[method] {
+		if len(s.methods) >= maxMethods {
+			key[0] = "other"
+		} else {
+			s.methods[method] = true
+		}
+	}
+	s.calls[key]++
 	s.mu.Unlock()
+}
+
+// label escapes a Prometheus label value (backslash, double quote, newline).
+func label(v string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(v)
 }
 
 func (s *stats) queued(d time.Duration) {
@@ -123,7 +147,7 @@ func (s *stats) serve(a *admission) http.HandlerFunc {
 		b.WriteString("# HELP tuneforge_gate_calls_total Calls the gate passed or refused, by method and outcome (a gRPC code, or overloaded).\n")
 		b.WriteString("# TYPE tuneforge_gate_calls_total counter\n")
 		for _, k := range keys {
-			fmt.Fprintf(&b, "tuneforge_gate_calls_total{method=%q,outcome=%q} %d\n", k[0], k[1], s.calls[k])
+			fmt.Fprintf(&b, "tuneforge_gate_calls_total{method=\"%s\",outcome=\"%s\"} %d\n", label(k[0]), label(k[1]), s.calls[k])
 		}
 		b.WriteString("# HELP tuneforge_gate_queue_seconds How long unary calls waited for a slot.\n")
 		b.WriteString("# TYPE tuneforge_gate_queue_seconds histogram\n")

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -26,6 +27,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	_ "google.golang.org/grpc/encoding/gzip" // clients may compress; each leg negotiates its own encoding
 )
 
 func main() {
@@ -44,9 +46,31 @@ func main() {
 	metrics := flag.String("metrics", "", "address to serve Prometheus /metrics on (empty: none)")
 	conns := flag.Int("backend-conns", 4, "HTTP/2 connections to the backend (calls are spread over them)")
 	maxMessage := flag.Int("max-message-bytes", 64<<20, "largest message passed in either direction")
+	watchStdin := flag.Bool("exit-on-stdin-eof", false,
+		"stop when standard input closes (a launcher holding the pipe has gone)")
 	flag.Parse()
-	if *backend == "" || *maxActive < 1 || *conns < 1 {
-		fmt.Fprintln(os.Stderr, "tuneforge-gate: -backend is required; -max-active and -backend-conns must be >= 1")
+	var problems []string
+	if *backend == "" {
+		problems = append(problems, "-backend is required (host:port of the service)")
+	}
+	if *maxActive < 1 || *conns < 1 || *maxMessage < 1 {
+		problems = append(problems, "-max-active, -backend-conns and -max-message-bytes must be >= 1")
+	}
+	if *queueTarget <= 0 || *burst <= 0 || *interval <= 0 {
+		problems = append(problems, "-queue-target, -burst-wait and -interval must be > 0 (e.g. 100ms)")
+	}
+	streams := map[string]bool{}
+	for _, m := range strings.Split(*streaming, ",") {
+		if m = strings.TrimSpace(m); m == "" {
+			continue
+		}
+		if parts := strings.Split(m, "/"); len(parts) != 3 || parts[0] != "" || parts[1] == "" || parts[2] == "" {
+			problems = append(problems, fmt.Sprintf("-streaming %q: each method must be /package.Service/Method", m))
+		}
+		streams[m] = true
+	}
+	if len(problems) > 0 {
+		fmt.Fprintln(os.Stderr, "tuneforge-gate: "+strings.Join(problems, "; "))
 		os.Exit(2)
 	}
 
@@ -64,13 +88,8 @@ func main() {
 	g := &gate{
 		pool:      pool,
 		admission: newAdmission(*maxActive, *queueTarget, *burst, *interval),
-		streaming: map[string]bool{},
+		streaming: streams,
 		stats:     stats,
-	}
-	for _, m := range strings.Split(*streaming, ",") {
-		if m = strings.TrimSpace(m); m != "" {
-			g.streaming[m] = true
-		}
 	}
 
 	lis, err := net.Listen("tcp", *listen)
@@ -96,6 +115,12 @@ func main() {
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	if *watchStdin {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			stop <- syscall.SIGTERM
+		}()
+	}
 	go func() {
 		<-stop
 		// Stop taking calls; let the ones in flight finish (the backend has its own grace).
@@ -111,8 +136,8 @@ func main() {
 		}
 	}()
 	// One line the launcher waits for: the bound address (the port may have been 0).
-	fmt.Printf("tuneforge-gate serving %s -> %s (max-active %d, queue-target %s)\n",
-		lis.Addr(), *backend, *maxActive, *queueTarget)
+	fmt.Printf("tuneforge-gate serving %s -> %s (max-active %d, queue-target %s, burst-wait %s, interval %s, "+
+		"%d streaming methods)\n", lis.Addr(), *backend, *maxActive, *queueTarget, *burst, *interval, len(streams))
 	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		log.Fatalf("tuneforge-gate: %v", err)
 	}

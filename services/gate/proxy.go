@@ -67,9 +67,10 @@ func (g *gate) handle(_ any, in grpc.ServerStream) error {
 		waited, admitted := g.admission.enter(in.Context(), arrived)
 		g.stats.queued(waited)
 		if !admitted {
-			if err := in.Context().Err(); err != nil {
-				g.stats.call(method, "cancelled")
-				return status.FromContextError(err).Err()
+			if err := in.Context().Err(); err != nil { // the client left (or its deadline passed) while waiting
+				st := status.FromContextError(err)
+				g.stats.call(method, st.Code().String())
+				return st.Err()
 			}
 			g.stats.call(method, "overloaded")
 			return overloaded(method, waited, g.admission.target)
@@ -114,24 +115,42 @@ func (g *gate) forward(in grpc.ServerStream, method string) error {
 	}
 	up := make(chan error, 1)
 	go func() { up <- toBackend(in, out) }()
-	down := make(chan error, 1)
+	down := make(chan result, 1)
 	go func() { down <- toClient(out, in) }()
 	for {
 		select {
 		case err := <-up:
-			if err != nil { // the client's side failed: end the backend's call too
-				cancel()
-				return status.Error(codes.Canceled, "tuneforge-gate: the client's stream failed: "+err.Error())
+			if err == nil {
+				up = nil // half-closed: wait for the backend's answer
+				continue
 			}
-			up = nil // half-closed: keep waiting for the backend's answer
-		case err := <-down:
-			in.SetTrailer(out.Trailer())
-			if errors.Is(err, io.EOF) {
+			// Reading the client's side failed (it left, or sent what cannot be read): end the
+			// backend's call, and touch neither stream again once toClient has returned.
+			cancel()
+			<-down
+			if st, ok := status.FromError(err); ok {
+				return st.Err()
+			}
+			return status.Error(codes.Canceled, "tuneforge-gate: the client's stream failed: "+err.Error())
+		case r := <-down:
+			if !r.fromBackend { // the client left while the answer was being passed on
+				cancel()
+				return status.FromContextError(context.Canceled).Err()
+			}
+			in.SetTrailer(passable(out.Trailer())) // the backend's call has ended: its trailer is complete
+			if errors.Is(r.err, io.EOF) {
 				return nil
 			}
-			return backendError(err)
+			return backendError(r.err)
 		}
 	}
+}
+
+// result is how toClient ended: the backend's end of the call (io.EOF or its status), or a
+// failure to pass something on to the client.
+type result struct {
+	err         error
+	fromBackend bool
 }
 
 func toBackend(in grpc.ServerStream, out grpc.ClientStream) error {
@@ -150,23 +169,23 @@ func toBackend(in grpc.ServerStream, out grpc.ClientStream) error {
 	}
 }
 
-func toClient(out grpc.ClientStream, in grpc.ServerStream) error {
+func toClient(out grpc.ClientStream, in grpc.ServerStream) result {
 	header, err := out.Header()
 	if err != nil {
-		return err
+		return result{err, true}
 	}
-	if header != nil {
-		if err := in.SendHeader(header); err != nil {
-			return err
+	if len(header) > 0 {
+		if err := in.SendHeader(passable(header)); err != nil {
+			return result{err, false}
 		}
 	}
 	for {
 		f := &frame{}
 		if err := out.RecvMsg(f); err != nil {
-			return err // io.EOF: the backend ended with OK
+			return result{err, true} // io.EOF: the backend ended with OK
 		}
 		if err := in.SendMsg(f); err != nil {
-			return err
+			return result{err, false}
 		}
 	}
 }
@@ -180,7 +199,8 @@ func backendError(err error) error {
 	return status.Error(codes.Unavailable, "tuneforge-gate: backend unreachable: "+err.Error())
 }
 
-// passable drops what gRPC sets per hop (pseudo-headers, content type, user agent, te, grpc-*).
+// passable drops what gRPC sets per hop (pseudo-headers, content type, user agent, te, grpc-*:
+// encodings, timeouts, status), both ways: each leg of the call negotiates its own.
 func passable(md metadata.MD) metadata.MD {
 	out := metadata.MD{}
 	for k, v := range md {

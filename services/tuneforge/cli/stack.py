@@ -108,7 +108,8 @@ def start(base_port: int, run_dir: Path, timeout: float = 120.0, metrics_base_po
             if not wait_serving(inner, timeout) or p.popen.poll() is not None:
                 raise RuntimeError(f"{p.name} did not become SERVING on {inner}; see {run_dir / (p.name + '.log')}")
             if gate:
-                p.gate = start_gate(inner, streaming_methods([_descriptor(p.name)]), listen=p.address, binary=binary)
+                p.gate = start_gate(inner, streaming_methods([_descriptor(p.name)]), listen=p.address, binary=binary,
+                                    log=run_dir / f"{p.name}-gate.log")
                 if not wait_serving(p.address, timeout):
                     raise RuntimeError(f"the gate in front of {p.name} did not answer on {p.address}")
     except BaseException:

@@ -39,12 +39,14 @@ class Backend(pb_grpc.TrainingServiceServicer):
         self.release = threading.Event()
         self.remaining: list[float] = []
         self.tenants: list[str] = []
+        self.left = threading.Event()  # a held call's client went away
 
     def GetJob(self, request, context):
         from tuneforge.common.auth import current_identity
         self.tenants.append(current_identity().tenant)
         self.remaining.append(context.time_remaining())
         if request.job_id == "hold":
+            context.add_callback(self.left.set)
             self.held.release()
             self.release.wait(GENEROUS_DEADLINE_S)
         if request.job_id == "bad":
@@ -129,16 +131,17 @@ def test_the_gate_passes_calls_through_unchanged(gated) -> None:
 
 def test_past_capacity_calls_are_refused_overloaded_while_health_and_streams_pass(gated) -> None:
     metrics = _free_address()
-    # One slot; shedding starts as soon as no call has found a free slot for 1 ms, and a call may
-    # wait 200 ms either way: every call behind the held one is refused.
-    handle, backend, gate = gated(max_active=1, queue_target_ms=200, burst_wait_ms=200, interval_ms=1,
-                                  metrics=metrics)
+    # One slot. Past capacity (no call has found a free slot for 1 ms) a call waits at most the
+    # 200 ms target; before that it could wait a minute, longer than the burst's 30 s deadline: a
+    # gate that never switched to shedding would leave the burst DEADLINE_EXCEEDED.
+    handle, backend, gate = gated(max_active=1, queue_target_ms=200, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
+                                  interval_ms=1, metrics=metrics)
     stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
     held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
     try:
         assert backend.held.acquire(timeout=30)
-        burst = [stub.GetJob.future(pb.GetJobRequest(job_id=f"j{i}"), timeout=GENEROUS_DEADLINE_S)
-                 for i in range(10)]
+        time.sleep(0.01)  # not a wait for an event: it makes sure the slot has been taken > 1 ms
+        burst = [stub.GetJob.future(pb.GetJobRequest(job_id=f"j{i}"), timeout=30) for i in range(10)]
         health = health_pb2_grpc.HealthStub(channel(gate.address, None, default_timeout=60))
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == \
             health_pb2.HealthCheckResponse.SERVING  # health needs no slot
@@ -155,6 +158,7 @@ def test_past_capacity_calls_are_refused_overloaded_while_health_and_streams_pas
         assert _metric(metrics, 'tuneforge_gate_calls_total{method="/tuneforge.training.v1.TrainingService/GetJob",'
                                 'outcome="overloaded"}') == len(burst)
         assert len(backend.remaining) == 1  # nothing refused reached the service: only the held call ran
+        assert _metric(metrics, "tuneforge_gate_overloads_total") >= 1
     finally:
         backend.release.set()
     assert held.result().job.id == "hold"
@@ -188,3 +192,15 @@ def test_a_backend_that_is_gone_is_unavailable(gated) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetJob(pb.GetJobRequest(job_id="j1"), timeout=30)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_client_that_leaves_ends_the_call_on_the_service(gated) -> None:
+    handle, backend, gate = gated()
+    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
+    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
+    try:
+        assert backend.held.acquire(timeout=30)
+        held.cancel()
+        assert backend.left.wait(30), "the service never saw the client leave"
+    finally:
+        backend.release.set()

@@ -63,19 +63,25 @@ class Gate:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        if self.process.stdin:
+            self.process.stdin.close()
 
 
 def start_gate(backend: str, streaming: Sequence[str], *, listen: str = "127.0.0.1:0", max_active: int = 16,
                queue_target_ms: int = 100, burst_wait_ms: int = 500, interval_ms: int = 1000,
-               metrics: str = "", binary: Path | None = None, nice: int = 0, timeout_s: float = 30.0) -> Gate:
+               metrics: str = "", binary: Path | None = None, nice: int = 0, log: Path | None = None,
+               timeout_s: float = 30.0) -> Gate:
     """Start a gate on ``listen`` in front of ``backend`` and wait until it serves.
 
     While unary calls still find free slots a call may wait ``burst_wait_ms`` for one; once none
     has for ``interval_ms`` (the service is past capacity) a call that cannot start within
     ``queue_target_ms`` of its arrival is refused. ``streaming``: the methods passed straight
-    through (``streaming_methods``).
+    through (``streaming_methods``). ``nice``: the gate's niceness (0: the caller's). ``log``: where
+    its own messages go (appended; None: the caller's stderr).
 
-    ``nice``: the gate's niceness (0: the caller's).
+    The gate runs in its own session, so a Ctrl-C meant for the launcher does not stop it before
+    the services behind it have drained (``Gate.stop`` does), and it stops by itself if the
+    launcher dies (it watches the pipe on its standard input).
 
     Raises:
         FileNotFoundError: no gate binary (run ``make gate``).
@@ -86,23 +92,36 @@ def start_gate(backend: str, streaming: Sequence[str], *, listen: str = "127.0.0
         raise FileNotFoundError(f"{BINARY} is not built: run `make gate` (it needs Go)")
     argv = [str(binary), "-listen", listen, "-backend", backend, "-max-active", str(max_active),
             "-queue-target", f"{queue_target_ms}ms", "-burst-wait", f"{burst_wait_ms}ms",
-            "-interval", f"{interval_ms}ms", "-streaming", ",".join(streaming)]
+            "-interval", f"{interval_ms}ms", "-streaming", ",".join(streaming), "-exit-on-stdin-eof"]
     if metrics:
         argv += ["-metrics", metrics]
+    if nice:
+        argv = ["nice", "-n", str(nice), *argv]
     # One Go thread runs the gate: a Python service behind it answers a few thousand calls a second
     # at most, which one thread passes on with room to spare, and it leaves the CPUs to the services.
     env = {**os.environ, "GOMAXPROCS": os.environ.get("GOMAXPROCS", "1")}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline() if proc.stdout else ""), daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    first = line[0] if line else ""
-    if not first.startswith(f"{BINARY} serving "):
+    err = log.open("ab") if log else None
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                                start_new_session=True)
+    finally:
+        if err:
+            err.close()  # the child has its own descriptor
+    serving: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:  # the serving line, then drain stdout so the gate never blocks on a full pipe
+        for line in proc.stdout or ():
+            if not serving and line.startswith(f"{BINARY} serving "):
+                serving.append(line)
+                ready.set()
+        ready.set()  # stdout closed: the gate exited
+    threading.Thread(target=read, daemon=True, name=f"{BINARY}-stdout").start()
+    ready.wait(timeout_s)
+    if not serving:
         proc.kill()
-        rest = proc.communicate(timeout=10)[0] if proc.stdout else ""
-        raise RuntimeError(f"{BINARY} did not start in front of {backend}: {(first + rest).strip()[-2000:]}")
-    # Keep draining its output so a chatty gate never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
-    return Gate(proc, first.split()[2])
+        proc.wait(10)
+        where = f"; see {log}" if log else " (its messages went to stderr)"
+        raise RuntimeError(f"{BINARY} did not start in front of {backend} within {timeout_s:g} s "
+                           f"(exit code {proc.returncode}){where}")
+    return Gate(proc, serving[0].split()[2])
