@@ -4,7 +4,9 @@
   ``TUNEFORGE_TOKEN`` or a token file, ``TUNEFORGE_TLS``; see :mod:`tuneforge.client.config`);
 - typed errors (:mod:`tuneforge.client.errors`) with field violations as attributes;
 - iterators over every list call; UNAVAILABLE retried with backoff where safe (one gRPC retry
-  policy; creates always carry an idempotency key, reused by every retry);
+  policy; creates always carry an idempotency key, reused by every retry), and on the same calls
+  RESOURCE_EXHAUSTED with reason OVERLOADED (a service or its gate past capacity) after the
+  server's RetryInfo or a jittered backoff, within the call's deadline (quota refusals are not);
 - helpers: ``upload(path, on_progress=)``, ``download(ckpt, dest, on_progress=)`` (sha256-verified),
   ``wait(job | evaluation | curation, on_event=)`` (re-attaching after the last event seen);
 - :class:`AsyncClient` (``grpc.aio``) with the same surface.

@@ -4,12 +4,18 @@ One retry policy for the whole SDK: gRPC's own service-config ``retryPolicy`` (e
 with jitter, UNAVAILABLE only) on the calls that are safe to repeat: reads, cancels, alias/pin
 moves, and creates, which always carry an idempotency key (the wrapper fills an empty one with a
 fresh UUID before the first attempt, so every retry repeats the same key and the server returns
-the first result). Deletes are not retried.
+the first result). Deletes are not retried. On the same calls (unary requests), RESOURCE_EXHAUSTED
+with reason OVERLOADED (a service or its tuneforge-gate past capacity) is retried by the SDK itself,
+after the server's RetryInfo or a jittered backoff, within the call's deadline; other
+RESOURCE_EXHAUSTED (quotas, limits) is not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -17,7 +23,7 @@ from typing import Any
 import grpc
 
 from tuneforge.client.config import ClientConfig
-from tuneforge.client.errors import from_rpc_error
+from tuneforge.client.errors import ApiError, from_rpc_error
 
 _RETRIED: dict[str, tuple[str, ...]] = {
     "tuneforge.datasets.v1.DatasetService": (
@@ -40,6 +46,14 @@ KEYED: dict[str, str] = {"CreateJob": "idempotency_key", "CurateDataset": "reque
                          "RegisterDataset": "request_id"}
 RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "5s", "backoffMultiplier": 2.0,
                 "retryableStatusCodes": ["UNAVAILABLE"]}
+# A service (or the tuneforge-gate in front of it) past capacity answers RESOURCE_EXHAUSTED with
+# reason OVERLOADED and, from the gate, a RetryInfo. gRPC's retry policy cannot tell that from a
+# quota refusal (same code), so the SDK retries it itself: the same retried methods, unary requests
+# only, up to OVERLOAD_ATTEMPTS in all, waiting the server's RetryInfo or an exponential backoff
+# with full jitter, and never past the call's own deadline.
+OVERLOAD_ATTEMPTS = 5
+OVERLOAD_BACKOFF_S = (0.1, 2.0)  # first and largest backoff
+_RETRIED_NAMES = frozenset(m for methods in _RETRIED.values() for m in methods)
 MAX_MESSAGE_BYTES = 16 << 20
 
 
@@ -115,13 +129,36 @@ class Service:
             args = {"timeout": timeout or self._timeout, "metadata": (*self._metadata, *metadata), **kw}
             if streaming:
                 return _stream(raw(request, **args), name)
-            try:
-                return raw(request, **args)
-            except grpc.RpcError as exc:
-                raise from_rpc_error(exc, name) from None
+            deadline = time.monotonic() + args["timeout"]
+            for attempt in range(OVERLOAD_ATTEMPTS):
+                try:
+                    return raw(request, **args)
+                except grpc.RpcError as exc:
+                    err = from_rpc_error(exc, name)
+                pause = _overload_pause(err, attempt, deadline) if _retries_overload(name, request) else None
+                if pause is None:
+                    raise err from None
+                time.sleep(pause)
+                args["timeout"] = max(0.001, deadline - time.monotonic())
+            raise AssertionError("unreachable: the last attempt raises")
 
         call.__name__ = name
         return call
+
+
+def _overload_pause(err: ApiError, attempt: int, deadline: float) -> float | None:
+    """How long to wait before trying ``err``'s call again, or None when it must not be retried
+    (not OVERLOADED, attempts used up, or the pause would end past the call's deadline)."""
+    if err.reason != "OVERLOADED" or attempt + 1 >= OVERLOAD_ATTEMPTS:
+        return None
+    first, largest = OVERLOAD_BACKOFF_S
+    pause = random.uniform(0, min(largest, first * 2 ** attempt))
+    pause = max(pause, err.retry_delay_s or 0.0)
+    return pause if time.monotonic() + pause < deadline else None
+
+
+def _retries_overload(name: str, request: Any) -> bool:
+    return name in _RETRIED_NAMES and hasattr(request, "SerializeToString")
 
 
 def _stream(it: Any, name: str) -> Iterator[Any]:
@@ -145,17 +182,25 @@ class AsyncService(Service):
             args = {"timeout": timeout or self._timeout, "metadata": (*self._metadata, *metadata), **kw}
             if streaming:
                 return _astream(raw(request, **args), name)
-            return _aunary(raw(request, **args), name)
+            return _aunary(raw, request, args, name)
 
         call.__name__ = name
         return call
 
 
-async def _aunary(awaitable: Any, name: str) -> Any:
-    try:
-        return await awaitable
-    except grpc.RpcError as exc:
-        raise from_rpc_error(exc, name) from None
+async def _aunary(raw: Any, request: Any, args: dict[str, Any], name: str) -> Any:
+    deadline = time.monotonic() + args["timeout"]
+    for attempt in range(OVERLOAD_ATTEMPTS):
+        try:
+            return await raw(request, **args)
+        except grpc.RpcError as exc:
+            err = from_rpc_error(exc, name)
+        pause = _overload_pause(err, attempt, deadline) if _retries_overload(name, request) else None
+        if pause is None:
+            raise err from None
+        await asyncio.sleep(pause)
+        args = {**args, "timeout": max(0.001, deadline - time.monotonic())}
+    raise AssertionError("unreachable: the last attempt raises")
 
 
 async def _astream(call: Any, name: str) -> AsyncIterator[Any]:

@@ -35,14 +35,17 @@ class FieldViolation:
 class ApiError(grpc.RpcError):
     """A failed call. Attributes: ``status_code`` (grpc.StatusCode, also ``code()``), ``message``, ``violations``
     (list of :class:`FieldViolation`, for INVALID_ARGUMENT), ``reason`` (machine-readable, may be
-    empty), ``method`` (the RPC, e.g. ``/tuneforge.training.v1.TrainingService/CreateJob``)."""
+    empty), ``method`` (the RPC, e.g. ``/tuneforge.training.v1.TrainingService/CreateJob``),
+    ``retry_delay_s`` (the server's ``google.rpc.RetryInfo``, when it sent one: how long to wait before
+    trying again)."""
 
     status_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
 
     def __init__(self, message: str, *, violations: Sequence[FieldViolation] = (), reason: str = "",
-                 method: str = "") -> None:
+                 method: str = "", retry_delay_s: float | None = None) -> None:
         super().__init__(message)
         self.message, self.violations, self.reason, self.method = message, list(violations), reason, method
+        self.retry_delay_s = retry_delay_s
 
     def code(self) -> grpc.StatusCode:
         """The status code (the grpc.RpcError interface); also the class attribute ``status_code``."""
@@ -104,25 +107,29 @@ def from_rpc_error(exc: grpc.RpcError, method: str = "") -> ApiError:
         return exc
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
     message = exc.details() if callable(getattr(exc, "details", None)) else str(exc)  # type: ignore[attr-defined]
-    violations, reason = _status_details(exc)
-    return error_class(code)(message or code.name, violations=violations, reason=reason, method=method)
+    violations, reason, retry_delay = _status_details(exc)
+    return error_class(code)(message or code.name, violations=violations, reason=reason, method=method,
+                             retry_delay_s=retry_delay)
 
 
-def _status_details(exc: grpc.RpcError) -> tuple[list[FieldViolation], str]:
+def _status_details(exc: grpc.RpcError) -> tuple[list[FieldViolation], str, float | None]:
     trailers = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None  # type: ignore[attr-defined]
     raw = next((v for k, v in (trailers or ()) if k == _STATUS_DETAILS_KEY), None)
     if not raw:
-        return [], ""
+        return [], "", None
     status = status_pb2.Status.FromString(raw)
     violations: list[FieldViolation] = []
     reason = ""
+    retry_delay: float | None = None
     for detail in status.details:
-        bad, info = error_details_pb2.BadRequest(), error_details_pb2.ErrorInfo()
+        bad, info, retry = error_details_pb2.BadRequest(), error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
         if detail.Unpack(bad):
             violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
         elif detail.Unpack(info):
             reason = info.reason
-    return violations, reason
+        elif detail.Unpack(retry):
+            retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+    return violations, reason, retry_delay
 
 
 __all__ = ["Aborted", "AlreadyExists", "ApiError", "Cancelled", "DataLoss", "DeadlineExceeded",

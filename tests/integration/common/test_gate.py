@@ -16,7 +16,9 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from tuneforge.common.errors import FieldViolation, InvalidInput
+from tuneforge.client import _transport
+from tuneforge.client.errors import ResourceExhausted as ClientResourceExhausted
+from tuneforge.common.errors import FieldViolation, InvalidInput, ResourceExhausted
 from tuneforge.common.grpc.client import channel
 from tuneforge.common.grpc.gate import find_binary, start_gate, streaming_methods
 from tuneforge.common.grpc.server import build_server
@@ -51,6 +53,8 @@ class Backend(pb_grpc.TrainingServiceServicer):
             self.release.wait(GENEROUS_DEADLINE_S)
         if request.job_id == "bad":
             raise InvalidInput.of([FieldViolation("job_id", "must not be 'bad': use a real job id")])
+        if request.job_id == "quota":
+            raise ResourceExhausted("tenant acme already runs 2 jobs, its quota", reason="QUOTA_EXCEEDED")
         return pb.GetJobResponse(job=pb.Job(id=request.job_id))
 
     def StreamJobEvents(self, request, context):
@@ -204,3 +208,91 @@ def test_a_client_that_leaves_ends_the_call_on_the_service(gated) -> None:
         assert backend.left.wait(30), "the service never saw the client leave"
     finally:
         backend.release.set()
+
+
+# ------------------------------------------------------------------ the SDK against the gate
+
+def _sdk(gate, handle) -> _transport.Service:
+    ch = grpc.insecure_channel(gate.address, options=_transport.channel_options())
+    return _transport.Service(pb_grpc.TrainingServiceStub(ch), handle.token, timeout=GENEROUS_DEADLINE_S)
+
+
+def _refused(metrics: str) -> float:
+    return _metric(metrics, 'tuneforge_gate_calls_total{method="/tuneforge.training.v1.TrainingService/GetJob",'
+                            'outcome="overloaded"}')
+
+
+def test_the_sdk_retries_an_overloaded_read_until_it_is_served(gated, monkeypatch) -> None:
+    # Attempts bounded only by the call's deadline here, so the test decides when the slot frees.
+    monkeypatch.setattr(_transport, "OVERLOAD_ATTEMPTS", 10_000)
+    metrics = _free_address()
+    handle, backend, gate = gated(max_active=1, queue_target_ms=50, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
+                                  interval_ms=1, metrics=metrics)
+    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
+    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
+    got: list[object] = []
+    try:
+        assert backend.held.acquire(timeout=30)
+        time.sleep(0.01)  # the slot has been taken for longer than the 1 ms interval: the gate sheds
+        reader = threading.Thread(target=lambda: got.append(_sdk(gate, handle).GetJob(pb.GetJobRequest(job_id="j1"))))
+        reader.start()
+        deadline = time.monotonic() + 30
+        while _refused(metrics) < 2:  # refused, backed off, tried again, refused again
+            assert time.monotonic() < deadline and reader.is_alive(), got
+            time.sleep(0.05)
+    finally:
+        backend.release.set()
+    reader.join(GENEROUS_DEADLINE_S)
+    assert [r.job.id for r in got] == ["j1"]  # type: ignore[attr-defined]
+    assert held.result().job.id == "hold"
+
+
+def test_the_sdk_gives_up_after_its_attempts_with_the_overload_error(gated) -> None:
+    metrics = _free_address()
+    handle, backend, gate = gated(max_active=1, queue_target_ms=50, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
+                                  interval_ms=1, metrics=metrics)
+    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
+    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
+    try:
+        assert backend.held.acquire(timeout=30)
+        time.sleep(0.01)
+        with pytest.raises(ClientResourceExhausted) as caught:
+            _sdk(gate, handle).GetJob(pb.GetJobRequest(job_id="j1"))
+        assert caught.value.reason == "OVERLOADED" and caught.value.retry_delay_s == pytest.approx(0.05)
+        assert _refused(metrics) == _transport.OVERLOAD_ATTEMPTS
+    finally:
+        backend.release.set()
+    assert held.result().job.id == "hold"
+
+
+def test_the_sdk_does_not_retry_a_quota_refusal(gated) -> None:
+    handle, backend, gate = gated()
+    with pytest.raises(ClientResourceExhausted) as caught:
+        _sdk(gate, handle).GetJob(pb.GetJobRequest(job_id="quota"))
+    assert caught.value.reason == "QUOTA_EXCEEDED"
+    assert len(backend.remaining) == 1  # asked once
+
+
+def test_the_async_sdk_retries_overload_the_same_way(gated) -> None:
+    import asyncio
+
+    metrics = _free_address()
+    handle, backend, gate = gated(max_active=1, queue_target_ms=50, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
+                                  interval_ms=1, metrics=metrics)
+    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
+    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
+
+    async def ask() -> None:
+        async with grpc.aio.insecure_channel(gate.address, options=_transport.channel_options()) as ch:
+            sdk = _transport.AsyncService(pb_grpc.TrainingServiceStub(ch), handle.token, timeout=GENEROUS_DEADLINE_S)
+            await sdk.GetJob(pb.GetJobRequest(job_id="j1"))
+    try:
+        assert backend.held.acquire(timeout=30)
+        time.sleep(0.01)
+        with pytest.raises(ClientResourceExhausted) as caught:
+            asyncio.run(ask())
+        assert caught.value.reason == "OVERLOADED"
+        assert _refused(metrics) == _transport.OVERLOAD_ATTEMPTS
+    finally:
+        backend.release.set()
+    assert held.result().job.id == "hold"
