@@ -6,9 +6,13 @@ No timing is asserted: the tests hold the service's one slot and look at how cal
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -16,6 +20,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from tests.fixtures.grpc import future_code
 from tuneforge.client import _transport
 from tuneforge.client.errors import ResourceExhausted as ClientResourceExhausted
 from tuneforge.common.errors import FieldViolation, InvalidInput, ResourceExhausted
@@ -92,14 +97,6 @@ def _info(err: grpc.RpcError, kind):
     return None
 
 
-def _code(call: grpc.Future) -> grpc.StatusCode:
-    try:
-        call.result()
-    except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
-
-
 def _metric(address: str, name: str) -> float:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as r:
         for line in r.read().decode().splitlines():
@@ -113,6 +110,29 @@ def _free_address() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+# A gate that sheds as soon as no call has found a free slot for 1 ms, while before that a queued
+# call could wait a minute (longer than any deadline below): a gate that never switched to shedding
+# would leave the calls DEADLINE_EXCEEDED instead of refused.
+SHEDDING = {"burst_wait_ms": GENEROUS_DEADLINE_S * 1000, "interval_ms": 1}
+
+
+@contextlib.contextmanager
+def _one_slot_held(gated, **options) -> Iterator[SimpleNamespace]:
+    """A gate with one slot and ``/metrics``, the slot taken by a GetJob the service holds until the
+    block ends; then that call must end OK. Yields handle, backend, gate, metrics, stub."""
+    metrics = _free_address()
+    handle, backend, gate = gated(max_active=1, metrics=metrics, **options)
+    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
+    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
+    try:
+        assert backend.held.acquire(timeout=30)
+        time.sleep(0.01)  # not a wait for an event: the slot has now been taken for longer than 1 ms
+        yield SimpleNamespace(handle=handle, backend=backend, gate=gate, metrics=metrics, stub=stub)
+    finally:
+        backend.release.set()
+    assert held.result().job.id == "hold"
 
 
 def test_the_gate_passes_calls_through_unchanged(gated) -> None:
@@ -134,17 +154,8 @@ def test_the_gate_passes_calls_through_unchanged(gated) -> None:
 
 
 def test_past_capacity_calls_are_refused_overloaded_while_health_and_streams_pass(gated) -> None:
-    metrics = _free_address()
-    # One slot. Past capacity (no call has found a free slot for 1 ms) a call waits at most the
-    # 200 ms target; before that it could wait a minute, longer than the burst's 30 s deadline: a
-    # gate that never switched to shedding would leave the burst DEADLINE_EXCEEDED.
-    handle, backend, gate = gated(max_active=1, queue_target_ms=200, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
-                                  interval_ms=1, metrics=metrics)
-    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
-    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
-    try:
-        assert backend.held.acquire(timeout=30)
-        time.sleep(0.01)  # not a wait for an event: it makes sure the slot has been taken > 1 ms
+    with _one_slot_held(gated, queue_target_ms=200, **SHEDDING) as held:
+        stub, gate = held.stub, held.gate
         burst = [stub.GetJob.future(pb.GetJobRequest(job_id=f"j{i}"), timeout=30) for i in range(10)]
         health = health_pb2_grpc.HealthStub(channel(gate.address, None, default_timeout=60))
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == \
@@ -158,35 +169,24 @@ def test_past_capacity_calls_are_refused_overloaded_while_health_and_streams_pas
         retry = _info(caught.value, error_details_pb2.RetryInfo)
         assert retry is not None and retry.retry_delay.ToMilliseconds() == 200
         assert "GetJob waited" in (caught.value.details() or "")
-        assert [_code(c) for c in burst] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * len(burst)
-        assert _metric(metrics, 'tuneforge_gate_calls_total{method="/tuneforge.training.v1.TrainingService/GetJob",'
-                                'outcome="overloaded"}') == len(burst)
-        assert len(backend.remaining) == 1  # nothing refused reached the service: only the held call ran
-        assert _metric(metrics, "tuneforge_gate_overloads_total") >= 1
-    finally:
-        backend.release.set()
-    assert held.result().job.id == "hold"
+        assert [future_code(c) for c in burst] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * len(burst)
+        assert _refused(held.metrics) == len(burst)
+        assert len(held.backend.remaining) == 1  # nothing refused reached the service: only the held call ran
+        assert _metric(held.metrics, "tuneforge_gate_overloads_total") >= 1
     assert stub.GetJob(pb.GetJobRequest(job_id="after"), timeout=30).job.id == "after"  # the slot came back
 
 
 def test_a_burst_waits_for_a_slot_while_the_service_keeps_up(gated) -> None:
-    metrics = _free_address()
     # Shedding would need a whole minute without a free slot: a queued call waits for its turn.
-    handle, backend, gate = gated(max_active=1, queue_target_ms=100, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
-                                  interval_ms=GENEROUS_DEADLINE_S * 1000, metrics=metrics)
-    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
-    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
-    try:
-        assert backend.held.acquire(timeout=30)
-        waiting = stub.GetJob.future(pb.GetJobRequest(job_id="second"), timeout=GENEROUS_DEADLINE_S)
+    with _one_slot_held(gated, queue_target_ms=100, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
+                        interval_ms=GENEROUS_DEADLINE_S * 1000) as held:
+        waiting = held.stub.GetJob.future(pb.GetJobRequest(job_id="second"), timeout=GENEROUS_DEADLINE_S)
         deadline = time.monotonic() + 30
-        while _metric(metrics, "tuneforge_gate_waiting_calls") < 1:  # it is queued in the gate
+        while _metric(held.metrics, "tuneforge_gate_waiting_calls") < 1:  # it is queued in the gate
             assert time.monotonic() < deadline, "the second call never queued in the gate"
             time.sleep(0.05)
-        assert len(backend.remaining) == 1  # and has not reached the service
-    finally:
-        backend.release.set()
-    assert held.result().job.id == "hold" and waiting.result().job.id == "second"
+        assert len(held.backend.remaining) == 1  # and has not reached the service
+    assert waiting.result().job.id == "second"
 
 
 def test_a_backend_that_is_gone_is_unavailable(gated) -> None:
@@ -225,44 +225,25 @@ def _refused(metrics: str) -> float:
 def test_the_sdk_retries_an_overloaded_read_until_it_is_served(gated, monkeypatch) -> None:
     # Attempts bounded only by the call's deadline here, so the test decides when the slot frees.
     monkeypatch.setattr(_transport, "OVERLOAD_ATTEMPTS", 10_000)
-    metrics = _free_address()
-    handle, backend, gate = gated(max_active=1, queue_target_ms=50, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
-                                  interval_ms=1, metrics=metrics)
-    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
-    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
     got: list[object] = []
-    try:
-        assert backend.held.acquire(timeout=30)
-        time.sleep(0.01)  # the slot has been taken for longer than the 1 ms interval: the gate sheds
-        reader = threading.Thread(target=lambda: got.append(_sdk(gate, handle).GetJob(pb.GetJobRequest(job_id="j1"))))
+    with _one_slot_held(gated, queue_target_ms=50, **SHEDDING) as held:
+        sdk = _sdk(held.gate, held.handle)
+        reader = threading.Thread(target=lambda: got.append(sdk.GetJob(pb.GetJobRequest(job_id="j1"))))
         reader.start()
         deadline = time.monotonic() + 30
-        while _refused(metrics) < 2:  # refused, backed off, tried again, refused again
+        while _refused(held.metrics) < 2:  # refused, backed off, tried again, refused again
             assert time.monotonic() < deadline and reader.is_alive(), got
             time.sleep(0.05)
-    finally:
-        backend.release.set()
     reader.join(GENEROUS_DEADLINE_S)
     assert [r.job.id for r in got] == ["j1"]  # type: ignore[attr-defined]
-    assert held.result().job.id == "hold"
 
 
 def test_the_sdk_gives_up_after_its_attempts_with_the_overload_error(gated) -> None:
-    metrics = _free_address()
-    handle, backend, gate = gated(max_active=1, queue_target_ms=50, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
-                                  interval_ms=1, metrics=metrics)
-    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
-    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
-    try:
-        assert backend.held.acquire(timeout=30)
-        time.sleep(0.01)
+    with _one_slot_held(gated, queue_target_ms=50, **SHEDDING) as held:
         with pytest.raises(ClientResourceExhausted) as caught:
-            _sdk(gate, handle).GetJob(pb.GetJobRequest(job_id="j1"))
+            _sdk(held.gate, held.handle).GetJob(pb.GetJobRequest(job_id="j1"))
         assert caught.value.reason == "OVERLOADED" and caught.value.retry_delay_s == pytest.approx(0.05)
-        assert _refused(metrics) == _transport.OVERLOAD_ATTEMPTS
-    finally:
-        backend.release.set()
-    assert held.result().job.id == "hold"
+        assert _refused(held.metrics) == _transport.OVERLOAD_ATTEMPTS
 
 
 def test_the_sdk_does_not_retry_a_quota_refusal(gated) -> None:
@@ -274,25 +255,13 @@ def test_the_sdk_does_not_retry_a_quota_refusal(gated) -> None:
 
 
 def test_the_async_sdk_retries_overload_the_same_way(gated) -> None:
-    import asyncio
-
-    metrics = _free_address()
-    handle, backend, gate = gated(max_active=1, queue_target_ms=50, burst_wait_ms=GENEROUS_DEADLINE_S * 1000,
-                                  interval_ms=1, metrics=metrics)
-    stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))
-    held = stub.GetJob.future(pb.GetJobRequest(job_id="hold"), timeout=GENEROUS_DEADLINE_S)
-
-    async def ask() -> None:
-        async with grpc.aio.insecure_channel(gate.address, options=_transport.channel_options()) as ch:
-            sdk = _transport.AsyncService(pb_grpc.TrainingServiceStub(ch), handle.token, timeout=GENEROUS_DEADLINE_S)
+    async def ask(address: str, token: str) -> None:
+        async with grpc.aio.insecure_channel(address, options=_transport.channel_options()) as ch:
+            sdk = _transport.AsyncService(pb_grpc.TrainingServiceStub(ch), token, timeout=GENEROUS_DEADLINE_S)
             await sdk.GetJob(pb.GetJobRequest(job_id="j1"))
-    try:
-        assert backend.held.acquire(timeout=30)
-        time.sleep(0.01)
+
+    with _one_slot_held(gated, queue_target_ms=50, **SHEDDING) as held:
         with pytest.raises(ClientResourceExhausted) as caught:
-            asyncio.run(ask())
+            asyncio.run(ask(held.gate.address, held.handle.token))
         assert caught.value.reason == "OVERLOADED"
-        assert _refused(metrics) == _transport.OVERLOAD_ATTEMPTS
-    finally:
-        backend.release.set()
-    assert held.result().job.id == "hold"
+        assert _refused(held.metrics) == _transport.OVERLOAD_ATTEMPTS

@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from tests.fixtures.grpc import future_code
 from tuneforge.common.errors import ResourceExhausted
 from tuneforge.common.grpc.interceptors import Admission
 from tuneforge.common.grpc.server import build_server
@@ -65,14 +66,6 @@ def _reason(err: grpc.RpcError) -> str:
     return ""
 
 
-def _code(call: grpc.Future) -> grpc.StatusCode:
-    try:
-        call.result()
-    except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
-
-
 def test_calls_that_cannot_start_within_the_target_are_shed_and_health_answers(holding) -> None:
     handle, servicer = holding(max_workers=32, max_active_calls=2, queue_target_ms=200)
     stub = pb_grpc.TrainingServiceStub(handle.channel())
@@ -90,7 +83,7 @@ def test_calls_that_cannot_start_within_the_target_are_shed_and_health_answers(h
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert _reason(caught.value) == "OVERLOADED"
         assert "TUNEFORGE_QUEUE_TARGET_MS" in (caught.value.details() or "")
-        assert [_code(c) for c in burst] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * len(burst)
+        assert [future_code(c) for c in burst] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * len(burst)
     finally:
         servicer.release.set()
     assert [c.result().job.id for c in held] == ["hold", "hold"]  # admitted work finished normally
@@ -104,7 +97,7 @@ def test_a_saturating_burst_ends_only_ok_or_resource_exhausted_never_past_its_de
     burst = [stub.GetJob.future(pb.GetJobRequest(job_id=f"j{i}"), timeout=GENEROUS_DEADLINE_S) for i in range(300)]
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == \
         health_pb2.HealthCheckResponse.SERVING
-    codes = {_code(c) for c in burst}
+    codes = {future_code(c) for c in burst}
     assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert grpc.StatusCode.OK in codes
 
