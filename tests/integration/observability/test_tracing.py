@@ -8,6 +8,7 @@ and the run's log lines must carry the same trace id.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -35,6 +36,21 @@ def spans() -> Iterator[InMemorySpanExporter]:
     tracing.add_span_processor(processor)
     yield exporter
     tracing.remove_span_processor(processor)
+
+
+def finished(spans: InMemorySpanExporter, name: str, timeout_s: float = 120.0) -> tuple[ReadableSpan, ...]:
+    """All finished spans, once one named `name` is among them.
+
+    A job's status turns SUCCEEDED inside its run (then the run releases its dataset lease and ends), so
+    GetJob can say SUCCEEDED before the `training.job.run` span has ended: wait for that condition.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = spans.get_finished_spans()
+        if any(s.name == name for s in done):
+            return done
+        assert time.monotonic() < deadline, f"no finished {name} span in {timeout_s} s: {[s.name for s in done]}"
+        time.sleep(0.05)
 
 
 def _hex(span_id: int) -> str:
@@ -76,12 +92,13 @@ def test_a_job_is_one_trace_across_training_datasets_and_checkpoints(stack, span
     job = s["training"].stub.CreateJob(lora_request(version, steps=2, every=2)).job
     done = wait_job(s["training"].stub, job.id)
     assert done.status == tr.JOB_STATUS_SUCCEEDED, done.error.message
+    finished_spans = finished(spans, "training.job.run")
 
-    create = [x for x in spans.get_finished_spans() if x.name == f"{TRAINING}/CreateJob" and x.kind is SpanKind.SERVER]
+    create = [x for x in finished_spans if x.name == f"{TRAINING}/CreateJob" and x.kind is SpanKind.SERVER]
     assert len(create) == 1
     assert create[0].attributes["tuneforge.tenant"] == "acme"
     assert create[0].attributes["rpc.grpc.status_code_name"] == "OK"
-    tree = Tree(spans.get_finished_spans(), create[0].context.trace_id)
+    tree = Tree(finished_spans, create[0].context.trace_id)
     root = tree.one(f"{TRAINING}/CreateJob", SpanKind.SERVER)
     # the test's own stub is a tuneforge channel too: its CLIENT span starts the trace
     caller = tree.parent(root)
@@ -130,8 +147,9 @@ def test_a_job_is_one_trace_across_training_datasets_and_checkpoints(stack, span
     assert any(r.ctx_trace_id == trace_id for r in lease_lines)
 
     # the curation run that made the version is a child of the CurateDataset call that queued it
-    curation = [x for x in spans.get_finished_spans() if x.name == "datasets.curation.run"]
+    all_spans = finished(spans, "datasets.curation.run")
+    curation = [x for x in all_spans if x.name == "datasets.curation.run"]
     assert len(curation) == 1
-    curate_tree = Tree(spans.get_finished_spans(), curation[0].context.trace_id)
+    curate_tree = Tree(all_spans, curation[0].context.trace_id)
     assert curate_tree.parent(curation[0]).name == f"{DATASETS}/CurateDataset"
     assert curation[0].attributes["tuneforge.state"] == "SUCCEEDED"
