@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tuneforge.checkpoints.app import build_app as build_checkpoints
@@ -147,6 +148,25 @@ def wait_job(stub: Any, job_id: str, timeout: float = 240) -> tr.Job:
         time.sleep(0.2)
         job = stub.GetJob(tr.GetJobRequest(job_id=job_id)).job
     return job
+
+
+def delete_released_version(stack: Stack, version_id: str, job_id: str, timeout: float = 60) -> None:
+    """Delete a dataset version the ended job ``job_id`` leased, once its lease is released.
+
+    A run ends its job (the status turns terminal) and then releases its dataset leases, so a
+    delete sent the moment GetJob says the job ended may still meet the lease: that one refusal
+    (FAILED_PRECONDITION naming this job) is retried until ``timeout``; any other error fails.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stack.datasets.DeleteDatasetVersion(ds.DeleteDatasetVersionRequest(version_id=version_id))
+            return
+        except grpc.RpcError as exc:
+            leased = exc.code() == grpc.StatusCode.FAILED_PRECONDITION and job_id in (exc.details() or "")
+            if not leased or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 def stored_job_dir(tmp_path: Path) -> Path:

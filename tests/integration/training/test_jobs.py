@@ -10,7 +10,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tests.integration.training.conftest import BASE, lora_request, upload_and_split, wait_job
+from tests.integration.training.conftest import (
+    BASE,
+    delete_released_version,
+    lora_request,
+    upload_and_split,
+    wait_job,
+)
 from tuneforge.checkpoints.v1 import checkpoints_pb2 as ck
 from tuneforge.common.grpc.interceptors import bad_request_violations
 from tuneforge.datasets.v1 import datasets_pb2 as ds
@@ -63,7 +69,7 @@ def test_lora_sft_job_streams_metrics_registers_checkpoints_and_succeeds(cluster
         acme.training.CreateJob(lora_request(version_id, steps=7, idempotency_key="k-1"))
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS and "k-1" in info.value.details()
     # The lease ended with the job: the version can be deleted now.
-    acme.datasets.DeleteDatasetVersion(ds.DeleteDatasetVersionRequest(version_id=version_id))
+    delete_released_version(acme, version_id, job.id)
 
     # Listing: newest first, filters by status, method and labels.
     page = acme.training.ListJobs(tr.ListJobsRequest(labels={"team": "colours"})).jobs
@@ -139,4 +145,4 @@ def test_cancel_stops_a_running_job_and_is_final(cluster):
     statuses = [e.status for e in events if e.WhichOneof("payload") == "status"]
     assert statuses and statuses[-1] == tr.JOB_STATUS_CANCELLED
     assert acme.training.GetJob(tr.GetJobRequest(job_id=job.id)).job.status == tr.JOB_STATUS_CANCELLED
-    acme.datasets.DeleteDatasetVersion(ds.DeleteDatasetVersionRequest(version_id=version_id))
+    delete_released_version(acme, version_id, job.id)

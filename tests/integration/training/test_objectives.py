@@ -11,7 +11,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tests.integration.training.conftest import lora_request, upload_and_split, wait_job
+from tests.integration.training.conftest import (
+    delete_released_version,
+    lora_request,
+    upload_and_split,
+    wait_job,
+)
 from tuneforge.checkpoints.v1 import checkpoints_pb2 as ck
 from tuneforge.common.grpc.interceptors import bad_request_violations
 from tuneforge.datasets.v1 import datasets_pb2 as ds
@@ -100,4 +105,4 @@ def test_multi_task_mixture_job_succeeds_and_leases_every_component(cluster):
     done = wait_job(acme.training, job.id, timeout=300)
     assert done.status == tr.JOB_STATUS_SUCCEEDED, (done.error.code, done.error.message)
     assert len(_losses(acme, job.id)) == 4
-    acme.datasets.DeleteDatasetVersion(ds.DeleteDatasetVersionRequest(version_id=sums))  # released at the end
+    delete_released_version(acme, sums, job.id)  # released at the end

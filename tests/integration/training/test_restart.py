@@ -10,7 +10,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tests.integration.training.conftest import lora_request, upload_and_split, wait_job
+from tests.integration.training.conftest import (
+    delete_released_version,
+    lora_request,
+    upload_and_split,
+    wait_job,
+)
 from tuneforge.datasets.v1 import datasets_pb2 as ds
 from tuneforge.training.v1 import training_pb2 as tr
 
@@ -67,4 +72,4 @@ def test_a_job_resumes_from_its_checkpoint_after_a_service_restart(cluster):
     registered = [c.checkpoint_id for c in acme.training.ListJobCheckpoints(
         tr.ListJobCheckpointsRequest(job_id=job.id)).checkpoints]
     assert registered[0] == first and done.result_checkpoint_id in registered
-    acme.datasets.DeleteDatasetVersion(ds.DeleteDatasetVersionRequest(version_id=version_id))
+    delete_released_version(acme, version_id, job.id)
