@@ -1,11 +1,11 @@
 # Container images (docker/README.md), included by the Makefile. docker/images.sh does the work
 # with docker or podman; caches live outside the checkout (~/.cache/tuneforge/images, ~/.cache/pip).
-IMAGE_ROLES     ?= datasets ml s3 postgres
+IMAGE_ROLES     ?= datasets ml gate s3 postgres
 IMAGES_SH       := docker/images.sh
 
 .PHONY: images image-base images-save images-sizes image-ml-cuda
 
-images:  ## build every image built here (datasets, ml, s3, postgres) with docker or podman
+images:  ## build every image built here (datasets, ml, gate, s3, postgres) with docker or podman
 	$(IMAGES_SH) build $(IMAGE_ROLES)
 	@$(IMAGES_SH) sizes
 

@@ -2,7 +2,7 @@
 # Build tuneforge's images with docker or podman (called by `make images`; docker/README.md).
 #
 #   docker/images.sh base                 bootstrap the Debian base (mmdebstrap, cached) and import it
-#   docker/images.sh build ROLE...        build roles: datasets ml s3 postgres (ml-cuda: GPU clusters)
+#   docker/images.sh build ROLE...        build roles: datasets ml gate s3 postgres (ml-cuda: GPU clusters)
 #   docker/images.sh save ROLE...         write each image as a docker-archive tar (for containerd/kind)
 #   docker/images.sh sizes                print each built image's size
 #   docker/images.sh cached ROLE...       the e2e images, by content: reuse, refresh (thin overlay) or
@@ -140,6 +140,9 @@ DEPS_FILES=(docker/Dockerfile docker/Dockerfile.dockerignore docker/grpc_health_
 SRC_FILES=(pyproject.toml README.md requirements.lock requirements-deepspeed.lock protos services
            docker/Dockerfile.overlay docker/check_lock.py docker/grpc_health_probe.py)
 
+GATE_FILES=(services/gate docker/gate.Dockerfile)
+go_version() { go env GOVERSION 2>/dev/null || echo "no-go"; }
+
 # deps_key ROLE: what a full build of ROLE depends on besides the sources (the base, the Dockerfile,
 # the locks). role_key ROLE: everything the role's image is made of.
 deps_key() {
@@ -149,6 +152,7 @@ deps_key() {
 role_key() {
   case "$1" in
     datasets|ml) printf '%s %s' "$(deps_key "$1")" "$(hash_files "${SRC_FILES[@]}")" ;;
+    gate) printf 'gate %s %s' "$(go_version)" "$(hash_files "${GATE_FILES[@]}")" ;;
     s3) printf 's3 %s %s' "$S3_SERVER_VERSION" "$(hash_files docker/s3.Dockerfile)" ;;
     postgres) printf 'postgres %s %s' "$(base_id)" "$(hash_files docker/postgres)" ;;
     *) echo "unknown role '$1'" >&2; exit 2 ;;
@@ -159,7 +163,7 @@ role_key() {
 # of all roles built here.
 content_tag() {
   local role keys=""
-  for role in datasets ml s3 postgres; do keys+="$(role_key "$role") "; done
+  for role in datasets ml gate s3 postgres; do keys+="$(role_key "$role") "; done
   printf '%s-%s' "$TAG" "$(printf '%s' "$keys" | sha256sum | cut -c1-12)"
 }
 
@@ -207,6 +211,7 @@ cached_role() {
             ${TORCH_INDEX_URL:+--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"}
           "$ENGINE" tag "$keyed" "$REGISTRY/tuneforge-$role:base-$(deps_key "$role")"
         fi ;;
+      gate) build gate "$keyed" docker/gate.Dockerfile "$(gate_context)" ;;
       s3) build s3 "$keyed" docker/s3.Dockerfile "$(s3_context)" ;;
       postgres) build postgres "$keyed" docker/postgres/Dockerfile docker/postgres ;;
     esac
@@ -229,7 +234,7 @@ cmd_cached() {
 cmd_prune() {
   local ctag keep=() role ref
   ctag="$(content_tag)"
-  for role in datasets ml s3 postgres; do
+  for role in datasets ml gate s3 postgres; do
     keep+=("$REGISTRY/tuneforge-$role:$ctag" "$REGISTRY/tuneforge-$role:in-$(role_key "$role")"
            "$REGISTRY/tuneforge-$role:$TAG")
     [[ "$role" == datasets || "$role" == ml ]] && keep+=("$(newest_base "$role")")
@@ -261,6 +266,20 @@ s3_context() {  # a static versitygw (CGO off: FROM scratch has no libc), cached
   printf '%s' "$ctx"
 }
 
+gate_context() {  # a static tuneforge-gate (CGO off: FROM scratch has no libc), cached by its sources
+  local bin ctx="$CACHE/gate-context"
+  bin="$CACHE/bin/tuneforge-gate-$(hash_files "${GATE_FILES[@]}")-$(go_version)-static"
+  if [[ ! -x "$bin" ]]; then
+    log "building a static tuneforge-gate from services/gate"
+    mkdir -p "$CACHE/bin"
+    (cd services/gate && CGO_ENABLED=0 GOWORK=off nice -n 10 go build -trimpath -ldflags "-s -w" -o "$bin.tmp" .)
+    mv "$bin.tmp" "$bin"
+  fi
+  mkdir -p "$ctx"
+  cp "$bin" "$ctx/tuneforge-gate"
+  printf '%s' "$ctx"
+}
+
 cmd_build() {
   cmd_base
   local role
@@ -272,9 +291,10 @@ cmd_build() {
                    "$ENGINE" tag "$(image_ref "$role")" "$REGISTRY/tuneforge-$role:base-$(deps_key "$role")" ;;
       ml-cuda) build "$role" "$(image_ref "$role")" docker/Dockerfile . --target ml-cuda \
                  ${CUDA_IMAGE:+--build-arg "CUDA_IMAGE=$CUDA_IMAGE"} ;;
+      gate) build gate "$(image_ref gate)" docker/gate.Dockerfile "$(gate_context)" ;;
       s3) build s3 "$(image_ref s3)" docker/s3.Dockerfile "$(s3_context)" ;;
       postgres) build postgres "$(image_ref postgres)" docker/postgres/Dockerfile docker/postgres ;;
-      *) echo "unknown role '$role': datasets, ml, ml-cuda, s3 or postgres" >&2; exit 2 ;;
+      *) echo "unknown role '$role': datasets, ml, ml-cuda, gate, s3 or postgres" >&2; exit 2 ;;
     esac
   done
 }
@@ -297,7 +317,7 @@ cmd_save() {
 
 cmd_sizes() {
   local role ref
-  for role in datasets ml ml-cuda s3 postgres; do
+  for role in datasets ml ml-cuda gate s3 postgres; do
     ref="$(image_ref "$role")"
     if "$ENGINE" image inspect "$ref" >/dev/null 2>&1; then
       printf '%-10s %-40s %s\n' "$role" "$ref" "$(size_of "$ref")"

@@ -24,7 +24,7 @@ CLUSTER="${KIND_CLUSTER:-tuneforge}"
 NS="${KIND_NAMESPACE:-tuneforge}"
 KUBERAY_VERSION="${KUBERAY_VERSION:-1.5.0}"
 RELEASE=tuneforge
-ROLES=(datasets ml s3 postgres)
+ROLES=(datasets ml gate s3 postgres)
 KUBECONFIG_OUT="${ROOT}/.run/kind/kubeconfig"
 
 log() { printf '[up.sh] %s\n' "$*" >&2; }

@@ -46,6 +46,8 @@ func main() {
 	metrics := flag.String("metrics", "", "address to serve Prometheus /metrics on (empty: none)")
 	conns := flag.Int("backend-conns", 4, "HTTP/2 connections to the backend (calls are spread over them)")
 	maxMessage := flag.Int("max-message-bytes", 64<<20, "largest message passed in either direction")
+	shutdownDelay := flag.Duration("shutdown-delay", 0,
+		"after SIGTERM, keep serving this long before draining (a pod's endpoints are removed meanwhile)")
 	watchStdin := flag.Bool("exit-on-stdin-eof", false,
 		"stop when standard input closes (a launcher holding the pipe has gone)")
 	flag.Parse()
@@ -58,6 +60,9 @@ func main() {
 	}
 	if *queueTarget <= 0 || *burst <= 0 || *interval <= 0 {
 		problems = append(problems, "-queue-target, -burst-wait and -interval must be > 0 (e.g. 100ms)")
+	}
+	if *shutdownDelay < 0 {
+		problems = append(problems, "-shutdown-delay must be >= 0 (e.g. 5s)")
 	}
 	streams := map[string]bool{}
 	for _, m := range strings.Split(*streaming, ",") {
@@ -122,7 +127,16 @@ func main() {
 		}()
 	}
 	go func() {
-		<-stop
+		sig := <-stop
+		if *shutdownDelay > 0 && sig == syscall.SIGTERM {
+			log.Printf("tuneforge-gate: SIGTERM: serving %s more, then draining", *shutdownDelay)
+			// Clients still routed here (endpoint removal lags SIGTERM) keep being served; a second
+			// signal ends the wait.
+			select {
+			case <-time.After(*shutdownDelay):
+			case <-stop:
+			}
+		}
 		// Stop taking calls; let the ones in flight finish (the backend has its own grace).
 		done := make(chan struct{})
 		go func() { srv.GracefulStop(); close(done) }()

@@ -312,3 +312,20 @@ the smallest gpuMemoryGiB they declare, Ray workers of the CPU groups. Nothing w
 {{- end }}
 {{- end }}
 {{- end }}
+{{/* The overload gate's image. */}}
+{{- define "tuneforge.gateImage" -}}
+{{- default (include "tuneforge.roleImage" (list . "gate")) .Values.gate.image }}
+{{- end }}
+{{/* A service's streaming methods (list root svc): the gate passes them straight through, never
+     queued. The same lists as tuneforge.common.grpc.gate.streaming_methods over the service's
+     descriptors (tests/unit/deploy/test_chart_gate.py checks they agree). */}}
+{{- define "tuneforge.streamingMethods" -}}
+{{- $svc := index . 1 }}
+{{- $common := list "/grpc.health.v1.Health/Watch" "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" }}
+{{- $own := dict
+  "datasets" (list "/tuneforge.datasets.v1.DatasetService/UploadDataset" "/tuneforge.datasets.v1.DatasetService/WatchCurationRun")
+  "training" (list "/tuneforge.training.v1.TrainingService/DownloadJobMetrics" "/tuneforge.training.v1.TrainingService/StreamJobEvents")
+  "evaluation" (list "/tuneforge.evaluation.v1.EvaluationService/StreamEvaluationProgress")
+  "checkpoints" (list "/tuneforge.checkpoints.v1.CheckpointService/DownloadFile") }}
+{{- concat $common (index $own $svc) | join "," }}
+{{- end }}

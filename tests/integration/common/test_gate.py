@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import threading
 import time
 import urllib.request
@@ -208,6 +209,23 @@ def test_a_client_that_leaves_ends_the_call_on_the_service(gated) -> None:
         assert backend.left.wait(30), "the service never saw the client leave"
     finally:
         backend.release.set()
+
+
+def test_after_sigterm_the_gate_serves_through_its_shutdown_delay_then_drains(gated, tmp_path) -> None:
+    # A pod's gate: its endpoints are still being removed when SIGTERM arrives, so it serves on (a
+    # delay far longer than this test; a second signal cuts it short, as the kubelet's kill would).
+    log = tmp_path / "gate.log"
+    handle, _, gate = gated(shutdown_delay_s=600, log=log)
+    gate.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while "SIGTERM: serving 10m0s more" not in log.read_text():  # the signal has arrived
+        assert time.monotonic() < deadline and gate.process.poll() is None, log.read_text()
+        time.sleep(0.05)
+    with channel(gate.address, handle.token, default_timeout=60) as ch:  # a new connection, after SIGTERM
+        assert pb_grpc.TrainingServiceStub(ch).GetJob(pb.GetJobRequest(job_id="j1"), timeout=30).job.id == "j1"
+    assert gate.process.poll() is None
+    gate.process.send_signal(signal.SIGTERM)
+    assert gate.process.wait(60) == 0
 
 
 # ------------------------------------------------------------------ the SDK against the gate

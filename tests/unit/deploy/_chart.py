@@ -84,10 +84,16 @@ def kind_values() -> dict[str, Any]:
 
 
 def container(deploy: dict[str, Any]) -> dict[str, Any]:
-    """The one container of a Deployment's pod."""
+    """The service's container of a Deployment's pod (the first; the overload gate's, when on, is beside it)."""
     containers = deploy["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
+    assert [c["name"] for c in containers[1:]] in ([], ["gate"]), [c["name"] for c in containers]
     return containers[0]
+
+
+def gate_container(deploy: dict[str, Any]) -> dict[str, Any] | None:
+    """The overload gate's container of a service's pod, None when the gate is off."""
+    gates = [c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == "gate"]
+    return gates[0] if gates else None
 
 
 def pod_environment(docs: list[dict[str, Any]], svc: str, secrets_root: Path) -> dict[str, str]:

@@ -62,10 +62,16 @@ def test_each_service_has_deployment_service_and_pdb() -> None:
 
 @pytest.mark.parametrize("probe", ["startupProbe", "readinessProbe", "livenessProbe"])
 def test_probes_are_native_grpc_on_the_service_port(probe: str) -> None:
-    for deploy in of_kind(render(valid_values()), "Deployment"):
+    # Without the gate the service serves the service port itself.
+    for deploy in of_kind(render(valid_values(gate={"enabled": False})), "Deployment"):
         c = container(deploy)
         assert c[probe]["grpc"] == {"port": 50051}, deploy["metadata"]["name"]
         assert c["ports"] == [{"name": "grpc", "containerPort": 50051, "protocol": "TCP"}]
+    # Behind the gate (the default) the kubelet probes the service on its inner port.
+    for deploy in of_kind(render(valid_values()), "Deployment"):
+        c = container(deploy)
+        assert c[probe]["grpc"] == {"port": 50052}, deploy["metadata"]["name"]
+        assert c["ports"] == [{"name": "grpc-service", "containerPort": 50052, "protocol": "TCP"}]
 
 
 def test_pods_run_non_root_read_only_without_service_links() -> None:
@@ -177,7 +183,11 @@ def test_rendered_environment_loads_into_service_settings(svc: str, tmp_path: Pa
     env = pod_environment(render(valid_values()), svc, tmp_path)
     settings = load_settings(SETTINGS_CLASSES[svc], environ=env)
     assert settings.service_name == svc
-    assert (settings.host, settings.port) == ("0.0.0.0", 50051)
+    # Its own port is the gate's backend; peers are called on their Services' port (their gates).
+    assert (settings.host, settings.port) == ("0.0.0.0", 50052)
+    ungated = load_settings(SETTINGS_CLASSES[svc], environ=pod_environment(
+        render(valid_values(gate={"enabled": False})), svc, tmp_path / "ungated"))
+    assert (ungated.host, ungated.port) == ("0.0.0.0", 50051)
     assert settings.object_store_uri == "s3://tuneforge/prod?endpoint=minio.storage.svc:9000&secure=false"
     assert settings.s3_access_key.get_secret_value() == ACCESS_KEY
     assert settings.s3_secret_key.get_secret_value() == SECRET_KEY

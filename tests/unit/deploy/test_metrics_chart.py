@@ -15,6 +15,7 @@ from tests.unit.deploy._chart import (
     SERVICES,
     by_name,
     container,
+    gate_container,
     of_kind,
     pod_environment,
     render,
@@ -30,7 +31,10 @@ def test_metrics_are_off_by_default():
     assert not of_kind(docs, "ServiceMonitor")
     assert "TUNEFORGE_METRICS_PORT" not in by_name(docs, "ConfigMap", "tf-tuneforge-settings")["data"]
     for svc in SERVICES:
-        assert [p["name"] for p in container(by_name(docs, "Deployment", f"tf-tuneforge-{svc}"))["ports"]] == ["grpc"]
+        deploy = by_name(docs, "Deployment", f"tf-tuneforge-{svc}")
+        assert [p["name"] for p in container(deploy)["ports"]] == ["grpc-service"]
+        assert [p["name"] for p in gate_container(deploy)["ports"]] == ["grpc"]
+        assert not [a for a in gate_container(deploy)["args"] if a.startswith("-metrics")]
 
 
 @pytest.mark.parametrize("svc", SERVICES)
@@ -51,7 +55,10 @@ def test_service_monitor_scrapes_the_metrics_port_of_the_release():
     docs = render(valid_values(**ON))
     monitor = by_name(docs, "ServiceMonitor", "tf-tuneforge")
     assert monitor["metadata"]["labels"]["release"] == "prom"
-    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("metrics", "/metrics")]
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("metrics", "/metrics"),
+                                                                            ("gate-metrics", "/metrics")]
+    ungated = by_name(render(valid_values(gate={"enabled": False}, **ON)), "ServiceMonitor", "tf-tuneforge")
+    assert [e["port"] for e in ungated["spec"]["endpoints"]] == ["metrics"]
     selected = monitor["spec"]["selector"]["matchLabels"]
     matched = [s for s in of_kind(docs, "Service") if selected.items() <= s["metadata"]["labels"].items()]
     assert sorted(s["metadata"]["name"] for s in matched) == sorted(f"tf-tuneforge-{s}" for s in SERVICES)

@@ -70,14 +70,16 @@ class Gate:
 def start_gate(backend: str, streaming: Sequence[str], *, listen: str = "127.0.0.1:0", max_active: int = 16,
                queue_target_ms: int = 100, burst_wait_ms: int = 500, interval_ms: int = 1000,
                metrics: str = "", binary: Path | None = None, nice: int = 0, log: Path | None = None,
-               timeout_s: float = 30.0) -> Gate:
+               shutdown_delay_s: float = 0.0, timeout_s: float = 30.0) -> Gate:
     """Start a gate on ``listen`` in front of ``backend`` and wait until it serves.
 
     While unary calls still find free slots a call may wait ``burst_wait_ms`` for one; once none
     has for ``interval_ms`` (the service is past capacity) a call that cannot start within
     ``queue_target_ms`` of its arrival is refused. ``streaming``: the methods passed straight
     through (``streaming_methods``). ``nice``: the gate's niceness (0: the caller's). ``log``: where
-    its own messages go (appended; None: the caller's stderr).
+    its own messages go (appended; None: the caller's stderr). ``shutdown_delay_s``: after a SIGTERM
+    the gate serves on this long (a second signal cuts it short) before it drains and exits, as in a
+    pod whose endpoints are still being removed.
 
     The gate runs in its own session, so a Ctrl-C meant for the launcher does not stop it before
     the services behind it have drained (``Gate.stop`` does), and it stops by itself if the
@@ -92,7 +94,8 @@ def start_gate(backend: str, streaming: Sequence[str], *, listen: str = "127.0.0
         raise FileNotFoundError(f"{BINARY} is not built: run `make gate` (it needs Go)")
     argv = [str(binary), "-listen", listen, "-backend", backend, "-max-active", str(max_active),
             "-queue-target", f"{queue_target_ms}ms", "-burst-wait", f"{burst_wait_ms}ms",
-            "-interval", f"{interval_ms}ms", "-streaming", ",".join(streaming), "-exit-on-stdin-eof"]
+            "-interval", f"{interval_ms}ms", "-streaming", ",".join(streaming), "-exit-on-stdin-eof",
+            "-shutdown-delay", f"{int(shutdown_delay_s * 1000)}ms"]
     if metrics:
         argv += ["-metrics", metrics]
     if nice:
