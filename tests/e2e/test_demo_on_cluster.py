@@ -39,6 +39,7 @@ PROTO_SERVICES = {"datasets": "DatasetService", "training": "TrainingService",
 BASE_MODEL = "tiny-llama"
 INSTALL_TIMEOUT = "20m"
 UPGRADE_STEPS = 2000
+GATE_METRICS_PORT = 9091  # the chart's gate.metricsPort (the dev profile turns metrics on)
 ON_RAYCLUSTER = os.environ.get("TUNEFORGE_E2E_TRAINING", "raycluster") != "pod"
 # Training in the pod: no RayCluster; room for a local Ray with 2 workers and its object store.
 # Measured: 2 workers + the Ray processes + the object store (files under /tmp, memory-mapped) pass
@@ -236,6 +237,33 @@ def test_demo_through_the_cluster_services(release: Release, tmp_path: Path) -> 
             ray_lines = [line for line in logs.splitlines() if "on Ray" in line and manifest.checkpoint_id in line]
             say("export", f"checkpoints service: {ray_lines[-1] if ray_lines else 'no Ray export logged'}")
             assert ray_lines, logs[-2000:]
+
+
+def _gate_calls(release: Release, svc: str) -> dict[tuple[str, str], float]:
+    """``tuneforge_gate_calls_total`` of a service's gate, by (method, outcome), scraped over its Service."""
+    import urllib.request
+
+    with release.kube.service_address(release.namespace, f"{FULL}-{svc}", GATE_METRICS_PORT) as addr, \
+            urllib.request.urlopen(f"http://{addr}/metrics", timeout=60) as r:
+        text = r.read().decode()
+    found = re.findall(r'^tuneforge_gate_calls_total\{method="([^"]+)",outcome="([^"]+)"\} (\S+)$', text, re.M)
+    return {(method, outcome): float(n) for method, outcome, n in found}
+
+
+def test_calls_and_peer_calls_pass_each_services_gate(release: Release) -> None:
+    """The demo's calls reached each service through the gate beside it, the services' calls to each
+    other too (the training service leased the dataset version and registered its checkpoints)."""
+    for svc in SERVICES:
+        pods = release.kube.get("-n", release.namespace, "pods", "-l", f"app.kubernetes.io/component={svc}")["items"]
+        assert [sorted(c["name"] for c in p["spec"]["containers"]) for p in pods] == [sorted([svc, "gate"])], svc
+    seen = {svc: _gate_calls(release, svc) for svc in SERVICES}
+    expected = {"training": "/tuneforge.training.v1.TrainingService/CreateJob",
+                "datasets": "/tuneforge.datasets.v1.DatasetService/AcquireVersionLease",  # training -> datasets
+                "checkpoints": "/tuneforge.checkpoints.v1.CheckpointService/RegisterCheckpoint",  # training -> ckpts
+                "evaluation": "/tuneforge.evaluation.v1.EvaluationService/CreateEvaluation"}
+    for svc, method in expected.items():
+        assert seen[svc].get((method, "OK"), 0) >= 1, f"{svc}'s gate: {sorted(seen[svc].items())}"
+        assert not [k for k in seen[svc] if k[1] == "overloaded"], f"{svc}'s gate shed calls: {seen[svc]}"
 
 
 class _TrainingPodWatch(threading.Thread):
