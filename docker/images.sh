@@ -125,8 +125,12 @@ hash_files() {
     cd "$ROOT"
     if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
       git ls-files -co --exclude-standard -z -- "$@"
-    else
-      find "$@" -type f ! -path '*/__pycache__/*' ! -path '*/v1/*_pb2*' -print0
+    else  # no git: the same files by find (a ':(exclude)PATH' pathspec becomes ! -path 'PATH/*')
+      local arg paths=() skip=()
+      for arg in "$@"; do
+        if [[ "$arg" == ':(exclude)'* ]]; then skip+=(! -path "${arg#:(exclude)}/*"); else paths+=("$arg"); fi
+      done
+      find "${paths[@]}" -type f ! -path '*/__pycache__/*' ! -path '*/v1/*_pb2*' "${skip[@]}" -print0
     fi | LC_ALL=C sort -zu | while IFS= read -r -d '' f; do
       [[ -f "$f" ]] && printf '%s\0' "$f"  # tracked but deleted in the work tree: left out
     done | xargs -0 -r sha256sum
@@ -137,8 +141,9 @@ base_id() { "$ENGINE" image inspect --format '{{.Id}}' "$BASE_NAME:$SUITE" 2>/de
 
 DEPS_FILES=(docker/Dockerfile docker/Dockerfile.dockerignore docker/grpc_health_probe.py
             pyproject.toml requirements.lock requirements-deepspeed.lock)
+# (services/gate is the gate image's, not the Python images': a change there rebuilds only that one.)
 SRC_FILES=(pyproject.toml README.md requirements.lock requirements-deepspeed.lock protos services
-           docker/Dockerfile.overlay docker/check_lock.py docker/grpc_health_probe.py)
+           ':(exclude)services/gate' docker/Dockerfile.overlay docker/check_lock.py docker/grpc_health_probe.py)
 
 GATE_FILES=(services/gate docker/gate.Dockerfile)
 go_version() { go env GOVERSION 2>/dev/null || echo "no-go"; }
@@ -195,7 +200,7 @@ overlay() {
 
 # cached_role ROLE CONTENT_TAG: makes $REGISTRY/tuneforge-ROLE:CONTENT_TAG from what exists.
 cached_role() {
-  local role="$1" ctag="$2" key out base
+  local role="$1" ctag="$2" key out base ctx
   out="$REGISTRY/tuneforge-$role:$ctag"
   if has_image "$out"; then log "$role: $out present"; return; fi
   key="$(role_key "$role")"
@@ -211,7 +216,7 @@ cached_role() {
             ${TORCH_INDEX_URL:+--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"}
           "$ENGINE" tag "$keyed" "$REGISTRY/tuneforge-$role:base-$(deps_key "$role")"
         fi ;;
-      gate) build gate "$keyed" docker/gate.Dockerfile "$(gate_context)" ;;
+      gate) ctx="$(gate_context)" || exit 1; build gate "$keyed" docker/gate.Dockerfile "$ctx" ;;
       s3) build s3 "$keyed" docker/s3.Dockerfile "$(s3_context)" ;;
       postgres) build postgres "$keyed" docker/postgres/Dockerfile docker/postgres ;;
     esac
@@ -266,23 +271,30 @@ s3_context() {  # a static versitygw (CGO off: FROM scratch has no libc), cached
   printf '%s' "$ctx"
 }
 
-gate_context() {  # a static tuneforge-gate (CGO off: FROM scratch has no libc), cached by its sources
+# gate_context: a build context holding only a static tuneforge-gate (CGO off: FROM scratch has no
+# libc), built from services/gate and cached by the hash of its sources and the Go version. Called
+# as `ctx="$(gate_context)" || exit` (a command substitution does not inherit set -e): every step
+# returns on failure, and the context is emptied first, so an old binary can never be built in.
+gate_context() {
+  command -v go >/dev/null || { echo "go is missing: the gate image is built from services/gate (Go)" >&2; return 1; }
   local bin ctx="$CACHE/gate-context"
   bin="$CACHE/bin/tuneforge-gate-$(hash_files "${GATE_FILES[@]}")-$(go_version)-static"
+  rm -rf "$ctx" && mkdir -p "$ctx" "$CACHE/bin" || return 1
   if [[ ! -x "$bin" ]]; then
     log "building a static tuneforge-gate from services/gate"
-    mkdir -p "$CACHE/bin"
-    (cd services/gate && CGO_ENABLED=0 GOWORK=off nice -n 10 go build -trimpath -ldflags "-s -w" -o "$bin.tmp" .)
-    mv "$bin.tmp" "$bin"
+    (cd services/gate && CGO_ENABLED=0 GOWORK=off nice -n 10 go build -trimpath -ldflags "-s -w" -o "$bin.tmp" .) \
+      || return 1
+    mv "$bin.tmp" "$bin" || return 1
+    # Older builds of the gate (other sources) are not needed again.
+    find "$CACHE/bin" -maxdepth 1 -name 'tuneforge-gate-*-static' ! -path "$bin" -delete
   fi
-  mkdir -p "$ctx"
-  cp "$bin" "$ctx/tuneforge-gate"
+  cp "$bin" "$ctx/tuneforge-gate" || return 1
   printf '%s' "$ctx"
 }
 
 cmd_build() {
   cmd_base
-  local role
+  local role ctx
   for role in "$@"; do
     case "$role" in
       datasets|ml) build "$role" "$(image_ref "$role")" docker/Dockerfile . --target "$role" \
@@ -291,7 +303,7 @@ cmd_build() {
                    "$ENGINE" tag "$(image_ref "$role")" "$REGISTRY/tuneforge-$role:base-$(deps_key "$role")" ;;
       ml-cuda) build "$role" "$(image_ref "$role")" docker/Dockerfile . --target ml-cuda \
                  ${CUDA_IMAGE:+--build-arg "CUDA_IMAGE=$CUDA_IMAGE"} ;;
-      gate) build gate "$(image_ref gate)" docker/gate.Dockerfile "$(gate_context)" ;;
+      gate) ctx="$(gate_context)" || exit 1; build gate "$(image_ref gate)" docker/gate.Dockerfile "$ctx" ;;
       s3) build s3 "$(image_ref s3)" docker/s3.Dockerfile "$(s3_context)" ;;
       postgres) build postgres "$(image_ref postgres)" docker/postgres/Dockerfile docker/postgres ;;
       *) echo "unknown role '$role': datasets, ml, ml-cuda, gate, s3 or postgres" >&2; exit 2 ;;

@@ -48,6 +48,8 @@ func main() {
 	maxMessage := flag.Int("max-message-bytes", 64<<20, "largest message passed in either direction")
 	shutdownDelay := flag.Duration("shutdown-delay", 0,
 		"after SIGTERM, keep serving this long before draining (a pod's endpoints are removed meanwhile)")
+	drainTimeout := flag.Duration("drain-timeout", 30*time.Second,
+		"after it stops taking calls, how long calls in flight may still finish before they are cut")
 	watchStdin := flag.Bool("exit-on-stdin-eof", false,
 		"stop when standard input closes (a launcher holding the pipe has gone)")
 	flag.Parse()
@@ -61,8 +63,8 @@ func main() {
 	if *queueTarget <= 0 || *burst <= 0 || *interval <= 0 {
 		problems = append(problems, "-queue-target, -burst-wait and -interval must be > 0 (e.g. 100ms)")
 	}
-	if *shutdownDelay < 0 {
-		problems = append(problems, "-shutdown-delay must be >= 0 (e.g. 5s)")
+	if *shutdownDelay < 0 || *drainTimeout < 0 {
+		problems = append(problems, "-shutdown-delay and -drain-timeout must be >= 0 (e.g. 5s)")
 	}
 	streams := map[string]bool{}
 	for _, m := range strings.Split(*streaming, ",") {
@@ -142,7 +144,7 @@ func main() {
 		go func() { srv.GracefulStop(); close(done) }()
 		select {
 		case <-done:
-		case <-time.After(30 * time.Second):
+		case <-time.After(*drainTimeout):
 			srv.Stop()
 		}
 		if httpSrv != nil {

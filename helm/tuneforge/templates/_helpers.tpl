@@ -114,6 +114,21 @@ never falls back to a default credential.
 {{- fail (printf "rayCluster.workerGroups[%s]: need minReplicas <= replicas <= maxReplicas (got %v <= %v <= %v)" $g.groupName $g.minReplicas $g.replicas $g.maxReplicas) }}
 {{- end }}
 {{- end }}
+{{- if $v.gate.enabled }}
+{{- $ports := dict "service.port" (int $v.service.port) "gate.innerPort" (int $v.gate.innerPort) }}
+{{- if $v.metrics.enabled }}
+{{- $_ := set $ports "metrics.port" (int $v.metrics.port) }}
+{{- $_ := set $ports "gate.metricsPort" (int $v.gate.metricsPort) }}
+{{- end }}
+{{- $seen := dict }}
+{{- range $name := keys $ports | sortAlpha }}
+{{- $p := toString (index $ports $name) }}
+{{- if hasKey $seen $p }}
+{{- fail (printf "%s and %s are both %s: the gate and its service share the pod's network, so each needs its own port" (index $seen $p) $name $p) }}
+{{- end }}
+{{- $_ := set $seen $p $name }}
+{{- end }}
+{{- end }}
 {{- if and $v.ingress.enabled $v.gateway.enabled }}
 {{- fail "ingress.enabled and gateway.enabled: expose the services one way, not both" }}
 {{- end }}

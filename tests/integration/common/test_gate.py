@@ -24,10 +24,13 @@ from grpc_status import rpc_status
 from tests.fixtures.grpc import future_code
 from tuneforge.client import _transport
 from tuneforge.client.errors import ResourceExhausted as ClientResourceExhausted
+from tuneforge.common.auth import Identity
 from tuneforge.common.errors import FieldViolation, InvalidInput, ResourceExhausted
 from tuneforge.common.grpc.client import channel
 from tuneforge.common.grpc.gate import find_binary, start_gate, streaming_methods
 from tuneforge.common.grpc.server import build_server
+from tuneforge.common.peers import clients as peer_clients
+from tuneforge.common.peers.clients import _Peer
 from tuneforge.common.settings import ServiceSettings
 from tuneforge.training.app import SERVICE_NAME, TrainingSettings
 from tuneforge.training.v1 import training_pb2 as pb
@@ -283,3 +286,44 @@ def test_the_async_sdk_retries_overload_the_same_way(gated) -> None:
             asyncio.run(ask(held.gate.address, held.handle.token))
         assert caught.value.reason == "OVERLOADED"
         assert _refused(held.metrics) == _transport.OVERLOAD_ATTEMPTS
+
+
+# ------------------------------------------------------------------ a service's peer calls through a gate
+
+def _peer(gate) -> _Peer:
+    return _Peer("training", gate.address, pb_grpc.TrainingServiceStub, timeout_s=GENEROUS_DEADLINE_S)
+
+
+def test_a_peer_call_refused_overloaded_is_sent_again_until_served(gated, monkeypatch) -> None:
+    # A refused call never reached the service, so a service's call to its peer is sent again, any method.
+    monkeypatch.setattr(peer_clients, "PEER_OVERLOAD_ATTEMPTS", 10_000)
+    got: list[object] = []
+    with _one_slot_held(gated, queue_target_ms=50, **SHEDDING) as held:
+        caller = Identity("acme", "test", token=held.handle.token)
+        peer = _peer(held.gate)
+        asking = threading.Thread(target=lambda: got.append(peer.call(caller, "GetJob", pb.GetJobRequest(job_id="j1"))))
+        asking.start()
+        deadline = time.monotonic() + 30
+        while _refused(held.metrics) < 2:  # refused, waited, sent again, refused again
+            assert time.monotonic() < deadline and asking.is_alive(), got
+            time.sleep(0.05)
+    asking.join(GENEROUS_DEADLINE_S)
+    assert [r.job.id for r in got] == ["j1"]  # type: ignore[attr-defined]
+    peer.close()
+
+
+def test_a_peer_call_gives_up_after_its_attempts_and_a_quota_refusal_is_not_retried(gated) -> None:
+    with _one_slot_held(gated, queue_target_ms=50, **SHEDDING) as held:
+        caller = Identity("acme", "test", token=held.handle.token)
+        peer = _peer(held.gate)
+        with pytest.raises(ResourceExhausted) as caught:
+            peer.call(caller, "GetJob", pb.GetJobRequest(job_id="j1"))
+        assert "overloaded" in caught.value.message.lower()
+        assert _refused(held.metrics) == peer_clients.PEER_OVERLOAD_ATTEMPTS
+        peer.close()
+    # The service's own quota refusal is RESOURCE_EXHAUSTED too, but not OVERLOADED: asked once.
+    handle, backend, gate = gated()
+    with pytest.raises(ResourceExhausted) as caught:
+        _peer(gate).call(Identity("acme", "test", token=handle.token), "GetJob", pb.GetJobRequest(job_id="quota"))
+    assert "quota" in caught.value.message
+    assert len(backend.remaining) == 1  # asked once

@@ -45,7 +45,11 @@ def test_each_service_pod_runs_its_gate_on_the_service_port(svc: str) -> None:
     assert args["listen"] == "0.0.0.0:50051" and args["backend"] == "127.0.0.1:50052"
     assert (args["max-active"], args["queue-target"], args["burst-wait"], args["interval"]) == ("16", "100ms",
                                                                                                "500ms", "1s")
-    assert args["shutdown-delay"] == "5s"  # the service container's preStop sleep
+    # Stopping: the gate serves through the preStop sleep (5 s), the service one second longer, so the
+    # gate stops taking calls first; calls in flight get the service's grace period (20 s) and a second.
+    assert (args["shutdown-delay"], args["drain-timeout"]) == ("5s", "21s")
+    assert container(deploy)["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "6"]
+    assert deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 5 + 1 + 20 + 5
     assert args["max-message-bytes"] == "16777216"
     # The Service's "grpc" target is the gate's port: no other container of the pod has one so named.
     pod = deploy["spec"]["template"]["spec"]
@@ -93,6 +97,8 @@ def test_the_gate_can_be_turned_off() -> None:
         assert gate_container(deploy) is None
         assert [c["name"] for c in deploy["spec"]["template"]["spec"]["containers"]] == [container(deploy)["name"]]
         assert "TUNEFORGE_PORT" not in {e["name"] for e in container(deploy)["env"]}
+        assert container(deploy)["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+        assert deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 5 + 20 + 5
     for service in of_kind(docs, "Service"):
         assert "gate-metrics" not in {p["name"] for p in service["spec"]["ports"]}
 
@@ -123,3 +129,16 @@ def test_the_real_gate_binary_accepts_the_rendered_flags() -> None:
     # A refused flag is refused loudly: the same check fails on a misspelt one.
     bad = subprocess.run([str(binary), *gate["args"], "-max-actve=3"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "max-actve" in bad.stderr
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"gate": {"innerPort": 50051}}, "gate.innerPort and service.port are both 50051"),
+    ({"gate": {"metricsPort": 9090}, **METRICS}, "gate.metricsPort and metrics.port are both 9090"),
+    ({"gate": {"innerPort": 9090}, **METRICS}, "gate.innerPort and metrics.port are both 9090"),
+])
+def test_ports_the_gate_and_its_service_would_share_are_refused(values: dict[str, Any], message: str) -> None:
+    import helm_python
+
+    with pytest.raises(helm_python.HelmRenderError, match=message):
+        render(valid_values(**values))
+    render(valid_values(**{**values, "gate": {**values["gate"], "enabled": False}}))  # no gate, no clash

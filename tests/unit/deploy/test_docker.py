@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.deploy._chart import ROOT, by_name, container, render, valid_values
+from tests.unit.deploy._chart import ROOT, by_name, container, gate_container, render, valid_values
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 S3_DOCKERFILE = ROOT / "docker" / "s3.Dockerfile"
+GATE_DOCKERFILE = ROOT / "docker" / "gate.Dockerfile"
 PG_DOCKERFILE = ROOT / "docker" / "postgres" / "Dockerfile"
-DOCKERFILES = (DOCKERFILE, S3_DOCKERFILE, PG_DOCKERFILE)
+DOCKERFILES = (DOCKERFILE, S3_DOCKERFILE, GATE_DOCKERFILE, PG_DOCKERFILE)
 IGNORE = ROOT / "docker" / "Dockerfile.dockerignore"
 IMAGES_SH = ROOT / "docker" / "images.sh"
 SCRIPTS = [*sorted((ROOT / "deploy" / "kind").glob("*.sh")), IMAGES_SH, ROOT / "docker" / "postgres" / "entrypoint.sh"]
@@ -70,7 +71,8 @@ def test_one_target_per_role() -> None:
 
 
 @pytest.mark.parametrize(("path", "stage"), [(DOCKERFILE, "datasets"), (DOCKERFILE, "ml"), (DOCKERFILE, "ml-cuda"),
-                                             (S3_DOCKERFILE, "final"), (PG_DOCKERFILE, "final")])
+                                             (S3_DOCKERFILE, "final"), (GATE_DOCKERFILE, "final"),
+                                             (PG_DOCKERFILE, "final")])
 def test_runtime_images_run_as_a_non_root_numeric_uid(path: Path, stage: str) -> None:
     users = [i.split()[1] for i in _stages(path)[stage] if i.startswith("USER ")]
     assert users, f"{stage} sets no USER"
@@ -86,7 +88,8 @@ def test_bases_are_arguments_and_the_build_pins_them_by_digest() -> None:
     script = IMAGES_SH.read_text()
     assert "printf '%s@%s' \"$BASE_NAME\" \"$digest\"" in script  # BASE_IMAGE=<name>@sha256:<digest>
     assert '--build-arg "BASE_IMAGE=$(base_ref)"' in script
-    assert [line for line in S3_DOCKERFILE.read_text().splitlines() if line.startswith("FROM")] == ["FROM scratch"]
+    for path in (S3_DOCKERFILE, GATE_DOCKERFILE):
+        assert [line for line in path.read_text().splitlines() if line.startswith("FROM")] == ["FROM scratch"]
 
 
 def test_datasets_image_has_no_ml_stack() -> None:
@@ -156,11 +159,13 @@ def test_image_names_match_what_the_chart_runs() -> None:
     env = {**os.environ, "IMAGE_REGISTRY": "localhost", "CONTAINER_ENGINE": "podman"}
     refs = {role: subprocess.run([str(IMAGES_SH), "ref", role], capture_output=True, text=True, env=env,
                                  check=True, timeout=30).stdout.strip()
-            for role in ("datasets", "ml", "s3", "postgres")}
+            for role in ("datasets", "ml", "gate", "s3", "postgres")}
     docs = render(valid_values(image={"registry": "localhost"}, rayCluster={"enabled": True, "auth": {"token": "t" * 20},
                                                                              "workerGroups": []},
                                dev={"s3": {"enabled": True}, "postgres": {"enabled": True}}))
     assert container(by_name(docs, "Deployment", "tf-tuneforge-datasets"))["image"] == refs["datasets"]
+    for svc in ("datasets", "training", "evaluation", "checkpoints"):
+        assert gate_container(by_name(docs, "Deployment", f"tf-tuneforge-{svc}"))["image"] == refs["gate"]
     for svc in ("training", "evaluation", "checkpoints"):
         assert container(by_name(docs, "Deployment", f"tf-tuneforge-{svc}"))["image"] == refs["ml"]
     head = by_name(docs, "RayCluster", "tf-tuneforge-ray")["spec"]["headGroupSpec"]["template"]["spec"]

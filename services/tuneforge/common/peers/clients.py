@@ -9,13 +9,17 @@ Tokens are sent as call metadata and never logged (``Identity`` hides them from 
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from tuneforge.common import errors
 from tuneforge.common.auth import Identity
@@ -108,6 +112,33 @@ def peer_error(peer: str, address: str, exc: grpc.RpcError) -> errors.TuneforgeE
     return cls(f"{peer} service: {details}")
 
 
+# A peer past its capacity (its tuneforge-gate, or its own admission) refuses a call before any
+# handler runs: RESOURCE_EXHAUSTED with ErrorInfo reason OVERLOADED (and a RetryInfo from the gate).
+# Such a call did nothing, so every method may be sent again: after the RetryInfo or a jittered
+# exponential backoff, up to PEER_OVERLOAD_ATTEMPTS in all, within the call's own timeout.
+PEER_OVERLOAD_ATTEMPTS = 5
+PEER_OVERLOAD_BACKOFF_S = (0.1, 2.0)  # first and largest backoff
+
+
+def overload_retry_after(exc: grpc.RpcError) -> float | None:
+    """For an OVERLOADED refusal, the server's RetryInfo delay in seconds (0.0 when it sent none);
+    None for any other error (a quota's RESOURCE_EXHAUSTED included)."""
+    if not hasattr(exc, "code") or exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    try:
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    except ValueError:  # details that contradict the call's code or message
+        return None
+    overloaded, delay = False, 0.0
+    for detail in status.details if status else ():
+        info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            overloaded = overloaded or info.reason == "OVERLOADED"
+        elif detail.Unpack(retry):
+            delay = retry.retry_delay.ToTimedelta().total_seconds()
+    return delay if overloaded else None
+
+
 class _Peer:
     """One channel per peer, shared by every caller; the caller's token goes in each call's metadata."""
 
@@ -135,10 +166,28 @@ class _Peer:
                 self._stub = self._factory(self._channel)
             stub = self._stub
         metadata = [("authorization", f"Bearer {caller.token}")] if caller.token else []
-        try:
-            return getattr(stub, method)(request, timeout=self.timeout_s, metadata=metadata)
-        except grpc.RpcError as exc:
-            raise peer_error(self.name, self.address, exc) from None
+        deadline = time.monotonic() + self.timeout_s
+        for attempt in range(PEER_OVERLOAD_ATTEMPTS):
+            try:
+                return getattr(stub, method)(request, timeout=max(0.001, deadline - time.monotonic()),
+                                             metadata=metadata)
+            except grpc.RpcError as exc:
+                pause = self._overload_pause(exc, attempt, deadline)
+                if pause is None:
+                    raise peer_error(self.name, self.address, exc) from None
+            time.sleep(pause)
+        raise AssertionError("unreachable: the last attempt raises")
+
+    @staticmethod
+    def _overload_pause(exc: grpc.RpcError, attempt: int, deadline: float) -> float | None:
+        """How long to wait before sending a refused call again; None: raise it (not OVERLOADED,
+        attempts used up, or the pause would end past the call's timeout)."""
+        retry_after = overload_retry_after(exc)
+        if retry_after is None or attempt + 1 >= PEER_OVERLOAD_ATTEMPTS:
+            return None
+        first, largest = PEER_OVERLOAD_BACKOFF_S
+        pause = max(random.uniform(0, min(largest, first * 2 ** attempt)), retry_after)
+        return pause if time.monotonic() + pause < deadline else None
 
 
 class GrpcDatasetVersions:
