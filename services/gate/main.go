@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	_ "google.golang.org/grpc/encoding/gzip" // clients may compress; each leg negotiates its own encoding
 )
@@ -85,6 +86,12 @@ func main() {
 	for i := range pool {
 		cc, err := grpc.NewClient(*backend,
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			// The backend is in the same pod or host: while it starts (or restarts) reconnect within
+			// a second, not after grpc-go's default backoff of up to two minutes.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+				MinConnectTimeout: 5 * time.Second,
+			}),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(*maxMessage), grpc.MaxCallSendMsgSize(*maxMessage)))
 		if err != nil {
 			log.Fatalf("tuneforge-gate: backend %s: %v", *backend, err)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -100,6 +101,25 @@ func overloaded(method string, waited, target time.Duration) error {
 	return detailed.Err()
 }
 
+// pick is the next backend connection that is ready, round robin; when none is (the backend is
+// starting, or gone), the next one in turn, whose call then fails fast (UNAVAILABLE) or connects.
+// A connection that failed while the backend started waits out its reconnect backoff: calls go to
+// the ready ones meanwhile, so one up connection serves everything.
+func (g *gate) pick() *grpc.ClientConn {
+	n := uint64(len(g.pool))
+	start := g.next.Add(1)
+	for i := uint64(0); i < n; i++ {
+		cc := g.pool[(start+i)%n]
+		switch cc.GetState() {
+		case connectivity.Ready:
+			return cc
+		case connectivity.Idle:
+			cc.Connect() // so that it is ready for a later call
+		}
+	}
+	return g.pool[start%n]
+}
+
 // forward copies the call both ways: the client's metadata, messages and half-close to the
 // backend; the backend's headers, messages, trailers and status back. The incoming context
 // carries the deadline and the cancellation to the backend.
@@ -108,7 +128,7 @@ func (g *gate) forward(in grpc.ServerStream, method string) error {
 	defer cancel()
 	md, _ := metadata.FromIncomingContext(in.Context())
 	ctx = metadata.NewOutgoingContext(ctx, passable(md))
-	cc := g.pool[g.next.Add(1)%uint64(len(g.pool))]
+	cc := g.pick()
 	out, err := cc.NewStream(ctx, bothStreams, method, grpc.ForceCodec(rawCodec{}))
 	if err != nil {
 		return backendError(err)

@@ -327,3 +327,48 @@ def test_a_peer_call_gives_up_after_its_attempts_and_a_quota_refusal_is_not_retr
         _peer(gate).call(Identity("acme", "test", token=handle.token), "GetJob", pb.GetJobRequest(job_id="quota"))
     assert "quota" in caught.value.message
     assert len(backend.remaining) == 1  # asked once
+
+
+def test_a_gate_started_before_its_service_serves_every_call_once_the_service_is_up() -> None:
+    # In a pod the gate and the service start together: calls (the readiness probe's) fail while the
+    # service is not up, and each backend connection they tried waits out a reconnect backoff. Once
+    # one connection is up, calls must not land on those still backing off.
+    from concurrent import futures
+
+    from grpc_health.v1 import health
+
+    binary = find_binary()
+    if binary is None:
+        pytest.fail("tuneforge-gate is not built: run `make gate` (make test builds it)")
+    backend = _free_address()
+    gate = start_gate(backend, streaming_methods([pb.DESCRIPTOR]), binary=binary)
+    server = None
+    try:
+        with grpc.insecure_channel(gate.address) as ch:
+            check = health_pb2_grpc.HealthStub(ch).Check
+            # Refused for a while, as a probe would be during the service's start: every backend
+            # connection tries, fails and backs off, for longer each time.
+            refused_until = time.monotonic() + 8
+            while time.monotonic() < refused_until:
+                with pytest.raises(grpc.RpcError) as caught:
+                    check(health_pb2.HealthCheckRequest(), timeout=30)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                time.sleep(0.1)
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+            health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+            server.add_insecure_port(backend)
+            server.start()
+            deadline = time.monotonic() + 60
+            while True:  # the first call that gets through: one connection is up
+                try:
+                    check(health_pb2.HealthCheckRequest(), timeout=30)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+                    time.sleep(0.05)
+            answers = [check(health_pb2.HealthCheckRequest(), timeout=30).status for _ in range(40)]
+            assert answers == [health_pb2.HealthCheckResponse.SERVING] * 40
+    finally:
+        if server is not None:
+            server.stop(0)
+        gate.stop()
