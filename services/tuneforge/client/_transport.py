@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +23,7 @@ import grpc
 
 from tuneforge.client.config import ClientConfig
 from tuneforge.client.errors import ApiError, from_rpc_error
+from tuneforge.common.grpc import overload
 
 _RETRIED: dict[str, tuple[str, ...]] = {
     "tuneforge.datasets.v1.DatasetService": (
@@ -51,8 +51,7 @@ RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "5s", 
 # quota refusal (same code), so the SDK retries it itself: the same retried methods, unary requests
 # only, up to OVERLOAD_ATTEMPTS in all, waiting the server's RetryInfo or an exponential backoff
 # with full jitter, and never past the call's own deadline.
-OVERLOAD_ATTEMPTS = 5
-OVERLOAD_BACKOFF_S = (0.1, 2.0)  # first and largest backoff
+OVERLOAD_ATTEMPTS = overload.OVERLOAD_ATTEMPTS
 _RETRIED_NAMES = frozenset(m for methods in _RETRIED.values() for m in methods)
 MAX_MESSAGE_BYTES = 16 << 20
 
@@ -149,12 +148,8 @@ class Service:
 def _overload_pause(err: ApiError, attempt: int, deadline: float) -> float | None:
     """How long to wait before trying ``err``'s call again, or None when it must not be retried
     (not OVERLOADED, attempts used up, or the pause would end past the call's deadline)."""
-    if err.reason != "OVERLOADED" or attempt + 1 >= OVERLOAD_ATTEMPTS:
-        return None
-    first, largest = OVERLOAD_BACKOFF_S
-    pause = random.uniform(0, min(largest, first * 2 ** attempt))
-    pause = max(pause, err.retry_delay_s or 0.0)
-    return pause if time.monotonic() + pause < deadline else None
+    retry_after = (err.retry_delay_s or 0.0) if err.reason == "OVERLOADED" else None
+    return overload.overload_pause(retry_after, attempt, deadline, OVERLOAD_ATTEMPTS)
 
 
 def _retries_overload(name: str, request: Any) -> bool:

@@ -9,7 +9,6 @@ Tokens are sent as call metadata and never logged (``Identity`` hides them from 
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from grpc_status import rpc_status
 
 from tuneforge.common import errors
 from tuneforge.common.auth import Identity
+from tuneforge.common.grpc import overload
 from tuneforge.common.grpc.client import channel
 
 T = TypeVar("T")
@@ -113,11 +113,9 @@ def peer_error(peer: str, address: str, exc: grpc.RpcError) -> errors.TuneforgeE
 
 
 # A peer past its capacity (its tuneforge-gate, or its own admission) refuses a call before any
-# handler runs: RESOURCE_EXHAUSTED with ErrorInfo reason OVERLOADED (and a RetryInfo from the gate).
-# Such a call did nothing, so every method may be sent again: after the RetryInfo or a jittered
-# exponential backoff, up to PEER_OVERLOAD_ATTEMPTS in all, within the call's own timeout.
-PEER_OVERLOAD_ATTEMPTS = 5
-PEER_OVERLOAD_BACKOFF_S = (0.1, 2.0)  # first and largest backoff
+# handler runs (tuneforge.common.grpc.overload): every method may be sent again, up to
+# PEER_OVERLOAD_ATTEMPTS in all, within the call's own timeout.
+PEER_OVERLOAD_ATTEMPTS = overload.OVERLOAD_ATTEMPTS
 
 
 def overload_retry_after(exc: grpc.RpcError) -> float | None:
@@ -172,22 +170,11 @@ class _Peer:
                 return getattr(stub, method)(request, timeout=max(0.001, deadline - time.monotonic()),
                                              metadata=metadata)
             except grpc.RpcError as exc:
-                pause = self._overload_pause(exc, attempt, deadline)
+                pause = overload.overload_pause(overload_retry_after(exc), attempt, deadline, PEER_OVERLOAD_ATTEMPTS)
                 if pause is None:
                     raise peer_error(self.name, self.address, exc) from None
             time.sleep(pause)
         raise AssertionError("unreachable: the last attempt raises")
-
-    @staticmethod
-    def _overload_pause(exc: grpc.RpcError, attempt: int, deadline: float) -> float | None:
-        """How long to wait before sending a refused call again; None: raise it (not OVERLOADED,
-        attempts used up, or the pause would end past the call's timeout)."""
-        retry_after = overload_retry_after(exc)
-        if retry_after is None or attempt + 1 >= PEER_OVERLOAD_ATTEMPTS:
-            return None
-        first, largest = PEER_OVERLOAD_BACKOFF_S
-        pause = max(random.uniform(0, min(largest, first * 2 ** attempt)), retry_after)
-        return pause if time.monotonic() + pause < deadline else None
 
 
 class GrpcDatasetVersions:
