@@ -40,6 +40,9 @@ $(TMPDIR):
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: requirements.lock requirements-deepspeed.lock requirements-nodeps.lock pyproject.toml | $(TMPDIR)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@free=$$(df -Pk $(VENV) | awk 'NR == 2 {print int($$4 / 1048576)}'); if [ "$$free" -lt 9 ]; then \
+	  echo "WARNING: $$free GiB free beside $(VENV); the venv takes ~7.5 GiB. Stale tuneforge images are the usual" \
+	       "culprit: make images-prune; make cluster-up && make cluster-prune-images" >&2; fi
 	$(PIP) install -q --upgrade pip wheel setuptools
 	$(PIP) install -q -r requirements.lock
 	# DeepSpeed builds its ops lazily (JIT); it needs torch at build time, hence no build isolation.

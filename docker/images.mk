@@ -33,8 +33,15 @@ E2E_TAG_FILE    := $(ROOT)/.run/e2e-image-tag
 # refresh over the newest full build after source or lock changes, a full build only on a machine
 # without one. Tagged <appVersion>-<content hash>, written to .run/e2e-image-tag for the tests. For
 # the local cluster, only images containerd lacks are loaded, and only their missing layers.
+# E2E_PRUNE=1 (the default) first drops the stale tuneforge images, in the image store and in the
+# local cluster's containerd (an ml image is ~8 GB, twice over in containerd): each content change
+# makes a new tag, and a machine running the e2e on every change would otherwise fill its disk.
+E2E_PRUNE ?= 1
 e2e-prepare: e2e-images
-	@if [ "$(E2E_KUBECONFIG)" = "$(ROOT)/.run/cluster/kubeconfig" ]; then $(MAKE) --no-print-directory images-load-cluster; fi
+	@if [ "$(E2E_PRUNE)" = 1 ]; then $(IMAGES_SH) prune; fi
+	@if [ "$(E2E_KUBECONFIG)" = "$(ROOT)/.run/cluster/kubeconfig" ]; then \
+	  if [ "$(E2E_PRUNE)" = 1 ]; then $(MAKE) --no-print-directory cluster-prune-images; fi; \
+	  $(MAKE) --no-print-directory images-load-cluster; fi
 
 e2e-images:  ## the e2e images by content hash (reuse, thin refresh, or build); tag in .run/e2e-image-tag
 	$(IMAGES_SH) cached $(IMAGE_ROLES)
