@@ -8,6 +8,8 @@
 // -queue-target of its arrival is answered RESOURCE_EXHAUSTED (google.rpc.ErrorInfo reason
 // OVERLOADED, and a RetryInfo), in well under any deadline, while what is admitted keeps its
 // latency. Health checks and streaming calls are never queued: the backend caps its streams.
+// The one message it decodes is a health check's request: the check of service "tuneforge.gate"
+// (the liveness probe's) it answers itself; every other check goes to the backend.
 package main
 
 import (

@@ -13,8 +13,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -44,7 +46,14 @@ func (rawCodec) Unmarshal(data []byte, v any) error {
 
 func (rawCodec) Name() string { return "proto" }
 
-const healthPrefix = "/grpc.health.v1.Health/"
+const (
+	healthPrefix = "/grpc.health.v1.Health/"
+	healthCheck  = healthPrefix + "Check"
+	// SelfService is the health-check service name the gate answers itself (SERVING while its
+	// server loop runs, draining included): the liveness probe's, which must not depend on the
+	// service behind it. Every other health check passes through to the service.
+	SelfService = "tuneforge.gate"
+)
 
 type gate struct {
 	pool      []*grpc.ClientConn
@@ -78,9 +87,31 @@ func (g *gate) handle(_ any, in grpc.ServerStream) error {
 		}
 		defer g.admission.leave()
 	}
-	err := g.forward(in, method)
+	var first *frame
+	if method == healthCheck {
+		first = &frame{}
+		if err := in.RecvMsg(first); err != nil {
+			return status.Error(codes.InvalidArgument, "tuneforge-gate: cannot read the health check: "+err.Error())
+		}
+		req := &healthpb.HealthCheckRequest{}
+		if err := proto.Unmarshal(first.payload, req); err == nil && req.GetService() == SelfService {
+			g.stats.call(method, codes.OK.String())
+			return g.serveSelf(in)
+		}
+	}
+	err := g.forward(in, method, first)
 	g.stats.call(method, status.Code(err).String())
 	return err
+}
+
+// serveSelf answers the gate's own health check: the call reached this handler, so the server
+// loop is alive.
+func (g *gate) serveSelf(in grpc.ServerStream) error {
+	payload, err := proto.Marshal(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING})
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	return in.SendMsg(&frame{payload: payload})
 }
 
 // overloaded is the refusal: RESOURCE_EXHAUSTED with the services' own error shape (ErrorInfo
@@ -122,8 +153,9 @@ func (g *gate) pick() *grpc.ClientConn {
 
 // forward copies the call both ways: the client's metadata, messages and half-close to the
 // backend; the backend's headers, messages, trailers and status back. The incoming context
-// carries the deadline and the cancellation to the backend.
-func (g *gate) forward(in grpc.ServerStream, method string) error {
+// carries the deadline and the cancellation to the backend. first, when not nil, is the client's
+// first message, already read by the gate: it is sent before the rest.
+func (g *gate) forward(in grpc.ServerStream, method string, first *frame) error {
 	ctx, cancel := context.WithCancel(in.Context())
 	defer cancel()
 	md, _ := metadata.FromIncomingContext(in.Context())
@@ -134,7 +166,7 @@ func (g *gate) forward(in grpc.ServerStream, method string) error {
 		return backendError(err)
 	}
 	up := make(chan error, 1)
-	go func() { up <- toBackend(in, out) }()
+	go func() { up <- toBackend(in, out, first) }()
 	down := make(chan result, 1)
 	go func() { down <- toClient(out, in) }()
 	for {
@@ -173,7 +205,12 @@ type result struct {
 	fromBackend bool
 }
 
-func toBackend(in grpc.ServerStream, out grpc.ClientStream) error {
+func toBackend(in grpc.ServerStream, out grpc.ClientStream, first *frame) error {
+	if first != nil {
+		if err := out.SendMsg(first); err != nil {
+			return nil // the backend ended the call: its status comes through toClient
+		}
+	}
 	for {
 		f := &frame{}
 		if err := in.RecvMsg(f); err != nil {

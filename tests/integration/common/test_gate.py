@@ -202,6 +202,27 @@ def test_a_backend_that_is_gone_is_unavailable(gated) -> None:
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_the_gate_answers_its_own_health_check_and_passes_every_other_one_through(gated) -> None:
+    # The liveness probe asks for service "tuneforge.gate": the gate answers it without the service,
+    # so a service that is down (or slow) does not get its gate restarted; the readiness probe's
+    # check (service "") and a check naming the service still reach the service.
+    handle, _, gate = gated()
+    check = health_pb2_grpc.HealthStub(channel(gate.address, None, default_timeout=60)).Check
+    for service in ("", SERVICE_NAME):
+        assert check(health_pb2.HealthCheckRequest(service=service), timeout=30).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as caught:  # the service's own answer: it does not know this name
+        check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    handle.server.stop(0)
+    assert check(health_pb2.HealthCheckRequest(service="tuneforge.gate"), timeout=30).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    for service in ("", SERVICE_NAME):
+        with pytest.raises(grpc.RpcError) as caught:
+            check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def test_a_client_that_leaves_ends_the_call_on_the_service(gated) -> None:
     handle, backend, gate = gated()
     stub = pb_grpc.TrainingServiceStub(channel(gate.address, handle.token, default_timeout=60))

@@ -60,7 +60,8 @@ def test_each_service_pod_runs_its_gate_on_the_service_port(svc: str) -> None:
     assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [("grpc", 50051, "grpc")]
     # A health check through the gate reaches the service: ready only when both are.
     assert gate["readinessProbe"] == {"grpc": {"port": 50051}, "periodSeconds": 5, "failureThreshold": 2}
-    assert gate["livenessProbe"]["tcpSocket"] == {"port": 50051}
+    # Alive while its own gRPC server answers (the gate answers service "tuneforge.gate" itself).
+    assert gate["livenessProbe"]["grpc"] == {"port": 50051, "service": "tuneforge.gate"}
     assert {e["name"]: e["value"] for e in gate["env"]} == {"GOMAXPROCS": "2"}
     assert gate["securityContext"]["readOnlyRootFilesystem"] is True
     assert gate["securityContext"]["capabilities"]["drop"] == ["ALL"]
