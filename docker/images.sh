@@ -246,8 +246,8 @@ cmd_prune() {
   done
   while IFS= read -r ref; do
     [[ "$ref" == "$BASE_NAME:"* || " ${keep[*]} " == *" $ref "* ]] && continue
-    log "removing $ref"
-    "$ENGINE" rmi "$ref" >/dev/null
+    if "$ENGINE" rmi "$ref" >/dev/null 2>&1; then log "removed $ref"
+    else log "kept $ref: $ENGINE cannot remove it (a container uses it?)"; fi
   done < <("$ENGINE" images --format '{{.Repository}}:{{.Tag}}' | grep "^$REGISTRY/tuneforge-" | grep -v ':<none>$')
   "$ENGINE" image prune -f >/dev/null
 }
