@@ -72,7 +72,8 @@ RENAMED: tuple[tuple[str, str], ...] = (
     ("hyperparameters.max_new_tokens", "objective.rl.max_new_tokens"),
     ("hyperparameters.temperature", "objective.rl.temperature"),
     ("hyperparameters.top_p", "objective.rl.top_p"),
-    ("hyperparameters.kl_beta", "objective.rl.beta"),
+    ("hyperparameters.kl_beta", "objective.rl.beta"),  # deprecated: kl_coefficient can say 0
+    ("hyperparameters.kl_coefficient", "objective.rl.beta"),
     ("hyperparameters.clip_epsilon", "objective.rl.epsilon"),
     ("hyperparameters.clip_epsilon_high", "objective.rl.epsilon_high"),
     ("hyperparameters.rl_loss_type", "objective.rl.loss_type"),
@@ -279,8 +280,9 @@ def _spec_target(api: str, method: str | None) -> str | None:
     return next((t for t in targets if method and f".{method}." in t), None)
 
 
-def _values(msg: Message, prefix: str = "") -> Iterator[tuple[str, str, FieldDescriptor, Any]]:
-    """(API path with indices, path with [], field, value) of every leaf the request sets."""
+def _values(msg: Message, prefix: str = "") -> Iterator[tuple[str, str, FieldDescriptor, Any, bool]]:
+    """(API path with indices, path with [], field, value, set explicitly) of every leaf of the request;
+    "set explicitly": a field with presence (proto3 ``optional``) that the request sets, zero included."""
     for f in msg.DESCRIPTOR.fields:
         path = prefix + f.name
         if path in NOT_SPEC:
@@ -292,7 +294,8 @@ def _values(msg: Message, prefix: str = "") -> Iterator[tuple[str, str, FieldDes
         elif f.message_type is not None:
             yield from _values(value, path + ".")
         else:
-            yield path, _INDEX.sub("[]", path), f, value
+            explicit = bool(f.has_presence) and not _is_repeated(f) and msg.HasField(f.name)
+            yield path, _INDEX.sub("[]", path), f, value, explicit
 
 
 def _convert(where: str, f: FieldDescriptor, value: Any) -> tuple[Any, FieldViolation | None]:
@@ -310,8 +313,9 @@ def job_request(req: pb.CreateJobRequest) -> JobRequest:
     doc: dict[str, Any] = {"data": {}}  # a request without data is told so by the data section's check
     problems: list[FieldViolation] = []
     method = _enum_to_spec(API_FIELDS["method"], req.method) if req.method else None
-    for path, norm, f, value in _values(req):
-        if not value and norm not in KEEP_ZERO:
+    written: dict[str, tuple[str, Any]] = {}  # spec path -> (API path, value): two fields may feed one
+    for path, norm, f, value, explicit in _values(req):
+        if not value and not explicit and norm not in KEEP_ZERO:
             if norm in REQUIRED:
                 problems.append(FieldViolation(_spec_targets(norm)[0], _required(norm, f)))
             continue
@@ -321,6 +325,12 @@ def job_request(req: pb.CreateJobRequest) -> JobRequest:
         if problem is not None or target is None:
             problems.append(problem or FieldViolation(where, "does not apply to this method: leave it 0"))
             continue
+        if where in written and written[where][1] != converted:
+            other, said = written[where]
+            problems.append(FieldViolation(where, f"{path} = {converted!r} contradicts {other} = {said!r}: "
+                                                  f"set only {path}"))
+            continue
+        written[where] = (path, converted)
         _put(doc, where, converted)
     return JobRequest(doc, tuple(problems), req.suffix, dict(req.labels), req.priority)
 

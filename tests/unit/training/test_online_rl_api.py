@@ -102,3 +102,41 @@ def test_rl_metrics_reach_the_metrics_message() -> None:
     from tuneforge.training.domain.run import METRIC_KEYS
 
     assert {"reward", "reward_std", "kl", "entropy", "clip_ratio", "completion_length", "value_loss"} <= set(METRIC_KEYS)
+
+
+def test_kl_coefficient_can_turn_the_kl_term_off_where_kl_beta_zero_takes_the_default() -> None:
+    def rloo(**hp) -> tr.CreateJobRequest:
+        req = _request(reward_functions=[tr.RewardFunction(name="json_valid")], **hp)
+        req.objective = tr.OBJECTIVE_RLOO
+        return req
+
+    assert _spec(rloo(kl_beta=0.0)).objective.rl.beta == 0.05  # implicit presence: 0 is "unset"
+    assert _spec(rloo()).objective.rl.beta == 0.05
+    off = _spec(rloo(kl_coefficient=0.0))
+    assert off.objective.rl.beta == 0.0
+    assert _spec(rloo(kl_coefficient=0.02)).objective.rl.beta == 0.02
+    assert _spec(rloo(kl_beta=0.02)).objective.rl.beta == 0.02  # the deprecated field still works
+    assert _spec(rloo(kl_beta=0.02, kl_coefficient=0.02)).objective.rl.beta == 0.02
+    # GetJob reads the job back with kl_coefficient present, 0 included.
+    back = convert.request_from_spec(off.resolved_dict()).hyperparameters
+    assert back.HasField("kl_coefficient") and back.kl_coefficient == 0.0
+    default = convert.request_from_spec(_spec(rloo()).resolved_dict()).hyperparameters
+    assert (default.kl_coefficient, default.kl_beta) == (0.05, 0.05)
+
+
+def test_kl_beta_and_kl_coefficient_that_disagree_are_refused_naming_the_new_field() -> None:
+    req = _request(reward_functions=[tr.RewardFunction(name="json_valid")], kl_beta=0.04, kl_coefficient=0.0)
+    problems = [convert.api_violation(v) for v in convert.job_request(req).problems]
+    assert [p.field for p in problems] == ["hyperparameters.kl_coefficient"], problems
+    assert "contradicts hyperparameters.kl_beta = 0.04" in problems[0].description
+    assert "set only hyperparameters.kl_coefficient" in problems[0].description
+
+
+def test_a_job_yaml_with_beta_zero_asks_for_no_kl() -> None:
+    from tuneforge.client import jobspec
+
+    req = jobspec.to_request({
+        "model": {"name": "tiny"}, "method": {"kind": "lora"}, "data": {"train": {"dataset_version": "dsv_1"}},
+        "objective": {"kind": "rloo", "rl": {"beta": 0.0, "rewards": [{"name": "json_valid"}]}}})
+    assert req.hyperparameters.HasField("kl_coefficient") and req.hyperparameters.kl_coefficient == 0.0
+    assert _spec(req).objective.rl.beta == 0.0
