@@ -2,6 +2,7 @@
 # with docker or podman; caches live outside the checkout (~/.cache/tuneforge/images, ~/.cache/pip).
 IMAGE_ROLES     ?= datasets ml gate s3 postgres
 IMAGES_SH       := docker/images.sh
+APP_VERSION     := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' helm/tuneforge/Chart.yaml)
 
 .PHONY: images image-base images-save images-sizes image-ml-cuda
 
@@ -33,15 +34,16 @@ E2E_TAG_FILE    := $(ROOT)/.run/e2e-image-tag
 # refresh over the newest full build after source or lock changes, a full build only on a machine
 # without one. Tagged <appVersion>-<content hash>, written to .run/e2e-image-tag for the tests. For
 # the local cluster, only images containerd lacks are loaded, and only their missing layers.
-# E2E_PRUNE=1 (the default) first drops the stale tuneforge images, in the image store and in the
-# local cluster's containerd (an ml image is ~8 GB, twice over in containerd): each content change
-# makes a new tag, and a machine running the e2e on every change would otherwise fill its disk.
+# E2E_PRUNE=1 (the default) then drops the stale tuneforge images, in the image store and, once the
+# current ones are loaded (their layers shared with the stale ones stay), in the local cluster's
+# containerd (an ml image is ~8 GB, twice over there): each content change makes a new tag, and a
+# machine running the e2e on every change would otherwise fill its disk.
 E2E_PRUNE ?= 1
 e2e-prepare: e2e-images
 	@if [ "$(E2E_PRUNE)" = 1 ]; then $(IMAGES_SH) prune; fi
 	@if [ "$(E2E_KUBECONFIG)" = "$(ROOT)/.run/cluster/kubeconfig" ]; then \
-	  if [ "$(E2E_PRUNE)" = 1 ]; then $(MAKE) --no-print-directory cluster-prune-images; fi; \
-	  $(MAKE) --no-print-directory images-load-cluster; fi
+	  $(MAKE) --no-print-directory images-load-cluster && \
+	  if [ "$(E2E_PRUNE)" = 1 ]; then $(MAKE) --no-print-directory cluster-prune-images; fi; fi
 
 e2e-images:  ## the e2e images by content hash (reuse, thin refresh, or build); tag in .run/e2e-image-tag
 	$(IMAGES_SH) cached $(IMAGE_ROLES)
@@ -53,8 +55,9 @@ images-load-cluster:  ## load the e2e images into the local cluster's containerd
 images-prune:  ## remove tuneforge images other than the current ones (the newest full build per role stays)
 	$(IMAGES_SH) prune
 
-cluster-prune-images:  ## remove tuneforge images other than the current e2e ones from the local cluster's containerd
-	@tag=$$(cat $(E2E_TAG_FILE)) && deploy/cluster/prune-images.sh $(foreach r,$(IMAGE_ROLES),localhost/tuneforge-$(r):$$tag)
+cluster-prune-images:  ## remove tuneforge images other than the current e2e ones (and :<appVersion>) from the local cluster's containerd
+	@tag=$$(cat $(E2E_TAG_FILE)) && \
+	  deploy/cluster/prune-images.sh $(foreach r,$(IMAGE_ROLES),localhost/tuneforge-$(r):$$tag localhost/tuneforge-$(r):$(APP_VERSION))
 
 kind-test:  ## the same e2e tests on kind (laptops with Docker/Podman): cluster, KubeRay, images, tests
 	deploy/kind/up.sh

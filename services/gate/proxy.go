@@ -90,11 +90,18 @@ func (g *gate) handle(_ any, in grpc.ServerStream) error {
 	var first *frame
 	if method == healthCheck {
 		first = &frame{}
-		if err := in.RecvMsg(first); err != nil {
-			return status.Error(codes.InvalidArgument, "tuneforge-gate: cannot read the health check: "+err.Error())
+		if err := in.RecvMsg(first); errors.Is(err, io.EOF) {
+			first = nil // no request message: the service answers that as it would without the gate
+		} else if err != nil {
+			st, ok := status.FromError(err) // the client left, its deadline passed, or a limit was hit
+			if !ok {
+				st = status.FromContextError(err)
+			}
+			g.stats.call(method, st.Code().String())
+			return st.Err()
 		}
 		req := &healthpb.HealthCheckRequest{}
-		if err := proto.Unmarshal(first.payload, req); err == nil && req.GetService() == SelfService {
+		if first != nil && proto.Unmarshal(first.payload, req) == nil && req.GetService() == SelfService {
 			g.stats.call(method, codes.OK.String())
 			return g.serveSelf(in)
 		}

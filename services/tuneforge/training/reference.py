@@ -26,7 +26,8 @@ HEADER = """# Training spec reference
 
 One spec for both doors: the engine's YAML (`python -m tuneforge.engine --config job.yaml`) and
 `TrainingService.CreateJob`, whose fields map onto it one to one (the second column; a zero value in a
-request means the default). Defaults and ranges live only in `tuneforge.engine.spec`; NaN and infinities
+request means the default, except in an `optional` field such as `kl_coefficient`, where a set 0 is 0).
+Defaults and ranges live only in `tuneforge.engine.spec`; NaN and infinities
 are refused everywhere. The training service also caps resource-shaped fields per deployment
 (`TUNEFORGE_TRAIN_MAX_*`) and sets `tenant`, `output` and `resources.ray_address` itself.
 
