@@ -221,13 +221,37 @@ def api_violation(v: FieldViolation) -> FieldViolation:
     return FieldViolation(api_field(v.field), api_text(v.description))
 
 
+def _alias_groups() -> dict[str, tuple[str, ...]]:
+    """API path -> every API path that feeds the same spec field (a deprecated field and its successor)."""
+    by_spec: dict[str, list[str]] = {}
+    for api, spec in TABLE:
+        by_spec.setdefault(spec, []).append(api)
+    return {api: tuple(apis) for apis in by_spec.values() if len(apis) > 1 for api in apis}
+
+
+_ALIASES = _alias_groups()
+
+
+def _as_said(v: FieldViolation, said: set[str]) -> FieldViolation:
+    """A violation of a field that has aliases, named as the caller set it (``kl_beta`` for a caller
+    that sent ``kl_beta``, though the spec field's API name is ``kl_coefficient``)."""
+    group = _ALIASES.get(v.field, ())
+    if v.field in said or not group:
+        return v
+    name = next((a for a in group if a in said), v.field)
+    return FieldViolation(name, v.description)
+
+
 @contextmanager
-def api_terms() -> Iterator[None]:
-    """Re-raise ``InvalidInput`` from the domain (which speaks the spec's language) in API terms."""
+def api_terms(request: pb.CreateJobRequest | None = None) -> Iterator[None]:
+    """Re-raise ``InvalidInput`` from the domain (which speaks the spec's language) in API terms; with
+    the ``request``, a field two API fields feed is named as the caller set it."""
     try:
         yield
     except InvalidInput as exc:
-        raise InvalidInput.of([api_violation(v) for v in exc.violations], what="CreateJob request") from None
+        said = {norm for _, norm, _, value, explicit in _values(request) if value or explicit} if request else set()
+        raise InvalidInput.of([_as_said(api_violation(v), said) for v in exc.violations],
+                              what="CreateJob request") from None
 
 # ------------------------------------------------------------------------------ request -> spec
 

@@ -30,7 +30,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.CreateJobResponse:
         """Validate, lease the data, queue the job (idempotent on idempotency_key)."""
         # The caller's identity (with its token) goes along: the run calls peers on its behalf.
-        with convert.api_terms():
+        with convert.api_terms(request):
             job = self._svc.create(current_identity(), convert.job_request(request), request.idempotency_key)
         return pb.CreateJobResponse(job=convert.job_to_proto(job))
 
@@ -77,6 +77,6 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     def EstimateJob(self, request: pb.EstimateJobRequest, context: Any) -> pb.EstimateJobResponse:
         """Plan a job as CreateJob would take it (memory per device, fit and fixes, steps, tokens,
         duration); nothing is created, leased or queued."""
-        with convert.api_terms():
+        with convert.api_terms(request.job):
             plan = self._svc.estimate(current_identity(), convert.job_request(request.job))
         return pb.EstimateJobResponse(plan=convert.plan_to_proto(plan))

@@ -22,7 +22,7 @@ def _spec(req: tr.CreateJobRequest):
     doc = {**doc, "tenant": "acme", "output": {"checkpoint_uri": "file:///tmp/x", "run_name": "r"}}
     doc["data"]["train"].update(store_uri="file:///tmp/s", manifest_key="tenants/acme/d/MANIFEST.json",
                                 manifest_sha256="0" * 64)
-    with convert.api_terms():
+    with convert.api_terms(req):
         return load_spec(doc)
 
 
@@ -140,3 +140,11 @@ def test_a_job_yaml_with_beta_zero_asks_for_no_kl() -> None:
         "objective": {"kind": "rloo", "rl": {"beta": 0.0, "rewards": [{"name": "json_valid"}]}}})
     assert req.hyperparameters.HasField("kl_coefficient") and req.hyperparameters.kl_coefficient == 0.0
     assert _spec(req).objective.rl.beta == 0.0
+
+
+@pytest.mark.parametrize("field", ["kl_beta", "kl_coefficient"])
+def test_a_bad_kl_value_is_named_as_the_caller_set_it(field: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        _spec(_request(reward_functions=[tr.RewardFunction(name="json_valid")], **{field: -1.0}))
+    named = {v.field for v in caught.value.violations if "kl" in v.field}
+    assert named == {f"hyperparameters.{field}"}, caught.value.violations
