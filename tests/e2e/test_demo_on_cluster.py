@@ -256,6 +256,10 @@ def test_calls_and_peer_calls_pass_each_services_gate(release: Release) -> None:
     for svc in SERVICES:
         pods = release.kube.get("-n", release.namespace, "pods", "-l", f"app.kubernetes.io/component={svc}")["items"]
         assert [sorted(c["name"] for c in p["spec"]["containers"]) for p in pods] == [sorted([svc, "gate"])], svc
+        # The gate's liveness probe (a health Check of "tuneforge.gate", answered by the gate) has run
+        # every 10 s since the pod started, the demo included: a failing one would have restarted it.
+        restarts = {c["name"]: c.get("restartCount", 0) for p in pods for c in p["status"]["containerStatuses"]}
+        assert restarts["gate"] == 0, f"{svc}'s gate restarted: {restarts}"
     seen = {svc: _gate_calls(release, svc) for svc in SERVICES}
     expected = {"training": "/tuneforge.training.v1.TrainingService/CreateJob",
                 "datasets": "/tuneforge.datasets.v1.DatasetService/AcquireVersionLease",  # training -> datasets
