@@ -56,7 +56,7 @@ images-prune:  ## remove tuneforge images other than the current ones (the newes
 	$(IMAGES_SH) prune
 
 cluster-prune-images:  ## remove tuneforge images other than the current e2e ones (and :<appVersion>) from the local cluster's containerd
-	@tag=$$(cat $(E2E_TAG_FILE)) && \
+	@tag=$$(cat $(E2E_TAG_FILE) 2>/dev/null || $(IMAGES_SH) tag) && \
 	  deploy/cluster/prune-images.sh $(foreach r,$(IMAGE_ROLES),localhost/tuneforge-$(r):$$tag localhost/tuneforge-$(r):$(APP_VERSION))
 
 kind-test:  ## the same e2e tests on kind (laptops with Docker/Podman): cluster, KubeRay, images, tests

@@ -90,7 +90,8 @@ stop() {
 }
 
 # Output is read whole before grep (with pipefail, `cmd | grep -q` fails when grep exits first).
-images() { ctr --address "$CTR_SOCK" -n k8s.io images ls -q; }
+kctr() { ctr --address "$CTR_SOCK" -n k8s.io "$@"; }  # the cluster's containerd, Kubernetes' namespace
+images() { kctr images ls -q; }
 has_image() { local l; l=$(images) || return 1; grep -qx -- "$1" <<<"$l"; }
 
 kctl() { "$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }

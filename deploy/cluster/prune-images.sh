@@ -12,11 +12,10 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 running containerd || die "the cluster's containerd is not running (make cluster-up)"
-c() { ctr --address "$CTR_SOCK" -n k8s.io "$@"; }
 keep=" $* "
-used=" $(c containers ls | awk 'NR > 1 {printf "%s ", $2}')"
+used=" $(kctr containers ls | awk 'NR > 1 {printf "%s ", $2}')"
 # REF DIGEST (the manifest digest) per reference.
-listing=$(c images ls | awk 'NR > 1 {print $1, $3}')
+listing=$(kctr images ls | awk 'NR > 1 {print $1, $3}')
 drop=() dropped_digests=" " kept_digests=" "
 while read -r ref digest; do
   [[ -n "$ref" && "$ref" != sha256:* ]] || continue
@@ -34,5 +33,5 @@ done <<<"$listing"
 size() { (du -sm "$CONTAINERD_ROOT" 2>/dev/null || true) | cut -f1; }
 before=$(size)
 for ref in "${drop[@]}"; do log "removing $ref"; done
-c images rm --sync "${drop[@]}" >/dev/null
+kctr images rm --sync "${drop[@]}" >/dev/null
 log "removed ${#drop[@]} references; containerd's root went from ${before:-?} to $(size) MiB"
